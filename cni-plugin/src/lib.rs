@@ -1,0 +1,1 @@
+//! twill CNI plugin library.

@@ -1,0 +1,1 @@
+//! twill node agent library.
