@@ -1,1 +1,10 @@
-//! twill node agent library.
+//! twill node agent (`twilld`): leases this node's pod subnet, writes the
+//! subnet file for the CNI plugin, and keeps the bridge, VXLAN device and
+//! per-node routes, neighbours and FDB entries in step with etcd.
+
+pub mod agent;
+pub mod cli;
+pub mod health;
+pub mod kernel;
+pub mod reconcile;
+pub mod subnet_file;

@@ -1,1 +1,156 @@
-fn main() {}
+//! `twilld`: parse the flags, set up logging, run the agent. Everything
+//! else lives in the `twill` library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use subnet_allocator::{EtcdOptions, EtcdStore, LeaseStore};
+use tracing_subscriber::EnvFilter;
+use twill::agent::{Agent, AgentConfig};
+use twill::cli::{Args, Command, LogFormat};
+
+fn init_logging(args: &Args) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_level).with_context(|| {
+        format!(
+            "--log-level: {:?} is not a valid level or filter",
+            args.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn etcd_options(args: &Args) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+        ca_file: args.etcd_cafile.clone(),
+        cert_file: args.etcd_certfile.clone(),
+        key_file: args.etcd_keyfile.clone(),
+        username: None,
+        password: None,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal(
+) -> anyhow::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(Box::pin(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("got SIGTERM"),
+            _ = int.recv() => tracing::info!("got SIGINT"),
+        }
+    }))
+}
+
+async fn status(args: &Args) -> anyhow::Result<()> {
+    let store = EtcdStore::connect(etcd_options(args))
+        .await
+        .context("connecting to etcd")?;
+    let snap = store.list_leases().await.context("listing leases")?;
+    println!(
+        "{:<20} {:<16} {:<18} TTL",
+        "SUBNET", "PUBLIC IP", "VTEP MAC"
+    );
+    for l in snap.leases {
+        let mac = l
+            .attrs
+            .backend_data
+            .as_ref()
+            .map(|d| d.vtep_mac.as_str())
+            .unwrap_or("-");
+        let ttl = l
+            .ttl_remaining
+            .map(|t| format!("{}s", t.as_secs()))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<16} {:<18} {}",
+            l.subnet.to_string(),
+            l.attrs.public_ip.to_string(),
+            mac,
+            ttl
+        );
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Status) = args.command {
+        return status(&args).await;
+    }
+    if let Some(addr) = args.healthz_addr {
+        let bound = twill::health::serve(addr)
+            .await
+            .with_context(|| format!("--healthz-addr: cannot listen on {addr}"))?;
+        tracing::info!(addr = %bound, "serving /healthz");
+    }
+    let mut stop = shutdown_signal()?;
+    let store = loop {
+        match EtcdStore::connect(etcd_options(&args)).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, endpoints = ?args.etcd_endpoints, "cannot reach etcd, retrying in 2s");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = &mut stop => return Ok(()),
+                }
+            }
+        }
+    };
+    let opts = AgentConfig {
+        iface: args.iface.clone(),
+        public_ip: args.public_ip,
+        subnet_file: args.subnet_file.clone(),
+        lease_ttl: args.lease_ttl(),
+        resync_interval: args.resync_interval(),
+        bridge: args.bridge.clone(),
+    };
+    let agent = match Agent::start(store, opts, &mut stop).await {
+        Ok(a) => a,
+        Err(twill::agent::AgentError::Interrupted) => return Ok(()),
+        Err(e) => return Err(e).context("starting the agent"),
+    };
+    agent.run(stop).await.context("agent stopped with an error")
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("twilld: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = init_logging(&args) {
+        eprintln!("twilld: {e:#}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twilld: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("twilld: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The node agent's life: lease a subnet, publish it in the subnet file,
+//! build the devices, then keep the kernel converged to the lease map on
+//! every watch event and every resync tick, renewing the lease as it goes.
+//! etcd trouble is retried with backoff and never tears the data path down.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use subnet_allocator::{
+    acquire_lease, Lease, LeaseAttrs, LeaseEvent, LeaseStore, LeaseWatch, NetworkConfig,
+    StoreError, VxlanData,
+};
+use tokio::time::{sleep, Instant};
+
+use crate::kernel::{Kernel, KernelError, Underlay, VxlanSpec};
+use crate::reconcile::{desired_state, diff, remote_nodes, Mac};
+use crate::subnet_file::{self, gateway_of, SubnetEnv, SubnetFileError};
+
+/// VXLAN over an IPv4 underlay costs 50 bytes per packet.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    SubnetFile(#[from] SubnetFileError),
+    #[error("backend {0:?} is not supported by this agent yet (only vxlan)")]
+    Backend(String),
+    #[error("underlay {iface} has MTU {mtu}, too small for VXLAN")]
+    Mtu { iface: String, mtu: u32 },
+    #[error("stopped before the node had a lease")]
+    Interrupted,
+}
+
+/// Everything the agent needs from the command line.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub iface: Option<String>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub subnet_file: PathBuf,
+    pub lease_ttl: Duration,
+    pub resync_interval: Duration,
+    pub bridge: String,
+}
+
+/// Doubling backoff between retries of etcd calls, 0.5 s to 30 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(500))
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        d
+    }
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(500);
+    }
+}
+
+/// Retries `f` on store errors until it succeeds or `stop` fires. Errors
+/// `fatal` says are final are returned at once.
+async fn retry<T, F, Fut>(
+    what: &str,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+    fatal: impl Fn(&StoreError) -> bool,
+    mut f: F,
+) -> Result<T, AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if fatal(&e) => return Err(e.into()),
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "{what} failed");
+                tokio::select! {
+                    _ = sleep(wait) => {}
+                    _ = &mut *stop => return Err(AgentError::Interrupted),
+                }
+            }
+        }
+    }
+}
+
+/// Errors that no retry of an acquire can fix.
+fn fatal_for_acquire(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Alloc(_)
+            | StoreError::BadConfig { .. }
+            | StoreError::TlsUnsupported(_)
+            | StoreError::Options(_)
+    )
+}
+
+pub struct Agent<S> {
+    store: S,
+    cfg: NetworkConfig,
+    opts: AgentConfig,
+    kernel: Kernel,
+    underlay: Underlay,
+    vxlan: VxlanSpec,
+    lease: Lease,
+    leases: BTreeMap<Ipv4Net, Lease>,
+    revision: i64,
+    warned: HashSet<String>,
+}
+
+impl<S: LeaseStore> Agent<S> {
+    /// Reads the network config, finds the underlay, leases a subnet, writes
+    /// the subnet file and builds the devices. Retries etcd until it answers.
+    pub async fn start(
+        store: S,
+        opts: AgentConfig,
+        stop: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Self, AgentError> {
+        let cfg = retry(
+            "reading the network config",
+            stop,
+            |e| !e.is_retryable() && !matches!(e, StoreError::NoConfig { .. }),
+            || store.get_network_config(),
+        )
+        .await?;
+        if cfg.backend.kind != subnet_allocator::BackendType::Vxlan {
+            return Err(AgentError::Backend(cfg.backend.kind.as_str().to_string()));
+        }
+        tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, vni = cfg.backend.vni, "network config");
+
+        let kernel = Kernel::connect()?;
+        let underlay = kernel
+            .underlay(opts.iface.as_deref(), opts.public_ip)
+            .await?;
+        let mtu = match cfg.backend.mtu {
+            Some(m) => m,
+            None => underlay
+                .mtu
+                .checked_sub(VXLAN_OVERHEAD)
+                .filter(|m| *m >= 576)
+                .ok_or(AgentError::Mtu {
+                    iface: underlay.name.clone(),
+                    mtu: underlay.mtu,
+                })?,
+        };
+        let vxlan = VxlanSpec {
+            name: format!("twill.{}", cfg.backend.vni),
+            vni: cfg.backend.vni,
+            port: cfg.backend.port,
+            local: underlay.ip,
+            underlay_index: underlay.index,
+            mtu,
+            mac: Mac::for_vtep(underlay.ip, cfg.backend.vni),
+            gbp: cfg.backend.gbp,
+        };
+        tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu, vtep_mac = %vxlan.mac, "underlay");
+
+        let attrs = LeaseAttrs {
+            public_ip: underlay.ip,
+            backend_type: "vxlan".into(),
+            backend_data: Some(VxlanData {
+                vni: cfg.backend.vni,
+                vtep_mac: vxlan.mac.to_string(),
+            }),
+        };
+        let preferred = subnet_file::read_previous_subnet(&opts.subnet_file);
+        let lease = retry("acquiring a subnet lease", stop, fatal_for_acquire, || {
+            acquire_lease(&store, &cfg, underlay.ip, &attrs, preferred, opts.lease_ttl)
+        })
+        .await?;
+        tracing::info!(subnet = %lease.subnet, public_ip = %underlay.ip, "acquired lease");
+
+        let mut agent = Agent {
+            store,
+            cfg,
+            opts,
+            kernel,
+            underlay,
+            vxlan,
+            lease,
+            leases: BTreeMap::new(),
+            revision: 0,
+            warned: HashSet::new(),
+        };
+        agent.publish().await?;
+        let snapshot = retry(
+            "listing leases",
+            stop,
+            |_| false,
+            || agent.store.list_leases(),
+        )
+        .await?;
+        agent.load(snapshot.leases, snapshot.revision);
+        if let Err(e) = agent.reconcile().await {
+            tracing::warn!(error = %e, "first reconcile incomplete, will retry");
+        }
+        Ok(agent)
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Writes the subnet file and makes the devices carry the lease's
+    /// addresses: done at start and whenever the lease's subnet changes.
+    async fn publish(&mut self) -> Result<(), AgentError> {
+        let subnet = self.lease.subnet;
+        let env = SubnetEnv {
+            network: self.cfg.network,
+            subnet,
+            mtu: self.vxlan.mtu,
+            ip_masq: false,
+        };
+        self.ensure_devices().await?;
+        subnet_file::write(&self.opts.subnet_file, &env)?;
+        tracing::info!(path = %self.opts.subnet_file.display(), subnet = %subnet, "wrote subnet file");
+        Ok(())
+    }
+
+    async fn ensure_devices(&mut self) -> Result<u32, KernelError> {
+        let subnet = self.lease.subnet;
+        let gw = Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet);
+        self.kernel
+            .ensure_bridge(&self.opts.bridge, gw, self.vxlan.mtu)
+            .await?;
+        let vtep = Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet);
+        self.kernel.ensure_vxlan(&self.vxlan, vtep).await
+    }
+
+    fn load(&mut self, leases: Vec<Lease>, revision: i64) {
+        self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
+        self.revision = revision;
+        tracing::info!(leases = self.leases.len(), revision, "loaded lease map");
+    }
+
+    /// Reads the kernel, diffs it against the lease map and applies the
+    /// difference. Errors of single operations are logged and the rest still
+    /// applied; the next resync retries what failed.
+    pub async fn reconcile(&mut self) -> Result<usize, KernelError> {
+        let index = self.ensure_devices().await?;
+        let leases: Vec<Lease> = self.leases.values().cloned().collect();
+        let (nodes, skipped) = remote_nodes(
+            self.cfg.network,
+            self.lease.subnet,
+            self.underlay.ip,
+            &leases,
+        );
+        for s in skipped {
+            let msg = s.to_string();
+            if self.warned.insert(msg.clone()) {
+                tracing::warn!("skipping lease: {msg}");
+            }
+        }
+        let desired = desired_state(&nodes);
+        let actual = self.kernel.read_state(index).await?;
+        let ops = diff(&desired, &actual);
+        let mut failed = 0;
+        for op in &ops {
+            match self.kernel.apply(index, op).await {
+                Ok(()) => tracing::info!(op = %op, "applied"),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(op = %op, error = %e, "netlink operation failed");
+                }
+            }
+        }
+        if failed > 0 {
+            tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
+        }
+        Ok(ops.len())
+    }
+
+    fn apply_events(&mut self, events: Vec<LeaseEvent>) -> bool {
+        let mut lost_own = false;
+        for ev in events {
+            match ev {
+                LeaseEvent::Added(l) => {
+                    if l.subnet == self.lease.subnet && l.attrs.public_ip != self.underlay.ip {
+                        lost_own = true;
+                    }
+                    tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added or changed");
+                    self.leases.insert(l.subnet, l);
+                }
+                LeaseEvent::Removed(s) => {
+                    if s == self.lease.subnet {
+                        lost_own = true;
+                    }
+                    if let Some(old) = self.leases.remove(&s) {
+                        tracing::info!(subnet = %s, public_ip = %old.attrs.public_ip, "lease removed");
+                    }
+                }
+            }
+        }
+        lost_own
+    }
+
+    /// Re-acquires a lease after ours expired or was deleted: the same
+    /// subnet if it is still free, otherwise a new one, said loudly.
+    async fn reacquire(
+        &mut self,
+        stop: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<(), AgentError> {
+        let old = self.lease.subnet;
+        let attrs = self.lease.attrs.clone();
+        let lease = retry(
+            "re-acquiring the subnet lease",
+            stop,
+            fatal_for_acquire,
+            || {
+                acquire_lease(
+                    &self.store,
+                    &self.cfg,
+                    self.underlay.ip,
+                    &attrs,
+                    Some(old),
+                    self.opts.lease_ttl,
+                )
+            },
+        )
+        .await?;
+        if lease.subnet != old {
+            tracing::error!(old = %old, new = %lease.subnet, public_ip = %self.underlay.ip,
+                "our subnet now belongs to another node; moved to a new subnet: pods on the old subnet must be restarted");
+        } else {
+            tracing::info!(subnet = %old, "re-acquired our lease");
+        }
+        self.lease = lease.clone();
+        self.leases.insert(lease.subnet, lease);
+        self.publish().await?;
+        Ok(())
+    }
+
+    /// Runs until `stop` fires. The data path is left in place on exit.
+    pub async fn run(
+        mut self,
+        mut stop: impl Future<Output = ()> + Unpin,
+    ) -> Result<(), AgentError> {
+        let mut watch: Option<LeaseWatch> = None;
+        let mut watch_backoff = Backoff::new();
+        let mut rewatch_at = Instant::now();
+        let mut resync = tokio::time::interval(self.opts.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let renew_every = self.opts.lease_ttl / 3;
+        let mut renew_at = Instant::now() + renew_every;
+
+        loop {
+            if watch.is_none() && Instant::now() >= rewatch_at {
+                match self.store.watch_leases(self.revision).await {
+                    Ok(w) => {
+                        tracing::debug!(revision = self.revision, "watching leases");
+                        watch = Some(w);
+                    }
+                    Err(e) => {
+                        self.on_watch_error(e, &mut watch_backoff, &mut rewatch_at)
+                            .await;
+                    }
+                }
+            }
+            let wait_watch = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => {
+                        tokio::time::sleep_until(rewatch_at).await;
+                        Ok(Some((Vec::new(), -1)))
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => {
+                    tracing::info!("stopping; data path left in place");
+                    return Ok(());
+                }
+                ev = wait_watch => match ev {
+                    Ok(Some((_, -1))) => {}
+                    Ok(Some((events, revision))) => {
+                        watch_backoff.reset();
+                        if revision > self.revision {
+                            self.revision = revision;
+                        }
+                        let lost_own = self.apply_events(events);
+                        if lost_own {
+                            tracing::warn!(subnet = %self.lease.subnet, "our lease was removed or taken in etcd");
+                            self.reacquire(&mut stop).await?;
+                            renew_at = Instant::now() + renew_every;
+                        }
+                        if let Err(e) = self.reconcile().await {
+                            tracing::warn!(error = %e, "reconcile failed");
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("lease watch ended; re-watching");
+                        watch = None;
+                    }
+                    Err(e) => {
+                        watch = None;
+                        self.on_watch_error(e, &mut watch_backoff, &mut rewatch_at).await;
+                    }
+                },
+                _ = resync.tick() => {
+                    if let Err(e) = self.reconcile().await {
+                        tracing::warn!(error = %e, "resync failed");
+                    }
+                }
+                _ = tokio::time::sleep_until(renew_at) => {
+                    match self.store.renew_lease(&self.lease).await {
+                        Ok(l) => {
+                            tracing::debug!(subnet = %l.subnet, "renewed lease");
+                            self.lease = l;
+                            renew_at = Instant::now() + renew_every;
+                        }
+                        Err(StoreError::LeaseGone(_)) => {
+                            tracing::warn!(subnet = %self.lease.subnet, "our lease expired or was revoked");
+                            self.reacquire(&mut stop).await?;
+                            renew_at = Instant::now() + renew_every;
+                        }
+                        Err(e) => {
+                            let wait = (renew_every / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+                            tracing::warn!(error = %e, retry_in = ?wait, "renewing the lease failed");
+                            renew_at = Instant::now() + wait;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A compacted watch start means events are gone: relist and reconcile.
+    /// Any other error: retry the watch later from the same revision.
+    async fn on_watch_error(
+        &mut self,
+        e: StoreError,
+        backoff: &mut Backoff,
+        rewatch_at: &mut Instant,
+    ) {
+        match e {
+            StoreError::Compacted { .. } => {
+                tracing::warn!(
+                    revision = self.revision,
+                    "watch revision compacted; relisting"
+                );
+                match self.store.list_leases().await {
+                    Ok(snap) => {
+                        self.load(snap.leases, snap.revision);
+                        if let Err(e) = self.reconcile().await {
+                            tracing::warn!(error = %e, "reconcile failed");
+                        }
+                        *rewatch_at = Instant::now();
+                    }
+                    Err(e) => {
+                        let wait = backoff.next();
+                        tracing::warn!(error = %e, retry_in = ?wait, "relisting leases failed");
+                        *rewatch_at = Instant::now() + wait;
+                    }
+                }
+            }
+            e => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "lease watch failed");
+                *rewatch_at = Instant::now() + wait;
+            }
+        }
+    }
+}

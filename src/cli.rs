@@ -1,0 +1,225 @@
+//! `twilld` command line: flannel-style flag names, each also settable from
+//! the environment as `TWILL_<FLAG>`. Validation that clap cannot express
+//! lives in `Args::validate`, so a bad value is refused before anything runs.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "twilld",
+    version,
+    about = "twill node agent: leases this node's pod subnet in etcd and keeps the VXLAN data path in step with every other node"
+)]
+pub struct Args {
+    /// etcd client URLs, comma separated
+    #[arg(
+        long,
+        env = "TWILL_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd key prefix holding `config` and `subnets/`
+    #[arg(long, env = "TWILL_ETCD_PREFIX", default_value = "/twill/network")]
+    pub etcd_prefix: String,
+
+    /// CA bundle to verify etcd's server certificate
+    #[arg(long, env = "TWILL_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// client certificate for etcd
+    #[arg(long, env = "TWILL_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// client key for etcd
+    #[arg(long, env = "TWILL_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// underlay interface (default: the interface of the default route)
+    #[arg(long, env = "TWILL_IFACE")]
+    pub iface: Option<String>,
+
+    /// this node's address on the underlay (default: first IPv4 address of --iface)
+    #[arg(long, env = "TWILL_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+
+    /// where to write the node's subnet for the CNI plugin
+    #[arg(
+        long,
+        env = "TWILL_SUBNET_FILE",
+        default_value = "/run/twill/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+
+    /// TTL of the node's subnet lease in seconds; renewed well before it ends
+    #[arg(long, env = "TWILL_LEASE_TTL", default_value_t = 86400)]
+    pub lease_ttl: u64,
+
+    /// seconds between full reconciles of the kernel against the lease map
+    #[arg(long, env = "TWILL_RESYNC_INTERVAL", default_value_t = 10)]
+    pub resync_interval: u64,
+
+    /// serve /healthz on this address (e.g. 127.0.0.1:10256)
+    #[arg(long, env = "TWILL_HEALTHZ_ADDR")]
+    pub healthz_addr: Option<SocketAddr>,
+
+    /// name of the pod bridge
+    #[arg(long, env = "TWILL_BRIDGE", default_value = "twill0")]
+    pub bridge: String,
+
+    /// log output format
+    #[arg(long, env = "TWILL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// log level or tracing filter (e.g. info, debug, twill=debug)
+    #[arg(long, env = "TWILL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// print the cluster's leases
+    Status,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    #[error("--etcd-endpoints: {0:?} is not an http:// or https:// URL")]
+    Endpoint(String),
+    #[error("--etcd-endpoints: no endpoint given")]
+    NoEndpoint,
+    #[error("--etcd-prefix: {0:?} must start with '/' and must not end with '/'")]
+    Prefix(String),
+    #[error("--lease-ttl: {0} s is out of range (10 to 31536000)")]
+    LeaseTtl(u64),
+    #[error("--resync-interval: {0} s is out of range (1 to 3600)")]
+    Resync(u64),
+    #[error(
+        "--bridge: {0:?} is not a valid interface name (1 to 15 characters, no '/' or whitespace)"
+    )]
+    Bridge(String),
+    #[error("--etcd-certfile and --etcd-keyfile go together")]
+    CertKeyPair,
+}
+
+/// Linux interface name rules (IFNAMSIZ and dev_valid_name).
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+impl Args {
+    pub fn validate(&self) -> Result<(), ArgsError> {
+        if self.etcd_endpoints.is_empty() {
+            return Err(ArgsError::NoEndpoint);
+        }
+        for e in &self.etcd_endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty()) {
+                return Err(ArgsError::Endpoint(e.clone()));
+            }
+        }
+        if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.ends_with('/') {
+            return Err(ArgsError::Prefix(self.etcd_prefix.clone()));
+        }
+        if !(10..=31_536_000).contains(&self.lease_ttl) {
+            return Err(ArgsError::LeaseTtl(self.lease_ttl));
+        }
+        if !(1..=3600).contains(&self.resync_interval) {
+            return Err(ArgsError::Resync(self.resync_interval));
+        }
+        if !valid_ifname(&self.bridge) {
+            return Err(ArgsError::Bridge(self.bridge.clone()));
+        }
+        if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
+            return Err(ArgsError::CertKeyPair);
+        }
+        Ok(())
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl)
+    }
+
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_secs(self.resync_interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        let mut v = vec!["twilld"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let a = parse(&[]);
+        assert_eq!(a.etcd_prefix, "/twill/network");
+        assert_eq!(a.lease_ttl, 86400);
+        assert_eq!(a.subnet_file, PathBuf::from("/run/twill/subnet.env"));
+        assert_eq!(a.validate(), Ok(()));
+    }
+
+    #[test]
+    fn endpoints_split_on_commas() {
+        let a = parse(&[
+            "--etcd-endpoints",
+            "http://192.0.2.1:2379,https://192.0.2.2:2379",
+        ]);
+        assert_eq!(a.etcd_endpoints.len(), 2);
+        assert_eq!(a.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (
+                vec!["--etcd-endpoints", "192.0.2.1:2379"],
+                "--etcd-endpoints",
+            ),
+            (vec!["--etcd-prefix", "twill"], "--etcd-prefix"),
+            (vec!["--etcd-prefix", "/twill/"], "--etcd-prefix"),
+            (vec!["--lease-ttl", "5"], "--lease-ttl"),
+            (vec!["--resync-interval", "0"], "--resync-interval"),
+            (vec!["--bridge", "a-name-that-is-too-long"], "--bridge"),
+            (vec!["--etcd-certfile", "/x.pem"], "--etcd-keyfile"),
+        ];
+        for (args, flag) in cases {
+            let err = parse(&args).validate().unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unparseable_values_are_refused_by_clap() {
+        assert!(Args::try_parse_from(["twilld", "--public-ip", "not-an-ip"]).is_err());
+        assert!(Args::try_parse_from(["twilld", "--lease-ttl", "-1"]).is_err());
+        assert!(Args::try_parse_from(["twilld", "--log-format", "xml"]).is_err());
+    }
+}

@@ -1,0 +1,655 @@
+//! The agent's only door to the kernel: builds the bridge and VXLAN device,
+//! reads back routes, neighbours and FDB entries of the VXLAN device, and
+//! applies reconcile operations. rtnetlink only, never the `ip` command.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::reconcile::{KernelState, Mac, Op};
+
+/// Route protocol number that marks twill's routes, so that routes someone
+/// else put on the VXLAN device are never mistaken for ours.
+pub const TWILL_RTPROTO: u8 = 77;
+
+const EEXIST: i32 = libc::EEXIST;
+const ENOENT: i32 = libc::ENOENT;
+const ESRCH: i32 = libc::ESRCH;
+const ENODEV: i32 = libc::ENODEV;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot open a netlink socket")]
+    Connect(#[source] std::io::Error),
+    #[error("netlink: {what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("interface {0} does not exist")]
+    NoSuchLink(String),
+    #[error("interface {0} has no IPv4 address; pass --public-ip")]
+    NoAddress(String),
+    #[error("no --iface given and no IPv4 default route to pick the underlay interface from")]
+    NoDefaultRoute,
+    #[error(
+        "interface {name} exists but is a {kind}, not a {want}; remove it or pick another name"
+    )]
+    WrongKind {
+        name: String,
+        kind: String,
+        want: &'static str,
+    },
+}
+
+type Result<T> = std::result::Result<T, KernelError>;
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+    let what = what.into();
+    move |source| KernelError::Netlink { what, source }
+}
+
+/// The errno of a netlink error reply, if that is what `e` is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// The underlay interface the VXLAN traffic leaves by.
+#[derive(Debug, Clone)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    pub ip: Ipv4Addr,
+}
+
+/// What the VXLAN device must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub underlay_index: u32,
+    pub mtu: u32,
+    pub mac: Mac,
+    pub gbp: bool,
+}
+
+/// The attributes of an existing link that twill cares about.
+#[derive(Debug, Clone, Default)]
+pub struct LinkInfoView {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mtu: Option<u32>,
+    pub mac: Option<Mac>,
+    pub up: bool,
+    pub vxlan_id: Option<u32>,
+    pub vxlan_local: Option<Ipv4Addr>,
+    pub vxlan_link: Option<u32>,
+    pub vxlan_port: Option<u16>,
+    pub vxlan_learning: Option<bool>,
+    pub vxlan_gbp: bool,
+}
+
+impl LinkInfoView {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut v = LinkInfoView {
+            index: msg.header.index,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            ..Default::default()
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => v.name = n.clone(),
+                LinkAttribute::Mtu(m) => v.mtu = Some(*m),
+                LinkAttribute::Address(a) => v.mac = Mac::from_slice(a),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => v.kind = Some(kind_name(k)),
+                            LinkInfo::Data(InfoData::Vxlan(vx)) => {
+                                for a in vx {
+                                    match a {
+                                        InfoVxlan::Id(id) => v.vxlan_id = Some(*id),
+                                        InfoVxlan::Local(ip) => v.vxlan_local = Some(*ip),
+                                        InfoVxlan::Link(l) => v.vxlan_link = Some(*l),
+                                        InfoVxlan::Port(p) => v.vxlan_port = Some(*p),
+                                        InfoVxlan::Learning(l) => v.vxlan_learning = Some(*l),
+                                        InfoVxlan::Gbp => v.vxlan_gbp = true,
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+}
+
+fn kind_name(k: &InfoKind) -> String {
+    match k {
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Vxlan => "vxlan".into(),
+        InfoKind::Veth => "veth".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Why an existing VXLAN device cannot be fixed in place and must be
+/// recreated (flannel's `vxlanLinksIncompat`): these attributes are fixed at
+/// creation. `None` when it is compatible.
+pub fn vxlan_incompatibility(have: &LinkInfoView, want: &VxlanSpec) -> Option<String> {
+    if have.kind.as_deref() != Some("vxlan") {
+        return Some(format!("kind {:?}", have.kind));
+    }
+    if have.vxlan_id != Some(want.vni) {
+        return Some(format!("VNI {:?} != {}", have.vxlan_id, want.vni));
+    }
+    if have.vxlan_local != Some(want.local) {
+        return Some(format!("local {:?} != {}", have.vxlan_local, want.local));
+    }
+    if have.vxlan_link != Some(want.underlay_index) {
+        return Some(format!(
+            "underlay index {:?} != {}",
+            have.vxlan_link, want.underlay_index
+        ));
+    }
+    if have.vxlan_port != Some(want.port) {
+        return Some(format!("port {:?} != {}", have.vxlan_port, want.port));
+    }
+    if have.vxlan_learning != Some(false) {
+        return Some("learning is on".into());
+    }
+    if have.vxlan_gbp != want.gbp {
+        return Some(format!("gbp {} != {}", have.vxlan_gbp, want.gbp));
+    }
+    None
+}
+
+/// A netlink handle in the namespace the agent runs in.
+#[derive(Clone)]
+pub struct Kernel {
+    handle: Handle,
+}
+
+impl Kernel {
+    /// Opens the netlink socket and drives it on the current tokio runtime.
+    pub fn connect() -> Result<Kernel> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Kernel { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfoView>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(LinkInfoView::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
+            Err(e) => Err(nl(format!("get link {name}"))(e)),
+        }
+    }
+
+    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Net)>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("list addresses of ifindex {index}")))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.index != index || m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr {
+                if let Ok(net) = Ipv4Net::new(ip, m.header.prefix_len) {
+                    out.push((m, net));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds the underlay: `iface` or the interface of the default route,
+    /// its MTU, and `public_ip` or its first IPv4 address.
+    pub async fn underlay(
+        &self,
+        iface: Option<&str>,
+        public_ip: Option<Ipv4Addr>,
+    ) -> Result<Underlay> {
+        let link = match iface {
+            Some(name) => self
+                .link(name)
+                .await?
+                .ok_or_else(|| KernelError::NoSuchLink(name.to_string()))?,
+            None => {
+                let index = self
+                    .default_route_oif()
+                    .await?
+                    .ok_or(KernelError::NoDefaultRoute)?;
+                let mut links = self.handle.link().get().match_index(index).execute();
+                let msg = links
+                    .try_next()
+                    .await
+                    .map_err(nl(format!("get link {index}")))?
+                    .ok_or_else(|| KernelError::NoSuchLink(index.to_string()))?;
+                LinkInfoView::from_message(&msg)
+            }
+        };
+        let ip = match public_ip {
+            Some(ip) => ip,
+            None => self
+                .ipv4_addresses(link.index)
+                .await?
+                .first()
+                .map(|(_, n)| n.addr())
+                .ok_or_else(|| KernelError::NoAddress(link.name.clone()))?,
+        };
+        Ok(Underlay {
+            mtu: link.mtu.unwrap_or(1500),
+            name: link.name,
+            index: link.index,
+            ip,
+        })
+    }
+
+    async fn default_route_oif(&self) -> Result<Option<u32>> {
+        let routes = self.ipv4_routes().await?;
+        Ok(routes.iter().find_map(|r| {
+            if r.header.destination_prefix_length != 0
+                || r.header.table != RouteHeader::RT_TABLE_MAIN
+            {
+                return None;
+            }
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        }))
+    }
+
+    async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>> {
+        self.handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list IPv4 routes"))
+    }
+
+    async fn set_link(&self, index: u32, mtu: Option<u32>, what: &str) -> Result<()> {
+        let mut b = LinkUnspec::new_with_index(index).up();
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {what} up")))
+    }
+
+    /// Makes `index` carry exactly one IPv4 address, `want`: the right one is
+    /// kept untouched, any other IPv4 address (an old subnet's) is removed.
+    pub async fn ensure_only_address(&self, index: u32, want: Ipv4Net, what: &str) -> Result<()> {
+        let mut have_it = false;
+        for (msg, net) in self.ipv4_addresses(index).await? {
+            if net == want {
+                have_it = true;
+                continue;
+            }
+            tracing::info!(device = what, address = %net, "removing stale address");
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(nl(format!("delete address {net} from {what}")))?;
+        }
+        if !have_it {
+            tracing::info!(device = what, address = %want, "adding address");
+            match self
+                .handle
+                .address()
+                .add(index, IpAddr::V4(want.addr()), want.prefix_len())
+                .execute()
+                .await
+            {
+                Err(e) if errno(&e) != Some(EEXIST) => {
+                    return Err(nl(format!("add address {want} to {what}"))(e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the pod bridge if missing (with a fixed MAC, so it never falls
+    /// back to 00:00:00:00:00:00 when its last port goes), puts the gateway
+    /// address on it and brings it up.
+    pub async fn ensure_bridge(&self, name: &str, gateway: Ipv4Net, mtu: u32) -> Result<u32> {
+        let link = match self.link(name).await? {
+            Some(l) => l,
+            None => {
+                tracing::info!(bridge = name, "creating bridge");
+                let msg = LinkBridge::new(name)
+                    .address(Mac::for_bridge(gateway.addr()).0.to_vec())
+                    .mtu(mtu)
+                    .build();
+                match self.handle.link().add(msg).execute().await {
+                    Err(e) if errno(&e) != Some(EEXIST) => {
+                        return Err(nl(format!("create bridge {name}"))(e))
+                    }
+                    _ => {}
+                }
+                self.link(name)
+                    .await?
+                    .ok_or_else(|| KernelError::NoSuchLink(name.to_string()))?
+            }
+        };
+        if link.kind.as_deref() != Some("bridge") {
+            return Err(KernelError::WrongKind {
+                name: name.to_string(),
+                kind: link.kind.unwrap_or_else(|| "device".into()),
+                want: "bridge",
+            });
+        }
+        if !link.up {
+            self.set_link(link.index, None, name).await?;
+        }
+        self.ensure_only_address(link.index, gateway, name).await?;
+        Ok(link.index)
+    }
+
+    /// Creates the VXLAN device, or fixes it in place, or recreates it when an
+    /// attribute fixed at creation differs. Returns its index.
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec, address: Ipv4Net) -> Result<u32> {
+        let existing = self.link(&spec.name).await?;
+        let index = match existing {
+            Some(have) => match vxlan_incompatibility(&have, spec) {
+                None => {
+                    if !have.up || have.mtu != Some(spec.mtu) {
+                        tracing::info!(device = %spec.name, mtu = spec.mtu, "fixing vxlan device state");
+                        self.set_link(have.index, Some(spec.mtu), &spec.name)
+                            .await?;
+                    }
+                    if have.mac != Some(spec.mac) {
+                        self.handle
+                            .link()
+                            .set(
+                                LinkUnspec::new_with_index(have.index)
+                                    .address(spec.mac.0.to_vec())
+                                    .build(),
+                            )
+                            .execute()
+                            .await
+                            .map_err(nl(format!("set MAC of {}", spec.name)))?;
+                    }
+                    have.index
+                }
+                Some(why) => {
+                    tracing::warn!(device = %spec.name, reason = %why, "vxlan device incompatible, recreating");
+                    self.handle
+                        .link()
+                        .del(have.index)
+                        .execute()
+                        .await
+                        .map_err(nl(format!("delete {}", spec.name)))?;
+                    self.create_vxlan(spec).await?
+                }
+            },
+            None => self.create_vxlan(spec).await?,
+        };
+        self.ensure_only_address(index, address, &spec.name).await?;
+        Ok(index)
+    }
+
+    async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<u32> {
+        tracing::info!(device = %spec.name, vni = spec.vni, local = %spec.local, "creating vxlan device");
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.underlay_index)
+            .port(spec.port)
+            .local(spec.local)
+            .learning(false)
+            .mtu(spec.mtu)
+            .address(spec.mac.0.to_vec())
+            .up();
+        if spec.gbp {
+            b = b.gbp();
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(nl(format!("create vxlan device {}", spec.name)))?;
+        let link = self
+            .link(&spec.name)
+            .await?
+            .ok_or_else(|| KernelError::NoSuchLink(spec.name.clone()))?;
+        Ok(link.index)
+    }
+
+    /// Reads what the VXLAN device holds: twill's routes through it, its
+    /// permanent neighbours and its FDB entries with a remote destination.
+    pub async fn read_state(&self, vxlan_index: u32) -> Result<KernelState> {
+        let mut state = KernelState::default();
+        for r in self.ipv4_routes().await? {
+            if r.header.table != RouteHeader::RT_TABLE_MAIN
+                || r.header.protocol != RouteProtocol::Other(TWILL_RTPROTO)
+            {
+                continue;
+            }
+            let mut oif = None;
+            let mut dst = None;
+            let mut gw = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    _ => {}
+                }
+            }
+            if oif != Some(vxlan_index) {
+                continue;
+            }
+            let (Some(dst), Some(gw)) = (dst, gw) else {
+                continue;
+            };
+            if let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
+                state.routes.insert(net, gw);
+            }
+        }
+
+        let neighs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list neighbours"))?;
+        for n in neighs {
+            if n.header.ifindex != vxlan_index || n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                state.neighbours.insert(ip, mac);
+            }
+        }
+
+        let fdb: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list fdb"))?;
+        for n in fdb {
+            if n.header.ifindex != vxlan_index {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                        dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
+                    _ => {}
+                }
+            }
+            if let (Some(dst), Some(mac)) = (dst, mac) {
+                state.fdb.entry(mac).or_default().insert(dst);
+            }
+        }
+        Ok(state)
+    }
+
+    fn route_message(vxlan_index: u32, dst: Ipv4Net, gateway: Option<Ipv4Addr>) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(vxlan_index)
+            .protocol(RouteProtocol::Other(TWILL_RTPROTO));
+        if let Some(gw) = gateway {
+            b = b.gateway(gw).onlink();
+        }
+        b.build()
+    }
+
+    /// Applies one reconcile operation. Deleting what is already gone counts
+    /// as done: another actor (or a race with the kernel) got there first.
+    pub async fn apply(&self, vxlan_index: u32, op: &Op) -> Result<()> {
+        let res = match op {
+            Op::SetRoute { dst, gateway } => {
+                self.handle
+                    .route()
+                    .add(Self::route_message(vxlan_index, *dst, Some(*gateway)))
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DelRoute { dst } => {
+                self.handle
+                    .route()
+                    .del(Self::route_message(vxlan_index, *dst, None))
+                    .execute()
+                    .await
+            }
+            Op::SetNeighbour { ip, mac } => {
+                self.handle
+                    .neighbours()
+                    .add(vxlan_index, IpAddr::V4(*ip))
+                    .link_layer_address(&mac.0)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DelNeighbour { ip } => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Inet;
+                m.header.ifindex = vxlan_index;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                self.handle.neighbours().del(m).execute().await
+            }
+            Op::AddFdb { mac, dst } => {
+                self.handle
+                    .neighbours()
+                    .add_bridge(vxlan_index, &mac.0)
+                    .destination(IpAddr::V4(*dst))
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DelFdb { mac, dst } => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = vxlan_index;
+                m.header.flags = NeighbourFlags::Own;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        *dst,
+                    )));
+                self.handle.neighbours().del(m).execute().await
+            }
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    op,
+                    Op::DelRoute { .. } | Op::DelNeighbour { .. } | Op::DelFdb { .. }
+                ) && matches!(errno(&e), Some(ENOENT) | Some(ESRCH)) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(nl(op.to_string())(e)),
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The pure core of the agent: what the kernel should hold for a lease map
+//! (`desired_state`) and the netlink operations that take the kernel from
+//! what it holds to that (`diff`). No I/O here: the applier lives in `kernel`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use subnet_allocator::Lease;
+
+/// A MAC address, as the kernel and the lease JSON know it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Mac> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let part = parts.next()?;
+            if part.len() != 2 {
+                return None;
+            }
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Mac(out))
+    }
+
+    /// Takes the first six bytes of a netlink attribute, if there are six.
+    pub fn from_slice(bytes: &[u8]) -> Option<Mac> {
+        let arr: [u8; 6] = bytes.get(..6)?.try_into().ok()?;
+        Some(Mac(arr))
+    }
+
+    /// A stable, locally administered unicast MAC for the VTEP of a node, so
+    /// that recreating the device keeps the address the other nodes know.
+    pub fn for_vtep(public_ip: Ipv4Addr, vni: u32) -> Mac {
+        let ip = public_ip.octets();
+        // 0x0e: locally administered, unicast. The VNI's low byte keeps two
+        // VTEPs of one node on different VNIs apart.
+        Mac([0x0e, (vni & 0xff) as u8, ip[0], ip[1], ip[2], ip[3]])
+    }
+
+    /// A stable MAC for a node's bridge, derived from its gateway address.
+    pub fn for_bridge(gateway: Ipv4Addr) -> Mac {
+        let ip = gateway.octets();
+        Mac([0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]])
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// One other node, as the data path needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+}
+
+impl RemoteNode {
+    /// The address of the remote VTEP inside the pod network (`<subnet>.0`).
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
+}
+
+/// Why a lease was left out of the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Not inside the cluster network.
+    OutsideNetwork(Ipv4Net),
+    /// Overlaps our own subnet but is held by another public IP.
+    ClaimsOurSubnet(Ipv4Net, Ipv4Addr),
+    /// Not a vxlan lease, or no backend data / VTEP MAC we can use.
+    NoVtep(Ipv4Net),
+    /// Another lease already covers this subnet or uses this VTEP MAC.
+    Conflict(Ipv4Net),
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::OutsideNetwork(s) => write!(f, "lease {s} is outside the cluster network"),
+            Skip::ClaimsOurSubnet(s, ip) => {
+                write!(f, "lease {s} of {ip} overlaps this node's subnet")
+            }
+            Skip::NoVtep(s) => write!(f, "lease {s} has no usable vxlan backend data"),
+            Skip::Conflict(s) => {
+                write!(f, "lease {s} overlaps another lease or reuses its VTEP MAC")
+            }
+        }
+    }
+}
+
+/// What the twill devices should hold: keyed so that a lookup is cheap and
+/// iteration order is stable (deterministic op order in tests and logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    /// Route destination -> gateway (the remote VTEP address, onlink).
+    pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// Neighbour IP on the VXLAN device -> MAC.
+    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
+    /// FDB on the VXLAN device: MAC -> remote underlay IPs.
+    pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
+}
+
+/// Builds the desired remote-node list from all leases. The local node's own
+/// lease and every lease that cannot be used are left out and reported.
+pub fn remote_nodes(
+    network: Ipv4Net,
+    local_subnet: Ipv4Net,
+    local_public_ip: Ipv4Addr,
+    leases: &[Lease],
+) -> (Vec<RemoteNode>, Vec<Skip>) {
+    let mut nodes: Vec<RemoteNode> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut sorted: Vec<&Lease> = leases.iter().collect();
+    sorted.sort_by_key(|l| l.subnet);
+    for lease in sorted {
+        let subnet = lease.subnet;
+        if subnet == local_subnet && lease.attrs.public_ip == local_public_ip {
+            continue;
+        }
+        if !network.contains(&subnet) {
+            skipped.push(Skip::OutsideNetwork(subnet));
+            continue;
+        }
+        if subnet.contains(&local_subnet) || local_subnet.contains(&subnet) {
+            skipped.push(Skip::ClaimsOurSubnet(subnet, lease.attrs.public_ip));
+            continue;
+        }
+        let mac = lease
+            .attrs
+            .backend_data
+            .as_ref()
+            .filter(|_| lease.attrs.backend_type == "vxlan")
+            .and_then(|d| Mac::parse(&d.vtep_mac))
+            .filter(|m| !m.is_zero() && m.0[0] & 1 == 0);
+        let Some(vtep_mac) = mac else {
+            skipped.push(Skip::NoVtep(subnet));
+            continue;
+        };
+        let clash = nodes.iter().any(|n| {
+            n.subnet.contains(&subnet) || subnet.contains(&n.subnet) || n.vtep_mac == vtep_mac
+        });
+        if clash {
+            skipped.push(Skip::Conflict(subnet));
+            continue;
+        }
+        nodes.push(RemoteNode {
+            subnet,
+            public_ip: lease.attrs.public_ip,
+            vtep_mac,
+        });
+    }
+    (nodes, skipped)
+}
+
+/// The kernel state the VXLAN backend wants for these remote nodes.
+pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
+    let mut state = KernelState::default();
+    for node in nodes {
+        state.routes.insert(node.subnet, node.vtep_ip());
+        state.neighbours.insert(node.vtep_ip(), node.vtep_mac);
+        state
+            .fdb
+            .entry(node.vtep_mac)
+            .or_default()
+            .insert(node.public_ip);
+    }
+    state
+}
+
+/// One netlink change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    DelRoute { dst: Ipv4Net },
+    DelNeighbour { ip: Ipv4Addr },
+    DelFdb { mac: Mac, dst: Ipv4Addr },
+    AddFdb { mac: Mac, dst: Ipv4Addr },
+    SetNeighbour { ip: Ipv4Addr, mac: Mac },
+    SetRoute { dst: Ipv4Net, gateway: Ipv4Addr },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::DelRoute { dst } => write!(f, "delete route {dst}"),
+            Op::DelNeighbour { ip } => write!(f, "delete neighbour {ip}"),
+            Op::DelFdb { mac, dst } => write!(f, "delete fdb {mac} dst {dst}"),
+            Op::AddFdb { mac, dst } => write!(f, "add fdb {mac} dst {dst}"),
+            Op::SetNeighbour { ip, mac } => write!(f, "set neighbour {ip} lladdr {mac}"),
+            Op::SetRoute { dst, gateway } => write!(f, "set route {dst} via {gateway} onlink"),
+        }
+    }
+}
+
+/// The operations that turn `actual` into `desired`, and nothing else: an
+/// entry already right is never touched. Removals come first (routes before
+/// the neighbours and FDB entries they use), then additions in the reverse
+/// order (FDB and neighbour before the route that needs them), so that a
+/// route never points at a VTEP the kernel cannot reach yet.
+pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for dst in actual.routes.keys() {
+        if !desired.routes.contains_key(dst) {
+            ops.push(Op::DelRoute { dst: *dst });
+        }
+    }
+    for ip in actual.neighbours.keys() {
+        if !desired.neighbours.contains_key(ip) {
+            ops.push(Op::DelNeighbour { ip: *ip });
+        }
+    }
+    for (mac, dsts) in &actual.fdb {
+        let wanted = desired.fdb.get(mac);
+        for dst in dsts {
+            if !wanted.is_some_and(|w| w.contains(dst)) {
+                ops.push(Op::DelFdb {
+                    mac: *mac,
+                    dst: *dst,
+                });
+            }
+        }
+    }
+    for (mac, dsts) in &desired.fdb {
+        let have = actual.fdb.get(mac);
+        for dst in dsts {
+            if !have.is_some_and(|h| h.contains(dst)) {
+                ops.push(Op::AddFdb {
+                    mac: *mac,
+                    dst: *dst,
+                });
+            }
+        }
+    }
+    for (ip, mac) in &desired.neighbours {
+        if actual.neighbours.get(ip) != Some(mac) {
+            ops.push(Op::SetNeighbour { ip: *ip, mac: *mac });
+        }
+    }
+    for (dst, gateway) in &desired.routes {
+        if actual.routes.get(dst) != Some(gateway) {
+            ops.push(Op::SetRoute {
+                dst: *dst,
+                gateway: *gateway,
+            });
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use subnet_allocator::{LeaseAttrs, VxlanData};
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn lease(subnet: &str, public_ip: &str, mac: &str) -> Lease {
+        Lease {
+            subnet: net(subnet),
+            attrs: LeaseAttrs {
+                public_ip: ip(public_ip),
+                backend_type: "vxlan".into(),
+                backend_data: Some(VxlanData {
+                    vni: 1,
+                    vtep_mac: mac.into(),
+                }),
+            },
+            lease_id: None,
+            ttl_remaining: None,
+        }
+    }
+
+    const NETWORK: &str = "10.244.0.0/16";
+    const LOCAL: &str = "10.244.1.0/24";
+
+    fn nodes(leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Skip>) {
+        remote_nodes(net(NETWORK), net(LOCAL), ip("192.0.2.1"), leases)
+    }
+
+    #[test]
+    fn mac_parse_and_display_round_trip() {
+        let m = Mac::parse("0E:01:c0:00:02:0a").unwrap();
+        assert_eq!(m.to_string(), "0e:01:c0:00:02:0a");
+        assert_eq!(Mac::parse("0e:01:c0:00:02"), None);
+        assert_eq!(Mac::parse("0e:01:c0:00:02:0a:0b"), None);
+        assert_eq!(Mac::parse("0e:01:c0:00:02:zz"), None);
+        assert_eq!(Mac::parse("0e:1:c0:00:02:0a"), None);
+        assert_eq!(Mac::from_slice(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn vtep_mac_is_unicast_local_and_stable() {
+        let a = Mac::for_vtep(ip("192.0.2.7"), 1);
+        assert_eq!(a, Mac::for_vtep(ip("192.0.2.7"), 1));
+        assert_ne!(a, Mac::for_vtep(ip("192.0.2.8"), 1));
+        assert_eq!(a.0[0] & 1, 0, "unicast");
+        assert_eq!(a.0[0] & 2, 2, "locally administered");
+    }
+
+    #[test]
+    fn own_lease_is_left_out() {
+        let (n, s) = nodes(&[
+            lease(LOCAL, "192.0.2.1", "0e:01:c0:00:02:01"),
+            lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02"),
+        ]);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].subnet, net("10.244.2.0/24"));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn unusable_leases_are_skipped_with_a_reason() {
+        let mut hostgw = lease("10.244.5.0/24", "192.0.2.5", "0e:01:c0:00:02:05");
+        hostgw.attrs.backend_type = "host-gw".into();
+        let mut nodata = lease("10.244.6.0/24", "192.0.2.6", "0e:01:c0:00:02:06");
+        nodata.attrs.backend_data = None;
+        let (n, s) = nodes(&[
+            lease("10.245.0.0/24", "192.0.2.9", "0e:01:c0:00:02:09"),
+            lease(LOCAL, "192.0.2.3", "0e:01:c0:00:02:03"),
+            lease("10.244.4.0/24", "192.0.2.4", "not-a-mac"),
+            lease("10.244.7.0/24", "192.0.2.7", "01:00:5e:00:00:01"),
+            lease("10.244.8.0/24", "192.0.2.8", "00:00:00:00:00:00"),
+            hostgw,
+            nodata,
+        ]);
+        assert!(n.is_empty(), "{n:?}");
+        assert_eq!(
+            s,
+            vec![
+                Skip::ClaimsOurSubnet(net(LOCAL), ip("192.0.2.3")),
+                Skip::NoVtep(net("10.244.4.0/24")),
+                Skip::NoVtep(net("10.244.5.0/24")),
+                Skip::NoVtep(net("10.244.6.0/24")),
+                Skip::NoVtep(net("10.244.7.0/24")),
+                Skip::NoVtep(net("10.244.8.0/24")),
+                Skip::OutsideNetwork(net("10.245.0.0/24")),
+            ]
+        );
+    }
+
+    #[test]
+    fn overlapping_or_duplicate_mac_leases_keep_the_first() {
+        let (n, s) = nodes(&[
+            lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02"),
+            lease("10.244.2.0/23", "192.0.2.3", "0e:01:c0:00:02:03"),
+            lease("10.244.9.0/24", "192.0.2.9", "0e:01:c0:00:02:03"),
+        ]);
+        // Sorted by subnet: 10.244.2.0/23 comes first and wins the overlap.
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].subnet, net("10.244.2.0/23"));
+        assert_eq!(
+            s,
+            vec![
+                Skip::Conflict(net("10.244.2.0/24")),
+                Skip::Conflict(net("10.244.9.0/24"))
+            ]
+        );
+    }
+
+    fn two_nodes() -> KernelState {
+        let (n, _) = nodes(&[
+            lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02"),
+            lease("10.244.3.0/24", "192.0.2.3", "0e:01:c0:00:02:03"),
+        ]);
+        desired_state(&n)
+    }
+
+    #[test]
+    fn desired_state_has_route_neighbour_and_fdb_per_node() {
+        let d = two_nodes();
+        assert_eq!(d.routes.get(&net("10.244.2.0/24")), Some(&ip("10.244.2.0")));
+        assert_eq!(
+            d.neighbours.get(&ip("10.244.3.0")),
+            Some(&Mac::parse("0e:01:c0:00:02:03").unwrap())
+        );
+        let fdb = d
+            .fdb
+            .get(&Mac::parse("0e:01:c0:00:02:02").unwrap())
+            .unwrap();
+        assert_eq!(
+            fdb.iter().copied().collect::<Vec<_>>(),
+            vec![ip("192.0.2.2")]
+        );
+        assert_eq!(d.routes.len(), 2);
+        assert_eq!(d.neighbours.len(), 2);
+        assert_eq!(d.fdb.len(), 2);
+    }
+
+    #[test]
+    fn empty_kernel_gets_everything_fdb_and_neighbour_before_route() {
+        let d = two_nodes();
+        let ops = diff(&d, &KernelState::default());
+        assert_eq!(ops.len(), 6);
+        let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).unwrap();
+        let route = pos(&|o| matches!(o, Op::SetRoute { dst, .. } if *dst == net("10.244.2.0/24")));
+        let neigh = pos(&|o| matches!(o, Op::SetNeighbour { ip: i, .. } if *i == ip("10.244.2.0")));
+        let fdb = pos(&|o| matches!(o, Op::AddFdb { dst, .. } if *dst == ip("192.0.2.2")));
+        assert!(fdb < route && neigh < route);
+    }
+
+    #[test]
+    fn converged_kernel_gets_no_ops() {
+        let d = two_nodes();
+        assert_eq!(diff(&d, &d.clone()), vec![]);
+    }
+
+    #[test]
+    fn stale_entries_are_removed_routes_first() {
+        let actual = two_nodes();
+        let ops = diff(&KernelState::default(), &actual);
+        assert_eq!(ops.len(), 6);
+        assert!(matches!(ops[0], Op::DelRoute { .. }));
+        assert!(matches!(ops[1], Op::DelRoute { .. }));
+        assert!(ops[2..4]
+            .iter()
+            .all(|o| matches!(o, Op::DelNeighbour { .. })));
+        assert!(ops[4..].iter().all(|o| matches!(o, Op::DelFdb { .. })));
+    }
+
+    #[test]
+    fn changed_mac_and_ip_are_fixed_in_place() {
+        let desired = two_nodes();
+        let mut actual = desired.clone();
+        let old = Mac::parse("0e:01:c0:00:02:02").unwrap();
+        let wrong = Mac::parse("0e:01:c0:00:02:99").unwrap();
+        actual.neighbours.insert(ip("10.244.2.0"), wrong);
+        actual.fdb.get_mut(&old).unwrap().clear();
+        actual.fdb.get_mut(&old).unwrap().insert(ip("192.0.2.99"));
+        actual.routes.insert(net("10.244.3.0/24"), ip("10.244.3.7"));
+        let ops = diff(&desired, &actual);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DelFdb {
+                    mac: old,
+                    dst: ip("192.0.2.99")
+                },
+                Op::AddFdb {
+                    mac: old,
+                    dst: ip("192.0.2.2")
+                },
+                Op::SetNeighbour {
+                    ip: ip("10.244.2.0"),
+                    mac: old
+                },
+                Op::SetRoute {
+                    dst: net("10.244.3.0/24"),
+                    gateway: ip("10.244.3.0")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn applying_the_diff_converges() {
+        // Model the applier on plain data: applying ops to `actual` must make
+        // it equal to `desired`, and the next diff must be empty.
+        let desired = two_nodes();
+        let mut actual = KernelState::default();
+        actual.routes.insert(net("10.244.9.0/24"), ip("10.244.9.0"));
+        actual
+            .neighbours
+            .insert(ip("10.244.9.0"), Mac::parse("0e:01:c0:00:02:09").unwrap());
+        actual
+            .fdb
+            .entry(Mac::parse("0e:01:c0:00:02:09").unwrap())
+            .or_default()
+            .insert(ip("192.0.2.9"));
+        for op in diff(&desired, &actual) {
+            match op {
+                Op::DelRoute { dst } => {
+                    actual.routes.remove(&dst);
+                }
+                Op::DelNeighbour { ip } => {
+                    actual.neighbours.remove(&ip);
+                }
+                Op::DelFdb { mac, dst } => {
+                    let set = actual.fdb.get_mut(&mac).unwrap();
+                    set.remove(&dst);
+                    if set.is_empty() {
+                        actual.fdb.remove(&mac);
+                    }
+                }
+                Op::AddFdb { mac, dst } => {
+                    actual.fdb.entry(mac).or_default().insert(dst);
+                }
+                Op::SetNeighbour { ip, mac } => {
+                    actual.neighbours.insert(ip, mac);
+                }
+                Op::SetRoute { dst, gateway } => {
+                    actual.routes.insert(dst, gateway);
+                }
+            }
+        }
+        assert_eq!(actual, desired);
+        assert!(diff(&desired, &actual).is_empty());
+    }
+}
