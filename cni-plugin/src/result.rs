@@ -1,0 +1,200 @@
+//! Builds the CNI success result of ADD in the format of the caller's
+//! `cniVersion` (0.3.x/0.4.0 carry `ips[].version`; 1.1.0 adds `mtu`).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde_json::{json, Map, Value};
+
+use crate::config::Dns;
+
+/// What ADD set up, in plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub host_ifname: String,
+    pub host_mac: String,
+    pub pod_ifname: String,
+    pub pod_mac: String,
+    pub sandbox: String,
+    pub mtu: u32,
+    /// Pod address with the node subnet's prefix length.
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// Formats a hardware address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn is_legacy(version: &str) -> bool {
+    version.starts_with("0.")
+}
+
+/// The ADD result. A `prev` result (chained plugins) is kept and ours is
+/// appended, with interface indexes shifted past the previous interfaces.
+pub fn build(version: &str, a: &Attached, dns: &Dns, prev: Option<&Value>) -> Value {
+    let prev = prev.and_then(Value::as_object);
+    let list = |key: &str| -> Vec<Value> {
+        prev.and_then(|p| p.get(key))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut interfaces = list("interfaces");
+    let mut ips = list("ips");
+    let mut routes = list("routes");
+    let base = interfaces.len();
+
+    let mut host = json!({"name": a.host_ifname, "mac": a.host_mac});
+    let mut pod = json!({"name": a.pod_ifname, "mac": a.pod_mac, "sandbox": a.sandbox});
+    if version == "1.1.0" {
+        host["mtu"] = json!(a.mtu);
+        pod["mtu"] = json!(a.mtu);
+    }
+    interfaces.push(host);
+    interfaces.push(pod);
+
+    let mut ip = json!({
+        "address": a.address.to_string(),
+        "gateway": a.gateway.to_string(),
+        "interface": base + 1,
+    });
+    if is_legacy(version) {
+        ip["version"] = json!("4");
+    }
+    ips.push(ip);
+    routes.push(json!({"dst": "0.0.0.0/0", "gw": a.gateway.to_string()}));
+
+    let mut out = Map::new();
+    out.insert("cniVersion".into(), json!(version));
+    out.insert("interfaces".into(), Value::Array(interfaces));
+    out.insert("ips".into(), Value::Array(ips));
+    out.insert("routes".into(), Value::Array(routes));
+    let prev_dns = prev.and_then(|p| p.get("dns")).filter(|d| !d.is_null());
+    if !dns.is_empty() {
+        out.insert("dns".into(), json!(dns));
+    } else if let Some(d) = prev_dns {
+        out.insert("dns".into(), d.clone());
+    } else {
+        out.insert("dns".into(), json!({}));
+    }
+    Value::Object(out)
+}
+
+/// The VERSION answer.
+pub fn version_info(version: &str) -> Value {
+    json!({
+        "cniVersion": version,
+        "supportedVersions": crate::config::SUPPORTED_VERSIONS,
+    })
+}
+
+/// Pulls our pod address out of a previous result: the `ips` entry whose
+/// interface is named `ifname` in `sandbox`.
+pub fn prev_address(prev: &Value, ifname: &str) -> Option<Ipv4Net> {
+    let ifaces = prev.get("interfaces")?.as_array()?;
+    let idx = ifaces.iter().position(|i| {
+        i.get("name").and_then(Value::as_str) == Some(ifname) && i.get("sandbox").is_some()
+    })?;
+    prev.get("ips")?
+        .as_array()?
+        .iter()
+        .find(|ip| ip.get("interface").and_then(Value::as_u64) == Some(idx as u64))?
+        .get("address")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Attached {
+        Attached {
+            host_ifname: "veth0123456789a".into(),
+            host_mac: "aa:bb:cc:dd:ee:01".into(),
+            pod_ifname: "eth0".into(),
+            pod_mac: "aa:bb:cc:dd:ee:02".into(),
+            sandbox: "/run/netns/p1".into(),
+            mtu: 1450,
+            address: "10.244.3.5/24".parse().unwrap(),
+            gateway: "10.244.3.1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn result_1_1_0() {
+        let dns = Dns {
+            nameservers: vec!["10.96.0.10".into()],
+            ..Dns::default()
+        };
+        let r = build("1.1.0", &sample(), &dns, None);
+        assert_eq!(r["cniVersion"], "1.1.0");
+        assert_eq!(r["interfaces"][0]["name"], "veth0123456789a");
+        assert_eq!(r["interfaces"][0]["mac"], "aa:bb:cc:dd:ee:01");
+        assert!(r["interfaces"][0].get("sandbox").is_none());
+        assert_eq!(r["interfaces"][1]["sandbox"], "/run/netns/p1");
+        assert_eq!(r["interfaces"][1]["mtu"], 1450);
+        assert_eq!(r["ips"][0]["address"], "10.244.3.5/24");
+        assert_eq!(r["ips"][0]["gateway"], "10.244.3.1");
+        assert_eq!(r["ips"][0]["interface"], 1);
+        assert!(r["ips"][0].get("version").is_none());
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(r["routes"][0]["gw"], "10.244.3.1");
+        assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
+    }
+
+    #[test]
+    fn result_1_0_0_has_no_mtu() {
+        let r = build("1.0.0", &sample(), &Dns::default(), None);
+        assert!(r["interfaces"][1].get("mtu").is_none());
+        assert!(r["ips"][0].get("version").is_none());
+        assert_eq!(r["dns"], json!({}));
+    }
+
+    #[test]
+    fn legacy_results_carry_ip_version() {
+        for v in ["0.3.0", "0.3.1", "0.4.0"] {
+            let r = build(v, &sample(), &Dns::default(), None);
+            assert_eq!(r["cniVersion"], v);
+            assert_eq!(r["ips"][0]["version"], "4");
+            assert!(r["interfaces"][1].get("mtu").is_none());
+        }
+    }
+
+    #[test]
+    fn prev_result_is_kept_and_indexes_shift() {
+        let prev = json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "lo", "sandbox": "/run/netns/p1"}],
+            "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+            "dns": {"nameservers": ["1.1.1.1"]}
+        });
+        let r = build("1.1.0", &sample(), &Dns::default(), Some(&prev));
+        assert_eq!(r["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(r["ips"][1]["interface"], 2);
+        assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1");
+        assert_eq!(
+            prev_address(&r, "eth0").unwrap().to_string(),
+            "10.244.3.5/24"
+        );
+        assert_eq!(prev_address(&r, "eth1"), None);
+    }
+
+    #[test]
+    fn version_lists_all() {
+        let v = version_info("0.4.0");
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(
+            v["supportedVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
+        assert_eq!(format_mac(&[0x0a, 0x58, 0, 1, 2, 255]), "0a:58:00:01:02:ff");
+    }
+}
