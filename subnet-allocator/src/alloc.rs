@@ -1,0 +1,319 @@
+//! The pure allocation rule: given the config, the leases that exist and
+//! this node's identity, which subnet should the node hold.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use rand::Rng;
+
+use crate::config::NetworkConfig;
+use crate::lease::Lease;
+
+/// What the node should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    /// This node (same public IP) already holds this lease: keep it.
+    Reuse(Lease),
+    /// Try to create a lease for this free subnet.
+    New(Ipv4Net),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AllocError {
+    #[error(
+        "no free subnet left in {min}..={max} of network {network} ({count} subnets, all leased)"
+    )]
+    Exhausted {
+        network: Ipv4Net,
+        min: Ipv4Net,
+        max: Ipv4Net,
+        count: u32,
+    },
+}
+
+/// Chooses the node's subnet. Rules, in order:
+/// 1. a lease already held by `public_ip` (and still a member of the
+///    network) is reused;
+/// 2. `preferred` (the subnet from the node's subnet file) if allocatable
+///    and free;
+/// 3. a uniformly random free subnet in `[subnet_min, subnet_max]`, random so
+///    that nodes joining at once rarely collide.
+pub fn allocate<R: Rng>(
+    cfg: &NetworkConfig,
+    existing: &[Lease],
+    public_ip: Ipv4Addr,
+    preferred: Option<Ipv4Net>,
+    rng: &mut R,
+) -> Result<Allocation, AllocError> {
+    // Lowest subnet first so that a node with several stale leases always
+    // picks the same one.
+    if let Some(own) = existing
+        .iter()
+        .filter(|l| l.attrs.public_ip == public_ip && cfg.is_member(l.subnet))
+        .min_by_key(|l| l.subnet.network())
+    {
+        return Ok(Allocation::Reuse(own.clone()));
+    }
+
+    if let Some(p) = preferred {
+        if cfg.is_allocatable(p) && !existing.iter().any(|l| overlaps(l.subnet, p)) {
+            return Ok(Allocation::New(p));
+        }
+    }
+
+    let taken = taken_intervals(cfg, existing);
+    let count = u64::from(cfg.subnet_count());
+    let used: u64 = taken.iter().map(|(a, b)| b - a + 1).sum();
+    let free = count - used;
+    if free == 0 {
+        return Err(AllocError::Exhausted {
+            network: cfg.network,
+            min: cfg.subnet_min,
+            max: cfg.subnet_max,
+            count: cfg.subnet_count(),
+        });
+    }
+    // The rank-th free index, skipping the merged taken intervals.
+    let mut idx = rng.gen_range(0..free);
+    for (a, b) in &taken {
+        if idx >= *a {
+            idx += b - a + 1;
+        } else {
+            break;
+        }
+    }
+    Ok(Allocation::New(index_to_subnet(cfg, idx)))
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn size(cfg: &NetworkConfig) -> u64 {
+    1u64 << (32 - u32::from(cfg.subnet_len))
+}
+
+fn index_to_subnet(cfg: &NetworkConfig, idx: u64) -> Ipv4Net {
+    let start = u64::from(u32::from(cfg.subnet_min.network())) + idx * size(cfg);
+    let addr = Ipv4Addr::from(u32::try_from(start).unwrap_or(u32::MAX));
+    Ipv4Net::new(addr, cfg.subnet_len).unwrap_or(cfg.subnet_min)
+}
+
+/// Candidate indices covered by existing leases, as sorted, merged,
+/// inclusive intervals. Leases of any length count, so a stray /16 lease
+/// blocks every /24 inside it.
+fn taken_intervals(cfg: &NetworkConfig, existing: &[Lease]) -> Vec<(u64, u64)> {
+    let min = u64::from(u32::from(cfg.subnet_min.network()));
+    let count = u64::from(cfg.subnet_count());
+    let last_end = min + count * size(cfg) - 1;
+    let mut iv: Vec<(u64, u64)> = existing
+        .iter()
+        .filter_map(|l| {
+            let s = u64::from(u32::from(l.subnet.network()));
+            let e = u64::from(u32::from(l.subnet.broadcast()));
+            if e < min || s > last_end {
+                return None;
+            }
+            let a = s.max(min);
+            let b = e.min(last_end);
+            Some(((a - min) / size(cfg), (b - min) / size(cfg)))
+        })
+        .collect();
+    iv.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(iv.len());
+    for (a, b) in iv {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use std::collections::HashSet;
+
+    fn cfg(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json.as_bytes()).unwrap()
+    }
+
+    fn lease(subnet: &str, ip: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                backend_type: "host-gw".into(),
+                backend_data: None,
+            },
+            lease_id: Some(7),
+            ttl_remaining: None,
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn reuses_own_lease_before_preferred() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let existing = vec![
+            lease("10.244.7.0/24", "192.0.2.1"),
+            lease("10.244.9.0/24", "192.0.2.2"),
+        ];
+        let mut rng = StdRng::seed_from_u64(1);
+        let a = allocate(
+            &c,
+            &existing,
+            ip("192.0.2.2"),
+            Some(net("10.244.3.0/24")),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(a, Allocation::Reuse(existing[1].clone()));
+    }
+
+    #[test]
+    fn own_lease_outside_network_is_not_reused() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let existing = vec![lease("10.99.7.0/24", "192.0.2.1")];
+        let mut rng = StdRng::seed_from_u64(1);
+        let a = allocate(&c, &existing, ip("192.0.2.1"), None, &mut rng).unwrap();
+        assert!(
+            matches!(a, Allocation::New(n) if c.is_allocatable(n)),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn preferred_used_when_free_and_valid() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let existing = vec![lease("10.244.7.0/24", "192.0.2.1")];
+        let mut rng = StdRng::seed_from_u64(2);
+        let a = allocate(
+            &c,
+            &existing,
+            ip("192.0.2.5"),
+            Some(net("10.244.3.0/24")),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(a, Allocation::New(net("10.244.3.0/24")));
+    }
+
+    #[test]
+    fn preferred_ignored_when_taken_or_invalid() {
+        let c = cfg(
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.20.0"}"#,
+        );
+        let existing = vec![lease("10.244.12.0/24", "192.0.2.1")];
+        for p in [
+            "10.244.12.0/24", // taken
+            "10.244.5.0/24",  // below SubnetMin
+            "10.244.21.0/24", // above SubnetMax
+            "10.244.12.0/25", // wrong length
+            "10.245.12.0/24", // other network
+        ] {
+            let mut rng = StdRng::seed_from_u64(3);
+            let a = allocate(&c, &existing, ip("192.0.2.5"), Some(net(p)), &mut rng).unwrap();
+            match a {
+                Allocation::New(n) => {
+                    assert_ne!(n, net(p));
+                    assert!(c.is_allocatable(n));
+                    assert_ne!(n, net("10.244.12.0/24"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn random_choice_covers_all_free_and_never_taken_or_out_of_bounds() {
+        let c = cfg(
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.19.0"}"#,
+        );
+        let existing = vec![
+            lease("10.244.10.0/24", "192.0.2.1"),
+            lease("10.244.13.0/24", "192.0.2.2"),
+            lease("10.244.14.0/24", "192.0.2.3"),
+            lease("10.244.19.0/24", "192.0.2.4"),
+            // A foreign, larger lease blocks what it covers.
+            lease("10.244.16.0/23", "192.0.2.6"),
+        ];
+        let expected: HashSet<Ipv4Net> = [
+            "10.244.11.0/24",
+            "10.244.12.0/24",
+            "10.244.15.0/24",
+            "10.244.18.0/24",
+        ]
+        .iter()
+        .map(|s| net(s))
+        .collect();
+        let mut seen = HashSet::new();
+        let mut rng = StdRng::seed_from_u64(4);
+        for _ in 0..400 {
+            match allocate(&c, &existing, ip("192.0.2.9"), None, &mut rng).unwrap() {
+                Allocation::New(n) => {
+                    assert!(expected.contains(&n), "picked {n}");
+                    seen.insert(n);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, expected, "every free subnet must be reachable");
+    }
+
+    #[test]
+    fn exhaustion() {
+        let c =
+            cfg(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.3.0"}"#);
+        let existing = vec![
+            lease("10.244.1.0/24", "192.0.2.1"),
+            lease("10.244.2.0/24", "192.0.2.2"),
+            lease("10.244.3.0/24", "192.0.2.3"),
+        ];
+        let mut rng = StdRng::seed_from_u64(5);
+        let e = allocate(
+            &c,
+            &existing,
+            ip("192.0.2.9"),
+            Some(net("10.244.2.0/24")),
+            &mut rng,
+        )
+        .unwrap_err();
+        assert!(matches!(e, AllocError::Exhausted { count: 3, .. }));
+        // ...but the holder of one of them still gets its own back.
+        let a = allocate(&c, &existing, ip("192.0.2.3"), None, &mut rng).unwrap();
+        assert_eq!(a, Allocation::Reuse(existing[2].clone()));
+    }
+
+    #[test]
+    fn filling_the_network_one_by_one_yields_each_subnet_once() {
+        let c = cfg(r#"{"Network":"10.244.0.0/20"}"#);
+        let mut existing = Vec::new();
+        let mut rng = StdRng::seed_from_u64(6);
+        for i in 0..c.subnet_count() {
+            let me = Ipv4Addr::from(u32::from(ip("198.18.0.0")) + i);
+            match allocate(&c, &existing, me, None, &mut rng).unwrap() {
+                Allocation::New(n) => {
+                    assert!(c.is_allocatable(n));
+                    assert!(!existing.iter().any(|l: &Lease| l.subnet == n));
+                    existing.push(lease(&n.to_string(), &me.to_string()));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(existing.len(), 15);
+        assert!(allocate(&c, &existing, ip("198.18.1.0"), None, &mut rng).is_err());
+    }
+}

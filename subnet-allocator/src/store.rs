@@ -1,0 +1,248 @@
+//! The lease store: the `LeaseStore` trait the agent talks to, its errors,
+//! and `acquire_lease`, the race-safe loop of list, allocate, create.
+//! Implementations: [`EtcdStore`] (clusters) and [`FileStore`] (single node).
+
+mod etcd;
+mod file;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use rand::Rng;
+
+use crate::alloc::{allocate, AllocError, Allocation};
+use crate::config::{ConfigError, NetworkConfig};
+use crate::lease::{Lease, LeaseAttrs};
+
+pub use etcd::{EtcdOptions, EtcdStore};
+pub use file::FileStore;
+
+/// How many lost races [`acquire_lease`] tolerates before giving up.
+pub const ACQUIRE_TRIES: u32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Transport or server error; safe to retry.
+    #[error("etcd {op} failed: {source}")]
+    Etcd {
+        op: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    /// The store did not answer in time; safe to retry.
+    #[error("etcd {op} timed out after {timeout:?}")]
+    Timeout { op: String, timeout: Duration },
+    #[error("subnet {0} is already leased")]
+    AlreadyTaken(Ipv4Net),
+    #[error("subnet {0} is now held by another node")]
+    NotOwner(Ipv4Net),
+    #[error("lease for subnet {0} is gone (expired, revoked or deleted)")]
+    LeaseGone(Ipv4Net),
+    /// The watch start revision was compacted away: relist, then watch from
+    /// the list's revision.
+    #[error("watch start revision is compacted (oldest available revision {compact_revision})")]
+    Compacted { compact_revision: i64 },
+    #[error("watch canceled by the store: {reason}")]
+    WatchCanceled { reason: String },
+    #[error("network config {key} not found")]
+    NoConfig { key: String },
+    #[error("network config {key} is invalid: {source}")]
+    BadConfig {
+        key: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    #[error("gave up acquiring a subnet after losing {tries} races to other nodes")]
+    TooManyConflicts { tries: u32 },
+    #[error("file store i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("file store {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("etcd TLS files were given ({0}) but this build has no TLS support")]
+    TlsUnsupported(PathBuf),
+    #[error("invalid etcd options: {0}")]
+    Options(String),
+}
+
+impl StoreError {
+    /// True for errors where trying the same call again later may succeed
+    /// (transport trouble), false for answers (taken, gone, bad data).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Etcd { .. }
+                | StoreError::Timeout { .. }
+                | StoreError::WatchCanceled { .. }
+                | StoreError::TooManyConflicts { .. }
+        )
+    }
+}
+
+/// One change to the set of leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Created or modified.
+    Added(Lease),
+    Removed(Ipv4Net),
+}
+
+/// All leases at one store revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSnapshot {
+    pub leases: Vec<Lease>,
+    pub revision: i64,
+}
+
+/// Storage of the network config and the subnet leases.
+pub trait LeaseStore: Send + Sync {
+    fn get_network_config(&self) -> impl Future<Output = Result<NetworkConfig, StoreError>> + Send;
+    fn list_leases(&self) -> impl Future<Output = Result<LeaseSnapshot, StoreError>> + Send;
+    /// Create-if-absent; `Err(StoreError::AlreadyTaken(subnet))` if the key exists.
+    fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Re-put our own lease (new attrs and/or fresh TTL); `NotOwner` if
+    /// another node's value is there now. "Ours" means same store lease id
+    /// or same public IP as `lease`. Recreates the key if it vanished.
+    fn update_lease(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Extend the TTL; `LeaseGone(subnet)` if the lease expired, was revoked
+    /// or the key was deleted or taken over.
+    fn renew_lease(&self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    fn delete_lease(&self, subnet: Ipv4Net) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Events strictly after `after_revision`.
+    fn watch_leases(
+        &self,
+        after_revision: i64,
+    ) -> impl Future<Output = Result<LeaseWatch, StoreError>> + Send;
+}
+
+/// A stream of lease event batches, in store order, none lost.
+pub struct LeaseWatch {
+    inner: WatchInner,
+}
+
+enum WatchInner {
+    Etcd(Box<etcd::EtcdWatch>),
+    File(file::FileWatch),
+}
+
+impl LeaseWatch {
+    /// The next non-empty batch and the store revision it brings the
+    /// watcher up to (watch again from there to resume). `Ok(None)` when the
+    /// store closed the stream; `Err(Compacted)` means relist.
+    pub async fn next(&mut self) -> Result<Option<(Vec<LeaseEvent>, i64)>, StoreError> {
+        match &mut self.inner {
+            WatchInner::Etcd(w) => w.next().await,
+            WatchInner::File(w) => w.next().await,
+        }
+    }
+}
+
+/// Seconds for a store TTL: rounded up so a lease never lives shorter than
+/// asked; 0 means "no expiry".
+pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
+    let s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+/// Gets this node a subnet lease: list, [`allocate`], then reuse (refresh
+/// attrs and TTL of our old lease) or create. A lost race (another node took
+/// the subnet between list and create) starts over; after
+/// [`ACQUIRE_TRIES`] lost races it gives up with `TooManyConflicts`.
+pub async fn acquire_lease<S: LeaseStore>(
+    store: &S,
+    cfg: &NetworkConfig,
+    public_ip: Ipv4Addr,
+    attrs: &LeaseAttrs,
+    preferred: Option<Ipv4Net>,
+    ttl: Duration,
+) -> Result<Lease, StoreError> {
+    let mut preferred = preferred;
+    for attempt in 1..=ACQUIRE_TRIES {
+        let snapshot = store.list_leases().await?;
+        let choice = allocate(
+            cfg,
+            &snapshot.leases,
+            public_ip,
+            preferred,
+            &mut rand::thread_rng(),
+        )?;
+        let result = match &choice {
+            Allocation::Reuse(old) => store.update_lease(old, attrs, ttl).await,
+            Allocation::New(subnet) => store.create_lease(*subnet, attrs, ttl).await,
+        };
+        match result {
+            Ok(lease) => {
+                tracing::info!(subnet = %lease.subnet, reused = matches!(choice, Allocation::Reuse(_)), "acquired subnet lease");
+                return Ok(lease);
+            }
+            Err(StoreError::AlreadyTaken(s)) | Err(StoreError::NotOwner(s)) => {
+                tracing::info!(subnet = %s, attempt, "lost the race for a subnet, picking again");
+                if preferred == Some(s) {
+                    preferred = None;
+                }
+                // Random back-off so the losers of one race do not all
+                // list and pick again in lockstep.
+                let ms = rand::thread_rng().gen_range(0..=25 * u64::from(attempt));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::TooManyConflicts {
+        tries: ACQUIRE_TRIES,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Compile-time check: the agent spawns these on tokio for any store.
+    #[allow(dead_code)]
+    fn futures_are_send<S: LeaseStore>(s: &S, cfg: &NetworkConfig, attrs: &LeaseAttrs) {
+        let ip = Ipv4Addr::LOCALHOST;
+        assert_send(&acquire_lease(s, cfg, ip, attrs, None, Duration::ZERO));
+        assert_send(&s.list_leases());
+        assert_send(&s.watch_leases(0));
+    }
+
+    #[test]
+    fn lease_watch_is_send() {
+        fn is_send<T: Send>() {}
+        is_send::<LeaseWatch>();
+        is_send::<EtcdStore>();
+        is_send::<FileStore>();
+    }
+
+    #[test]
+    fn ttl_rounds_up() {
+        assert_eq!(ttl_secs(Duration::ZERO), 0);
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ttl_secs(Duration::from_millis(2500)), 3);
+    }
+}
