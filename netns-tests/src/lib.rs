@@ -1,1 +1,22 @@
-//! netns harness.
+//! netns-tests: builds real multi-host twill clusters out of network
+//! namespaces on one machine (underlay bridge, hosts, etcd, agents, pods) for
+//! the end-to-end tests and the demo.
+
+// Unit tests unwrap freely; library code never does.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod bins;
+pub mod cluster;
+pub mod cmd;
+pub mod error;
+pub mod etcd;
+pub mod netns;
+pub mod parse;
+pub mod prereq;
+pub mod wait;
+
+pub use cluster::{Cluster, ClusterBuilder, Host, Pod};
+pub use error::{HarnessError, Result};
+pub use etcd::Etcd;
+pub use netns::{run_prefix, Netns};
+pub use prereq::{check_prereqs, require_prereqs};

@@ -1,0 +1,758 @@
+//! The multi-host cluster made of namespaces: an underlay namespace with
+//! bridge `ul0` and etcd, hosts `h1..hN` wired to it by veth pairs, agents
+//! (`twilld`) and pods (via the `twill` CNI plugin) on the hosts. Everything
+//! is torn down on drop, also when a test panics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::bins;
+use crate::cmd::{self, ip};
+use crate::error::{HarnessError, Result};
+use crate::etcd::Etcd;
+use crate::netns::{run_prefix, Netns};
+use crate::parse::{self, Lease, Route, SubnetFile};
+use crate::wait::{wait_for, DEFAULT_TIMEOUT};
+
+/// Address of the underlay bridge `ul0`, where etcd listens.
+pub const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// The etcd prefix the agents use.
+pub const ETCD_PREFIX: &str = "/twill/network";
+/// The network config written to `<prefix>/config` unless overridden.
+pub const DEFAULT_NETWORK_CONFIG: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+/// Name of the VXLAN device the agent creates (VNI 1).
+pub const VXLAN_DEV: &str = "twill.1";
+/// Name of the node bridge the agent creates.
+pub const BRIDGE_DEV: &str = "twill0";
+/// Interface name of a pod's / host's link.
+pub const IFNAME: &str = "eth0";
+
+const MAX_HOSTS: usize = 250;
+const LOG_TAIL_LINES: usize = 40;
+
+/// Configures and builds a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    hosts: usize,
+    prefix: Option<String>,
+    network_config: String,
+    resync_interval: u64,
+    own_process_group: bool,
+    bin_dir: Option<PathBuf>,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            hosts: 3,
+            prefix: None,
+            network_config: DEFAULT_NETWORK_CONFIG.to_owned(),
+            resync_interval: 2,
+            own_process_group: false,
+            bin_dir: None,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Number of hosts created up front (more can join with
+    /// [`Cluster::add_host`]).
+    pub fn hosts(mut self, n: usize) -> Self {
+        self.hosts = n;
+        self
+    }
+
+    /// A fixed namespace prefix instead of the per-run unique one (the demo
+    /// uses `twdemo`).
+    pub fn prefix(mut self, p: impl Into<String>) -> Self {
+        self.prefix = Some(p.into());
+        self
+    }
+
+    /// The JSON written to `<prefix>/config`.
+    pub fn network_config(mut self, json: impl Into<String>) -> Self {
+        self.network_config = json.into();
+        self
+    }
+
+    /// `--resync-interval` passed to the agents (short, so tests converge
+    /// fast even if a watch event is missed).
+    pub fn resync_interval(mut self, secs: u64) -> Self {
+        self.resync_interval = secs;
+        self
+    }
+
+    /// Starts etcd and agents in their own process group so a terminal's
+    /// Ctrl-C reaches only the harness, which then tears down in order.
+    /// Off for tests: there a killed test process should take them along.
+    pub fn own_process_group(mut self, yes: bool) -> Self {
+        self.own_process_group = yes;
+        self
+    }
+
+    /// Where `twilld` and `twill` are taken from, instead of
+    /// [`bins::bin_dir`] (lets a test substitute stand-ins).
+    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// Builds underlay, etcd (with the network config) and the hosts.
+    pub fn build(self) -> Result<Cluster> {
+        let prefix = self.prefix.clone().unwrap_or_else(run_prefix);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .map_err(|source| HarnessError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let underlay = Netns::new(format!("{prefix}-ul"))?;
+        underlay.ip(["link", "add", "ul0", "type", "bridge"])?;
+        underlay.ip(["addr", "add", &format!("{UNDERLAY_IP}/24"), "dev", "ul0"])?;
+        underlay.ip(["link", "set", "ul0", "up"])?;
+        let etcd = Etcd::start(
+            underlay.name(),
+            UNDERLAY_IP,
+            dir.path(),
+            self.own_process_group,
+        )?;
+        etcd.put(&format!("{ETCD_PREFIX}/config"), &self.network_config)?;
+        let mut cluster = Cluster {
+            pods: Vec::new(),
+            agents: BTreeMap::new(),
+            hosts: Vec::new(),
+            etcd,
+            underlay,
+            prefix,
+            resync_interval: self.resync_interval,
+            own_process_group: self.own_process_group,
+            bin_dir: self.bin_dir,
+            dir,
+        };
+        for _ in 0..self.hosts {
+            cluster.add_host()?;
+        }
+        Ok(cluster)
+    }
+}
+
+/// A simulated node: a namespace with `eth0` on the underlay.
+#[derive(Debug)]
+pub struct Host {
+    name: String,
+    ns: Netns,
+    ip: Ipv4Addr,
+    dir: PathBuf,
+}
+
+impl Host {
+    /// Logical name (`h1`, `h2`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its namespace.
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+    /// Its underlay (public) address.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+    /// Where its agent writes the subnet file.
+    pub fn subnet_file_path(&self) -> PathBuf {
+        self.dir.join("subnet.env")
+    }
+    /// The CNI plugin's IPAM data dir on this host.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.join("ipam")
+    }
+    /// The agent's log file (stdout + stderr, appended across restarts).
+    pub fn agent_log_path(&self) -> PathBuf {
+        self.dir.join("twilld.log")
+    }
+}
+
+#[derive(Debug)]
+struct Agent {
+    child: Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A pod: its own namespace, wired to a host by the CNI plugin.
+#[derive(Debug)]
+pub struct Pod {
+    name: String,
+    host: String,
+    ns: Netns,
+    addr: Ipv4Net,
+    container_id: String,
+}
+
+impl Pod {
+    /// Logical name given to [`Cluster::add_pod`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The host it runs on.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+    /// Its namespace.
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+    /// Its IP.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.addr.addr()
+    }
+    /// Its IP with prefix length, as the CNI result gave it.
+    pub fn cidr(&self) -> Ipv4Net {
+        self.addr
+    }
+}
+
+/// A running cluster. Field order is teardown order: pods, agents, hosts,
+/// etcd, underlay, temp dir.
+#[derive(Debug)]
+pub struct Cluster {
+    pods: Vec<Pod>,
+    agents: BTreeMap<String, Agent>,
+    hosts: Vec<Host>,
+    etcd: Etcd,
+    underlay: Netns,
+    prefix: String,
+    resync_interval: u64,
+    own_process_group: bool,
+    bin_dir: Option<PathBuf>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts configuring a cluster (3 hosts by default).
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    fn bin_dir(&self) -> Result<PathBuf> {
+        self.bin_dir.clone().map_or_else(bins::bin_dir, Ok)
+    }
+
+    fn binary(&self, name: &str) -> Result<PathBuf> {
+        let p = self.bin_dir()?.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(HarnessError::MissingBinary { path: p })
+        }
+    }
+
+    /// The namespace prefix of this cluster.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The temp dir holding etcd data, subnet files, IPAM dirs and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The etcd server.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// The underlay namespace (bridge `ul0`, etcd).
+    pub fn underlay(&self) -> &Netns {
+        &self.underlay
+    }
+
+    /// All hosts, in join order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// All pods, in creation order.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// Host by name.
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| HarnessError::Unknown {
+                kind: "host",
+                name: name.to_owned(),
+            })
+    }
+
+    /// Pod by name.
+    pub fn pod(&self, name: &str) -> Result<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| HarnessError::Unknown {
+                kind: "pod",
+                name: name.to_owned(),
+            })
+    }
+
+    /// The namespace of a host or a pod, by name.
+    pub fn ns_of(&self, name: &str) -> Result<&Netns> {
+        if let Ok(h) = self.host(name) {
+            return Ok(&h.ns);
+        }
+        self.pod(name).map(|p| &p.ns)
+    }
+
+    /// Adds host `h<N+1>` at `192.0.2.<N+1>`: namespace, veth `eth0` whose
+    /// peer is on the underlay bridge, forwarding on (as on any k8s node).
+    /// Its agent is not started. Returns the host's name.
+    pub fn add_host(&mut self) -> Result<String> {
+        let i = self.hosts.len() + 1;
+        if i > MAX_HOSTS {
+            return Err(HarnessError::Exists {
+                kind: "host slot",
+                name: format!("h{i} (max {MAX_HOSTS})"),
+            });
+        }
+        let name = format!("h{i}");
+        let ip = Ipv4Addr::new(192, 0, 2, i as u8);
+        let dir = self.dir.path().join(&name);
+        std::fs::create_dir_all(&dir).map_err(|source| HarnessError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let ns = Netns::new(format!("{}-{name}", self.prefix))?;
+        // Created inside the host namespace with the peer placed straight in
+        // the underlay one: nothing ever touches the root namespace.
+        ns.ip([
+            "link",
+            "add",
+            IFNAME,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &name,
+            "netns",
+            self.underlay.name(),
+        ])?;
+        ns.ip(["addr", "add", &format!("{ip}/24"), "dev", IFNAME])?;
+        ns.ip(["link", "set", IFNAME, "up"])?;
+        self.underlay
+            .ip(["link", "set", &name, "master", "ul0", "up"])?;
+        ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        self.hosts.push(Host { name, ns, ip, dir });
+        Ok(self.hosts[i - 1].name.clone())
+    }
+
+    /// Starts `twilld` on `host`; its stdout/stderr go to the host's log.
+    pub fn start_agent(&mut self, host: &str) -> Result<()> {
+        if self.agents.contains_key(host) {
+            return Err(HarnessError::Exists {
+                kind: "agent on host",
+                name: host.to_owned(),
+            });
+        }
+        let bin = self.binary("twilld")?;
+        let h = self.host(host)?;
+        let log_path = h.agent_log_path();
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(|source| HarnessError::Io {
+                    path: log_path.clone(),
+                    source,
+                })
+        };
+        let (out, err) = (open()?, open()?);
+        let mut c = h.ns.command(
+            &bin.to_string_lossy(),
+            [
+                "--etcd-endpoints".to_owned(),
+                self.etcd.endpoint(),
+                "--etcd-prefix".to_owned(),
+                ETCD_PREFIX.to_owned(),
+                "--iface".to_owned(),
+                IFNAME.to_owned(),
+                "--subnet-file".to_owned(),
+                h.subnet_file_path().to_string_lossy().into_owned(),
+                "--resync-interval".to_owned(),
+                self.resync_interval.to_string(),
+                "--log-level".to_owned(),
+                "debug".to_owned(),
+            ],
+        );
+        // Settings from the caller's environment must not leak into the agent.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TWILL_") {
+                c.env_remove(k);
+            }
+        }
+        c.stdin(Stdio::null()).stdout(out).stderr(err);
+        if self.own_process_group {
+            c.process_group(0);
+        }
+        let desc = cmd::describe(&c);
+        let child = c
+            .spawn()
+            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
+        h.ns.register_pid(child.id() as i32);
+        self.agents.insert(host.to_owned(), Agent { child });
+        Ok(())
+    }
+
+    /// Starts the agents of all hosts that have none running.
+    pub fn start_agents(&mut self) -> Result<()> {
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        for n in names {
+            if !self.agents.contains_key(&n) {
+                self.start_agent(&n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM to `host`'s agent and waits (10 s) for it to exit;
+    /// SIGKILLs it and reports a timeout when it does not.
+    pub fn stop_agent(&mut self, host: &str) -> Result<ExitStatus> {
+        let mut agent = self
+            .agents
+            .remove(host)
+            .ok_or_else(|| HarnessError::Unknown {
+                kind: "running agent on host",
+                name: host.to_owned(),
+            })?;
+        let pid = agent.child.id() as i32;
+        kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|source| HarnessError::Signal {
+            pid,
+            signal: "SIGTERM".into(),
+            source,
+        })?;
+        let timeout = Duration::from_secs(10);
+        let start = Instant::now();
+        loop {
+            match agent.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if start.elapsed() < timeout => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let tail = self.agent_log_tail(host);
+                    drop(agent);
+                    return Err(HarnessError::Timeout {
+                        what: format!("agent on {host} to exit after SIGTERM"),
+                        waited: timeout,
+                        last: "still running, killed".into(),
+                        detail: format!("\n{tail}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether `host`'s agent process is still running (false when it
+    /// exited or was never started).
+    pub fn agent_running(&mut self, host: &str) -> bool {
+        self.agents
+            .get_mut(host)
+            .is_some_and(|a| matches!(a.child.try_wait(), Ok(None)))
+    }
+
+    /// The last lines of `host`'s agent log, labelled.
+    pub fn agent_log_tail(&self, host: &str) -> String {
+        match self.host(host) {
+            Ok(h) => format!(
+                "--- twilld log of {host} ({}) ---\n{}",
+                h.agent_log_path().display(),
+                cmd::tail(&h.agent_log_path(), LOG_TAIL_LINES)
+            ),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Log tails of every host's agent, for failure reports.
+    pub fn diagnostics(&self) -> String {
+        self.hosts
+            .iter()
+            .filter(|h| h.agent_log_path().exists())
+            .map(|h| self.agent_log_tail(&h.name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Reads `host`'s subnet file now.
+    pub fn subnet_file(&self, host: &str) -> Result<SubnetFile> {
+        let path = self.host(host)?.subnet_file_path();
+        let text = std::fs::read_to_string(&path).map_err(|source| HarnessError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        parse::parse_subnet_file(&text)
+    }
+
+    /// Waits until `host`'s agent has written a complete subnet file.
+    pub fn wait_subnet_file(&self, host: &str) -> Result<SubnetFile> {
+        self.host(host)?;
+        wait_for(
+            &format!("subnet file of {host}"),
+            DEFAULT_TIMEOUT,
+            || self.subnet_file(host).map(Some),
+            || format!("\n{}", self.agent_log_tail(host)),
+        )
+    }
+
+    /// The etcd key of the lease for `subnet`.
+    pub fn lease_key(subnet: Ipv4Net) -> String {
+        format!(
+            "{ETCD_PREFIX}/subnets/{}-{}",
+            subnet.network(),
+            subnet.prefix_len()
+        )
+    }
+
+    /// All leases in etcd, by subnet.
+    pub fn leases(&self) -> Result<BTreeMap<Ipv4Net, Lease>> {
+        self.etcd
+            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))?
+            .into_iter()
+            .map(|(k, v)| Ok((parse::parse_lease_key(&k)?, parse::parse_lease(&k, &v)?)))
+            .collect()
+    }
+
+    /// Waits until etcd holds exactly `n` leases.
+    pub fn wait_leases(&self, n: usize) -> Result<BTreeMap<Ipv4Net, Lease>> {
+        wait_for(
+            &format!("{n} leases in etcd"),
+            DEFAULT_TIMEOUT,
+            || {
+                let l = self.leases()?;
+                Ok((l.len() == n).then_some(l))
+            },
+            || format!("\n{}", self.diagnostics()),
+        )
+    }
+
+    /// Routes via the VXLAN device in `host` (`ip -j route show dev twill.1`).
+    pub fn routes(&self, host: &str) -> Result<Vec<Route>> {
+        let h = self.host(host)?;
+        let out = h.ns.ip(["-j", "route", "show", "dev", VXLAN_DEV])?;
+        parse::parse_routes(&out)
+    }
+
+    /// Waits until `host`'s VXLAN routes go to exactly `expected`, each via
+    /// `<subnet>.0 onlink` as the agent's contract says.
+    pub fn wait_routes(&self, host: &str, expected: &BTreeSet<Ipv4Net>) -> Result<Vec<Route>> {
+        wait_for(
+            &format!("routes of {host} via {VXLAN_DEV} to be exactly {expected:?}"),
+            DEFAULT_TIMEOUT,
+            || {
+                let routes = self.routes(host)?;
+                let got: BTreeSet<Ipv4Net> = routes.iter().map(|r| r.dst).collect();
+                let shaped = routes
+                    .iter()
+                    .all(|r| r.onlink && r.gateway == Some(r.dst.network()));
+                if got == *expected && shaped {
+                    Ok(Some(routes))
+                } else {
+                    Err(HarnessError::Parse {
+                        what: format!("routes of {host}"),
+                        reason: format!("have {routes:?}"),
+                    })
+                }
+            },
+            || format!("\n{}", self.agent_log_tail(host)),
+        )
+    }
+
+    /// Waits until every host with a running agent has a route to every
+    /// other such host's subnet (and nothing else).
+    pub fn wait_converged(&self) -> Result<()> {
+        let subnets: BTreeMap<String, Ipv4Net> = self
+            .agents
+            .keys()
+            .map(|h| Ok((h.clone(), self.wait_subnet_file(h)?.node_subnet())))
+            .collect::<Result<_>>()?;
+        for host in subnets.keys() {
+            let others = subnets
+                .iter()
+                .filter(|(h, _)| *h != host)
+                .map(|(_, s)| *s)
+                .collect();
+            self.wait_routes(host, &others)?;
+        }
+        Ok(())
+    }
+
+    fn cni_config(&self, host: &Host) -> String {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "twill",
+            "type": "twill",
+            "subnetFile": host.subnet_file_path(),
+            "dataDir": host.ipam_dir(),
+        })
+        .to_string()
+    }
+
+    /// Invokes the CNI plugin inside `host`'s namespace with `command` for a
+    /// pod namespace, the given container id and the standard config (or
+    /// `config` when given). Returns the raw output: exit status and
+    /// stdout are the CNI result or error.
+    pub fn cni_raw(
+        &self,
+        host: &str,
+        command: &str,
+        container_id: &str,
+        netns_path: &str,
+        config: Option<&str>,
+    ) -> Result<Output> {
+        let bin = self.binary("twill")?;
+        let bin_dir = self.bin_dir()?;
+        let h = self.host(host)?;
+        let config = config.map_or_else(|| self.cni_config(h), str::to_owned);
+        let mut c =
+            h.ns.command(&bin.to_string_lossy(), std::iter::empty::<&str>());
+        c.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns_path)
+            .env("CNI_IFNAME", IFNAME)
+            .env("CNI_PATH", bin_dir);
+        cmd::run_with_stdin(&mut c, Some(config.as_bytes()))
+    }
+
+    /// Creates pod `name` on `host`: a namespace plus a CNI ADD. Returns its
+    /// IP. On failure the pod namespace is removed again.
+    pub fn add_pod(&mut self, host: &str, name: &str) -> Result<Ipv4Addr> {
+        if self.pod(name).is_ok() || self.host(name).is_ok() {
+            return Err(HarnessError::Exists {
+                kind: "pod or host",
+                name: name.to_owned(),
+            });
+        }
+        self.host(host)?;
+        let ns = Netns::new(format!("{}-{name}", self.prefix))?;
+        let container_id = format!("{}-{name}", self.prefix);
+        let out = self.cni_raw(host, "ADD", &container_id, &ns.path(), None)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(HarnessError::Cni {
+                command: "ADD".into(),
+                pod: name.to_owned(),
+                status: out.status.to_string(),
+                output: format!(
+                    "stdout: {} stderr: {}",
+                    stdout.trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        let addr = parse::parse_cni_result_ip(&stdout)?;
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            ns,
+            addr,
+            container_id,
+        });
+        Ok(addr.addr())
+    }
+
+    /// CNI DEL of pod `name`, then removes its namespace.
+    pub fn del_pod(&mut self, name: &str) -> Result<()> {
+        let idx = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| HarnessError::Unknown {
+                kind: "pod",
+                name: name.to_owned(),
+            })?;
+        let pod = &self.pods[idx];
+        let out = self.cni_raw(&pod.host, "DEL", &pod.container_id, &pod.ns.path(), None)?;
+        let pod = self.pods.remove(idx);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Cni {
+                command: "DEL".into(),
+                pod: pod.name.clone(),
+                status: out.status.to_string(),
+                output: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            })
+        }
+    }
+
+    /// Whether a host or pod named `from` can ping `ip`, retrying for up to
+    /// 5 s (ARP/FDB may still be settling).
+    pub fn ping(&self, from: &str, ip: Ipv4Addr) -> bool {
+        self.ping_within(from, ip, Duration::from_secs(5))
+    }
+
+    /// [`Cluster::ping`] with an explicit deadline.
+    pub fn ping_within(&self, from: &str, ip: Ipv4Addr, deadline: Duration) -> bool {
+        let Ok(ns) = self.ns_of(from) else {
+            return false;
+        };
+        let start = Instant::now();
+        loop {
+            let ok = ns
+                .exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return true;
+            }
+            if start.elapsed() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "netns-tests: cluster {} torn down after a failure; agent logs:\n{}\n--- etcd log ---\n{}",
+                self.prefix,
+                self.diagnostics(),
+                cmd::tail(self.etcd.log_path(), 15)
+            );
+        }
+        // Fields drop next, in declaration order: pods, agents, hosts, etcd,
+        // underlay, temp dir.
+    }
+}
+
+/// Lists namespaces whose name starts with `prefix` (for leak checks).
+pub fn namespaces_with_prefix(prefix: &str) -> Result<Vec<String>> {
+    let out = cmd::run_ok(&mut ip(["netns", "list"]))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}

@@ -1,0 +1,129 @@
+//! Network namespace guards with per-run unique names: created on `new`,
+//! their processes killed and the namespace deleted on drop (also on panic).
+
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::cmd::{self, ip};
+use crate::error::Result;
+
+/// Prefix every test namespace name starts with; `scripts/test.sh` looks
+/// for leftovers with it (`tw<pid hex>x<n>-`).
+pub const TEST_PREFIX: &str = "tw";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A prefix unique to this process and call, e.g. `tw1f3ax0`: the pid keeps
+/// concurrent test binaries apart, the counter concurrent tests in one.
+pub fn run_prefix() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{TEST_PREFIX}{:x}x{n}", std::process::id())
+}
+
+/// A network namespace this process created and owns.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    pids: Mutex<Vec<i32>>,
+}
+
+impl Netns {
+    /// `ip netns add <name>` and bring `lo` up.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        cmd::run_ok(&mut ip(["netns", "add", &name]))?;
+        // From here on the guard exists, so a failure below still deletes it.
+        let ns = Netns {
+            name,
+            pids: Mutex::new(Vec::new()),
+        };
+        ns.ip(["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (as in `/run/netns/<name>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its path, the `CNI_NETNS` of a pod.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Registers a process to be killed (SIGKILL) before the namespace goes.
+    pub fn register_pid(&self, pid: i32) {
+        if let Ok(mut p) = self.pids.lock() {
+            p.push(pid);
+        }
+    }
+
+    /// A `Command` running `program args..` inside this namespace.
+    pub fn command<I, S>(&self, program: &str, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = ip(["netns", "exec", &self.name, program]);
+        c.args(args);
+        c
+    }
+
+    /// Runs `argv` inside the namespace; a non-zero exit is returned, not an
+    /// error.
+    pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<Output> {
+        let (prog, rest) = split(argv);
+        cmd::run(&mut self.command(&prog, rest))
+    }
+
+    /// Runs `argv` inside the namespace and returns stdout; fails on a
+    /// non-zero exit.
+    pub fn exec_ok<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<String> {
+        let (prog, rest) = split(argv);
+        cmd::run_ok(&mut self.command(&prog, rest))
+    }
+
+    /// `ip -n <ns> <args..>`, failing on a non-zero exit.
+    pub fn ip<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = ip(["-n", &self.name]);
+        c.args(args);
+        cmd::run_ok(&mut c)
+    }
+}
+
+fn split<S: AsRef<OsStr>>(argv: &[S]) -> (String, &[S]) {
+    match argv.split_first() {
+        Some((p, rest)) => (p.as_ref().to_string_lossy().into_owned(), rest),
+        None => (String::from("true"), argv),
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let registered = self.pids.lock().map(|p| p.clone()).unwrap_or_default();
+        // Anything still running in the namespace was started by us into a
+        // namespace we created: kill it, or the netns would stay alive.
+        let inside = cmd::run_ok(&mut ip(["netns", "pids", &self.name]))
+            .map(|s| {
+                s.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for pid in registered.iter().chain(inside.iter()) {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        if let Err(e) = cmd::run_ok(&mut ip(["netns", "del", &self.name])) {
+            eprintln!("netns-tests: cannot delete netns {}: {e}", self.name);
+        }
+    }
+}

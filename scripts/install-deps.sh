@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what building and testing twill needs on Debian 12, skipping
+# packages already present. Must run as root. Never downloads Rust itself.
+set -euo pipefail
+
+PACKAGES=(etcd-server etcd-client protobuf-compiler iproute2 iputils-ping nftables
+          iperf3 containernetworking-plugins build-essential pkg-config)
+
+die() { echo "install-deps: $*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (apt-get install needs it)"
+command -v dpkg-query >/dev/null || die "dpkg-query not found: this script supports Debian/Ubuntu only"
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+else
+    echo "install-deps: all packages present"
+fi
+
+for bin in ip etcd etcdctl protoc ping; do
+    command -v "$bin" >/dev/null || die "$bin still not in PATH after installing packages"
+done
+
+if ! command -v cargo >/dev/null; then
+    die "cargo not found. Install a Rust toolchain (>= 1.85), e.g. with the rustup
+installer from https://rustup.rs (as the user who builds), or 'apt-get install cargo'
+if Debian's version is recent enough, then re-run."
+fi
+echo "install-deps: ok ($(cargo --version))"
