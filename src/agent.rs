@@ -16,7 +16,9 @@ use subnet_allocator::{
 };
 use tokio::time::{sleep, Instant};
 
-use crate::kernel::{Kernel, KernelError, Underlay, VxlanSpec};
+use crate::kernel::{
+    classify_link_event, link_events, Kernel, KernelError, LinkSignal, Underlay, VxlanSpec,
+};
 use crate::reconcile::{desired_state, diff, remote_nodes, Mac};
 use crate::subnet_file::{self, gateway_of, SubnetEnv, SubnetFileError};
 
@@ -354,6 +356,13 @@ impl<S: LeaseStore> Agent<S> {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let renew_every = self.opts.lease_ttl / 3;
         let mut renew_at = Instant::now() + renew_every;
+        let mut links = match link_events() {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch link events; relying on the periodic resync");
+                None
+            }
+        };
 
         loop {
             if watch.is_none() && Instant::now() >= rewatch_at {
@@ -375,6 +384,12 @@ impl<S: LeaseStore> Agent<S> {
                         tokio::time::sleep_until(rewatch_at).await;
                         Ok(Some((Vec::new(), -1)))
                     }
+                }
+            };
+            let next_link = async {
+                match links.as_mut() {
+                    Some(rx) => futures::StreamExt::next(rx).await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -406,6 +421,29 @@ impl<S: LeaseStore> Agent<S> {
                     Err(e) => {
                         watch = None;
                         self.on_watch_error(e, &mut watch_backoff, &mut rewatch_at).await;
+                    }
+                },
+                link = next_link => match link {
+                    None => {
+                        tracing::warn!("link event socket closed; relying on the periodic resync");
+                        links = None;
+                    }
+                    Some((msg, _)) => {
+                        let names = [self.opts.bridge.as_str(), self.vxlan.name.as_str()];
+                        let signal = classify_link_event(&msg, &names);
+                        if signal != LinkSignal::Ignore {
+                            if signal == LinkSignal::Lost {
+                                tracing::warn!("netlink link events were lost; full resync");
+                            }
+                            // One repair for a burst of events.
+                            sleep(Duration::from_millis(20)).await;
+                            if let Some(rx) = links.as_mut() {
+                                while rx.try_recv().is_ok() {}
+                            }
+                            if let Err(e) = self.reconcile().await {
+                                tracing::warn!(error = %e, "reconcile after link event failed");
+                            }
+                        }
                     }
                 },
                 _ = resync.tick() => {

@@ -46,6 +46,14 @@ pub struct Args {
     #[arg(long, env = "TWILL_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
 
+    /// etcd user name (etcd auth)
+    #[arg(long, env = "TWILL_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+
+    /// etcd password (etcd auth); prefer the environment variable over the flag
+    #[arg(long, env = "TWILL_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+
     /// underlay interface (default: the interface of the default route)
     #[arg(long, env = "TWILL_IFACE")]
     pub iface: Option<String>,
@@ -92,8 +100,47 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// print the cluster's leases
-    Status,
+    /// print the cluster's leases (subnet, public IP, VTEP MAC, TTL left)
+    Status {
+        /// print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// remove everything twill made on this node (bridge, VXLAN devices
+    /// with their routes, neighbours and FDB entries, the subnet file)
+    Cleanup,
+    /// install the CNI plugin binary and a conflist for the node's runtime
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InstallCniArgs {
+    /// where container runtimes look for CNI plugin binaries
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// where container runtimes look for CNI network configs
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// the plugin binary to install (default: `twill` beside this twilld)
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// file name of the conflist
+    #[arg(long, default_value = "10-twill.conflist")]
+    pub conf_name: String,
+    /// CNI network name
+    #[arg(long, default_value = "twill")]
+    pub network_name: String,
+    /// chain the reference `portmap` plugin for hostPort (yes, no, or auto:
+    /// only when `portmap` is present in --bin-dir)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub portmap: Portmap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Portmap {
+    Yes,
+    No,
+    Auto,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +161,8 @@ pub enum ArgsError {
     Bridge(String),
     #[error("--etcd-certfile and --etcd-keyfile go together")]
     CertKeyPair,
+    #[error("--etcd-username and --etcd-password go together")]
+    UserPassword,
 }
 
 /// Linux interface name rules (IFNAMSIZ and dev_valid_name).
@@ -154,6 +203,9 @@ impl Args {
         }
         if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
             return Err(ArgsError::CertKeyPair);
+        }
+        if self.etcd_username.is_some() != self.etcd_password.is_some() {
+            return Err(ArgsError::UserPassword);
         }
         Ok(())
     }
@@ -209,6 +261,7 @@ mod tests {
             (vec!["--resync-interval", "0"], "--resync-interval"),
             (vec!["--bridge", "a-name-that-is-too-long"], "--bridge"),
             (vec!["--etcd-certfile", "/x.pem"], "--etcd-keyfile"),
+            (vec!["--etcd-username", "root"], "--etcd-password"),
         ];
         for (args, flag) in cases {
             let err = parse(&args).validate().unwrap_err().to_string();

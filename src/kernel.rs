@@ -653,3 +653,80 @@ impl Kernel {
         }
     }
 }
+
+/// What a link event means for the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkSignal {
+    /// One of the watched devices was created, changed or deleted.
+    Changed,
+    /// The kernel dropped events (ENOBUFS): state is unknown, resync.
+    Lost,
+    /// Nothing that concerns twill.
+    Ignore,
+}
+
+/// Subscribes to link events in this namespace, so a deleted or changed
+/// device is repaired at once rather than at the next resync.
+pub fn link_events() -> Result<
+    futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+> {
+    let (conn, _handle, messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+            .map_err(KernelError::Connect)?;
+    tokio::spawn(conn);
+    Ok(messages)
+}
+
+/// Classifies one link event against the names of twill's devices.
+pub fn classify_link_event(
+    msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    names: &[&str],
+) -> LinkSignal {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    match &msg.payload {
+        NetlinkPayload::Overrun(_) => LinkSignal::Lost,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l))
+        | NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+            let named = l
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if names.contains(&n.as_str())));
+            if named {
+                LinkSignal::Changed
+            } else {
+                LinkSignal::Ignore
+            }
+        }
+        _ => LinkSignal::Ignore,
+    }
+}
+
+/// Removes every device twill made on this node: the pod bridge and every
+/// VXLAN device named `twill.<VNI>` (their routes, neighbours and FDB
+/// entries go with them). Errors are collected and the rest still removed.
+pub async fn cleanup(kernel: &Kernel, bridge: &str) -> Vec<KernelError> {
+    let mut errors = Vec::new();
+    let links: Vec<LinkMessage> = match kernel.handle.link().get().execute().try_collect().await {
+        Ok(l) => l,
+        Err(e) => return vec![nl("list links")(e)],
+    };
+    for msg in links {
+        let link = LinkInfoView::from_message(&msg);
+        let ours = (link.name == bridge && link.kind.as_deref() == Some("bridge"))
+            || (link.name.starts_with("twill.") && link.kind.as_deref() == Some("vxlan"));
+        if !ours {
+            continue;
+        }
+        tracing::info!(device = %link.name, "deleting");
+        if let Err(e) = kernel.handle.link().del(link.index).execute().await {
+            if errno(&e) != Some(ENODEV) {
+                errors.push(nl(format!("delete {}", link.name))(e));
+            }
+        }
+    }
+    errors
+}

@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod cli;
 pub mod health;
+pub mod install;
 pub mod kernel;
+pub mod notify;
 pub mod reconcile;
 pub mod subnet_file;

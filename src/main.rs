@@ -35,8 +35,8 @@ fn etcd_options(args: &Args) -> EtcdOptions {
         ca_file: args.etcd_cafile.clone(),
         cert_file: args.etcd_certfile.clone(),
         key_file: args.etcd_keyfile.clone(),
-        username: None,
-        password: None,
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
     }
 }
 
@@ -54,30 +54,64 @@ fn shutdown_signal(
     }))
 }
 
-async fn status(args: &Args) -> anyhow::Result<()> {
+/// Seconds left on an etcd lease, if etcd still knows it.
+async fn lease_ttl(store: &EtcdStore, id: i64) -> Option<std::time::Duration> {
+    let mut client = store.client().clone();
+    let resp = client.lease_time_to_live(id, None).await.ok()?;
+    u64::try_from(resp.ttl())
+        .ok()
+        .map(std::time::Duration::from_secs)
+}
+
+async fn status(args: &Args, json: bool) -> anyhow::Result<()> {
     let store = EtcdStore::connect(etcd_options(args))
         .await
         .context("connecting to etcd")?;
     let snap = store.list_leases().await.context("listing leases")?;
+    let mut rows = Vec::new();
+    for l in &snap.leases {
+        // The list does not carry TTLs; ask etcd per lease for the status view.
+        let ttl = match l.lease_id {
+            Some(id) => lease_ttl(&store, id).await,
+            None => None,
+        };
+        rows.push((l, ttl));
+    }
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(l, ttl)| {
+                serde_json::json!({
+                    "subnet": l.subnet.to_string(),
+                    "publicIP": l.attrs.public_ip.to_string(),
+                    "backendType": l.attrs.backend_type,
+                    "vtepMAC": l.attrs.backend_data.as_ref().map(|d| d.vtep_mac.clone()),
+                    "ttlSeconds": ttl.map(|t| t.as_secs()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
     println!(
-        "{:<20} {:<16} {:<18} TTL",
-        "SUBNET", "PUBLIC IP", "VTEP MAC"
+        "{:<20} {:<16} {:<10} {:<18} TTL",
+        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"
     );
-    for l in snap.leases {
+    for (l, ttl) in rows {
         let mac = l
             .attrs
             .backend_data
             .as_ref()
             .map(|d| d.vtep_mac.as_str())
             .unwrap_or("-");
-        let ttl = l
-            .ttl_remaining
+        let ttl = ttl
             .map(|t| format!("{}s", t.as_secs()))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<20} {:<16} {:<18} {}",
+            "{:<20} {:<16} {:<10} {:<18} {}",
             l.subnet.to_string(),
             l.attrs.public_ip.to_string(),
+            l.attrs.backend_type,
             mac,
             ttl
         );
@@ -85,9 +119,35 @@ async fn status(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn cleanup(args: &Args) -> anyhow::Result<()> {
+    let kernel = twill::kernel::Kernel::connect().context("opening netlink")?;
+    let errors = twill::kernel::cleanup(&kernel, &args.bridge).await;
+    match std::fs::remove_file(&args.subnet_file) {
+        Ok(()) => tracing::info!(path = %args.subnet_file.display(), "removed subnet file"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %args.subnet_file.display(), error = %e, "cannot remove subnet file")
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in &errors {
+        tracing::error!("{e}");
+    }
+    anyhow::bail!("cleanup left {} error(s)", errors.len())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::Status) = args.command {
-        return status(&args).await;
+    match &args.command {
+        Some(Command::Status { json }) => return status(&args, *json).await,
+        Some(Command::Cleanup) => return cleanup(&args).await,
+        Some(Command::InstallCni(a)) => {
+            let (bin, conf) = twill::install::install_cni(a)?;
+            println!("installed {} and {}", bin.display(), conf.display());
+            return Ok(());
+        }
+        None => {}
     }
     if let Some(addr) = args.healthz_addr {
         let bound = twill::health::serve(addr)
@@ -121,6 +181,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(twill::agent::AgentError::Interrupted) => return Ok(()),
         Err(e) => return Err(e).context("starting the agent"),
     };
+    match twill::notify::notify("READY=1") {
+        Ok(true) => tracing::info!("told systemd READY=1"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
+    }
     agent.run(stop).await.context("agent stopped with an error")
 }
 
