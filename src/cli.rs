@@ -66,7 +66,8 @@ pub struct Args {
     #[arg(
         long,
         env = "TWILL_SUBNET_FILE",
-        default_value = "/run/twill/subnet.env"
+        default_value = "/run/twill/subnet.env",
+        global = true
     )]
     pub subnet_file: PathBuf,
 
@@ -83,7 +84,7 @@ pub struct Args {
     pub healthz_addr: Option<SocketAddr>,
 
     /// name of the pod bridge
-    #[arg(long, env = "TWILL_BRIDGE", default_value = "twill0")]
+    #[arg(long, env = "TWILL_BRIDGE", default_value = "twill0", global = true)]
     pub bridge: String,
 
     /// log output format
@@ -267,6 +268,14 @@ mod tests {
             let err = parse(&args).validate().unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn cleanup_takes_bridge_and_subnet_file_after_the_subcommand() {
+        let a = parse(&["cleanup", "--bridge", "br9", "--subnet-file", "/tmp/x.env"]);
+        assert!(matches!(a.command, Some(Command::Cleanup)));
+        assert_eq!(a.bridge, "br9");
+        assert_eq!(a.subnet_file, PathBuf::from("/tmp/x.env"));
     }
 
     #[test]
