@@ -19,6 +19,7 @@ use crate::bins;
 use crate::cmd::{self, ip};
 use crate::error::{HarnessError, Result};
 use crate::etcd::Etcd;
+use crate::etcd_cluster::EtcdCluster;
 use crate::netns::{run_prefix, Netns};
 use crate::parse::{self, Lease, Route, SubnetFile};
 use crate::wait::{wait_for, DEFAULT_TIMEOUT};
@@ -36,6 +37,9 @@ pub const VXLAN_DEV: &str = "twill.1";
 pub const BRIDGE_DEV: &str = "twill0";
 /// Interface name of a pod's / host's link.
 pub const IFNAME: &str = "eth0";
+/// Most members a multi-member etcd may have (`192.0.2.251..=253`).
+pub const MAX_ETCD_MEMBERS: usize = 3;
+const FIRST_ETCD_MEMBER_OCTET: u8 = 251;
 
 const MAX_HOSTS: usize = 250;
 const LOG_TAIL_LINES: usize = 40;
@@ -49,6 +53,8 @@ pub struct ClusterBuilder {
     resync_interval: u64,
     own_process_group: bool,
     bin_dir: Option<PathBuf>,
+    lease_ttl: Option<u64>,
+    etcd_members: usize,
 }
 
 impl Default for ClusterBuilder {
@@ -60,6 +66,8 @@ impl Default for ClusterBuilder {
             resync_interval: 2,
             own_process_group: false,
             bin_dir: None,
+            lease_ttl: None,
+            etcd_members: 1,
         }
     }
 }
@@ -107,8 +115,28 @@ impl ClusterBuilder {
         self
     }
 
+    /// `--lease-ttl` passed to the agents (default: the agent's own).
+    pub fn lease_ttl(mut self, secs: u64) -> Self {
+        self.lease_ttl = Some(secs);
+        self
+    }
+
+    /// With `n > 1` (at most [`MAX_ETCD_MEMBERS`]) the agents use an
+    /// `n`-member etcd cluster on `192.0.2.251..` in the underlay namespace
+    /// (see [`Cluster::etcd_cluster`]) instead of the single etcd.
+    pub fn etcd_members(mut self, n: usize) -> Self {
+        self.etcd_members = n;
+        self
+    }
+
     /// Builds underlay, etcd (with the network config) and the hosts.
     pub fn build(self) -> Result<Cluster> {
+        if self.etcd_members == 0 || self.etcd_members > MAX_ETCD_MEMBERS {
+            return Err(HarnessError::Parse {
+                what: "etcd member count".into(),
+                reason: format!("{} is not in 1..={MAX_ETCD_MEMBERS}", self.etcd_members),
+            });
+        }
         let prefix = self.prefix.clone().unwrap_or_else(run_prefix);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-"))
@@ -128,14 +156,27 @@ impl ClusterBuilder {
             self.own_process_group,
         )?;
         etcd.put(&format!("{ETCD_PREFIX}/config"), &self.network_config)?;
+        let etcd_cluster = if self.etcd_members > 1 {
+            let ips: Vec<Ipv4Addr> = (0..self.etcd_members as u8)
+                .map(|i| Ipv4Addr::new(192, 0, 2, FIRST_ETCD_MEMBER_OCTET + i))
+                .collect();
+            let ec =
+                EtcdCluster::start(&underlay, "ul0", &ips, dir.path(), self.own_process_group)?;
+            ec.put(&format!("{ETCD_PREFIX}/config"), &self.network_config)?;
+            Some(ec)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             pods: Vec::new(),
             agents: BTreeMap::new(),
             hosts: Vec::new(),
+            etcd_cluster,
             etcd,
             underlay,
             prefix,
             resync_interval: self.resync_interval,
+            lease_ttl: self.lease_ttl,
             own_process_group: self.own_process_group,
             bin_dir: self.bin_dir,
             dir,
@@ -229,16 +270,18 @@ impl Pod {
 }
 
 /// A running cluster. Field order is teardown order: pods, agents, hosts,
-/// etcd, underlay, temp dir.
+/// etcd cluster, etcd, underlay, temp dir.
 #[derive(Debug)]
 pub struct Cluster {
     pods: Vec<Pod>,
     agents: BTreeMap<String, Agent>,
     hosts: Vec<Host>,
+    etcd_cluster: Option<EtcdCluster>,
     etcd: Etcd,
     underlay: Netns,
     prefix: String,
     resync_interval: u64,
+    lease_ttl: Option<u64>,
     own_process_group: bool,
     bin_dir: Option<PathBuf>,
     dir: tempfile::TempDir,
@@ -273,9 +316,29 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// The etcd server.
+    /// The single etcd server. With [`ClusterBuilder::etcd_members`] > 1
+    /// the agents do not use it: see [`Cluster::etcd_cluster`].
     pub fn etcd(&self) -> &Etcd {
         &self.etcd
+    }
+
+    /// The multi-member etcd the agents use, when built with
+    /// [`ClusterBuilder::etcd_members`] > 1.
+    pub fn etcd_cluster(&self) -> Option<&EtcdCluster> {
+        self.etcd_cluster.as_ref()
+    }
+
+    /// Mutable access to the multi-member etcd (to kill and restart members).
+    pub fn etcd_cluster_mut(&mut self) -> Option<&mut EtcdCluster> {
+        self.etcd_cluster.as_mut()
+    }
+
+    /// The etcd endpoints the agents are given, comma separated.
+    pub fn etcd_endpoints(&self) -> String {
+        match &self.etcd_cluster {
+            Some(ec) => ec.endpoints().join(","),
+            None => self.etcd.endpoint(),
+        }
     }
 
     /// The underlay namespace (bridge `ul0`, etcd).
@@ -387,23 +450,24 @@ impl Cluster {
                 })
         };
         let (out, err) = (open()?, open()?);
-        let mut c = h.ns.command(
-            &bin.to_string_lossy(),
-            [
-                "--etcd-endpoints".to_owned(),
-                self.etcd.endpoint(),
-                "--etcd-prefix".to_owned(),
-                ETCD_PREFIX.to_owned(),
-                "--iface".to_owned(),
-                IFNAME.to_owned(),
-                "--subnet-file".to_owned(),
-                h.subnet_file_path().to_string_lossy().into_owned(),
-                "--resync-interval".to_owned(),
-                self.resync_interval.to_string(),
-                "--log-level".to_owned(),
-                "debug".to_owned(),
-            ],
-        );
+        let mut args = vec![
+            "--etcd-endpoints".to_owned(),
+            self.etcd_endpoints(),
+            "--etcd-prefix".to_owned(),
+            ETCD_PREFIX.to_owned(),
+            "--iface".to_owned(),
+            IFNAME.to_owned(),
+            "--subnet-file".to_owned(),
+            h.subnet_file_path().to_string_lossy().into_owned(),
+            "--resync-interval".to_owned(),
+            self.resync_interval.to_string(),
+            "--log-level".to_owned(),
+            "debug".to_owned(),
+        ];
+        if let Some(ttl) = self.lease_ttl {
+            args.extend(["--lease-ttl".to_owned(), ttl.to_string()]);
+        }
+        let mut c = h.ns.command(&bin.to_string_lossy(), args);
         // Settings from the caller's environment must not leak into the agent.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("TWILL_") {
@@ -472,6 +536,34 @@ impl Cluster {
         }
     }
 
+    /// SIGKILLs `host`'s agent (it gets no chance to clean anything up) and
+    /// reaps it.
+    pub fn kill_agent(&mut self, host: &str) -> Result<()> {
+        let mut agent = self
+            .agents
+            .remove(host)
+            .ok_or_else(|| HarnessError::Unknown {
+                kind: "running agent on host",
+                name: host.to_owned(),
+            })?;
+        let pid = agent.child.id() as i32;
+        kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(|source| HarnessError::Signal {
+            pid,
+            signal: "SIGKILL".into(),
+            source,
+        })?;
+        let _ = agent.child.wait();
+        Ok(())
+    }
+
+    /// The whole agent log of `host` (all runs, appended).
+    pub fn agent_log(&self, host: &str) -> Result<String> {
+        let path = self.host(host)?.agent_log_path();
+        std::fs::read(&path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|source| HarnessError::Io { path, source })
+    }
+
     /// Whether `host`'s agent process is still running (false when it
     /// exited or was never started).
     pub fn agent_running(&mut self, host: &str) -> bool {
@@ -532,10 +624,28 @@ impl Cluster {
         )
     }
 
-    /// All leases in etcd, by subnet.
+    /// All (key, value) pairs under `prefix` in the etcd the agents use.
+    pub fn store_get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        match &self.etcd_cluster {
+            Some(ec) => ec.get_prefix(prefix),
+            None => self.etcd.get_prefix(prefix),
+        }
+    }
+
+    /// The lease of `subnet`, `None` when there is none; unlike
+    /// [`Cluster::leases`] this works with garbage under other keys.
+    pub fn lease(&self, subnet: Ipv4Net) -> Result<Option<Lease>> {
+        let key = Self::lease_key(subnet);
+        self.store_get_prefix(&key)?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(k, v)| parse::parse_lease(&k, &v))
+            .transpose()
+    }
+
+    /// All leases in the etcd the agents use, by subnet.
     pub fn leases(&self) -> Result<BTreeMap<Ipv4Net, Lease>> {
-        self.etcd
-            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))?
+        self.store_get_prefix(&format!("{ETCD_PREFIX}/subnets/"))?
             .into_iter()
             .map(|(k, v)| Ok((parse::parse_lease_key(&k)?, parse::parse_lease(&k, &v)?)))
             .collect()
@@ -740,6 +850,9 @@ impl Drop for Cluster {
                 self.diagnostics(),
                 cmd::tail(self.etcd.log_path(), 15)
             );
+            if let Some(ec) = &self.etcd_cluster {
+                eprintln!("{}", ec.log_tails(15));
+            }
         }
         // Fields drop next, in declaration order: pods, agents, hosts, etcd,
         // underlay, temp dir.

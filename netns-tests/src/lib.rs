@@ -8,15 +8,19 @@
 pub mod bins;
 pub mod cluster;
 pub mod cmd;
+pub mod datapath;
 pub mod error;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod netns;
 pub mod parse;
+pub mod pinger;
 pub mod prereq;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterBuilder, Host, Pod};
 pub use error::{HarnessError, Result};
 pub use etcd::Etcd;
+pub use etcd_cluster::EtcdCluster;
 pub use netns::{run_prefix, Netns};
 pub use prereq::{check_prereqs, require_prereqs};

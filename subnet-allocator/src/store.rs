@@ -71,8 +71,32 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// No longer produced (TLS is compiled in); kept so callers that match
+    /// on it still build.
     #[error("etcd TLS files were given ({0}) but this build has no TLS support")]
     TlsUnsupported(PathBuf),
+    /// A CA, certificate or key file could not be read or holds no PEM data.
+    #[error("etcd TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No endpoint could be reached (refused, TLS handshake rejected,
+    /// connection lost); safe to retry. `reason` is the whole cause chain.
+    #[error("etcd {op} failed: cannot reach etcd at {endpoints}: {reason}")]
+    Unreachable {
+        op: String,
+        endpoints: String,
+        reason: String,
+    },
+    /// etcd rejected the username/password (or the user lacks permission).
+    #[error("etcd {op}: authentication as user {user:?} failed: {reason}")]
+    Auth {
+        op: String,
+        user: String,
+        reason: String,
+    },
     #[error("invalid etcd options: {0}")]
     Options(String),
 }
@@ -84,6 +108,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::Etcd { .. }
+                | StoreError::Unreachable { .. }
                 | StoreError::Timeout { .. }
                 | StoreError::WatchCanceled { .. }
                 | StoreError::TooManyConflicts { .. }

@@ -2,13 +2,13 @@
 //! each lease key bound to an etcd lease so a dead node's subnet frees itself.
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
-    PutOptions, Txn, TxnOp, WatchOptions, WatchStream, Watcher,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream, Watcher,
 };
 use ipnet::Ipv4Net;
 
@@ -50,72 +50,436 @@ impl Default for EtcdOptions {
     }
 }
 
+/// Bound for establishing one connection (TCP + TLS) to one endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// [`LeaseStore`] on etcd v3.
 pub struct EtcdStore {
-    client: Client,
+    /// With a login generation. Replaced as a whole when the auth token has to be renewed; clones
+    /// share one channel, so handing out a clone per call is cheap.
+    client: RwLock<(u64, Client)>,
+    endpoints: Vec<String>,
+    /// Kept (with the credentials) to authenticate again when etcd forgets
+    /// our token: simple tokens expire after `--auth-token-ttl` and die
+    /// with a restart of the cluster.
+    connect_opts: ConnectOptions,
+    user: Option<String>,
+    /// Added to transport errors when the setup suggests a likely cause.
+    hint: Option<&'static str>,
+    /// Serialises re-authentication so a burst of calls with a dead token
+    /// logs in once.
+    reauth: tokio::sync::Mutex<()>,
     prefix: String,
     /// The network of the last config read, used to drop leases that cannot
     /// belong to it.
     network: Arc<Mutex<Option<Ipv4Net>>>,
 }
 
-fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> StoreError {
-    let op = op.into();
-    move |source| StoreError::Etcd {
-        op,
-        source: Box::new(source),
+/// How a failed call should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The request never left: nothing reached etcd, any call may be retried.
+    NotSent,
+    /// Transport trouble after the request may have been sent.
+    Transport,
+    /// etcd no longer knows our auth token: log in again, then retry.
+    TokenExpired,
+    /// Wrong credentials or missing permission.
+    Auth,
+    /// Any other answer from etcd.
+    Other,
+}
+
+/// Whether a call may be repeated after its request may have reached etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads, keepalives, grants, revokes, unconditional deletes: repeating
+    /// is harmless (a repeated grant only leaves a lease that expires).
+    Idempotent,
+    /// Compare-and-swap writes: only retried when the request surely was not
+    /// sent, since a repeat could see our own first write as a conflict.
+    OnlyUnsent,
+}
+
+/// Every message in an error's cause chain, outermost first, without
+/// repeats (tonic and hyper often repeat their source's text).
+fn cause_chain(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let mut parts: Vec<String> = Vec::new();
+    let mut push = |m: String| {
+        if !m.is_empty() && !parts.iter().any(|p| p.contains(&m)) {
+            parts.push(m);
+        }
+    };
+    // `etcd_client::Error` has no `source()`: walk its payload by hand.
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::TransportError(t) => {
+            push(format!("transport error: {t}"));
+            t.source()
+        }
+        etcd_client::Error::GRpcStatus(s) => {
+            push(format!("{:?}: {}", s.code(), s.message()));
+            s.source()
+        }
+        other => {
+            push(other.to_string());
+            None
+        }
+    };
+    while let Some(err) = next {
+        push(err.to_string());
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+fn sources(e: &etcd_client::Error) -> Vec<&(dyn std::error::Error + 'static)> {
+    use std::error::Error as _;
+    let mut out = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::GRpcStatus(s) => s.source(),
+        _ => None,
+    };
+    while let Some(err) = next {
+        out.push(err);
+        next = err.source();
+    }
+    out
+}
+
+/// Reads a PEM file, naming it in the error.
+fn read_pem(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let bytes = std::fs::read(path).map_err(|source| StoreError::TlsFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(StoreError::TlsFile {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no PEM block found"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// TLS settings from the CA / client cert / key files, or `None` when no
+/// file is given and no endpoint asks for `https://`.
+fn tls_options(opts: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> {
+    let https = opts.endpoints.iter().any(|e| e.starts_with("https://"));
+    if opts.ca_file.is_none() && opts.cert_file.is_none() && opts.key_file.is_none() && !https {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &opts.ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+    }
+    match (&opts.cert_file, &opts.key_file) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+        }
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(StoreError::Options(
+                "etcd client certificate and key files must be given together".into(),
+            ))
+        }
+    }
+    Ok(Some(tls))
+}
+
+/// A new client; with a user this sends the authenticate call, repeated
+/// while the chosen endpoint is unreachable (another may answer).
+async fn login(
+    endpoints: &[String],
+    co: &ConnectOptions,
+    user: Option<&str>,
+    hint: Option<&'static str>,
+) -> Result<Client, StoreError> {
+    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+    let mut backoff = Duration::from_millis(50);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let fut = Client::connect(endpoints, Some(co.clone()));
+        let e = match tokio::time::timeout_at(deadline, fut).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    op: "connect".into(),
+                    timeout: OP_TIMEOUT,
+                })
+            }
+        };
+        let failure = classify(&e);
+        let reason = explain(cause_chain(&e), failure, hint);
+        let transient = matches!(failure, Failure::NotSent | Failure::Transport);
+        if transient
+            && attempt < 2 * endpoints.len() + 2
+            && tokio::time::Instant::now() + backoff < deadline
+        {
+            tracing::debug!(attempt, error = %reason, "etcd login failed, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(800));
+            continue;
+        }
+        return Err(match failure {
+            Failure::Auth | Failure::TokenExpired => StoreError::Auth {
+                op: "connect".into(),
+                user: user.unwrap_or_default().to_string(),
+                reason,
+            },
+            Failure::NotSent | Failure::Transport => StoreError::Unreachable {
+                op: "connect".into(),
+                endpoints: endpoints.join(","),
+                reason,
+            },
+            Failure::Other => StoreError::Etcd {
+                op: "connect".into(),
+                source: Box::new(e),
+            },
+        });
     }
 }
 
-async fn timed<T>(
-    op: &str,
-    fut: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
-        Ok(r) => r.map_err(etcd_err(op)),
-        Err(_) => Err(StoreError::Timeout {
-            op: op.to_string(),
-            timeout: OP_TIMEOUT,
-        }),
+/// `reason`, plus `hint` when the failure happened after TCP connected and
+/// the reason does not already name a certificate problem.
+fn explain(reason: String, failure: Failure, hint: Option<&str>) -> String {
+    match hint {
+        Some(h) if failure == Failure::Transport && !reason.contains("certificate") => {
+            format!("{reason} ({h})")
+        }
+        _ => reason,
+    }
+}
+
+fn classify(e: &etcd_client::Error) -> Failure {
+    use etcd_client::Error as E;
+    let refused = sources(e).iter().any(|s| {
+        s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+            )
+        }) || {
+            // hyper-util's connect error is private; its text is stable.
+            let m = s.to_string();
+            m.starts_with("tcp connect error") || m.starts_with("error trying to connect")
+        }
+    });
+    if refused {
+        return Failure::NotSent;
+    }
+    if let E::GRpcStatus(s) = e {
+        // etcd refuses proposals while it has no leader: nothing applied.
+        if s.code() == tonic::Code::Unavailable && s.message().contains("no leader") {
+            return Failure::NotSent;
+        }
+    }
+    match e {
+        E::TransportError(_) | E::IoError(_) => Failure::Transport,
+        E::GRpcStatus(s) => {
+            use tonic::Code;
+            let msg = s.message();
+            match s.code() {
+                Code::Unauthenticated if msg.contains("invalid auth token") => {
+                    Failure::TokenExpired
+                }
+                Code::Unauthenticated | Code::PermissionDenied => Failure::Auth,
+                Code::InvalidArgument
+                    if msg.contains("authentication failed")
+                        || msg.contains("user name is empty") =>
+                {
+                    Failure::Auth
+                }
+                Code::FailedPrecondition if msg.contains("authentication is not enabled") => {
+                    Failure::Auth
+                }
+                Code::Unavailable
+                | Code::Unknown
+                | Code::Internal
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Aborted => Failure::Transport,
+                _ => Failure::Other,
+            }
+        }
+        _ => Failure::Other,
     }
 }
 
 impl EtcdStore {
-    /// Connects (and authenticates, if a username is given). TLS is not
-    /// compiled in: giving TLS files is an error rather than a silent
-    /// plaintext connection.
+    /// Connects, authenticates (if a username is given) and checks that
+    /// etcd answers, so a wrong CA, a refused client certificate or a bad
+    /// password is reported here with its cause instead of at the first
+    /// call. TLS is used for `https://` endpoints and whenever TLS files
+    /// are given.
     pub async fn connect(opts: EtcdOptions) -> Result<Self, StoreError> {
-        if let Some(p) = opts
-            .ca_file
-            .iter()
-            .chain(&opts.cert_file)
-            .chain(&opts.key_file)
-            .next()
-        {
-            return Err(StoreError::TlsUnsupported(p.clone()));
-        }
         if opts.endpoints.is_empty() {
             return Err(StoreError::Options("no etcd endpoints".into()));
         }
         let mut co = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
+            .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        match (opts.username, opts.password) {
-            (Some(u), Some(p)) => co = co.with_user(u, p),
-            (None, None) => {}
+        let tls = tls_options(&opts)?;
+        // With TLS 1.3 the server rejects a missing client certificate
+        // after the client considers the handshake done, so the client
+        // often sees only "connection closed": say what is likely.
+        let hint = (tls.is_some() && opts.cert_file.is_none()).then_some(
+            "no client certificate was offered; an etcd started with \
+             --client-cert-auth closes such connections",
+        );
+        if let Some(tls) = tls {
+            if let Some(e) = opts.endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(StoreError::Options(format!(
+                    "etcd TLS files are given but endpoint {e} is plain http://; use https://"
+                )));
+            }
+            co = co.with_tls(tls);
+        }
+        let user = match (opts.username, opts.password) {
+            (Some(u), Some(p)) => {
+                co = co.with_user(u.clone(), p);
+                Some(u)
+            }
+            (None, None) => None,
             _ => {
                 return Err(StoreError::Options(
                     "etcd username and password must be given together".into(),
                 ))
             }
-        }
-        let client = timed("connect", Client::connect(&opts.endpoints, Some(co))).await?;
-        let prefix = opts.prefix.trim_end_matches('/').to_string();
-        Ok(EtcdStore {
-            client,
-            prefix,
+        };
+        let endpoints = opts.endpoints;
+        let client = login(&endpoints, &co, user.as_deref(), hint).await?;
+        let store = EtcdStore {
+            client: RwLock::new((0, client)),
+            endpoints,
+            connect_opts: co,
+            hint,
+            user,
+            reauth: tokio::sync::Mutex::new(()),
+            prefix: opts.prefix.trim_end_matches('/').to_string(),
             network: Arc::new(Mutex::new(None)),
-        })
+        };
+        // Without a user nothing has been sent yet (the channel connects
+        // lazily): one read proves the endpoints, TLS and permissions work.
+        let key = store.config_key();
+        store
+            .call("connect", Retry::Idempotent, move |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
+        Ok(store)
+    }
+
+    /// The login generation and a clone of the current client (clones
+    /// share one channel).
+    fn current(&self) -> (u64, Client) {
+        match self.client.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Logs in again, unless another call already did since generation
+    /// `stale` was handed out.
+    async fn reauthenticate(&self, op: &str, stale: u64) -> Result<(), StoreError> {
+        let _one = self.reauth.lock().await;
+        if self.current().0 != stale {
+            return Ok(());
+        }
+        tracing::info!(user = ?self.user, "etcd auth token expired; logging in again");
+        let fresh = tokio::time::timeout(
+            OP_TIMEOUT,
+            login(
+                &self.endpoints,
+                &self.connect_opts,
+                self.user.as_deref(),
+                self.hint,
+            ),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout {
+            op: format!("{op} (login)"),
+            timeout: OP_TIMEOUT,
+        })??;
+        let next = (stale + 1, fresh);
+        match self.client.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    fn error(&self, op: &str, e: etcd_client::Error, failure: Failure) -> StoreError {
+        match failure {
+            Failure::NotSent | Failure::Transport => StoreError::Unreachable {
+                op: op.to_string(),
+                endpoints: self.endpoints.join(","),
+                reason: explain(cause_chain(&e), failure, self.hint),
+            },
+            Failure::Auth | Failure::TokenExpired => StoreError::Auth {
+                op: op.to_string(),
+                user: self.user.clone().unwrap_or_default(),
+                reason: cause_chain(&e),
+            },
+            Failure::Other => StoreError::Etcd {
+                op: op.to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// Runs one etcd call with the [`OP_TIMEOUT`] bound, riding over the
+    /// loss of a member: tonic's balanced channel does not skip a dead
+    /// endpoint, it hands its connect error to whichever call picked it, so
+    /// such calls are repeated (the balancer picks again) with a short
+    /// back-off. An expired auth token triggers one new login.
+    async fn call<T, F, Fut>(&self, op: &str, retry: Retry, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+        let timeout = || StoreError::Timeout {
+            op: op.to_string(),
+            timeout: OP_TIMEOUT,
+        };
+        let max_attempts = 2 * self.endpoints.len() + 2;
+        let mut backoff = Duration::from_millis(50);
+        let mut relogged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (generation, client) = self.current();
+            let e = match tokio::time::timeout_at(deadline, f(client)).await {
+                Err(_) => return Err(timeout()),
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+            };
+            let failure = classify(&e);
+            let again = match failure {
+                Failure::TokenExpired if !relogged && self.user.is_some() => {
+                    relogged = true;
+                    self.reauthenticate(op, generation).await?;
+                    continue;
+                }
+                Failure::NotSent => true,
+                Failure::Transport => retry == Retry::Idempotent,
+                _ => false,
+            };
+            if !again
+                || attempt >= max_attempts
+                || tokio::time::Instant::now() + backoff >= deadline
+            {
+                return Err(self.error(op, e, failure));
+            }
+            tracing::debug!(op, attempt, error = %cause_chain(&e), "etcd call failed, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(800));
+        }
     }
 
     pub fn config_key(&self) -> String {
@@ -132,14 +496,19 @@ impl EtcdStore {
 
     /// Writes the network config (setup, tests, `demo.sh`).
     pub async fn put_network_config(&self, cfg: &NetworkConfig) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
-        timed("put config", kv.put(self.config_key(), cfg.to_json(), None)).await?;
+        let (key, value) = (self.config_key(), cfg.to_json());
+        self.call("put config", Retry::Idempotent, |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
+        .await?;
         Ok(())
     }
 
-    /// The underlying client, for tools and tests.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The underlying client (a clone sharing the store's channel), for
+    /// tools and tests.
+    pub fn client(&self) -> Client {
+        self.current().1
     }
 
     fn known_network(&self) -> Option<Ipv4Net> {
@@ -151,22 +520,33 @@ impl EtcdStore {
         if secs == 0 {
             return Ok(None);
         }
-        let mut lc = self.client.lease_client();
-        let r = timed("lease grant", lc.grant(secs, None)).await?;
+        let r = self
+            .call("lease grant", Retry::Idempotent, |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
         Ok(Some((r.id(), r.ttl())))
     }
 
     /// Best effort: an unrevoked lease just expires after its TTL.
     async fn revoke_quietly(&self, id: i64) {
-        let mut lc = self.client.lease_client();
-        if let Err(e) = timed("lease revoke", lc.revoke(id)).await {
+        let r = self
+            .call("lease revoke", Retry::Idempotent, |mut c| async move {
+                c.lease_revoke(id).await
+            })
+            .await;
+        if let Err(e) = r {
             tracing::debug!(lease_id = id, error = %e, "could not revoke etcd lease");
         }
     }
 
     async fn get_key(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let mut r = timed("get", kv.get(key, None)).await?;
+        let mut r = self
+            .call("get", Retry::Idempotent, |mut c| {
+                let key = key.to_string();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(r.take_kvs().into_iter().next())
     }
 
@@ -181,8 +561,13 @@ impl EtcdStore {
         let txn = Txn::new()
             .when([cmp])
             .and_then([TxnOp::put(key, attrs.to_json(), Some(put))]);
-        let mut kv = self.client.kv_client();
-        match timed("txn", kv.txn(txn)).await {
+        let r = self
+            .call("txn", Retry::OnlyUnsent, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        match r {
             Ok(r) => {
                 if !r.succeeded() {
                     if let Some((id, _)) = lease {
@@ -256,12 +641,12 @@ impl LeaseStore for EtcdStore {
 
     async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
         let prefix = self.subnets_prefix();
-        let mut kv = self.client.kv_client();
-        let mut r = timed(
-            "list leases",
-            kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let mut r = self
+            .call("list leases", Retry::Idempotent, |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         let revision = r.header().map_or(0, |h| h.revision());
         let network = self.known_network();
         let leases = r
@@ -343,23 +728,30 @@ impl LeaseStore for EtcdStore {
                 _ => Err(StoreError::LeaseGone(subnet)),
             };
         };
-        let mut lc = self.client.lease_client();
-        match tokio::time::timeout(OP_TIMEOUT, lc.keep_alive(id)).await {
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    op: "lease keepalive".into(),
-                    timeout: OP_TIMEOUT,
-                })
-            }
+        let kept = self
+            .call("lease keepalive", Retry::Idempotent, |mut c| async move {
+                // The keeper and stream are dropped at once: one round trip
+                // is all a renewal needs.
+                c.lease_keep_alive(id).await.map(|_| ())
+            })
+            .await;
+        match kept {
             // etcd answers TTL 0 for an unknown lease, which the client
             // reports as this error.
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
+            Err(StoreError::Etcd { source, .. })
+                if matches!(*source, etcd_client::Error::LeaseKeepAliveError(_)) =>
+            {
                 return Err(StoreError::LeaseGone(subnet))
             }
-            Ok(Err(e)) => return Err(etcd_err("lease keepalive")(e)),
-            Ok(Ok(_)) => {}
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
-        let ttl = timed("lease ttl", lc.time_to_live(id, None)).await?.ttl();
+        let ttl = self
+            .call("lease ttl", Retry::Idempotent, |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await?
+            .ttl();
         if ttl <= 0 {
             return Err(StoreError::LeaseGone(subnet));
         }
@@ -373,15 +765,16 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
-        let mut r = timed(
-            "delete lease",
-            kv.delete(
-                self.lease_key(subnet),
-                Some(DeleteOptions::new().with_prev_key()),
-            ),
-        )
-        .await?;
+        let key = self.lease_key(subnet);
+        let mut r = self
+            .call("delete lease", Retry::Idempotent, |mut c| {
+                let key = key.clone();
+                async move {
+                    c.delete(key, Some(DeleteOptions::new().with_prev_key()))
+                        .await
+                }
+            })
+            .await?;
         for prev in r.take_prev_kvs() {
             if prev.lease() != 0 {
                 self.revoke_quietly(prev.lease()).await;
@@ -392,17 +785,22 @@ impl LeaseStore for EtcdStore {
 
     async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
         let prefix = self.subnets_prefix();
-        let mut wc = self.client.watch_client();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(after_revision.saturating_add(1));
-        let (watcher, stream) = timed("watch", wc.watch(prefix.as_str(), Some(opts))).await?;
+        let (watcher, stream) = self
+            .call("watch", Retry::Idempotent, |mut c| {
+                let (prefix, opts) = (prefix.clone(), opts.clone());
+                async move { c.watch(prefix, Some(opts)).await }
+            })
+            .await?;
         Ok(LeaseWatch {
             inner: WatchInner::Etcd(Box::new(EtcdWatch {
                 _watcher: watcher,
                 stream,
                 prefix,
                 network: self.known_network(),
+                endpoints: self.endpoints.join(","),
             })),
         })
     }
@@ -414,12 +812,30 @@ pub(crate) struct EtcdWatch {
     stream: WatchStream,
     prefix: String,
     network: Option<Ipv4Net>,
+    endpoints: String,
 }
 
 impl EtcdWatch {
     pub(crate) async fn next(&mut self) -> Result<Option<(Vec<LeaseEvent>, i64)>, StoreError> {
         loop {
-            let Some(resp) = self.stream.message().await.map_err(etcd_err("watch"))? else {
+            let msg = self
+                .stream
+                .message()
+                .await
+                .map_err(|e| match classify(&e) {
+                    // A member died or the stream was cut: the caller watches
+                    // again from the last revision it saw, losing nothing.
+                    Failure::NotSent | Failure::Transport => StoreError::Unreachable {
+                        op: "watch".into(),
+                        endpoints: self.endpoints.clone(),
+                        reason: cause_chain(&e),
+                    },
+                    _ => StoreError::Etcd {
+                        op: "watch".into(),
+                        source: Box::new(e),
+                    },
+                })?;
+            let Some(resp) = msg else {
                 return Ok(None);
             };
             if resp.compact_revision() > 0 {
