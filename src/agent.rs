@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -21,6 +22,7 @@ use crate::kernel::{
 };
 use crate::reconcile::{desired_state, diff, remote_nodes, Mac};
 use crate::subnet_file::{self, gateway_of, SubnetEnv, SubnetFileError};
+use crate::telemetry::Telemetry;
 
 /// VXLAN over an IPv4 underlay costs 50 bytes per packet.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -50,6 +52,7 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
     pub resync_interval: Duration,
     pub bridge: String,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Doubling backoff between retries of etcd calls, 0.5 s to 30 s.
@@ -73,6 +76,7 @@ impl Backoff {
 /// `fatal` says are final are returned at once.
 async fn retry<T, F, Fut>(
     what: &str,
+    telemetry: &Telemetry,
     stop: &mut (impl Future<Output = ()> + Unpin),
     fatal: impl Fn(&StoreError) -> bool,
     mut f: F,
@@ -87,6 +91,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if fatal(&e) => return Err(e.into()),
             Err(e) => {
+                telemetry.count_etcd_error(what);
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?wait, "{what} failed");
                 tokio::select! {
@@ -132,6 +137,7 @@ impl<S: LeaseStore> Agent<S> {
     ) -> Result<Self, AgentError> {
         let cfg = retry(
             "reading the network config",
+            &opts.telemetry,
             stop,
             |e| !e.is_retryable() && !matches!(e, StoreError::NoConfig { .. }),
             || store.get_network_config(),
@@ -178,11 +184,16 @@ impl<S: LeaseStore> Agent<S> {
             }),
         };
         let preferred = subnet_file::read_previous_subnet(&opts.subnet_file);
-        let lease = retry("acquiring a subnet lease", stop, fatal_for_acquire, || {
-            acquire_lease(&store, &cfg, underlay.ip, &attrs, preferred, opts.lease_ttl)
-        })
+        let lease = retry(
+            "acquiring a subnet lease",
+            &opts.telemetry,
+            stop,
+            fatal_for_acquire,
+            || acquire_lease(&store, &cfg, underlay.ip, &attrs, preferred, opts.lease_ttl),
+        )
         .await?;
         tracing::info!(subnet = %lease.subnet, public_ip = %underlay.ip, "acquired lease");
+        opts.telemetry.set_lease_held(true);
 
         let mut agent = Agent {
             store,
@@ -199,6 +210,7 @@ impl<S: LeaseStore> Agent<S> {
         agent.publish().await?;
         let snapshot = retry(
             "listing leases",
+            &agent.opts.telemetry,
             stop,
             |_| false,
             || agent.store.list_leases(),
@@ -227,6 +239,7 @@ impl<S: LeaseStore> Agent<S> {
         };
         self.ensure_devices().await?;
         subnet_file::write(&self.opts.subnet_file, &env)?;
+        self.opts.telemetry.set_subnet_file_written(true);
         tracing::info!(path = %self.opts.subnet_file.display(), subnet = %subnet, "wrote subnet file");
         Ok(())
     }
@@ -243,6 +256,7 @@ impl<S: LeaseStore> Agent<S> {
 
     fn load(&mut self, leases: Vec<Lease>, revision: i64) {
         self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
+        self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.revision = revision;
         tracing::info!(leases = self.leases.len(), revision, "loaded lease map");
     }
@@ -251,6 +265,21 @@ impl<S: LeaseStore> Agent<S> {
     /// difference. Errors of single operations are logged and the rest still
     /// applied; the next resync retries what failed.
     pub async fn reconcile(&mut self) -> Result<usize, KernelError> {
+        let t = self.opts.telemetry.clone();
+        let started = std::time::Instant::now();
+        t.reconcile_runs.inc();
+        let result = self.reconcile_once().await;
+        t.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        let converged = matches!(result, Ok((_, 0)));
+        t.set_converged(converged);
+        if !converged {
+            t.reconcile_errors.inc();
+        }
+        result.map(|(ops, _)| ops)
+    }
+
+    /// One pass; returns (operations issued, operations that failed).
+    async fn reconcile_once(&mut self) -> Result<(usize, usize), KernelError> {
         let index = self.ensure_devices().await?;
         let leases: Vec<Lease> = self.leases.values().cloned().collect();
         let (nodes, skipped) = remote_nodes(
@@ -259,6 +288,8 @@ impl<S: LeaseStore> Agent<S> {
             self.underlay.ip,
             &leases,
         );
+        self.opts.telemetry.skipped_leases.set(skipped.len() as i64);
+        self.opts.telemetry.leases.set(self.leases.len() as i64);
         for s in skipped {
             let msg = s.to_string();
             if self.warned.insert(msg.clone()) {
@@ -270,7 +301,9 @@ impl<S: LeaseStore> Agent<S> {
         let ops = diff(&desired, &actual);
         let mut failed = 0;
         for op in &ops {
-            match self.kernel.apply(index, op).await {
+            let res = self.kernel.apply(index, op).await;
+            self.opts.telemetry.count_op(op.kind(), res.is_ok());
+            match res {
                 Ok(()) => tracing::info!(op = %op, "applied"),
                 Err(e) => {
                     failed += 1;
@@ -281,7 +314,7 @@ impl<S: LeaseStore> Agent<S> {
         if failed > 0 {
             tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
         }
-        Ok(ops.len())
+        Ok((ops.len(), failed))
     }
 
     fn apply_events(&mut self, events: Vec<LeaseEvent>) -> bool {
@@ -318,6 +351,7 @@ impl<S: LeaseStore> Agent<S> {
         let attrs = self.lease.attrs.clone();
         let lease = retry(
             "re-acquiring the subnet lease",
+            &self.opts.telemetry,
             stop,
             fatal_for_acquire,
             || {
@@ -454,6 +488,7 @@ impl<S: LeaseStore> Agent<S> {
                 _ = tokio::time::sleep_until(renew_at) => {
                     match self.store.renew_lease(&self.lease).await {
                         Ok(l) => {
+                            self.opts.telemetry.lease_renewals.inc();
                             tracing::debug!(subnet = %l.subnet, "renewed lease");
                             self.lease = l;
                             renew_at = Instant::now() + renew_every;
@@ -464,6 +499,7 @@ impl<S: LeaseStore> Agent<S> {
                             renew_at = Instant::now() + renew_every;
                         }
                         Err(e) => {
+                            self.opts.telemetry.count_etcd_error("renew");
                             let wait = (renew_every / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
                             tracing::warn!(error = %e, retry_in = ?wait, "renewing the lease failed");
                             renew_at = Instant::now() + wait;
@@ -504,6 +540,7 @@ impl<S: LeaseStore> Agent<S> {
                 }
             }
             e => {
+                self.opts.telemetry.count_etcd_error("watch");
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?wait, "lease watch failed");
                 *rewatch_at = Instant::now() + wait;

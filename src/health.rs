@@ -1,13 +1,18 @@
-//! A minimal HTTP endpoint for liveness probes: `GET /healthz` answers 200
-//! while the agent's runtime is alive. Anything else is 404.
+//! A minimal HTTP endpoint for probes and scraping: `GET /healthz` answers
+//! 200 while the agent's runtime is alive, `/readyz` 200 once the node holds
+//! its lease, wrote the subnet file and converged (503 and the reason
+//! otherwise), `/metrics` the Prometheus text format. Anything else is 404.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::telemetry::Telemetry;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Binds `addr` and serves probes on a background task.
-pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub async fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -15,6 +20,7 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
+            let telemetry = telemetry.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 let n = match tokio::time::timeout(
@@ -28,12 +34,9 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
                 };
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = match path {
-                    "/healthz" => ("200 OK", "ok\n"),
-                    _ => ("404 Not Found", "not found\n"),
-                };
+                let (status, ctype, body) = respond(path, &telemetry);
                 let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = sock.write_all(resp.as_bytes()).await;
@@ -41,6 +44,25 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(bound)
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Status line, content type and body for a request path.
+fn respond(path: &str, telemetry: &Telemetry) -> (&'static str, &'static str, String) {
+    match path {
+        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
+        "/readyz" => match telemetry.not_ready_reason() {
+            None => ("200 OK", TEXT, "ok\n".into()),
+            Some(why) => ("503 Service Unavailable", TEXT, format!("{why}\n")),
+        },
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            telemetry.encode(),
+        ),
+        _ => ("404 Not Found", TEXT, "not found\n".into()),
+    }
 }
 
 #[cfg(test)]
@@ -58,9 +80,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn healthz_is_200_and_others_404() {
-        let addr = serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    async fn endpoints_answer_over_http() {
+        let t = Arc::new(Telemetry::new());
+        let addr = serve("127.0.0.1:0".parse().unwrap(), t.clone())
+            .await
+            .unwrap();
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.ends_with("no subnet lease yet\n"), "{r}");
+        t.set_lease_held(true);
+        t.set_subnet_file_written(true);
+        t.set_converged(true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let m = get(addr, "/metrics").await;
+        assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+        assert!(m.contains("twill_leases"), "{m}");
     }
 }

@@ -10,3 +10,4 @@ pub mod kernel;
 pub mod notify;
 pub mod reconcile;
 pub mod subnet_file;
+pub mod telemetry;

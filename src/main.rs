@@ -149,8 +149,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
+    let telemetry = std::sync::Arc::new(twill::telemetry::Telemetry::new());
     if let Some(addr) = args.healthz_addr {
-        let bound = twill::health::serve(addr)
+        let bound = twill::health::serve(addr, telemetry.clone())
             .await
             .with_context(|| format!("--healthz-addr: cannot listen on {addr}"))?;
         tracing::info!(addr = %bound, "serving /healthz");
@@ -175,6 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lease_ttl: args.lease_ttl(),
         resync_interval: args.resync_interval(),
         bridge: args.bridge.clone(),
+        telemetry,
     };
     let agent = match Agent::start(store, opts, &mut stop).await {
         Ok(a) => a,

@@ -207,6 +207,20 @@ pub enum Op {
     SetRoute { dst: Ipv4Net, gateway: Ipv4Addr },
 }
 
+impl Op {
+    /// A short stable name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::DelRoute { .. } => "del_route",
+            Op::DelNeighbour { .. } => "del_neighbour",
+            Op::DelFdb { .. } => "del_fdb",
+            Op::AddFdb { .. } => "add_fdb",
+            Op::SetNeighbour { .. } => "set_neighbour",
+            Op::SetRoute { .. } => "set_route",
+        }
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
