@@ -4,7 +4,8 @@
 set -euo pipefail
 
 PACKAGES=(etcd-server etcd-client protobuf-compiler iproute2 iputils-ping nftables
-          iperf3 containernetworking-plugins build-essential pkg-config)
+          iperf3 containernetworking-plugins build-essential pkg-config openssl
+          util-linux podman runc conmon catatonit uidmap busybox-static)
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 
@@ -27,7 +28,7 @@ else
     echo "install-deps: all packages present"
 fi
 
-for bin in ip etcd etcdctl protoc ping; do
+for bin in ip etcd etcdctl protoc ping openssl nsenter unshare podman runc busybox nft; do
     command -v "$bin" >/dev/null || die "$bin still not in PATH after installing packages"
 done
 

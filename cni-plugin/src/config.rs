@@ -18,6 +18,8 @@ pub const DEFAULT_VERSION: &str = "1.1.0";
 pub const DEFAULT_SUBNET_FILE: &str = "/run/twill/subnet.env";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill/ipam";
 pub const DEFAULT_BRIDGE: &str = "twill0";
+/// Longest file name the kernel accepts.
+const NAME_MAX: usize = 255;
 
 /// The CNI verb from `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +182,13 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf, Error> {
     check_version(&cni_version)?;
     let name = require_str(&m, "name")?.to_string();
     validate_safe_name(&name).map_err(|r| Error::config("name", r))?;
+    // The name is the IPAM store's directory name.
+    if name.len() > NAME_MAX {
+        return Err(Error::config(
+            "name",
+            format!("is longer than {NAME_MAX} bytes"),
+        ));
+    }
     let plugin_type = require_str(&m, "type")?.to_string();
 
     let subnet_file = get_str(&m, "subnetFile")?
@@ -486,6 +495,15 @@ mod tests {
                 other => panic!("{input}: expected invalid config, got {other:?}"),
             }
         }
+        let name = |n: usize| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"{}","type":"twill"}}"#,
+                "n".repeat(n)
+            )
+        };
+        assert!(parse_netconf(name(255).as_bytes()).is_ok());
+        let e = parse_netconf(name(256).as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("name"), "{e}");
     }
 
     #[test]

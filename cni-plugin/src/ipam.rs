@@ -3,6 +3,10 @@
 //! `link(2)` it, which fails if the name exists), with a `flock`ed `lock` file
 //! serialising allocations across plugin processes and a `last_reserved_ip`
 //! cursor so allocation continues after the last handed-out address.
+//!
+//! Temp files are only ever created and removed while the lock is held, so
+//! any temp file seen under the lock belongs to a plugin that died mid-ADD:
+//! DEL and GC remove them.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +21,8 @@ use crate::error::Error;
 
 const LOCK_FILE: &str = "lock";
 const CURSOR_FILE: &str = "last_reserved_ip";
+/// Prefix of the per-allocation temp file that is linked under the IP name.
+const RESERVE_TMP_PREFIX: &str = ".reserve-";
 
 /// One reserved address and its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +158,10 @@ impl Ipam {
         let _lock = self.lock()?;
         // The content is written once to a private temp file and then linked
         // under each candidate name: link() is atomic and never overwrites.
-        let tmp = self.dir.join(format!(
-            ".reserve-{}-{container_id}-{ifname}",
-            std::process::id()
-        ));
+        // Named by PID only: a container ID may be as long as a file name.
+        let tmp = self
+            .dir
+            .join(format!("{RESERVE_TMP_PREFIX}{}", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| Error::ipam(&tmp, e))?;
         let body = format!("{container_id}\n{ifname}");
         let written = f
@@ -242,6 +248,7 @@ impl Ipam {
     }
 
     /// Releases every address of `(container_id, ifname)`; none is fine.
+    /// Also removes temp files left by plugins killed mid-allocation.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, Error> {
         let _lock = self.lock()?;
         let mut released = Vec::new();
@@ -251,7 +258,34 @@ impl Ipam {
                 released.push(r.ip);
             }
         }
-        Ok(released)
+        match self.sweep_stale_temp_files().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(released),
+        }
+    }
+
+    /// Removes every temp file of the store. Only sound with the lock held:
+    /// then no live plugin owns one. Keeps going past failures.
+    fn sweep_stale_temp_files(&self) -> Vec<Error> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => return vec![Error::ipam(&self.dir, e)],
+        };
+        let cursor_tmp = format!(".{CURSOR_FILE}.tmp");
+        let mut errors = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !(name.starts_with(RESERVE_TMP_PREFIX) || name == cursor_tmp) {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => errors.push(Error::ipam(entry.path(), e)),
+            }
+        }
+        errors
     }
 
     /// Releases `ip` only if `(container_id, ifname)` still owns it; used to
@@ -297,6 +331,7 @@ impl Ipam {
                 Err(e) => errors.push(e),
             }
         }
+        errors.extend(self.sweep_stale_temp_files());
         Ok((released, errors))
     }
 
@@ -389,6 +424,33 @@ mod tests {
         assert_eq!(ipam.find("c1", "eth0").unwrap(), Some(a));
         ipam.release_ip(a, "c1", "eth0").unwrap();
         assert_eq!(ipam.find("c1", "eth0").unwrap(), None);
+    }
+
+    #[test]
+    fn release_and_gc_remove_temp_files_of_dead_plugins() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let gw = net("10.244.3.1/24");
+        let a = ipam.allocate(gw, "live", "eth0", None).unwrap();
+        // What a plugin killed between writing and linking leaves behind.
+        let stale = [".reserve-4242-dead-eth0", ".last_reserved_ip.tmp"];
+        let temps = || stale.iter().filter(|n| ipam.dir().join(n).exists()).count();
+        for name in stale {
+            fs::write(ipam.dir().join(name), "dead\neth0").unwrap();
+        }
+        assert_eq!(temps(), 2);
+        assert!(ipam.release("dead", "eth0").unwrap().is_empty());
+        assert_eq!(temps(), 0);
+        assert_eq!(ipam.find("live", "eth0").unwrap(), Some(a));
+
+        for name in stale {
+            fs::write(ipam.dir().join(name), "dead\neth0").unwrap();
+        }
+        let keep: HashSet<_> = [("live".to_string(), "eth0".to_string())].into();
+        let (released, errors) = ipam.gc(&keep).unwrap();
+        assert!(released.is_empty() && errors.is_empty());
+        assert_eq!(temps(), 0);
+        assert_eq!(ipam.find("live", "eth0").unwrap(), Some(a));
     }
 
     #[test]

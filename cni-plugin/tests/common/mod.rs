@@ -1,0 +1,258 @@
+//! Helpers shared by the root integration tests: per-run namespaces, the
+//! prerequisite check, a subnet file + IPAM dir, and running the real `twill`
+//! binary the way a runtime does (env + stdin).
+
+#![allow(dead_code)] // each test crate uses a different subset
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_twill");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace named with a per-run unique prefix, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("twcni{}-{n}-{role}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -n <ns> args...`, returning (success, stdout).
+    pub fn ip(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    pub fn link_names(&self) -> Vec<String> {
+        let (_, out) = self.ip(&["-o", "link", "show"]);
+        out.lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// `ping -c1` from inside this namespace.
+    pub fn ping(&self, ip: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "ping", "-c1", "-W2", ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Whether `cmd args` runs and exits 0.
+pub fn runs(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Reports a missing prerequisite: panics under `CI=true`, else prints
+/// SKIPPED and returns false so the test can return early.
+pub fn require(what: &str, ok: bool, detail: &str) -> bool {
+    if ok {
+        return true;
+    }
+    let msg = format!("{what} needs {detail}");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED (not passed): {msg}");
+    false
+}
+
+/// Returns false (or panics under CI=true) when root or `ip` is missing.
+pub fn prerequisites() -> bool {
+    let root = is_root();
+    let ip = runs("ip", &["-V"]);
+    require(
+        "this test",
+        root && ip,
+        &format!("root and iproute2 (root={root}, ip={ip})"),
+    )
+}
+
+/// A subnet file + data dir for one test.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+pub const NET_NAME: &str = "twilltest";
+
+impl Setup {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("subnet.env"),
+            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=false\n",
+        )
+        .unwrap();
+        Setup { dir }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir().join(NET_NAME)
+    }
+
+    pub fn conf(&self, extra: Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.1.0",
+            "name": NET_NAME,
+            "type": "twill",
+            "subnetFile": self.dir.path().join("subnet.env"),
+            "dataDir": self.data_dir(),
+            "bridge": "twill0",
+        });
+        if let (Some(c), Value::Object(extra)) = (c.as_object_mut(), extra) {
+            c.extend(extra);
+        }
+        c
+    }
+
+    /// Reservation and temp file names in the network's store.
+    pub fn reservations(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.store_dir()) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = rd
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| {
+                n.parse::<std::net::Ipv4Addr>().is_ok()
+                    || n.starts_with(".reserve")
+                    || n.ends_with(".tmp")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Runs the plugin in `host` like a runtime; returns (exit ok, stdout JSON).
+pub fn cni(host: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> (bool, Value) {
+    let mut child = spawn_cni(host, env);
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text:?}"))
+    };
+    if !out.status.success() {
+        eprintln!(
+            "plugin failed: {v} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (out.status.success(), v)
+}
+
+/// Starts the plugin in `host` with piped stdio; the child's PID is the
+/// plugin's own (`ip netns exec` execs without forking).
+pub fn spawn_cni(host: &Netns, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &host.name, BIN])
+        .env_remove("CNI_COMMAND")
+        .env_remove("CNI_CONTAINERID")
+        .env_remove("CNI_NETNS")
+        .env_remove("CNI_IFNAME")
+        .env_remove("CNI_ARGS")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+pub fn attach_env<'a>(
+    cmd: &'a str,
+    cid: &'a str,
+    netns: &'a str,
+    ifname: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", cid),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+    ]
+}
+
+pub fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+pub fn veths(host: &Netns) -> Vec<String> {
+    host.link_names()
+        .into_iter()
+        .filter(|n| n.starts_with("veth"))
+        .collect()
+}
+
+/// The address without prefix length of the first `ips` entry of a result.
+pub fn result_ip(r: &Value) -> String {
+    r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
