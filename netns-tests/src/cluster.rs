@@ -462,7 +462,7 @@ impl Cluster {
             "--resync-interval".to_owned(),
             self.resync_interval.to_string(),
             "--log-level".to_owned(),
-            "debug".to_owned(),
+            "info,twill=debug,subnet_allocator=debug".to_owned(),
         ];
         if let Some(ttl) = self.lease_ttl {
             args.extend(["--lease-ttl".to_owned(), ttl.to_string()]);

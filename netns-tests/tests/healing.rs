@@ -293,7 +293,11 @@ fn restarting_an_agent_loses_no_packet_and_changes_nothing() {
     if !require_prereqs() {
         return;
     }
-    let mut c = converged(builder(2));
+    // Live hosts lease below 10.244.200.0, so no garbage key below can
+    // collide with a real node's subnet.
+    let mut c = converged(builder(2).network_config(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#,
+    ));
     c.add_pod("h1", "p1").unwrap();
     let ip2 = c.add_pod("h2", "p2").unwrap();
     assert!(c.ping("p1", ip2), "p1 -> p2 before the restart");
@@ -387,7 +391,11 @@ fn garbage_leases_are_ignored_and_a_later_join_still_works() {
     if !require_prereqs() {
         return;
     }
-    let mut c = converged(builder(2));
+    // Live hosts lease below 10.244.200.0, so no garbage key below can
+    // collide with a real node's subnet.
+    let mut c = converged(builder(2).network_config(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#,
+    ));
     c.add_pod("h1", "p1").unwrap();
     let ip2 = c.add_pod("h2", "p2").unwrap();
     let p = peers(&c, &["h1", "h2"]);
