@@ -52,6 +52,7 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     pub bridge: String,
     pub telemetry: Arc<Telemetry>,
+    pub ip_masq: bool,
 }
 
 /// Doubling backoff between retries of etcd calls, 0.5 s to 30 s.
@@ -224,6 +225,7 @@ impl<S: LeaseStore> Agent<S> {
             warned: HashSet::new(),
         };
         agent.publish().await?;
+        agent.ensure_masq().await;
         let snapshot = retry(
             "listing leases",
             &agent.opts.telemetry,
@@ -251,7 +253,7 @@ impl<S: LeaseStore> Agent<S> {
             network: self.cfg.network,
             subnet,
             mtu: self.vxlan.mtu,
-            ip_masq: false,
+            ip_masq: self.opts.ip_masq,
         };
         self.ensure_devices().await?;
         subnet_file::write(&self.opts.subnet_file, &env)?;
@@ -277,6 +279,18 @@ impl<S: LeaseStore> Agent<S> {
             vxlan,
             underlay: self.underlay.index,
         })
+    }
+
+    /// Keeps the masquerade rules in place when `--ip-masq` is on: replaced
+    /// atomically when missing or incomplete, left alone when right.
+    async fn ensure_masq(&self) {
+        if !self.opts.ip_masq || crate::masq::in_place(self.cfg.network).await {
+            return;
+        }
+        match crate::masq::apply(self.cfg.network).await {
+            Ok(()) => tracing::info!(network = %self.cfg.network, "installed ip-masq rules"),
+            Err(e) => tracing::warn!(error = %e, "cannot install ip-masq rules"),
+        }
     }
 
     fn load(&mut self, leases: Vec<Lease>, revision: i64) {
@@ -513,6 +527,7 @@ impl<S: LeaseStore> Agent<S> {
                     if let Err(e) = self.reconcile().await {
                         tracing::warn!(error = %e, "resync failed");
                     }
+                    self.ensure_masq().await;
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     match self.store.renew_lease(&self.lease).await {
