@@ -18,9 +18,10 @@ use subnet_allocator::{
 use tokio::time::{sleep, Instant};
 
 use crate::kernel::{
-    classify_link_event, link_events, Kernel, KernelError, LinkSignal, Underlay, VxlanSpec,
+    classify_link_event, link_events, DevIndex, Kernel, KernelError, LinkSignal, Underlay,
+    VxlanSpec,
 };
-use crate::reconcile::{desired_state, diff, remote_nodes, Mac};
+use crate::reconcile::{desired_state, diff, remote_nodes, Local, Mac, Mode};
 use crate::subnet_file::{self, gateway_of, SubnetEnv, SubnetFileError};
 use crate::telemetry::Telemetry;
 
@@ -35,8 +36,6 @@ pub enum AgentError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     SubnetFile(#[from] SubnetFileError),
-    #[error("backend {0:?} is not supported by this agent yet (only vxlan)")]
-    Backend(String),
     #[error("underlay {iface} has MTU {mtu}, too small for VXLAN")]
     Mtu { iface: String, mtu: u32 },
     #[error("stopped before the node had a lease")]
@@ -53,6 +52,7 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     pub bridge: String,
     pub telemetry: Arc<Telemetry>,
+    pub ip_masq: bool,
 }
 
 /// Doubling backoff between retries of etcd calls, 0.5 s to 30 s.
@@ -116,6 +116,7 @@ fn fatal_for_acquire(e: &StoreError) -> bool {
 
 pub struct Agent<S> {
     store: S,
+    mode: Mode,
     cfg: NetworkConfig,
     opts: AgentConfig,
     kernel: Kernel,
@@ -143,20 +144,28 @@ impl<S: LeaseStore> Agent<S> {
             || store.get_network_config(),
         )
         .await?;
-        if cfg.backend.kind != subnet_allocator::BackendType::Vxlan {
-            return Err(AgentError::Backend(cfg.backend.kind.as_str().to_string()));
-        }
-        tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, vni = cfg.backend.vni, "network config");
+        let mode = match cfg.backend.kind {
+            subnet_allocator::BackendType::Vxlan => Mode::Vxlan {
+                direct_routing: cfg.backend.direct_routing,
+            },
+            subnet_allocator::BackendType::HostGw => Mode::HostGw,
+        };
+        tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config");
 
         let kernel = Kernel::connect()?;
         let underlay = kernel
             .underlay(opts.iface.as_deref(), opts.public_ip)
             .await?;
+        let overhead = if mode == Mode::HostGw {
+            0
+        } else {
+            VXLAN_OVERHEAD
+        };
         let mtu = match cfg.backend.mtu {
             Some(m) => m,
             None => underlay
                 .mtu
-                .checked_sub(VXLAN_OVERHEAD)
+                .checked_sub(overhead)
                 .filter(|m| *m >= 576)
                 .ok_or(AgentError::Mtu {
                     iface: underlay.name.clone(),
@@ -175,13 +184,20 @@ impl<S: LeaseStore> Agent<S> {
         };
         tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu, vtep_mac = %vxlan.mac, "underlay");
 
-        let attrs = LeaseAttrs {
-            public_ip: underlay.ip,
-            backend_type: "vxlan".into(),
-            backend_data: Some(VxlanData {
-                vni: cfg.backend.vni,
-                vtep_mac: vxlan.mac.to_string(),
-            }),
+        let attrs = match mode {
+            Mode::HostGw => LeaseAttrs {
+                public_ip: underlay.ip,
+                backend_type: "host-gw".into(),
+                backend_data: None,
+            },
+            Mode::Vxlan { .. } => LeaseAttrs {
+                public_ip: underlay.ip,
+                backend_type: "vxlan".into(),
+                backend_data: Some(VxlanData {
+                    vni: cfg.backend.vni,
+                    vtep_mac: vxlan.mac.to_string(),
+                }),
+            },
         };
         let preferred = subnet_file::read_previous_subnet(&opts.subnet_file);
         let lease = retry(
@@ -197,6 +213,7 @@ impl<S: LeaseStore> Agent<S> {
 
         let mut agent = Agent {
             store,
+            mode,
             cfg,
             opts,
             kernel,
@@ -208,6 +225,7 @@ impl<S: LeaseStore> Agent<S> {
             warned: HashSet::new(),
         };
         agent.publish().await?;
+        agent.ensure_masq().await;
         let snapshot = retry(
             "listing leases",
             &agent.opts.telemetry,
@@ -235,7 +253,7 @@ impl<S: LeaseStore> Agent<S> {
             network: self.cfg.network,
             subnet,
             mtu: self.vxlan.mtu,
-            ip_masq: false,
+            ip_masq: self.opts.ip_masq,
         };
         self.ensure_devices().await?;
         subnet_file::write(&self.opts.subnet_file, &env)?;
@@ -244,14 +262,35 @@ impl<S: LeaseStore> Agent<S> {
         Ok(())
     }
 
-    async fn ensure_devices(&mut self) -> Result<u32, KernelError> {
+    async fn ensure_devices(&mut self) -> Result<DevIndex, KernelError> {
         let subnet = self.lease.subnet;
         let gw = Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet);
         self.kernel
             .ensure_bridge(&self.opts.bridge, gw, self.vxlan.mtu)
             .await?;
-        let vtep = Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet);
-        self.kernel.ensure_vxlan(&self.vxlan, vtep).await
+        let vxlan = match self.mode {
+            Mode::HostGw => None,
+            Mode::Vxlan { .. } => {
+                let vtep = Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet);
+                Some(self.kernel.ensure_vxlan(&self.vxlan, vtep).await?)
+            }
+        };
+        Ok(DevIndex {
+            vxlan,
+            underlay: self.underlay.index,
+        })
+    }
+
+    /// Keeps the masquerade rules in place when `--ip-masq` is on: replaced
+    /// atomically when missing or incomplete, left alone when right.
+    async fn ensure_masq(&self) {
+        if !self.opts.ip_masq || crate::masq::in_place(self.cfg.network).await {
+            return;
+        }
+        match crate::masq::apply(self.cfg.network).await {
+            Ok(()) => tracing::info!(network = %self.cfg.network, "installed ip-masq rules"),
+            Err(e) => tracing::warn!(error = %e, "cannot install ip-masq rules"),
+        }
     }
 
     fn load(&mut self, leases: Vec<Lease>, revision: i64) {
@@ -282,12 +321,13 @@ impl<S: LeaseStore> Agent<S> {
     async fn reconcile_once(&mut self) -> Result<(usize, usize), KernelError> {
         let index = self.ensure_devices().await?;
         let leases: Vec<Lease> = self.leases.values().cloned().collect();
-        let (nodes, skipped) = remote_nodes(
-            self.cfg.network,
-            self.lease.subnet,
-            self.underlay.ip,
-            &leases,
-        );
+        let local = Local {
+            network: self.cfg.network,
+            subnet: self.lease.subnet,
+            underlay: self.underlay.net,
+            mode: self.mode,
+        };
+        let (nodes, skipped) = remote_nodes(&local, &leases);
         self.opts.telemetry.skipped_leases.set(skipped.len() as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         for s in skipped {
@@ -297,11 +337,11 @@ impl<S: LeaseStore> Agent<S> {
             }
         }
         let desired = desired_state(&nodes);
-        let actual = self.kernel.read_state(index).await?;
+        let actual = self.kernel.read_state(&index).await?;
         let ops = diff(&desired, &actual);
         let mut failed = 0;
         for op in &ops {
-            let res = self.kernel.apply(index, op).await;
+            let res = self.kernel.apply(&index, op).await;
             self.opts.telemetry.count_op(op.kind(), res.is_ok());
             match res {
                 Ok(()) => tracing::info!(op = %op, "applied"),
@@ -463,7 +503,10 @@ impl<S: LeaseStore> Agent<S> {
                         links = None;
                     }
                     Some((msg, _)) => {
-                        let names = [self.opts.bridge.as_str(), self.vxlan.name.as_str()];
+                        let mut names = vec![self.opts.bridge.as_str()];
+                        if self.mode != Mode::HostGw {
+                            names.push(self.vxlan.name.as_str());
+                        }
                         let signal = classify_link_event(&msg, &names);
                         if signal != LinkSignal::Ignore {
                             if signal == LinkSignal::Lost {
@@ -484,6 +527,7 @@ impl<S: LeaseStore> Agent<S> {
                     if let Err(e) = self.reconcile().await {
                         tracing::warn!(error = %e, "resync failed");
                     }
+                    self.ensure_masq().await;
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     match self.store.renew_lease(&self.lease).await {

@@ -79,6 +79,10 @@ pub struct Args {
     #[arg(long, env = "TWILL_RESYNC_INTERVAL", default_value_t = 10)]
     pub resync_interval: u64,
 
+    /// masquerade pod traffic that leaves the cluster network (nftables table `ip twill`)
+    #[arg(long, env = "TWILL_IP_MASQ")]
+    pub ip_masq: bool,
+
     /// serve /healthz on this address (e.g. 127.0.0.1:10256)
     #[arg(long, env = "TWILL_HEALTHZ_ADDR")]
     pub healthz_addr: Option<SocketAddr>,

@@ -19,7 +19,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::reconcile::{KernelState, Mac, Op};
+use crate::reconcile::{Dev, KernelState, Mac, Op, RouteTarget};
 
 /// Route protocol number that marks twill's routes, so that routes someone
 /// else put on the VXLAN device are never mistaken for ours.
@@ -46,6 +46,8 @@ pub enum KernelError {
     NoAddress(String),
     #[error("no --iface given and no IPv4 default route to pick the underlay interface from")]
     NoDefaultRoute,
+    #[error("no vxlan device for a vxlan entry (host-gw mode)")]
+    NoVxlan,
     #[error(
         "interface {name} exists but is a {kind}, not a {want}; remove it or pick another name"
     )]
@@ -78,6 +80,17 @@ pub struct Underlay {
     pub index: u32,
     pub mtu: u32,
     pub ip: Ipv4Addr,
+    /// The public IP with the prefix of the underlay subnet it sits in (a
+    /// /32 when the address is not configured on the interface).
+    pub net: Ipv4Net,
+}
+
+/// The devices twill's entries live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevIndex {
+    /// The VXLAN device; `None` in host-gw mode.
+    pub vxlan: Option<u32>,
+    pub underlay: u32,
 }
 
 /// What the VXLAN device must look like.
@@ -279,20 +292,28 @@ impl Kernel {
                 LinkInfoView::from_message(&msg)
             }
         };
-        let ip = match public_ip {
-            Some(ip) => ip,
-            None => self
-                .ipv4_addresses(link.index)
-                .await?
+        let addrs: Vec<Ipv4Net> = self
+            .ipv4_addresses(link.index)
+            .await?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        let net = match public_ip {
+            Some(ip) => addrs
+                .iter()
+                .find(|n| n.addr() == ip)
+                .copied()
+                .unwrap_or_else(|| Ipv4Net::from(ip)),
+            None => *addrs
                 .first()
-                .map(|(_, n)| n.addr())
                 .ok_or_else(|| KernelError::NoAddress(link.name.clone()))?,
         };
         Ok(Underlay {
             mtu: link.mtu.unwrap_or(1500),
             name: link.name,
             index: link.index,
-            ip,
+            ip: net.addr(),
+            net,
         })
     }
 
@@ -475,9 +496,10 @@ impl Kernel {
         Ok(link.index)
     }
 
-    /// Reads what the VXLAN device holds: twill's routes through it, its
-    /// permanent neighbours and its FDB entries with a remote destination.
-    pub async fn read_state(&self, vxlan_index: u32) -> Result<KernelState> {
+    /// Reads what twill owns: its routes (through the VXLAN device or the
+    /// underlay), the VXLAN device's permanent neighbours and its FDB entries
+    /// with a remote destination.
+    pub async fn read_state(&self, dev: &DevIndex) -> Result<KernelState> {
         let mut state = KernelState::default();
         for r in self.ipv4_routes().await? {
             if r.header.table != RouteHeader::RT_TABLE_MAIN
@@ -496,16 +518,27 @@ impl Kernel {
                     _ => {}
                 }
             }
-            if oif != Some(vxlan_index) {
-                continue;
-            }
+            let on = match oif {
+                Some(i) if Some(i) == dev.vxlan => Dev::Vxlan,
+                Some(i) if i == dev.underlay => Dev::Underlay,
+                _ => continue,
+            };
             let (Some(dst), Some(gw)) = (dst, gw) else {
                 continue;
             };
             if let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
-                state.routes.insert(net, gw);
+                state.routes.insert(
+                    net,
+                    RouteTarget {
+                        gateway: gw,
+                        dev: on,
+                    },
+                );
             }
         }
+        let Some(vxlan_index) = dev.vxlan else {
+            return Ok(state);
+        };
 
         let neighs: Vec<NeighbourMessage> = self
             .handle
@@ -566,25 +599,37 @@ impl Kernel {
         Ok(state)
     }
 
-    fn route_message(vxlan_index: u32, dst: Ipv4Net, gateway: Option<Ipv4Addr>) -> RouteMessage {
+    /// A route message for `dst`; with a target it is the full route to
+    /// install, without one it matches twill's route to `dst` on any device.
+    fn route_message(
+        dev: &DevIndex,
+        dst: Ipv4Net,
+        target: Option<&RouteTarget>,
+    ) -> Result<RouteMessage> {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
-            .output_interface(vxlan_index)
             .protocol(RouteProtocol::Other(TWILL_RTPROTO));
-        if let Some(gw) = gateway {
-            b = b.gateway(gw).onlink();
+        if let Some(t) = target {
+            b = b.gateway(t.gateway);
+            b = match t.dev {
+                Dev::Vxlan => b
+                    .output_interface(dev.vxlan.ok_or(KernelError::NoVxlan)?)
+                    .onlink(),
+                Dev::Underlay => b.output_interface(dev.underlay),
+            };
         }
-        b.build()
+        Ok(b.build())
     }
 
     /// Applies one reconcile operation. Deleting what is already gone counts
     /// as done: another actor (or a race with the kernel) got there first.
-    pub async fn apply(&self, vxlan_index: u32, op: &Op) -> Result<()> {
+    pub async fn apply(&self, dev: &DevIndex, op: &Op) -> Result<()> {
+        let vxlan = || dev.vxlan.ok_or(KernelError::NoVxlan);
         let res = match op {
-            Op::SetRoute { dst, gateway } => {
+            Op::SetRoute { dst, target } => {
                 self.handle
                     .route()
-                    .add(Self::route_message(vxlan_index, *dst, Some(*gateway)))
+                    .add(Self::route_message(dev, *dst, Some(target))?)
                     .replace()
                     .execute()
                     .await
@@ -592,14 +637,14 @@ impl Kernel {
             Op::DelRoute { dst } => {
                 self.handle
                     .route()
-                    .del(Self::route_message(vxlan_index, *dst, None))
+                    .del(Self::route_message(dev, *dst, None)?)
                     .execute()
                     .await
             }
             Op::SetNeighbour { ip, mac } => {
                 self.handle
                     .neighbours()
-                    .add(vxlan_index, IpAddr::V4(*ip))
+                    .add(vxlan()?, IpAddr::V4(*ip))
                     .link_layer_address(&mac.0)
                     .state(NeighbourState::Permanent)
                     .replace()
@@ -609,7 +654,7 @@ impl Kernel {
             Op::DelNeighbour { ip } => {
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Inet;
-                m.header.ifindex = vxlan_index;
+                m.header.ifindex = vxlan()?;
                 m.attributes
                     .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
                 self.handle.neighbours().del(m).execute().await
@@ -617,7 +662,7 @@ impl Kernel {
             Op::AddFdb { mac, dst } => {
                 self.handle
                     .neighbours()
-                    .add_bridge(vxlan_index, &mac.0)
+                    .add_bridge(vxlan()?, &mac.0)
                     .destination(IpAddr::V4(*dst))
                     .flags(NeighbourFlags::Own)
                     .state(NeighbourState::Permanent)
@@ -628,7 +673,7 @@ impl Kernel {
             Op::DelFdb { mac, dst } => {
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Bridge;
-                m.header.ifindex = vxlan_index;
+                m.header.ifindex = vxlan()?;
                 m.header.flags = NeighbourFlags::Own;
                 m.attributes
                     .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod health;
 pub mod install;
 pub mod kernel;
+pub mod masq;
 pub mod notify;
 pub mod reconcile;
 pub mod subnet_file;

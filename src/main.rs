@@ -121,7 +121,14 @@ async fn status(args: &Args, json: bool) -> anyhow::Result<()> {
 
 async fn cleanup(args: &Args) -> anyhow::Result<()> {
     let kernel = twill::kernel::Kernel::connect().context("opening netlink")?;
-    let errors = twill::kernel::cleanup(&kernel, &args.bridge).await;
+    let mut errors: Vec<String> = twill::kernel::cleanup(&kernel, &args.bridge)
+        .await
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    if let Err(e) = twill::masq::remove().await {
+        errors.push(format!("removing the ip-masq table: {e}"));
+    }
     match std::fs::remove_file(&args.subnet_file) {
         Ok(()) => tracing::info!(path = %args.subnet_file.display(), "removed subnet file"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -177,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         resync_interval: args.resync_interval(),
         bridge: args.bridge.clone(),
         telemetry,
+        ip_masq: args.ip_masq,
     };
     let agent = match Agent::start(store, opts, &mut stop).await {
         Ok(a) => a,
@@ -189,6 +197,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
     }
     agent.run(stop).await.context("agent stopped with an error")
+}
+
+/// The error and its causes on one line, each cause once: some library
+/// errors already quote their source in their own message.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -215,8 +240,9 @@ fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("twilld: {e:#}");
+            let msg = error_chain(&e);
+            tracing::error!("{msg}");
+            eprintln!("twilld: {msg}");
             ExitCode::FAILURE
         }
     }

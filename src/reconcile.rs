@@ -74,12 +74,31 @@ impl fmt::Debug for Mac {
     }
 }
 
+/// How this node reaches the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every other node through the VXLAN device; with `direct_routing`,
+    /// nodes on the same underlay subnet get a plain route instead.
+    Vxlan { direct_routing: bool },
+    /// Plain routes via each node's public IP: all nodes on one L2 segment.
+    HostGw,
+}
+
+/// How packets reach one remote node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Encapsulated to this VTEP.
+    Vxlan(Mac),
+    /// Routed straight to the node's public IP on the underlay.
+    Direct,
+}
+
 /// One other node, as the data path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteNode {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
-    pub vtep_mac: Mac,
+    pub path: Path,
 }
 
 impl RemoteNode {
@@ -87,6 +106,20 @@ impl RemoteNode {
     pub fn vtep_ip(&self) -> Ipv4Addr {
         self.subnet.network()
     }
+}
+
+/// Which device a route leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dev {
+    Vxlan,
+    Underlay,
+}
+
+/// A route twill owns: next hop and device (VXLAN routes are onlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub gateway: Ipv4Addr,
+    pub dev: Dev,
 }
 
 /// Why a lease was left out of the desired state.
@@ -100,6 +133,8 @@ pub enum Skip {
     NoVtep(Ipv4Net),
     /// Another lease already covers this subnet or uses this VTEP MAC.
     Conflict(Ipv4Net),
+    /// host-gw needs the node on our underlay subnet (one L2 segment).
+    NotOnLink(Ipv4Net, Ipv4Addr),
 }
 
 impl fmt::Display for Skip {
@@ -113,6 +148,10 @@ impl fmt::Display for Skip {
             Skip::Conflict(s) => {
                 write!(f, "lease {s} overlaps another lease or reuses its VTEP MAC")
             }
+            Skip::NotOnLink(s, ip) => write!(
+                f,
+                "lease {s}: host-gw needs {ip} on this node's underlay subnet (same L2 segment)"
+            ),
         }
     }
 }
@@ -121,52 +160,80 @@ impl fmt::Display for Skip {
 /// iteration order is stable (deterministic op order in tests and logs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
-    /// Route destination -> gateway (the remote VTEP address, onlink).
-    pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// Route destination -> next hop and device.
+    pub routes: BTreeMap<Ipv4Net, RouteTarget>,
     /// Neighbour IP on the VXLAN device -> MAC.
     pub neighbours: BTreeMap<Ipv4Addr, Mac>,
     /// FDB on the VXLAN device: MAC -> remote underlay IPs.
     pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
 }
 
+/// Where this node sits: what `remote_nodes` needs besides the leases.
+#[derive(Debug, Clone, Copy)]
+pub struct Local {
+    /// The cluster network.
+    pub network: Ipv4Net,
+    /// This node's subnet.
+    pub subnet: Ipv4Net,
+    /// This node's public IP with the underlay prefix (the L2 segment).
+    pub underlay: Ipv4Net,
+    pub mode: Mode,
+}
+
 /// Builds the desired remote-node list from all leases. The local node's own
 /// lease and every lease that cannot be used are left out and reported.
-pub fn remote_nodes(
-    network: Ipv4Net,
-    local_subnet: Ipv4Net,
-    local_public_ip: Ipv4Addr,
-    leases: &[Lease],
-) -> (Vec<RemoteNode>, Vec<Skip>) {
+pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Skip>) {
     let mut nodes: Vec<RemoteNode> = Vec::new();
     let mut skipped = Vec::new();
     let mut sorted: Vec<&Lease> = leases.iter().collect();
     sorted.sort_by_key(|l| l.subnet);
+    let local_subnet = local.subnet;
+    let local_public_ip = local.underlay.addr();
     for lease in sorted {
         let subnet = lease.subnet;
-        if subnet == local_subnet && lease.attrs.public_ip == local_public_ip {
+        let public_ip = lease.attrs.public_ip;
+        if subnet == local_subnet && public_ip == local_public_ip {
             continue;
         }
-        if !network.contains(&subnet) {
+        if !local.network.contains(&subnet) {
             skipped.push(Skip::OutsideNetwork(subnet));
             continue;
         }
         if subnet.contains(&local_subnet) || local_subnet.contains(&subnet) {
-            skipped.push(Skip::ClaimsOurSubnet(subnet, lease.attrs.public_ip));
+            skipped.push(Skip::ClaimsOurSubnet(subnet, public_ip));
             continue;
         }
-        let mac = lease
-            .attrs
-            .backend_data
-            .as_ref()
-            .filter(|_| lease.attrs.backend_type == "vxlan")
-            .and_then(|d| Mac::parse(&d.vtep_mac))
-            .filter(|m| !m.is_zero() && m.0[0] & 1 == 0);
-        let Some(vtep_mac) = mac else {
-            skipped.push(Skip::NoVtep(subnet));
-            continue;
+        let on_link = local.underlay.contains(&public_ip) && public_ip != local_public_ip;
+        let vtep = || {
+            lease
+                .attrs
+                .backend_data
+                .as_ref()
+                .filter(|_| lease.attrs.backend_type == "vxlan")
+                .and_then(|d| Mac::parse(&d.vtep_mac))
+                .filter(|m| !m.is_zero() && m.0[0] & 1 == 0)
+        };
+        let path = match local.mode {
+            Mode::HostGw if on_link => Path::Direct,
+            Mode::HostGw => {
+                skipped.push(Skip::NotOnLink(subnet, public_ip));
+                continue;
+            }
+            Mode::Vxlan {
+                direct_routing: true,
+            } if on_link => Path::Direct,
+            Mode::Vxlan { .. } => match vtep() {
+                Some(mac) => Path::Vxlan(mac),
+                None => {
+                    skipped.push(Skip::NoVtep(subnet));
+                    continue;
+                }
+            },
         };
         let clash = nodes.iter().any(|n| {
-            n.subnet.contains(&subnet) || subnet.contains(&n.subnet) || n.vtep_mac == vtep_mac
+            n.subnet.contains(&subnet)
+                || subnet.contains(&n.subnet)
+                || matches!((n.path, path), (Path::Vxlan(a), Path::Vxlan(b)) if a == b)
         });
         if clash {
             skipped.push(Skip::Conflict(subnet));
@@ -174,24 +241,39 @@ pub fn remote_nodes(
         }
         nodes.push(RemoteNode {
             subnet,
-            public_ip: lease.attrs.public_ip,
-            vtep_mac,
+            public_ip,
+            path,
         });
     }
     (nodes, skipped)
 }
 
-/// The kernel state the VXLAN backend wants for these remote nodes.
+/// The kernel state that reaches these remote nodes.
 pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
     let mut state = KernelState::default();
     for node in nodes {
-        state.routes.insert(node.subnet, node.vtep_ip());
-        state.neighbours.insert(node.vtep_ip(), node.vtep_mac);
-        state
-            .fdb
-            .entry(node.vtep_mac)
-            .or_default()
-            .insert(node.public_ip);
+        match node.path {
+            Path::Vxlan(mac) => {
+                state.routes.insert(
+                    node.subnet,
+                    RouteTarget {
+                        gateway: node.vtep_ip(),
+                        dev: Dev::Vxlan,
+                    },
+                );
+                state.neighbours.insert(node.vtep_ip(), mac);
+                state.fdb.entry(mac).or_default().insert(node.public_ip);
+            }
+            Path::Direct => {
+                state.routes.insert(
+                    node.subnet,
+                    RouteTarget {
+                        gateway: node.public_ip,
+                        dev: Dev::Underlay,
+                    },
+                );
+            }
+        }
     }
     state
 }
@@ -204,7 +286,7 @@ pub enum Op {
     DelFdb { mac: Mac, dst: Ipv4Addr },
     AddFdb { mac: Mac, dst: Ipv4Addr },
     SetNeighbour { ip: Ipv4Addr, mac: Mac },
-    SetRoute { dst: Ipv4Net, gateway: Ipv4Addr },
+    SetRoute { dst: Ipv4Net, target: RouteTarget },
 }
 
 impl Op {
@@ -229,7 +311,10 @@ impl fmt::Display for Op {
             Op::DelFdb { mac, dst } => write!(f, "delete fdb {mac} dst {dst}"),
             Op::AddFdb { mac, dst } => write!(f, "add fdb {mac} dst {dst}"),
             Op::SetNeighbour { ip, mac } => write!(f, "set neighbour {ip} lladdr {mac}"),
-            Op::SetRoute { dst, gateway } => write!(f, "set route {dst} via {gateway} onlink"),
+            Op::SetRoute { dst, target } => match target.dev {
+                Dev::Vxlan => write!(f, "set route {dst} via {} onlink (vxlan)", target.gateway),
+                Dev::Underlay => write!(f, "set route {dst} via {} (underlay)", target.gateway),
+            },
         }
     }
 }
@@ -278,11 +363,13 @@ pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
             ops.push(Op::SetNeighbour { ip: *ip, mac: *mac });
         }
     }
-    for (dst, gateway) in &desired.routes {
-        if actual.routes.get(dst) != Some(gateway) {
+    for (dst, target) in &desired.routes {
+        // An IPv4 route replace matches on destination, so it also moves a
+        // route between devices.
+        if actual.routes.get(dst) != Some(target) {
             ops.push(Op::SetRoute {
                 dst: *dst,
-                gateway: *gateway,
+                target: *target,
             });
         }
     }
@@ -320,8 +407,29 @@ mod tests {
     const NETWORK: &str = "10.244.0.0/16";
     const LOCAL: &str = "10.244.1.0/24";
 
+    fn local(mode: Mode) -> Local {
+        Local {
+            network: net(NETWORK),
+            subnet: net(LOCAL),
+            underlay: net("192.0.2.1/24"),
+            mode,
+        }
+    }
+
     fn nodes(leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Skip>) {
-        remote_nodes(net(NETWORK), net(LOCAL), ip("192.0.2.1"), leases)
+        remote_nodes(
+            &local(Mode::Vxlan {
+                direct_routing: false,
+            }),
+            leases,
+        )
+    }
+
+    fn vx(gw: &str) -> RouteTarget {
+        RouteTarget {
+            gateway: ip(gw),
+            dev: Dev::Vxlan,
+        }
     }
 
     #[test]
@@ -415,7 +523,7 @@ mod tests {
     #[test]
     fn desired_state_has_route_neighbour_and_fdb_per_node() {
         let d = two_nodes();
-        assert_eq!(d.routes.get(&net("10.244.2.0/24")), Some(&ip("10.244.2.0")));
+        assert_eq!(d.routes.get(&net("10.244.2.0/24")), Some(&vx("10.244.2.0")));
         assert_eq!(
             d.neighbours.get(&ip("10.244.3.0")),
             Some(&Mac::parse("0e:01:c0:00:02:03").unwrap())
@@ -473,7 +581,7 @@ mod tests {
         actual.neighbours.insert(ip("10.244.2.0"), wrong);
         actual.fdb.get_mut(&old).unwrap().clear();
         actual.fdb.get_mut(&old).unwrap().insert(ip("192.0.2.99"));
-        actual.routes.insert(net("10.244.3.0/24"), ip("10.244.3.7"));
+        actual.routes.insert(net("10.244.3.0/24"), vx("10.244.3.7"));
         let ops = diff(&desired, &actual);
         assert_eq!(
             ops,
@@ -492,7 +600,7 @@ mod tests {
                 },
                 Op::SetRoute {
                     dst: net("10.244.3.0/24"),
-                    gateway: ip("10.244.3.0")
+                    target: vx("10.244.3.0")
                 },
             ]
         );
@@ -504,7 +612,7 @@ mod tests {
         // it equal to `desired`, and the next diff must be empty.
         let desired = two_nodes();
         let mut actual = KernelState::default();
-        actual.routes.insert(net("10.244.9.0/24"), ip("10.244.9.0"));
+        actual.routes.insert(net("10.244.9.0/24"), vx("10.244.9.0"));
         actual
             .neighbours
             .insert(ip("10.244.9.0"), Mac::parse("0e:01:c0:00:02:09").unwrap());
@@ -534,12 +642,88 @@ mod tests {
                 Op::SetNeighbour { ip, mac } => {
                     actual.neighbours.insert(ip, mac);
                 }
-                Op::SetRoute { dst, gateway } => {
-                    actual.routes.insert(dst, gateway);
+                Op::SetRoute { dst, target } => {
+                    actual.routes.insert(dst, target);
                 }
             }
         }
         assert_eq!(actual, desired);
         assert!(diff(&desired, &actual).is_empty());
+    }
+
+    fn direct(gw: &str) -> RouteTarget {
+        RouteTarget {
+            gateway: ip(gw),
+            dev: Dev::Underlay,
+        }
+    }
+
+    #[test]
+    fn host_gw_routes_via_public_ip_and_skips_off_link_nodes() {
+        let mut hg = lease("10.244.4.0/24", "192.0.2.4", "0e:01:c0:00:02:04");
+        hg.attrs.backend_type = "host-gw".into();
+        hg.attrs.backend_data = None;
+        let (n, s) = remote_nodes(
+            &local(Mode::HostGw),
+            &[
+                lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02"),
+                lease("10.244.3.0/24", "198.18.0.3", "0e:01:c0:00:02:03"),
+                hg,
+            ],
+        );
+        assert_eq!(
+            s,
+            vec![Skip::NotOnLink(net("10.244.3.0/24"), ip("198.18.0.3"))]
+        );
+        let d = desired_state(&n);
+        assert_eq!(
+            d.routes.get(&net("10.244.2.0/24")),
+            Some(&direct("192.0.2.2"))
+        );
+        assert_eq!(
+            d.routes.get(&net("10.244.4.0/24")),
+            Some(&direct("192.0.2.4"))
+        );
+        assert_eq!(d.routes.len(), 2);
+        assert!(d.neighbours.is_empty() && d.fdb.is_empty());
+    }
+
+    #[test]
+    fn direct_routing_picks_direct_on_link_and_vxlan_elsewhere() {
+        let (n, s) = remote_nodes(
+            &local(Mode::Vxlan {
+                direct_routing: true,
+            }),
+            &[
+                lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02"),
+                lease("10.244.3.0/24", "198.18.0.3", "0e:01:c0:00:02:03"),
+            ],
+        );
+        assert!(s.is_empty());
+        let d = desired_state(&n);
+        assert_eq!(
+            d.routes.get(&net("10.244.2.0/24")),
+            Some(&direct("192.0.2.2"))
+        );
+        assert_eq!(d.routes.get(&net("10.244.3.0/24")), Some(&vx("10.244.3.0")));
+        assert_eq!(d.neighbours.len(), 1);
+        assert_eq!(d.fdb.len(), 1);
+    }
+
+    #[test]
+    fn a_route_moving_between_devices_is_replaced_in_place() {
+        let mut actual = KernelState::default();
+        actual.routes.insert(net("10.244.2.0/24"), vx("10.244.2.0"));
+        let mut desired = KernelState::default();
+        desired
+            .routes
+            .insert(net("10.244.2.0/24"), direct("192.0.2.2"));
+        assert_eq!(
+            diff(&desired, &actual),
+            vec![Op::SetRoute {
+                dst: net("10.244.2.0/24"),
+                target: direct("192.0.2.2")
+            }]
+        );
     }
 }
