@@ -55,6 +55,8 @@ pub struct ClusterBuilder {
     bin_dir: Option<PathBuf>,
     lease_ttl: Option<u64>,
     etcd_members: usize,
+    etcd_prefix: String,
+    agent_args: Vec<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -68,6 +70,8 @@ impl Default for ClusterBuilder {
             bin_dir: None,
             lease_ttl: None,
             etcd_members: 1,
+            etcd_prefix: ETCD_PREFIX.to_owned(),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -121,6 +125,19 @@ impl ClusterBuilder {
         self
     }
 
+    /// The etcd key prefix the config is written under and the agents use
+    /// (`--etcd-prefix`); e.g. flannel's `/coreos.com/network`.
+    pub fn etcd_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.etcd_prefix = prefix.into();
+        self
+    }
+
+    /// Extra flags appended to every agent's command line (e.g. `--ip-masq`).
+    pub fn agent_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.agent_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// With `n > 1` (at most [`MAX_ETCD_MEMBERS`]) the agents use an
     /// `n`-member etcd cluster on `192.0.2.251..` in the underlay namespace
     /// (see [`Cluster::etcd_cluster`]) instead of the single etcd.
@@ -155,14 +172,20 @@ impl ClusterBuilder {
             dir.path(),
             self.own_process_group,
         )?;
-        etcd.put(&format!("{ETCD_PREFIX}/config"), &self.network_config)?;
+        etcd.put(
+            &format!("{}/config", self.etcd_prefix),
+            &self.network_config,
+        )?;
         let etcd_cluster = if self.etcd_members > 1 {
             let ips: Vec<Ipv4Addr> = (0..self.etcd_members as u8)
                 .map(|i| Ipv4Addr::new(192, 0, 2, FIRST_ETCD_MEMBER_OCTET + i))
                 .collect();
             let ec =
                 EtcdCluster::start(&underlay, "ul0", &ips, dir.path(), self.own_process_group)?;
-            ec.put(&format!("{ETCD_PREFIX}/config"), &self.network_config)?;
+            ec.put(
+                &format!("{}/config", self.etcd_prefix),
+                &self.network_config,
+            )?;
             Some(ec)
         } else {
             None
@@ -177,6 +200,8 @@ impl ClusterBuilder {
             prefix,
             resync_interval: self.resync_interval,
             lease_ttl: self.lease_ttl,
+            etcd_prefix: self.etcd_prefix.clone(),
+            agent_args: self.agent_args.clone(),
             own_process_group: self.own_process_group,
             bin_dir: self.bin_dir,
             dir,
@@ -282,6 +307,8 @@ pub struct Cluster {
     prefix: String,
     resync_interval: u64,
     lease_ttl: Option<u64>,
+    etcd_prefix: String,
+    agent_args: Vec<String>,
     own_process_group: bool,
     bin_dir: Option<PathBuf>,
     dir: tempfile::TempDir,
@@ -454,7 +481,7 @@ impl Cluster {
             "--etcd-endpoints".to_owned(),
             self.etcd_endpoints(),
             "--etcd-prefix".to_owned(),
-            ETCD_PREFIX.to_owned(),
+            self.etcd_prefix.clone(),
             "--iface".to_owned(),
             IFNAME.to_owned(),
             "--subnet-file".to_owned(),
@@ -467,6 +494,7 @@ impl Cluster {
         if let Some(ttl) = self.lease_ttl {
             args.extend(["--lease-ttl".to_owned(), ttl.to_string()]);
         }
+        args.extend(self.agent_args.iter().cloned());
         let mut c = h.ns.command(&bin.to_string_lossy(), args);
         // Settings from the caller's environment must not leak into the agent.
         for (k, _) in std::env::vars_os() {
@@ -615,7 +643,22 @@ impl Cluster {
         )
     }
 
-    /// The etcd key of the lease for `subnet`.
+    /// The etcd key prefix this cluster's config and leases live under.
+    pub fn etcd_prefix(&self) -> &str {
+        &self.etcd_prefix
+    }
+
+    /// The etcd key of the lease for `subnet` under this cluster's prefix.
+    pub fn lease_key_in(&self, subnet: Ipv4Net) -> String {
+        format!(
+            "{}/subnets/{}-{}",
+            self.etcd_prefix,
+            subnet.network(),
+            subnet.prefix_len()
+        )
+    }
+
+    /// The etcd key of the lease for `subnet` under the default prefix.
     pub fn lease_key(subnet: Ipv4Net) -> String {
         format!(
             "{ETCD_PREFIX}/subnets/{}-{}",
@@ -635,7 +678,7 @@ impl Cluster {
     /// The lease of `subnet`, `None` when there is none; unlike
     /// [`Cluster::leases`] this works with garbage under other keys.
     pub fn lease(&self, subnet: Ipv4Net) -> Result<Option<Lease>> {
-        let key = Self::lease_key(subnet);
+        let key = self.lease_key_in(subnet);
         self.store_get_prefix(&key)?
             .into_iter()
             .find(|(k, _)| *k == key)
@@ -645,7 +688,7 @@ impl Cluster {
 
     /// All leases in the etcd the agents use, by subnet.
     pub fn leases(&self) -> Result<BTreeMap<Ipv4Net, Lease>> {
-        self.store_get_prefix(&format!("{ETCD_PREFIX}/subnets/"))?
+        self.store_get_prefix(&format!("{}/subnets/", self.etcd_prefix))?
             .into_iter()
             .map(|(k, v)| Ok((parse::parse_lease_key(&k)?, parse::parse_lease(&k, &v)?)))
             .collect()
