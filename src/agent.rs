@@ -183,6 +183,9 @@ impl<S: LeaseStore> Agent<S> {
             gbp: cfg.backend.gbp,
         };
         tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu, vtep_mac = %vxlan.mac, "underlay");
+        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
+            tracing::warn!("net.ipv4.ip_forward is 0 on this node: pod traffic to other nodes will not be forwarded; enable it (sysctl -w net.ipv4.ip_forward=1)");
+        }
 
         let attrs = match mode {
             Mode::HostGw => LeaseAttrs {
