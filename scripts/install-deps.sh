@@ -12,6 +12,11 @@ die() { echo "install-deps: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (apt-get install needs it)"
 command -v dpkg-query >/dev/null || die "dpkg-query not found: this script supports Debian/Ubuntu only"
 
+# Tools that other packages may already provide under the same name (a
+# kubectl from another source would clash with Debian's package).
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
+command -v systemd-analyze >/dev/null || PACKAGES+=(systemd)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
     if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
@@ -28,7 +33,7 @@ else
     echo "install-deps: all packages present"
 fi
 
-for bin in ip etcd etcdctl protoc ping openssl nsenter unshare podman runc busybox nft; do
+for bin in ip etcd etcdctl protoc ping openssl nsenter unshare podman runc busybox nft kubectl systemd-analyze; do
     command -v "$bin" >/dev/null || die "$bin still not in PATH after installing packages"
 done
 

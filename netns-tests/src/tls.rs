@@ -1,0 +1,340 @@
+//! etcd with TLS client-certificate auth for the harness: a throwaway CA,
+//! server and client certificates made with `openssl`, an etcd demanding
+//! client certificates inside a test namespace, and `twilld` processes
+//! started with whatever etcd flags a test wants.
+
+use std::fs::{File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::bins;
+use crate::cluster::Host;
+use crate::cmd::{self, ip};
+use crate::error::{HarnessError, Result};
+use crate::netns::Netns;
+use crate::parse;
+use crate::wait::wait_for;
+
+/// Certificates and keys in one directory: `ca.pem`, `server.pem` /
+/// `server.key` (SAN = the etcd's IP), `client.pem` / `client.key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a CA and a server and a client certificate signed by it in
+    /// `dir` (created if needed). The server certificate is valid for
+    /// `server_ip` only.
+    pub fn generate(dir: &Path, server_ip: Ipv4Addr) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| HarnessError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let files = TlsFiles {
+            dir: dir.to_path_buf(),
+        };
+        files.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=twill-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])?;
+        files.leaf(
+            "server",
+            &format!(
+                "subjectAltName=IP:{server_ip}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )?;
+        files.leaf(
+            "client",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=clientAuth\n",
+        )?;
+        Ok(files)
+    }
+
+    fn openssl(&self, args: &[&str]) -> Result<()> {
+        let mut c = Command::new("openssl");
+        c.current_dir(&self.dir).args(args);
+        cmd::run_ok(&mut c).map(|_| ())
+    }
+
+    /// `<name>.pem` / `<name>.key` signed by the CA, with extensions `ext`.
+    fn leaf(&self, name: &str, ext: &str) -> Result<()> {
+        let ext_file = self.dir.join(format!("{name}.ext"));
+        std::fs::write(&ext_file, ext).map_err(|source| HarnessError::Io {
+            path: ext_file,
+            source,
+        })?;
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN=twill-test-{name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ])?;
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.pem"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ])
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    /// etcd's server certificate.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    /// etcd's server key.
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    /// A client certificate etcd accepts.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+    /// Its key.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
+}
+
+/// An etcd that serves clients only over TLS and only with a client
+/// certificate signed by the test CA (`--client-cert-auth`); killed by PID
+/// on drop. Ports are parameters so it can run beside the cluster's plain
+/// etcd in the same namespace.
+#[derive(Debug)]
+pub struct TlsEtcd {
+    ns: String,
+    endpoint: String,
+    files: TlsFiles,
+    child: Child,
+    log: PathBuf,
+}
+
+impl TlsEtcd {
+    /// Starts etcd in `ns` listening for clients on
+    /// `https://<listen_ip>:<client_port>` (peers on plain loopback
+    /// `peer_port`), data and log under `dir`; waits until it is healthy.
+    pub fn start(
+        ns: &Netns,
+        listen_ip: Ipv4Addr,
+        client_port: u16,
+        peer_port: u16,
+        dir: &Path,
+        files: &TlsFiles,
+    ) -> Result<Self> {
+        let log = dir.join("etcd-tls.log");
+        let logf = File::create(&log).map_err(|source| HarnessError::Io {
+            path: log.clone(),
+            source,
+        })?;
+        let logf2 = logf.try_clone().map_err(|source| HarnessError::Io {
+            path: log.clone(),
+            source,
+        })?;
+        let endpoint = format!("https://{listen_ip}:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut c = ip(["netns", "exec", ns.name(), "etcd"]);
+        c.arg("--name")
+            .arg("twilltls")
+            .arg("--data-dir")
+            .arg(dir.join("etcd-tls-data"))
+            .arg("--listen-client-urls")
+            .arg(&endpoint)
+            .arg("--advertise-client-urls")
+            .arg(&endpoint)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("twilltls={peer}"))
+            .arg("--cert-file")
+            .arg(files.server_cert())
+            .arg("--key-file")
+            .arg(files.server_key())
+            .arg("--trusted-ca-file")
+            .arg(files.ca())
+            .arg("--client-cert-auth")
+            .stdin(Stdio::null())
+            .stdout(logf)
+            .stderr(logf2);
+        // etcd would also read ETCD_* settings from the caller's environment.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                c.env_remove(k);
+            }
+        }
+        let desc = cmd::describe(&c);
+        let child = c
+            .spawn()
+            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
+        ns.register_pid(child.id() as i32);
+        let etcd = TlsEtcd {
+            ns: ns.name().to_owned(),
+            endpoint,
+            files: files.clone(),
+            child,
+            log,
+        };
+        wait_for(
+            "TLS etcd to become healthy",
+            Duration::from_secs(20),
+            || etcd.ctl(&["endpoint", "health"]).map(Some),
+            || format!("\netcd log tail:\n{}", cmd::tail(&etcd.log, 30)),
+        )?;
+        Ok(etcd)
+    }
+
+    /// The https:// client URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Path of etcd's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Runs `etcdctl <args..>` with the client certificate; returns stdout.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let mut c = ip(["netns", "exec", &self.ns, "etcdctl"]);
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .arg(format!("--cacert={}", self.files.ca().display()))
+            .arg(format!("--cert={}", self.files.client_cert().display()))
+            .arg(format!("--key={}", self.files.client_key().display()))
+            .arg("--command-timeout=5s")
+            .args(args);
+        cmd::run_ok(&mut c)
+    }
+
+    /// Puts `value` at `key`.
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.ctl(&["put", key, value]).map(|_| ())
+    }
+
+    /// All (key, value) pairs under `prefix`.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let out = self.ctl(&["get", "--prefix", prefix, "-w", "json"])?;
+        parse::parse_etcdctl_get(&out)
+    }
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A `twilld` the test started itself (not through [`crate::Cluster`]), so
+/// it can be given any etcd flags; SIGKILLed and reaped on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    /// Starts `twilld` in `host`'s namespace with the cluster's usual
+    /// per-host settings (underlay `eth0`, the host's subnet file, 2 s
+    /// resync, debug log appended to the host's agent log) plus `etcd_args`.
+    pub fn start(host: &Host, etcd_args: &[String]) -> Result<Self> {
+        let bin = bins::twilld()?;
+        let log_path = host.agent_log_path();
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(|source| HarnessError::Io {
+                    path: log_path.clone(),
+                    source,
+                })
+        };
+        let (out, err) = (open()?, open()?);
+        let mut args: Vec<String> = vec![
+            "--iface".into(),
+            crate::cluster::IFNAME.into(),
+            "--subnet-file".into(),
+            host.subnet_file_path().to_string_lossy().into_owned(),
+            "--resync-interval".into(),
+            "2".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        args.extend(etcd_args.iter().cloned());
+        let mut c = host.ns().command(&bin.to_string_lossy(), args);
+        // Settings from the caller's environment must not leak into the agent.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TWILL_") {
+                c.env_remove(k);
+            }
+        }
+        c.stdin(Stdio::null()).stdout(out).stderr(err);
+        let desc = cmd::describe(&c);
+        let child = c
+            .spawn()
+            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
+        host.ns().register_pid(child.id() as i32);
+        Ok(AgentProcess { child })
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
