@@ -83,7 +83,7 @@ pub struct Args {
     #[arg(long, env = "TWILL_IP_MASQ")]
     pub ip_masq: bool,
 
-    /// serve /healthz on this address (e.g. 127.0.0.1:10256)
+    /// serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:10271)
     #[arg(long, env = "TWILL_HEALTHZ_ADDR")]
     pub healthz_addr: Option<SocketAddr>,
 
