@@ -1,0 +1,106 @@
+//! `twill-bench`: runs one benchmark per subcommand and saves its output as
+//! JSON; `report` combines the saved outputs into RESULTS.md and the chart.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use twill_bench::{cni, converge, datapath, footprint, report, results::BenchOutput, scale};
+
+/// Benchmark order in the report.
+const ALL: [&str; 5] = ["cni", "converge", "datapath", "footprint", "scale"];
+
+#[derive(Parser)]
+#[command(about = "twill benchmarks (root: creates network namespaces)")]
+struct Cli {
+    /// Fewer repetitions and sizes.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Where the JSON outputs go.
+    #[arg(long, global = true, default_value = "target/bench-results")]
+    out: PathBuf,
+    /// Directory of the release binaries (twill, twilld).
+    #[arg(
+        long,
+        global = true,
+        env = "TWILL_BIN_DIR",
+        default_value = "target/release"
+    )]
+    bin_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// CNI ADD/DEL latency, twill vs bridge + host-local.
+    Cni,
+    /// Convergence when a host joins and leaves.
+    Converge,
+    /// iperf3 throughput, VXLAN vs underlay.
+    Datapath,
+    /// twilld RSS / CPU, binary sizes.
+    Footprint,
+    /// Control-plane scale on a loopback etcd.
+    Scale,
+    /// Writes RESULTS.md and the chart from the saved outputs.
+    Report {
+        #[arg(long, default_value = "bench/RESULTS.md")]
+        markdown: PathBuf,
+        #[arg(long, default_value = "bench/latency.svg")]
+        chart: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let reps = |quick: usize, full: usize| if cli.quick { quick } else { full };
+    // The harness looks for the binaries here.
+    std::env::set_var(netns_tests::bins::BIN_DIR_ENV, &cli.bin_dir);
+    let out: BenchOutput = match &cli.cmd {
+        Cmd::Cni => cni::run(&cni::CniOpts {
+            twill_bin: cli.bin_dir.join("twill"),
+            pods: 100,
+            workers: 8,
+            reps: reps(2, 3),
+        })?,
+        Cmd::Converge => converge::run(&converge::ConvergeOpts {
+            sizes: if cli.quick {
+                vec![3, 10]
+            } else {
+                vec![3, 10, 25]
+            },
+            reps: reps(3, 5),
+        })?,
+        Cmd::Datapath => datapath::run(&datapath::DatapathOpts {
+            seconds: 5,
+            reps: reps(1, 3),
+        })?,
+        Cmd::Footprint => footprint::run(&footprint::FootprintOpts {
+            leases: 1000,
+            reps: reps(1, 3),
+            bin_dir: cli.bin_dir.clone(),
+        })?,
+        Cmd::Scale => scale::run(&scale::ScaleOpts {
+            sizes: vec![1000, 2000, 5000],
+            reps: reps(3, 5),
+            events: reps(10, 20) as u32,
+            race_agents: 250,
+        })?,
+        Cmd::Report { markdown, chart } => {
+            let mode = if cli.quick {
+                "quick (fewer repetitions and sizes)"
+            } else {
+                "full"
+            };
+            let table = report::write(&cli.out, &ALL, &PathBuf::from("."), markdown, chart, mode)?;
+            print!("{table}");
+            println!("wrote {} and {}", markdown.display(), chart.display());
+            return Ok(());
+        }
+    };
+    out.save(&cli.out)
+        .with_context(|| format!("saving {} results", out.name))?;
+    print!("{}", out.table());
+    Ok(())
+}
