@@ -184,6 +184,7 @@ pub struct Local {
 /// lease and every lease that cannot be used are left out and reported.
 pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Skip>) {
     let mut nodes: Vec<RemoteNode> = Vec::new();
+    let mut macs: std::collections::HashSet<Mac> = std::collections::HashSet::new();
     let mut skipped = Vec::new();
     let mut sorted: Vec<&Lease> = leases.iter().collect();
     sorted.sort_by_key(|l| l.subnet);
@@ -230,14 +231,19 @@ pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Sk
                 }
             },
         };
-        let clash = nodes.iter().any(|n| {
-            n.subnet.contains(&subnet)
-                || subnet.contains(&n.subnet)
-                || matches!((n.path, path), (Path::Vxlan(a), Path::Vxlan(b)) if a == b)
-        });
-        if clash {
+        // Leases come sorted by (address, prefix) and accepted ones are
+        // disjoint, so the only accepted node this one can overlap is the
+        // last one: a linear pass instead of comparing against every node.
+        let overlaps = nodes
+            .last()
+            .is_some_and(|n| n.subnet.contains(&subnet) || subnet.contains(&n.subnet));
+        let mac_taken = matches!(path, Path::Vxlan(m) if macs.contains(&m));
+        if overlaps || mac_taken {
             skipped.push(Skip::Conflict(subnet));
             continue;
+        }
+        if let Path::Vxlan(m) = path {
+            macs.insert(m);
         }
         nodes.push(RemoteNode {
             subnet,
@@ -656,6 +662,38 @@ mod tests {
             gateway: ip(gw),
             dev: Dev::Underlay,
         }
+    }
+
+    #[test]
+    fn a_contained_lease_after_a_rejected_one_is_still_a_conflict() {
+        // /16 accepted; the /24s inside it are rejected, however many.
+        let (n, s) = remote_nodes(
+            &Local {
+                network: net("10.0.0.0/8"),
+                subnet: net(LOCAL),
+                underlay: net("192.0.2.1/24"),
+                mode: Mode::Vxlan {
+                    direct_routing: false,
+                },
+            },
+            &[
+                lease("10.9.0.0/16", "192.0.2.2", "0e:01:c0:00:02:02"),
+                lease("10.9.1.0/24", "192.0.2.3", "0e:01:c0:00:02:03"),
+                lease("10.9.2.0/24", "192.0.2.4", "0e:01:c0:00:02:04"),
+                lease("10.10.0.0/24", "192.0.2.5", "0e:01:c0:00:02:05"),
+            ],
+        );
+        assert_eq!(
+            n.iter().map(|x| x.subnet).collect::<Vec<_>>(),
+            vec![net("10.9.0.0/16"), net("10.10.0.0/24")]
+        );
+        assert_eq!(
+            s,
+            vec![
+                Skip::Conflict(net("10.9.1.0/24")),
+                Skip::Conflict(net("10.9.2.0/24"))
+            ]
+        );
     }
 
     #[test]
