@@ -417,6 +417,22 @@ impl Cluster {
     /// peer is on the underlay bridge, forwarding on (as on any k8s node).
     /// Its agent is not started. Returns the host's name.
     pub fn add_host(&mut self) -> Result<String> {
+        // A slot beyond MAX_HOSTS is refused by `add_host_at` before the
+        // address is used.
+        let octet = u8::try_from(self.hosts.len() + 1).unwrap_or(u8::MAX);
+        let addr =
+            Ipv4Net::new(Ipv4Addr::new(192, 0, 2, octet), 24).map_err(|e| HarnessError::Parse {
+                what: "host address".into(),
+                reason: e.to_string(),
+            })?;
+        self.add_host_at(addr, "ul0")
+    }
+
+    /// Like [`Cluster::add_host`], but `eth0` gets `addr` and its peer joins
+    /// `bridge` in the underlay namespace, which the caller has created (a
+    /// second underlay segment, see `routed`). Routes to other segments are
+    /// the caller's to add.
+    pub fn add_host_at(&mut self, addr: Ipv4Net, bridge: &str) -> Result<String> {
         let i = self.hosts.len() + 1;
         if i > MAX_HOSTS {
             return Err(HarnessError::Exists {
@@ -425,7 +441,7 @@ impl Cluster {
             });
         }
         let name = format!("h{i}");
-        let ip = Ipv4Addr::new(192, 0, 2, i as u8);
+        let ip = addr.addr();
         let dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&dir).map_err(|source| HarnessError::Io {
             path: dir.clone(),
@@ -446,10 +462,10 @@ impl Cluster {
             "netns",
             self.underlay.name(),
         ])?;
-        ns.ip(["addr", "add", &format!("{ip}/24"), "dev", IFNAME])?;
+        ns.ip(["addr", "add", &addr.to_string(), "dev", IFNAME])?;
         ns.ip(["link", "set", IFNAME, "up"])?;
         self.underlay
-            .ip(["link", "set", &name, "master", "ul0", "up"])?;
+            .ip(["link", "set", &name, "master", bridge, "up"])?;
         ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         self.hosts.push(Host { name, ns, ip, dir });
         Ok(self.hosts[i - 1].name.clone())

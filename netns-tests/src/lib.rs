@@ -16,6 +16,7 @@ pub mod netns;
 pub mod parse;
 pub mod pinger;
 pub mod prereq;
+pub mod routed;
 pub mod tls;
 pub mod wait;
 
