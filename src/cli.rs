@@ -26,32 +26,43 @@ pub struct Args {
         long,
         env = "TWILL_ETCD_ENDPOINTS",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
+        default_value = "http://127.0.0.1:2379",
+        global = true
     )]
     pub etcd_endpoints: Vec<String>,
 
     /// etcd key prefix holding `config` and `subnets/`
-    #[arg(long, env = "TWILL_ETCD_PREFIX", default_value = "/twill/network")]
+    #[arg(
+        long,
+        env = "TWILL_ETCD_PREFIX",
+        default_value = "/twill/network",
+        global = true
+    )]
     pub etcd_prefix: String,
 
     /// CA bundle to verify etcd's server certificate
-    #[arg(long, env = "TWILL_ETCD_CAFILE")]
+    #[arg(long, env = "TWILL_ETCD_CAFILE", global = true)]
     pub etcd_cafile: Option<PathBuf>,
 
     /// client certificate for etcd
-    #[arg(long, env = "TWILL_ETCD_CERTFILE")]
+    #[arg(long, env = "TWILL_ETCD_CERTFILE", global = true)]
     pub etcd_certfile: Option<PathBuf>,
 
     /// client key for etcd
-    #[arg(long, env = "TWILL_ETCD_KEYFILE")]
+    #[arg(long, env = "TWILL_ETCD_KEYFILE", global = true)]
     pub etcd_keyfile: Option<PathBuf>,
 
     /// etcd user name (etcd auth)
-    #[arg(long, env = "TWILL_ETCD_USERNAME")]
+    #[arg(long, env = "TWILL_ETCD_USERNAME", global = true)]
     pub etcd_username: Option<String>,
 
     /// etcd password (etcd auth); prefer the environment variable over the flag
-    #[arg(long, env = "TWILL_ETCD_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TWILL_ETCD_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub etcd_password: Option<String>,
 
     /// underlay interface (default: the interface of the default route)
@@ -92,11 +103,17 @@ pub struct Args {
     pub bridge: String,
 
     /// log output format
-    #[arg(long, env = "TWILL_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "TWILL_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 
     /// log level or tracing filter (e.g. info, debug, twill=debug)
-    #[arg(long, env = "TWILL_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "TWILL_LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
 
     #[command(subcommand)]
@@ -280,6 +297,24 @@ mod tests {
         assert!(matches!(a.command, Some(Command::Cleanup)));
         assert_eq!(a.bridge, "br9");
         assert_eq!(a.subnet_file, PathBuf::from("/tmp/x.env"));
+    }
+
+    #[test]
+    fn status_takes_etcd_flags_after_the_subcommand() {
+        let a = parse(&[
+            "status",
+            "--json",
+            "--etcd-endpoints",
+            "http://192.0.2.254:2379",
+            "--etcd-prefix",
+            "/coreos.com/network",
+            "--log-level",
+            "warn",
+        ]);
+        assert!(matches!(a.command, Some(Command::Status { json: true })));
+        assert_eq!(a.etcd_endpoints, vec!["http://192.0.2.254:2379".to_string()]);
+        assert_eq!(a.etcd_prefix, "/coreos.com/network");
+        assert_eq!(a.log_level, "warn");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod etcd_cluster;
 pub mod netns;
 pub mod parse;
 pub mod pinger;
+pub mod probe;
 pub mod prereq;
 pub mod routed;
 pub mod tls;
