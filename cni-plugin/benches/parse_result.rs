@@ -34,6 +34,7 @@ fn attached() -> Attached {
         mtu: 1450,
         address: "10.244.3.17/24".parse().unwrap(),
         gateway: "10.244.3.1".parse().unwrap(),
+        ipv6: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! and string maps so every error path is unit-tested without root.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
@@ -94,8 +94,9 @@ pub struct NetConf {
     pub hairpin_mode: bool,
     pub dns: Dns,
     pub prev_result: Option<Value>,
-    /// Static addresses asked for via `runtimeConfig.ips` (CIDR or plain).
-    pub runtime_ips: Vec<Ipv4Addr>,
+    /// Static addresses asked for via `runtimeConfig.ips` (CIDR or plain),
+    /// at most one per family is honoured.
+    pub runtime_ips: Vec<IpAddr>,
     /// `None` when the key is absent (GC then must not release anything).
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -162,7 +163,7 @@ fn validate_safe_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_ipv4_maybe_cidr(s: &str) -> Option<Ipv4Addr> {
+fn parse_ip_maybe_cidr(s: &str) -> Option<IpAddr> {
     let addr = s.split('/').next().unwrap_or(s);
     addr.parse().ok()
 }
@@ -248,7 +249,7 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf, Error> {
     })
 }
 
-fn parse_runtime_ips(rc: Option<&Value>) -> Result<Vec<Ipv4Addr>, Error> {
+fn parse_runtime_ips(rc: Option<&Value>) -> Result<Vec<IpAddr>, Error> {
     let Some(rc) = rc else { return Ok(Vec::new()) };
     let Value::Object(rc) = rc else {
         return Err(Error::config("runtimeConfig", "must be an object"));
@@ -261,8 +262,8 @@ fn parse_runtime_ips(rc: Option<&Value>) -> Result<Vec<Ipv4Addr>, Error> {
     };
     ips.iter()
         .map(|v| {
-            v.as_str().and_then(parse_ipv4_maybe_cidr).ok_or_else(|| {
-                Error::config("runtimeConfig.ips", format!("{v} is not an IPv4 address"))
+            v.as_str().and_then(parse_ip_maybe_cidr).ok_or_else(|| {
+                Error::config("runtimeConfig.ips", format!("{v} is not an IP address"))
             })
         })
         .collect()
@@ -294,7 +295,8 @@ pub struct Env {
 /// Known keys of `CNI_ARGS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniArgs {
-    pub ip: Option<Ipv4Addr>,
+    /// `IP=`: one address or a comma-separated list (one per family).
+    pub ips: Vec<IpAddr>,
     pub ignore_unknown: bool,
     pub extra: BTreeMap<String, String>,
 }
@@ -319,10 +321,17 @@ pub fn parse_cni_args(s: &str) -> Result<CniArgs, Error> {
         };
         match k {
             "IP" => {
-                let ip = parse_ipv4_maybe_cidr(v).ok_or_else(|| {
-                    Error::env("CNI_ARGS", format!("IP={v:?} is not an IPv4 address"))
-                })?;
-                args.ip = Some(ip);
+                args.ips = v
+                    .split(',')
+                    .map(|one| {
+                        parse_ip_maybe_cidr(one.trim()).ok_or_else(|| {
+                            Error::env(
+                                "CNI_ARGS",
+                                format!("IP={v:?}: {one:?} is not an IP address"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "IgnoreUnknown" => {
                 args.ignore_unknown = matches!(v.to_ascii_lowercase().as_str(), "1" | "true");
@@ -398,6 +407,7 @@ pub fn attachment_set(list: &[Attachment]) -> HashSet<(String, String)> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::net::Ipv4Addr;
 
     fn env_of(pairs: &[(&str, &str)]) -> Result<Env, Error> {
         let m: HashMap<String, String> = pairs
@@ -426,7 +436,7 @@ mod tests {
             br#"{"cniVersion":"0.4.0","name":"n","type":"twill","subnetFile":"/x/s.env",
             "dataDir":"/d","bridge":"br9","mtu":1400,"hairpinMode":false,
             "dns":{"nameservers":["10.96.0.10"],"search":["svc"]},
-            "runtimeConfig":{"ips":["10.244.3.9/24"]},
+            "runtimeConfig":{"ips":["10.244.3.9/24","fd00:10:244:3::9/64"]},
             "cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#,
         )
         .unwrap();
@@ -435,7 +445,13 @@ mod tests {
         assert_eq!(c.mtu, Some(1400));
         assert!(!c.hairpin_mode);
         assert_eq!(c.dns.nameservers, vec!["10.96.0.10"]);
-        assert_eq!(c.runtime_ips, vec![Ipv4Addr::new(10, 244, 3, 9)]);
+        assert_eq!(
+            c.runtime_ips,
+            vec![
+                IpAddr::V4(Ipv4Addr::new(10, 244, 3, 9)),
+                "fd00:10:244:3::9".parse::<IpAddr>().unwrap()
+            ]
+        );
         assert_eq!(c.valid_attachments.unwrap()[0].container_id, "c1");
     }
 
@@ -586,7 +602,17 @@ mod tests {
     #[test]
     fn cni_args_parse() {
         let a = parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=p;FOO=bar;IP=10.244.3.7").unwrap();
-        assert_eq!(a.ip, Some(Ipv4Addr::new(10, 244, 3, 7)));
+        assert_eq!(a.ips, vec![IpAddr::V4(Ipv4Addr::new(10, 244, 3, 7))]);
+        let both = parse_cni_args("IP=10.244.3.7/24,fd00:10:244:3::7").unwrap();
+        assert_eq!(
+            both.ips,
+            vec![
+                "10.244.3.7".parse::<IpAddr>().unwrap(),
+                "fd00:10:244:3::7".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert_eq!(parse_cni_args("IP=10.244.3.7,nope").unwrap_err().code(), 4);
+        assert_eq!(parse_cni_args("IP=10.244.3.7,").unwrap_err().code(), 4);
         assert_eq!(a.extra.get("FOO").map(String::as_str), Some("bar"));
         assert!(parse_cni_args("K8S_POD_NAME=p;K8S_POD_NAMESPACE=ns").is_ok());
         let e = parse_cni_args("FOO=bar").unwrap_err();

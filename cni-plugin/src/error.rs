@@ -1,7 +1,7 @@
 //! The plugin's error type and its mapping onto CNI error codes and the CNI
 //! error JSON object.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::json;
@@ -33,7 +33,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("requested address {ip} is not usable: {reason}")]
-    AddressUnavailable { ip: Ipv4Addr, reason: String },
+    AddressUnavailable { ip: IpAddr, reason: String },
     #[error("netlink {op} failed: {source}")]
     Netlink {
         op: String,
@@ -44,6 +44,12 @@ pub enum Error {
     Netns { path: PathBuf, reason: String },
     #[error("interface {ifname} already exists in {}", netns.display())]
     InterfaceExists { ifname: String, netns: PathBuf },
+    #[error("sysctl {}: {source}", path.display())]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("check failed: {what}")]
     Check { what: String },
     #[error("internal error: {reason}")]
@@ -69,6 +75,7 @@ impl Error {
             Error::InterfaceExists { .. } => 105,
             Error::Check { .. } => 106,
             Error::Internal { .. } => 107,
+            Error::Sysctl { .. } => 108,
         }
     }
 
@@ -90,6 +97,7 @@ impl Error {
             Error::InterfaceExists { .. } => "interface already exists",
             Error::Check { .. } => "check failed",
             Error::Internal { .. } => "internal error",
+            Error::Sysctl { .. } => "sysctl failure",
         }
     }
 

@@ -1,8 +1,11 @@
 //! Built-in host-local IPAM: one file per reserved address under
-//! `<dataDir>/<network>/`, created atomically (write a temp file, then
-//! `link(2)` it, which fails if the name exists), with a `flock`ed `lock` file
-//! serialising allocations across plugin processes and a `last_reserved_ip`
-//! cursor so allocation continues after the last handed-out address.
+//! `<dataDir>/<network>/` (named by the address, IPv4 or IPv6), created
+//! atomically (write a temp file, then `link(2)` it, which fails if the name
+//! exists), with a `flock`ed `lock` file serialising allocations across plugin
+//! processes and one cursor per family (`last_reserved_ip`,
+//! `last_reserved_ip.6`) so allocation continues after the last handed-out
+//! address: the walk from the cursor stops at the first free name, so even a
+//! /64 is never scanned.
 //!
 //! Temp files are only ever created and removed while the lock is held, so
 //! any temp file seen under the lock belongs to a plugin that died mid-ADD:
@@ -11,25 +14,35 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::Error;
 
 const LOCK_FILE: &str = "lock";
 const CURSOR_FILE: &str = "last_reserved_ip";
+const CURSOR_FILE_V6: &str = "last_reserved_ip.6";
 /// Prefix of the per-allocation temp file that is linked under the IP name.
 const RESERVE_TMP_PREFIX: &str = ".reserve-";
 
 /// One reserved address and its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub container_id: String,
     pub ifname: String,
+}
+
+/// One address wanted by an ADD: from the node subnet `gateway_net`
+/// (gateway address / subnet length), `requested` if set, else the next
+/// free one after the family's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub gateway_net: IpNet,
+    pub requested: Option<IpAddr>,
 }
 
 /// Address store of one network on this node.
@@ -38,28 +51,59 @@ pub struct Ipam {
     dir: PathBuf,
 }
 
-/// The usable host range of a node subnet, gateway excluded separately.
+/// The usable host range of a node subnet as integers, gateway excluded
+/// separately. IPv4 loses the network and broadcast addresses; IPv6 has no
+/// broadcast and loses only the subnet-router anycast (the all-zero host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {
-    pub first: u32,
-    pub last: u32,
-    pub gateway: u32,
+    pub first: u128,
+    pub last: u128,
+    pub gateway: u128,
+    pub v6: bool,
+}
+
+fn to_num(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 impl Range {
-    pub fn of(gateway_net: Ipv4Net) -> Self {
-        let net = u32::from(gateway_net.network());
-        let bcast = u32::from(gateway_net.broadcast());
+    pub fn of(gateway_net: IpNet) -> Self {
+        let net = to_num(gateway_net.network());
+        let top = to_num(gateway_net.broadcast());
+        let v6 = matches!(gateway_net, IpNet::V6(_));
         Range {
             first: net.saturating_add(1),
-            last: bcast.saturating_sub(1),
-            gateway: u32::from(gateway_net.addr()),
+            last: if v6 { top } else { top.saturating_sub(1) },
+            gateway: to_num(gateway_net.addr()),
+            v6,
+        }
+    }
+
+    fn addr_at(self, n: u128) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(n))
+        } else {
+            // Range::of only builds IPv4 ranges from u32 values.
+            IpAddr::V4(Ipv4Addr::from(n as u32))
+        }
+    }
+
+    /// Number of addresses from `first` to `last`, 0 if the range is empty.
+    /// Cannot overflow: `last - first < u128::MAX` because `first >= 1`.
+    fn span(&self) -> u128 {
+        if self.last >= self.first {
+            self.last - self.first + 1
+        } else {
+            0
         }
     }
 
     /// Number of addresses pods may get.
-    pub fn capacity(&self) -> u64 {
-        let span = u64::from(self.last) + 1 - u64::from(self.first);
+    pub fn capacity(&self) -> u128 {
+        let span = self.span();
         if (self.first..=self.last).contains(&self.gateway) {
             span - 1
         } else {
@@ -67,32 +111,55 @@ impl Range {
         }
     }
 
-    pub fn is_usable(&self, ip: Ipv4Addr) -> bool {
-        let n = u32::from(ip);
+    pub fn is_usable(&self, ip: IpAddr) -> bool {
+        if ip.is_ipv6() != self.v6 {
+            return false;
+        }
+        let n = to_num(ip);
         n >= self.first && n <= self.last && n != self.gateway
     }
 
     /// Every usable address once, starting right after `cursor` and wrapping.
-    pub fn candidates_after(&self, cursor: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> {
+    /// Lazy: callers stop at the first free one.
+    pub fn candidates_after(&self, cursor: Option<IpAddr>) -> impl Iterator<Item = IpAddr> {
+        let range = *self;
         let Range {
             first,
             last,
             gateway,
-        } = *self;
-        let start = match cursor.map(u32::from) {
-            Some(c) if c >= first && c < last => c + 1,
+            v6,
+        } = range;
+        let span = range.span();
+        let start = match cursor {
+            Some(c) if c.is_ipv6() == v6 && to_num(c) >= first && to_num(c) < last => to_num(c) + 1,
             _ => first,
         };
-        let span = u64::from(last) + 1 - u64::from(first);
+        let start_off = start - first;
         (0..span)
             .map(move |i| {
-                let off = (u64::from(start - first) + i) % span;
-                // off < span <= 2^32 so this fits.
-                first + off as u32
+                // (start_off + i) mod span without overflowing near 2^128.
+                let off = if i < span - start_off {
+                    start_off + i
+                } else {
+                    i - (span - start_off)
+                };
+                first + off
             })
             .filter(move |n| *n != gateway)
-            .map(Ipv4Addr::from)
+            .map(move |n| range.addr_at(n))
     }
+}
+
+fn cursor_file(v6: bool) -> &'static str {
+    if v6 {
+        CURSOR_FILE_V6
+    } else {
+        CURSOR_FILE
+    }
+}
+
+fn cursor_tmp(v6: bool) -> String {
+    format!(".{}.tmp", cursor_file(v6))
 }
 
 impl Ipam {
@@ -119,40 +186,64 @@ impl Ipam {
             .map_err(|(_, errno)| Error::ipam(&path, std::io::Error::from(errno)))
     }
 
-    fn read_cursor(&self) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.dir.join(CURSOR_FILE))
+    fn read_cursor(&self, v6: bool) -> Option<IpAddr> {
+        fs::read_to_string(self.dir.join(cursor_file(v6)))
             .ok()?
             .trim()
             .parse()
             .ok()
     }
 
-    fn write_cursor(&self, ip: Ipv4Addr) -> Result<(), Error> {
-        let path = self.dir.join(CURSOR_FILE);
-        let tmp = self.dir.join(format!(".{CURSOR_FILE}.tmp"));
+    fn write_cursor(&self, ip: IpAddr) -> Result<(), Error> {
+        let path = self.dir.join(cursor_file(ip.is_ipv6()));
+        let tmp = self.dir.join(cursor_tmp(ip.is_ipv6()));
         fs::write(&tmp, ip.to_string()).map_err(|e| Error::ipam(&tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| Error::ipam(&path, e))
     }
 
-    /// Reserves an address of the node subnet for `(container_id, ifname)`:
+    /// Reserves one address of the node subnet for `(container_id, ifname)`:
     /// `requested` if given, else the next free one after the cursor.
     pub fn allocate(
         &self,
-        gateway_net: Ipv4Net,
+        gateway_net: IpNet,
         container_id: &str,
         ifname: &str,
-        requested: Option<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, Error> {
-        let range = Range::of(gateway_net);
-        if let Some(ip) = requested {
-            if !range.is_usable(ip) {
-                return Err(Error::AddressUnavailable {
-                    ip,
-                    reason: format!(
-                        "not a usable pod address of node subnet {}",
-                        gateway_net.trunc()
-                    ),
-                });
+        requested: Option<IpAddr>,
+    ) -> Result<IpAddr, Error> {
+        let ips = self.allocate_all(
+            &[Request {
+                gateway_net,
+                requested,
+            }],
+            container_id,
+            ifname,
+        )?;
+        ips.into_iter().next().ok_or_else(|| Error::Internal {
+            reason: "allocation returned no address".into(),
+        })
+    }
+
+    /// Reserves one address per request for `(container_id, ifname)`, all or
+    /// nothing: if any request fails (exhausted, taken, unusable), the
+    /// addresses already linked for the others are removed again. Returns
+    /// the addresses in request order.
+    pub fn allocate_all(
+        &self,
+        requests: &[Request],
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Vec<IpAddr>, Error> {
+        for r in requests {
+            if let Some(ip) = r.requested {
+                if !Range::of(r.gateway_net).is_usable(ip) {
+                    return Err(Error::AddressUnavailable {
+                        ip,
+                        reason: format!(
+                            "not a usable pod address of node subnet {}",
+                            r.gateway_net.trunc()
+                        ),
+                    });
+                }
             }
         }
         let _lock = self.lock()?;
@@ -169,27 +260,31 @@ impl Ipam {
             .and_then(|()| f.sync_all())
             .map_err(|e| Error::ipam(&tmp, e));
         drop(f);
-        let outcome =
-            written.and_then(|()| self.link_first_free(&tmp, range, requested, gateway_net));
-        let _ = fs::remove_file(&tmp);
-        let ip = outcome?;
-        if requested.is_none() {
-            if let Err(e) = self.write_cursor(ip) {
-                let _ = fs::remove_file(self.dir.join(ip.to_string()));
-                return Err(e);
+        let mut linked = Vec::with_capacity(requests.len());
+        let outcome = written.and_then(|()| {
+            for r in requests {
+                linked.push(self.link_first_free(&tmp, r)?);
             }
+            // Only dynamic picks move their family's cursor.
+            for (r, ip) in requests.iter().zip(&linked) {
+                if r.requested.is_none() {
+                    self.write_cursor(*ip)?;
+                }
+            }
+            Ok(())
+        });
+        let _ = fs::remove_file(&tmp);
+        if let Err(e) = outcome {
+            for ip in &linked {
+                let _ = fs::remove_file(self.dir.join(ip.to_string()));
+            }
+            return Err(e);
         }
-        Ok(ip)
+        Ok(linked)
     }
 
-    fn link_first_free(
-        &self,
-        tmp: &Path,
-        range: Range,
-        requested: Option<Ipv4Addr>,
-        gateway_net: Ipv4Net,
-    ) -> Result<Ipv4Addr, Error> {
-        if let Some(ip) = requested {
+    fn link_first_free(&self, tmp: &Path, r: &Request) -> Result<IpAddr, Error> {
+        if let Some(ip) = r.requested {
             let path = self.dir.join(ip.to_string());
             return match fs::hard_link(tmp, &path) {
                 Ok(()) => Ok(ip),
@@ -200,7 +295,8 @@ impl Ipam {
                 Err(e) => Err(Error::ipam(&path, e)),
             };
         }
-        for ip in range.candidates_after(self.read_cursor()) {
+        let range = Range::of(r.gateway_net);
+        for ip in range.candidates_after(self.read_cursor(range.v6)) {
             let path = self.dir.join(ip.to_string());
             match fs::hard_link(tmp, &path) {
                 Ok(()) => return Ok(ip),
@@ -209,7 +305,7 @@ impl Ipam {
             }
         }
         Err(Error::SubnetExhausted {
-            subnet: gateway_net.trunc().to_string(),
+            subnet: r.gateway_net.trunc().to_string(),
         })
     }
 
@@ -220,7 +316,7 @@ impl Ipam {
         for entry in entries {
             let entry = entry.map_err(|e| Error::ipam(&self.dir, e))?;
             let name = entry.file_name();
-            let Some(ip) = name.to_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) else {
+            let Some(ip) = name.to_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
                 continue;
             };
             let Ok(body) = fs::read_to_string(entry.path()) else {
@@ -238,18 +334,21 @@ impl Ipam {
         Ok(out)
     }
 
-    /// The address reserved for `(container_id, ifname)`, if any.
-    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, Error> {
-        Ok(self
+    /// The addresses reserved for `(container_id, ifname)`, IPv4 first.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
+        let mut ips: Vec<IpAddr> = self
             .list()?
             .into_iter()
-            .find(|r| r.container_id == container_id && r.ifname == ifname)
-            .map(|r| r.ip))
+            .filter(|r| r.container_id == container_id && r.ifname == ifname)
+            .map(|r| r.ip)
+            .collect();
+        ips.sort();
+        Ok(ips)
     }
 
     /// Releases every address of `(container_id, ifname)`; none is fine.
     /// Also removes temp files left by plugins killed mid-allocation.
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, Error> {
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
         let _lock = self.lock()?;
         let mut released = Vec::new();
         for r in self.list()? {
@@ -258,6 +357,7 @@ impl Ipam {
                 released.push(r.ip);
             }
         }
+        released.sort();
         match self.sweep_stale_temp_files().into_iter().next() {
             Some(e) => Err(e),
             None => Ok(released),
@@ -271,12 +371,12 @@ impl Ipam {
             Ok(entries) => entries,
             Err(e) => return vec![Error::ipam(&self.dir, e)],
         };
-        let cursor_tmp = format!(".{CURSOR_FILE}.tmp");
+        let cursor_tmps = [cursor_tmp(false), cursor_tmp(true)];
         let mut errors = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !(name.starts_with(RESERVE_TMP_PREFIX) || name == cursor_tmp) {
+            if !(name.starts_with(RESERVE_TMP_PREFIX) || cursor_tmps.iter().any(|t| t == name)) {
                 continue;
             }
             match fs::remove_file(entry.path()) {
@@ -290,7 +390,7 @@ impl Ipam {
 
     /// Releases `ip` only if `(container_id, ifname)` still owns it; used to
     /// undo a failed ADD without touching anything else.
-    pub fn release_ip(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<(), Error> {
+    pub fn release_ip(&self, ip: IpAddr, container_id: &str, ifname: &str) -> Result<(), Error> {
         let _lock = self.lock()?;
         let path = self.dir.join(ip.to_string());
         let body = match fs::read_to_string(&path) {
@@ -304,7 +404,7 @@ impl Ipam {
         Ok(())
     }
 
-    fn remove(&self, ip: Ipv4Addr) -> Result<(), Error> {
+    fn remove(&self, ip: IpAddr) -> Result<(), Error> {
         let path = self.dir.join(ip.to_string());
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -336,13 +436,13 @@ impl Ipam {
     }
 
     /// How many usable addresses of the subnet are not reserved.
-    pub fn free_count(&self, gateway_net: Ipv4Net) -> Result<u64, Error> {
+    pub fn free_count(&self, gateway_net: IpNet) -> Result<u128, Error> {
         let range = Range::of(gateway_net);
         let used = self
             .list()?
             .iter()
             .filter(|r| range.is_usable(r.ip))
-            .count() as u64;
+            .count() as u128;
         Ok(range.capacity().saturating_sub(used))
     }
 }
@@ -352,11 +452,11 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -364,7 +464,9 @@ mod tests {
     fn range_skips_network_gateway_broadcast() {
         let r = Range::of(net("10.244.3.1/29"));
         let all: Vec<_> = r.candidates_after(None).collect();
-        let want: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(10, 244, 3, i)).collect();
+        let want: Vec<IpAddr> = (2..=6)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(10, 244, 3, i)))
+            .collect();
         assert_eq!(all, want);
         assert_eq!(r.capacity(), 5);
         // After .5 comes .6, then wrap to .2 (skipping .1, the gateway).
@@ -400,8 +502,8 @@ mod tests {
         let e = ipam.allocate(gw, "c7", "eth0", None).unwrap_err();
         assert_eq!(e.code(), 100);
         assert_eq!(ipam.free_count(gw).unwrap(), 0);
-        assert_eq!(ipam.find("c3", "eth0").unwrap(), Some(c));
-        assert_eq!(ipam.find("c3", "eth1").unwrap(), None);
+        assert_eq!(ipam.find("c3", "eth0").unwrap(), vec![c]);
+        assert!(ipam.find("c3", "eth1").unwrap().is_empty());
         // No temp files left behind.
         let names: Vec<String> = fs::read_dir(ipam.dir())
             .unwrap()
@@ -421,9 +523,9 @@ mod tests {
         let gw = net("10.244.3.1/24");
         let a = ipam.allocate(gw, "c1", "eth0", None).unwrap();
         ipam.release_ip(a, "other", "eth0").unwrap();
-        assert_eq!(ipam.find("c1", "eth0").unwrap(), Some(a));
+        assert_eq!(ipam.find("c1", "eth0").unwrap(), vec![a]);
         ipam.release_ip(a, "c1", "eth0").unwrap();
-        assert_eq!(ipam.find("c1", "eth0").unwrap(), None);
+        assert!(ipam.find("c1", "eth0").unwrap().is_empty());
     }
 
     #[test]
@@ -441,7 +543,7 @@ mod tests {
         assert_eq!(temps(), 2);
         assert!(ipam.release("dead", "eth0").unwrap().is_empty());
         assert_eq!(temps(), 0);
-        assert_eq!(ipam.find("live", "eth0").unwrap(), Some(a));
+        assert_eq!(ipam.find("live", "eth0").unwrap(), vec![a]);
 
         for name in stale {
             fs::write(ipam.dir().join(name), "dead\neth0").unwrap();
@@ -450,7 +552,7 @@ mod tests {
         let (released, errors) = ipam.gc(&keep).unwrap();
         assert!(released.is_empty() && errors.is_empty());
         assert_eq!(temps(), 0);
-        assert_eq!(ipam.find("live", "eth0").unwrap(), Some(a));
+        assert_eq!(ipam.find("live", "eth0").unwrap(), vec![a]);
     }
 
     #[test]
@@ -523,7 +625,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut all: Vec<Ipv4Addr> = handles
+        let mut all: Vec<IpAddr> = handles
             .into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect();
@@ -536,5 +638,244 @@ mod tests {
         let ipam = Ipam::open(&data, "net").unwrap();
         assert_eq!(ipam.list().unwrap().len(), 160);
         assert_eq!(ipam.free_count(gw).unwrap(), 253 - 160);
+    }
+
+    fn v4v6(v4: &str, v6: &str) -> [Request; 2] {
+        [
+            Request {
+                gateway_net: net(v4),
+                requested: None,
+            },
+            Request {
+                gateway_net: net(v6),
+                requested: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn v6_range_skips_anycast_and_gateway_and_keeps_last() {
+        let r = Range::of(net("fd00:10:244:3::1/125"));
+        let all: Vec<_> = r.candidates_after(None).collect();
+        let want: Vec<IpAddr> = (2..=7)
+            .map(|i| ip(&format!("fd00:10:244:3::{i}")))
+            .collect();
+        assert_eq!(all, want);
+        assert_eq!(r.capacity(), 6);
+        assert!(!r.is_usable(ip("fd00:10:244:3::")));
+        assert!(!r.is_usable(ip("fd00:10:244:3::1")));
+        assert!(!r.is_usable(ip("fd00:10:244:3::8")));
+        assert!(!r.is_usable(ip("10.244.3.2")), "other family");
+        // A gateway in the middle is skipped, the wrap goes back to ::1.
+        let r = Range::of(net("fd00::4/125"));
+        let after: Vec<_> = r.candidates_after(Some(ip("fd00::6"))).collect();
+        assert_eq!(after[..3], [ip("fd00::7"), ip("fd00::1"), ip("fd00::2")]);
+        assert_eq!(after.len(), 6);
+        assert!(!after.contains(&ip("fd00::4")));
+        // An IPv4 cursor means nothing to an IPv6 range.
+        assert_eq!(
+            r.candidates_after(Some(ip("10.0.0.6"))).next(),
+            Some(ip("fd00::1"))
+        );
+        // A /64 has 2^64 - 2 pod addresses and its walk is lazy.
+        let r = Range::of(net("fd00:10:244:3::1/64"));
+        assert_eq!(r.capacity(), (1u128 << 64) - 2);
+        let last = ip("fd00:10:244:3:ffff:ffff:ffff:ffff");
+        let mut it = r.candidates_after(Some(last));
+        assert_eq!(it.next(), Some(ip("fd00:10:244:3::2")));
+        // At the very top of the address space nothing overflows.
+        let r = Range::of(net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff9/125"));
+        let all: Vec<_> = r
+            .candidates_after(Some(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe")))
+            .collect();
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[0], ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+        assert_eq!(all[1], ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffa"));
+    }
+
+    #[test]
+    fn dual_stack_allocation_has_a_cursor_per_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let reqs = v4v6("10.244.3.1/24", "fd00:10:244:3::1/64");
+        let a = ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
+        assert_eq!(a, vec![ip("10.244.3.2"), ip("fd00:10:244:3::2")]);
+        let b = ipam.allocate_all(&reqs, "c2", "eth0").unwrap();
+        assert_eq!(b, vec![ip("10.244.3.3"), ip("fd00:10:244:3::3")]);
+        // The reservation file is named by the address' display form.
+        let body = fs::read_to_string(ipam.dir().join("fd00:10:244:3::3")).unwrap();
+        assert_eq!(body, "c2\neth0");
+        let cursor6 = fs::read_to_string(ipam.dir().join("last_reserved_ip.6")).unwrap();
+        assert_eq!(cursor6, "fd00:10:244:3::3");
+        let cursor4 = fs::read_to_string(ipam.dir().join("last_reserved_ip")).unwrap();
+        assert_eq!(cursor4, "10.244.3.3");
+        // Only the v4 family moves when only v4 is asked for.
+        ipam.allocate(net("10.244.3.1/24"), "c3", "eth0", None)
+            .unwrap();
+        let c = ipam.allocate_all(&reqs, "c4", "eth0").unwrap();
+        assert_eq!(c, vec![ip("10.244.3.5"), ip("fd00:10:244:3::4")]);
+        // Release frees both families, the cursor does not go back.
+        assert_eq!(
+            ipam.release("c1", "eth0").unwrap(),
+            vec![ip("10.244.3.2"), ip("fd00:10:244:3::2")]
+        );
+        let d = ipam.allocate_all(&reqs, "c5", "eth0").unwrap();
+        assert_eq!(d[1], ip("fd00:10:244:3::5"));
+        assert_eq!(
+            ipam.find("c5", "eth0").unwrap(),
+            vec![ip("10.244.3.6"), ip("fd00:10:244:3::5")]
+        );
+        assert_eq!(
+            ipam.free_count(net("fd00:10:244:3::1/64")).unwrap(),
+            (1u128 << 64) - 2 - 3
+        );
+    }
+
+    #[test]
+    fn tiny_v6_subnet_exhausts_and_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let gw6 = net("fd00:10:244:3::1/125");
+        let got: Vec<IpAddr> = (0..6)
+            .map(|i| ipam.allocate(gw6, &format!("c{i}"), "eth0", None).unwrap())
+            .collect();
+        assert!(!got.contains(&ip("fd00:10:244:3::")));
+        assert!(!got.contains(&ip("fd00:10:244:3::1")));
+        assert_eq!(got.last(), Some(&ip("fd00:10:244:3::7")));
+        let e = ipam.allocate(gw6, "c9", "eth0", None).unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert!(e.to_string().contains("fd00:10:244:3::/125"), "{e}");
+        assert_eq!(ipam.free_count(gw6).unwrap(), 0);
+        // After the last address the walk wraps to the freed ::3.
+        ipam.release("c1", "eth0").unwrap();
+        assert_eq!(
+            ipam.allocate(gw6, "c10", "eth0", None).unwrap(),
+            ip("fd00:10:244:3::3")
+        );
+    }
+
+    #[test]
+    fn exhaustion_of_either_family_reserves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        // v6 /126 has two pod addresses, v4 /24 plenty.
+        let reqs = v4v6("10.244.3.1/24", "fd00::1/126");
+        ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
+        ipam.allocate_all(&reqs, "c2", "eth0").unwrap();
+        let before = ipam.list().unwrap().len();
+        let e = ipam.allocate_all(&reqs, "c3", "eth0").unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert_eq!(ipam.list().unwrap().len(), before);
+        assert!(ipam.find("c3", "eth0").unwrap().is_empty());
+        // And the other way round: v4 /30 (one pod address) is full.
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let reqs = v4v6("10.244.3.1/30", "fd00::1/64");
+        ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
+        let e = ipam.allocate_all(&reqs, "c2", "eth0").unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert!(ipam.find("c2", "eth0").unwrap().is_empty());
+        assert_eq!(ipam.list().unwrap().len(), 2);
+        let names: Vec<String> = fs::read_dir(ipam.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with(".reserve")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn static_v6_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let gw4 = net("10.244.3.1/24");
+        let gw6 = net("fd00:10:244:3::1/64");
+        let reqs = [
+            Request {
+                gateway_net: gw4,
+                requested: None,
+            },
+            Request {
+                gateway_net: gw6,
+                requested: Some(ip("fd00:10:244:3::beef")),
+            },
+        ];
+        let got = ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
+        assert_eq!(got, vec![ip("10.244.3.2"), ip("fd00:10:244:3::beef")]);
+        // Taken, anycast, gateway, other subnet, other family: 102 and the
+        // dynamic v4 part of the same call is not kept.
+        for bad in [
+            "fd00:10:244:3::beef",
+            "fd00:10:244:3::",
+            "fd00:10:244:3::1",
+            "fd00:10:244:4::5",
+            "10.244.3.9",
+        ] {
+            let reqs = [
+                Request {
+                    gateway_net: gw4,
+                    requested: None,
+                },
+                Request {
+                    gateway_net: gw6,
+                    requested: Some(ip(bad)),
+                },
+            ];
+            let e = ipam.allocate_all(&reqs, "c2", "eth0").unwrap_err();
+            assert_eq!(e.code(), 102, "{bad}");
+            assert!(ipam.find("c2", "eth0").unwrap().is_empty(), "{bad}");
+        }
+        // The static v6 pick did not move the v6 cursor.
+        assert_eq!(
+            ipam.allocate(gw6, "c3", "eth0", None).unwrap(),
+            ip("fd00:10:244:3::2")
+        );
+    }
+
+    #[test]
+    fn concurrent_dual_stack_allocations_are_distinct() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = Arc::new(dir.path().to_path_buf());
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let data = Arc::clone(&data);
+                std::thread::spawn(move || {
+                    let ipam = Ipam::open(&data, "net").unwrap();
+                    let reqs = v4v6("10.244.3.1/24", "fd00:10:244:3::1/64");
+                    (0..10)
+                        .flat_map(|i| {
+                            ipam.allocate_all(&reqs, &format!("c{t}-{i}"), "eth0")
+                                .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<IpAddr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(all.len(), 160);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 160, "duplicate addresses handed out");
+        assert_eq!(all.iter().filter(|a| a.is_ipv6()).count(), 80);
+        // The cursor walk hands out a dense prefix: ::2 ..= ::81.
+        let v6: Vec<u128> = all
+            .iter()
+            .filter(|a| a.is_ipv6())
+            .map(|a| to_num(*a))
+            .collect();
+        let base = to_num(ip("fd00:10:244:3::"));
+        assert_eq!(v6, (2..82).map(|i| base + i).collect::<Vec<_>>());
+        let ipam = Ipam::open(&data, "net").unwrap();
+        assert_eq!(ipam.list().unwrap().len(), 160);
+        // GC of everything releases both families.
+        let (released, errors) = ipam.gc(&HashSet::new()).unwrap();
+        assert!(errors.is_empty());
+        assert_eq!(released.len(), 160);
+        assert!(ipam.list().unwrap().is_empty());
     }
 }

@@ -5,18 +5,20 @@
 //! on a fresh `std::thread` that enters the namespace first and only then
 //! builds its own runtime and netlink socket (the socket belongs to the
 //! namespace it was created in). The thread ends with the batch, so no thread
-//! of the process is ever left inside a pod namespace.
+//! of the process is ever left inside a pod namespace. The same holds for
+//! `/proc/sys/net`: it shows the network namespace of the thread that opens
+//! the file, so per-interface IPv6 sysctls are written from that thread too.
 
 use std::fs::File;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{
@@ -145,12 +147,48 @@ pub fn bridge_mac(gateway: Ipv4Addr) -> Vec<u8> {
     vec![0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
-/// Creates the bridge if missing (fixed MAC, MTU), puts the gateway address
-/// on it and brings it up. Returns its index.
+/// Makes sure IPv6 is not disabled on `ifname` in the calling thread's
+/// network namespace: an interface with `disable_ipv6=1` refuses IPv6
+/// addresses. Only writes when needed.
+pub fn ensure_ipv6_enabled(ifname: &str) -> Result<(), Error> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"));
+    let sysctl = |source| Error::Sysctl {
+        path: path.clone(),
+        source,
+    };
+    let current = std::fs::read_to_string(&path).map_err(sysctl)?;
+    if current.trim() != "0" {
+        std::fs::write(&path, "0").map_err(sysctl)?;
+    }
+    Ok(())
+}
+
+/// Adds (or replaces) an address; IPv6 ones with `IFA_F_NODAD` so they are
+/// usable at once instead of after duplicate address detection: the IPAM
+/// store already guarantees uniqueness in the node subnet.
+pub async fn add_address(h: &Handle, index: u32, addr: IpNet, what: &str) -> Result<(), Error> {
+    let mut req = h
+        .address()
+        .add(index, addr.addr(), addr.prefix_len())
+        .replace();
+    if addr.addr().is_ipv6() {
+        let msg = req.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    req.execute()
+        .await
+        .map_err(|e| Error::netlink(format!("add {addr} to {what}"), e))
+}
+
+/// Creates the bridge if missing (fixed MAC, MTU), puts the gateway
+/// address(es) on it and brings it up. Returns its index.
 pub async fn ensure_bridge(
     h: &Handle,
     name: &str,
     gateway_net: Ipv4Net,
+    gateway_net6: Option<Ipv6Net>,
     mtu: u32,
 ) -> Result<u32, Error> {
     let mac = bridge_mac(gateway_net.addr());
@@ -180,16 +218,12 @@ pub async fn ensure_bridge(
         .execute()
         .await
         .map_err(|e| Error::netlink(format!("set bridge {name} up"), e))?;
-    h.address()
-        .add(
-            link.index,
-            IpAddr::V4(gateway_net.addr()),
-            gateway_net.prefix_len(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("add {gateway_net} to bridge {name}"), e))?;
+    let what = format!("bridge {name}");
+    add_address(h, link.index, IpNet::V4(gateway_net), &what).await?;
+    if let Some(gw6) = gateway_net6 {
+        ensure_ipv6_enabled(name)?;
+        add_address(h, link.index, IpNet::V6(gw6), &what).await?;
+    }
     Ok(link.index)
 }
 
@@ -248,24 +282,25 @@ pub async fn attach_to_bridge(
         .map_err(|e| Error::netlink(format!("set hairpin on link {host_index}"), e))
 }
 
-/// Inside the pod namespace: address, up, default route. Returns the MAC.
+/// Inside the pod namespace (called on the thread that entered it):
+/// addresses, up, default routes. Returns the MAC.
 pub async fn configure_pod(
     h: &Handle,
     ifname: &str,
     address: Ipv4Net,
     gateway: Ipv4Addr,
+    v6: Option<(Ipv6Net, Ipv6Addr)>,
 ) -> Result<Vec<u8>, Error> {
     let link = link_by_name(h, ifname)
         .await?
         .ok_or_else(|| Error::Internal {
             reason: format!("{ifname} missing in pod namespace after creation"),
         })?;
-    h.address()
-        .add(link.index, IpAddr::V4(address.addr()), address.prefix_len())
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("add {address} to {ifname}"), e))?;
+    add_address(h, link.index, IpNet::V4(address), ifname).await?;
+    if let Some((address6, _)) = v6 {
+        ensure_ipv6_enabled(ifname)?;
+        add_address(h, link.index, IpNet::V6(address6), ifname).await?;
+    }
     h.link()
         .change(LinkUnspec::new_with_index(link.index).up().build())
         .execute()
@@ -281,11 +316,25 @@ pub async fn configure_pod(
         .execute()
         .await
         .map_err(|e| Error::netlink(format!("add default route via {gateway} on {ifname}"), e))?;
+    if let Some((_, gateway6)) = v6 {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway6)
+            .output_interface(link.index)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                Error::netlink(format!("add default route via {gateway6} on {ifname}"), e)
+            })?;
+    }
     Ok(link.mac)
 }
 
-/// IPv4 addresses (with prefix length) on link `index`.
-pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Net>, Error> {
+/// Addresses of both families (with prefix length) on link `index`.
+pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>, Error> {
     let mut stream = h.address().get().set_link_index_filter(index).execute();
     let mut out = Vec::new();
     while let Some(m) = stream
@@ -297,8 +346,8 @@ pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Net>, Erro
             continue;
         }
         for a in &m.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
-                if let Ok(net) = Ipv4Net::new(*ip, m.header.prefix_len) {
+            if let AddressAttribute::Address(ip) = a {
+                if let Ok(net) = IpNet::new(*ip, m.header.prefix_len) {
                     out.push(net);
                 }
             }
@@ -307,13 +356,25 @@ pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Net>, Erro
     Ok(out)
 }
 
-/// Gateways of IPv4 default routes leaving through link `index`.
-pub async fn default_gateways(h: &Handle, index: u32) -> Result<Vec<Ipv4Addr>, Error> {
-    let mut stream = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
+/// Gateways of default routes of both families leaving through link `index`.
+pub async fn default_gateways(h: &Handle, index: u32) -> Result<Vec<IpAddr>, Error> {
     let mut out = Vec::new();
+    for dump in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        default_gateways_in(h, dump, index, &mut out).await?;
+    }
+    Ok(out)
+}
+
+async fn default_gateways_in(
+    h: &Handle,
+    dump: rtnetlink::packet_route::route::RouteMessage,
+    index: u32,
+    out: &mut Vec<IpAddr>,
+) -> Result<(), Error> {
+    let mut stream = h.route().get(dump).execute();
     while let Some(m) = stream
         .try_next()
         .await
@@ -330,12 +391,14 @@ pub async fn default_gateways(h: &Handle, index: u32) -> Result<Vec<Ipv4Addr>, E
             continue;
         }
         for a in &m.attributes {
-            if let RouteAttribute::Gateway(RouteAddress::Inet(gw)) = a {
-                out.push(*gw);
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => out.push(IpAddr::V4(*gw)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => out.push(IpAddr::V6(*gw)),
+                _ => {}
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Host-side veth name: `veth` + 11 hex digits of a stable hash of

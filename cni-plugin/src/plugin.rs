@@ -1,16 +1,16 @@
 //! The CNI verbs: each one turns validated inputs into IPAM and netlink
 //! effects, undoing what ADD created when a later step fails.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 use crate::config::{self, Command, Env, NetConf};
 use crate::error::Error;
-use crate::ipam::Ipam;
+use crate::ipam::{Ipam, Request};
 use crate::kernel::{self, host_veth_name};
-use crate::result::{self, Attached};
+use crate::result::{self, Attached, Attached6};
 use crate::subnet::{self, NodeSubnet};
 
 /// The result of one plugin call, ready for `main` to print.
@@ -72,19 +72,98 @@ fn attachment(env: &Env) -> Result<(&str, &str), Error> {
     Ok((cid, ifname))
 }
 
-fn requested_ip(env: &Env, conf: &NetConf) -> Result<Option<Ipv4Addr>, Error> {
-    match (conf.runtime_ips.as_slice(), env.args.ip) {
-        ([], ip) => Ok(ip),
-        ([one], None) => Ok(Some(*one)),
-        ([one], Some(arg)) if *one == arg => Ok(Some(arg)),
-        ([_], Some(_)) => Err(Error::config(
+/// At most one address per family out of `ips`; `source` names where they
+/// came from for the error.
+fn split_families(
+    ips: &[IpAddr],
+    source: &str,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), Error> {
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in ips {
+        let dup = match ip {
+            IpAddr::V4(a) => v4.replace(*a).is_some(),
+            IpAddr::V6(a) => v6.replace(*a).is_some(),
+        };
+        if dup {
+            return Err(Error::config(
+                source,
+                "at most one address per family (IPv4, IPv6) is supported",
+            ));
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// Merges one family's static request from `runtimeConfig.ips` and
+/// `CNI_ARGS` `IP=`: either may name it, both must then agree.
+fn merge<T: PartialEq>(runtime: Option<T>, args: Option<T>) -> Result<Option<T>, Error> {
+    match (runtime, args) {
+        (Some(r), Some(a)) if r != a => Err(Error::config(
             "runtimeConfig.ips",
             "disagrees with IP= in CNI_ARGS",
         )),
-        _ => Err(Error::config(
-            "runtimeConfig.ips",
-            "at most one IPv4 address is supported",
-        )),
+        (r, a) => Ok(r.or(a)),
+    }
+}
+
+/// The addresses ADD must reserve: IPv4 always, IPv6 on a dual-stack node,
+/// each static when the runtime asked for one.
+fn address_requests(env: &Env, conf: &NetConf, node: &NodeSubnet) -> Result<Vec<Request>, Error> {
+    let (rt4, rt6) = split_families(&conf.runtime_ips, "runtimeConfig.ips")?;
+    let (arg4, arg6) = split_families(&env.args.ips, "CNI_ARGS")?;
+    let want4 = merge(rt4, arg4)?;
+    let want6 = merge(rt6, arg6)?;
+    let mut requests = vec![Request {
+        gateway_net: IpNet::V4(node.gateway_net),
+        requested: want4.map(IpAddr::V4),
+    }];
+    match (&node.ipv6, want6) {
+        (Some(v6), want6) => requests.push(Request {
+            gateway_net: IpNet::V6(v6.gateway_net),
+            requested: want6.map(IpAddr::V6),
+        }),
+        (None, Some(ip)) => {
+            return Err(Error::AddressUnavailable {
+                ip: IpAddr::V6(ip),
+                reason: "the node has no IPv6 subnet (no TWILL_IPV6_SUBNET in the subnet file)"
+                    .into(),
+            })
+        }
+        (None, None) => {}
+    }
+    Ok(requests)
+}
+
+/// The pod's addresses as reserved, with the node subnets' prefix lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PodAddresses {
+    v4: Ipv4Net,
+    v6: Option<Ipv6Net>,
+}
+
+impl PodAddresses {
+    /// Pairs reserved addresses with the node's subnets. Fails unless there
+    /// is exactly one IPv4 address and, on a dual-stack node, one IPv6 one.
+    fn of(ips: &[IpAddr], node: &NodeSubnet) -> Result<Self, String> {
+        let (v4, v6) = split_families(ips, "reservations").map_err(|e| e.to_string())?;
+        let v4 = v4.ok_or("no IPv4 address")?;
+        let v4 = Ipv4Net::new(v4, node.gateway_net.prefix_len()).map_err(|e| e.to_string())?;
+        let v6 = match (&node.ipv6, v6) {
+            (Some(n), Some(a)) => {
+                Some(Ipv6Net::new(a, n.gateway_net.prefix_len()).map_err(|e| e.to_string())?)
+            }
+            (Some(_), None) => return Err("no IPv6 address on a dual-stack node".into()),
+            (None, Some(a)) => return Err(format!("IPv6 address {a} on an IPv4-only node")),
+            (None, None) => None,
+        };
+        Ok(PodAddresses { v4, v6 })
+    }
+
+    fn all(&self) -> Vec<IpNet> {
+        let mut v = vec![IpNet::V4(self.v4)];
+        v.extend(self.v6.map(IpNet::V6));
+        v
     }
 }
 
@@ -96,7 +175,7 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         .ok_or_else(|| Error::env("CNI_NETNS", "is not set"))?;
     let node = subnet::load(&conf.subnet_file)?;
     let mtu = conf.mtu.unwrap_or(node.mtu);
-    let requested = requested_ip(env, conf)?;
+    let requests = address_requests(env, conf, &node)?;
     let ns = kernel::open_netns(netns_path)?;
 
     let taken = kernel::with_handle(Some(&ns), |h| async move {
@@ -110,10 +189,15 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     }
 
     let ipam = Ipam::open(&conf.data_dir, &conf.name)?;
-    let ip = ipam.allocate(node.gateway_net, cid, ifname, requested)?;
+    let ips = ipam.allocate_all(&requests, cid, ifname)?;
     let host_ifname = host_veth_name(cid, ifname);
-    match setup(conf, &node, &ns, &host_ifname, ifname, ip, mtu) {
-        Ok((host_mac, pod_mac)) => {
+    let outcome = PodAddresses::of(&ips, &node)
+        .map_err(|reason| Error::Internal { reason })
+        .and_then(|addrs| {
+            setup(conf, &node, &ns, &host_ifname, ifname, addrs, mtu).map(|macs| (addrs, macs))
+        });
+    match outcome {
+        Ok((addrs, (host_mac, pod_mac))) => {
             let attached = Attached {
                 host_ifname,
                 host_mac: result::format_mac(&host_mac),
@@ -121,12 +205,12 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
                 pod_mac: result::format_mac(&pod_mac),
                 sandbox: netns_path.display().to_string(),
                 mtu,
-                address: Ipv4Net::new(ip, node.gateway_net.prefix_len()).map_err(|e| {
-                    Error::Internal {
-                        reason: e.to_string(),
-                    }
-                })?,
+                address: addrs.v4,
                 gateway: node.gateway(),
+                ipv6: addrs.v6.zip(node.ipv6).map(|(address, n)| Attached6 {
+                    address,
+                    gateway: n.gateway(),
+                }),
             };
             Ok(result::build(
                 &conf.cni_version,
@@ -141,7 +225,9 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
                 let name = host_ifname.clone();
                 async move { kernel::delete_link(&h, &name).await }
             });
-            let _ = ipam.release_ip(ip, cid, ifname);
+            for ip in ips {
+                let _ = ipam.release_ip(ip, cid, ifname);
+            }
             Err(e)
         }
     }
@@ -154,23 +240,23 @@ fn setup(
     ns: &std::fs::File,
     host_ifname: &str,
     ifname: &str,
-    ip: Ipv4Addr,
+    addrs: PodAddresses,
     mtu: u32,
 ) -> Result<(Vec<u8>, Vec<u8>), Error> {
     let gateway_net = node.gateway_net;
+    let gateway_net6 = node.ipv6.map(|n| n.gateway_net);
     let host_mac = kernel::with_handle(None, |h| async move {
-        let bridge = kernel::ensure_bridge(&h, &conf.bridge, gateway_net, mtu).await?;
+        let bridge =
+            kernel::ensure_bridge(&h, &conf.bridge, gateway_net, gateway_net6, mtu).await?;
         let index = kernel::create_veth(&h, host_ifname, ifname, ns, mtu).await?;
         kernel::attach_to_bridge(&h, index, bridge, conf.hairpin_mode).await?;
         let link = kernel::link_by_name(&h, host_ifname).await?;
         Ok(link.map(|l| l.mac).unwrap_or_default())
     })?;
-    let address = Ipv4Net::new(ip, gateway_net.prefix_len()).map_err(|e| Error::Internal {
-        reason: e.to_string(),
-    })?;
     let gateway = node.gateway();
+    let v6 = addrs.v6.zip(node.ipv6.map(|n| n.gateway()));
     let pod_mac = kernel::with_handle(Some(ns), |h| async move {
-        kernel::configure_pod(&h, ifname, address, gateway).await
+        kernel::configure_pod(&h, ifname, addrs.v4, gateway, v6).await
     })?;
     Ok((host_mac, pod_mac))
 }
@@ -212,30 +298,39 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
     let node = subnet::load(&conf.subnet_file)?;
     let mtu = conf.mtu.unwrap_or(node.mtu);
     let ipam = Ipam::open(&conf.data_dir, &conf.name)?;
-    let ip = ipam
-        .find(cid, ifname)?
-        .ok_or_else(|| check_failed(format!("no address reserved for {cid}/{ifname}")))?;
-    let want = Ipv4Net::new(ip, node.gateway_net.prefix_len()).map_err(|e| Error::Internal {
-        reason: e.to_string(),
-    })?;
+    let reserved = ipam.find(cid, ifname)?;
+    if reserved.is_empty() {
+        return Err(check_failed(format!(
+            "no address reserved for {cid}/{ifname}"
+        )));
+    }
+    let want = PodAddresses::of(&reserved, &node)
+        .map_err(|r| check_failed(format!("reservations of {cid}/{ifname}: {r}")))?;
+    let want_all = want.all();
     if let Some(prev) = &conf.prev_result {
-        match result::prev_address(prev, ifname) {
-            Some(p) if p == want => {}
+        match result::prev_addresses(prev, ifname) {
+            Some(p) if p == want_all => {}
+            Some(p) if p.is_empty() => {
+                return Err(check_failed(format!(
+                    "prevResult has no address for {ifname}"
+                )))
+            }
             Some(p) => {
                 return Err(check_failed(format!(
-                    "prevResult says {p} for {ifname} but {want} is reserved"
+                    "prevResult says {p:?} for {ifname} but {want_all:?} is reserved"
                 )))
             }
             None => {
                 return Err(check_failed(format!(
-                    "prevResult has no address for {ifname}"
+                    "prevResult has no interface {ifname}"
                 )))
             }
         }
     }
 
     let ns = kernel::open_netns(netns_path)?;
-    let gateway = node.gateway();
+    let mut gateways = vec![IpAddr::V4(node.gateway())];
+    gateways.extend(node.ipv6.map(|n| IpAddr::V6(n.gateway())));
     kernel::with_handle(Some(&ns), |h| async move {
         let link = kernel::link_by_name(&h, ifname)
             .await?
@@ -246,17 +341,21 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
                 link.mtu
             )));
         }
-        let addrs = kernel::ipv4_addresses(&h, link.index).await?;
-        if !addrs.contains(&want) {
-            return Err(check_failed(format!(
-                "{ifname} lacks address {want} (has {addrs:?})"
-            )));
+        let addrs = kernel::addresses(&h, link.index).await?;
+        for w in &want_all {
+            if !addrs.contains(w) {
+                return Err(check_failed(format!(
+                    "{ifname} lacks address {w} (has {addrs:?})"
+                )));
+            }
         }
         let gws = kernel::default_gateways(&h, link.index).await?;
-        if !gws.contains(&gateway) {
-            return Err(check_failed(format!(
-                "no default route via {gateway} on {ifname}"
-            )));
+        for gw in &gateways {
+            if !gws.contains(gw) {
+                return Err(check_failed(format!(
+                    "no default route via {gw} on {ifname}"
+                )));
+            }
         }
         Ok(())
     })?;
@@ -280,18 +379,21 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
 }
 
 fn cmd_status(conf: &NetConf) -> Result<(), Error> {
-    let node = subnet::load(&conf.subnet_file).map_err(|e| Error::NotAvailable {
-        reason: e.to_string(),
-    })?;
-    let free = Ipam::open(&conf.data_dir, &conf.name)
-        .and_then(|i| i.free_count(node.gateway_net))
-        .map_err(|e| Error::NotAvailable {
-            reason: e.to_string(),
-        })?;
-    if free == 0 {
-        return Err(Error::NotAvailable {
-            reason: format!("node subnet {} has no free address", node.subnet()),
-        });
+    let unavailable = |reason: String| Error::NotAvailable { reason };
+    let node = subnet::load(&conf.subnet_file).map_err(|e| unavailable(e.to_string()))?;
+    let ipam = Ipam::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.to_string()))?;
+    let mut subnets = vec![IpNet::V4(node.gateway_net)];
+    subnets.extend(node.ipv6.map(|n| IpNet::V6(n.gateway_net)));
+    for gateway_net in subnets {
+        let free = ipam
+            .free_count(gateway_net)
+            .map_err(|e| unavailable(e.to_string()))?;
+        if free == 0 {
+            return Err(unavailable(format!(
+                "node subnet {} has no free address",
+                gateway_net.trunc()
+            )));
+        }
     }
     Ok(())
 }
@@ -426,5 +528,120 @@ mod tests {
         assert_eq!(ipam.list().unwrap().len(), 1);
         ipam.release("gone", "eth0").unwrap();
         assert!(status().unwrap().is_none());
+    }
+
+    fn node(text: &str) -> NodeSubnet {
+        subnet::parse(text).unwrap()
+    }
+
+    const DUAL: &str = "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\n";
+
+    fn requests(args: &str, runtime: &str, node_text: &str) -> Result<Vec<Request>, Error> {
+        let mut pairs = vec![
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        if !args.is_empty() {
+            pairs.push(("CNI_ARGS", args));
+        }
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = config::parse_env(|k| m.get(k).cloned()).unwrap();
+        let conf = config::parse_netconf(
+            format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"twill","runtimeConfig":{{"ips":[{runtime}]}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        address_requests(&env, &conf, &node(node_text))
+    }
+
+    #[test]
+    fn address_requests_per_family() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // IPv4-only node: one dynamic request.
+        let r = requests("", "", "TWILL_SUBNET=10.244.3.1/24\n").unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].requested, None);
+        // Dual-stack: v4 then v6, both dynamic.
+        let r = requests("", "", DUAL).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].gateway_net.to_string(), "fd00:10:244:3::1/64");
+        // Static v6 from CNI_ARGS list, static v4 from runtimeConfig.
+        let r = requests("IP=fd00:10:244:3::9", r#""10.244.3.9/24""#, DUAL).unwrap();
+        assert_eq!(r[0].requested, ip("10.244.3.9"));
+        assert_eq!(r[1].requested, ip("fd00:10:244:3::9"));
+        let r = requests("IP=10.244.3.7,fd00:10:244:3::7", "", DUAL).unwrap();
+        assert_eq!(r[0].requested, ip("10.244.3.7"));
+        assert_eq!(r[1].requested, ip("fd00:10:244:3::7"));
+        // Both sources agreeing is fine, disagreeing is a config error.
+        let r = requests("IP=fd00:10:244:3::7", r#""fd00:10:244:3::7/64""#, DUAL).unwrap();
+        assert_eq!(r[1].requested, ip("fd00:10:244:3::7"));
+        let e = requests("IP=fd00:10:244:3::7", r#""fd00:10:244:3::8""#, DUAL).unwrap_err();
+        assert_eq!(e.code(), 7);
+        // Two of one family.
+        let e = requests("IP=fd00::7,fd00::8", "", DUAL).unwrap_err();
+        assert!(e.to_string().contains("CNI_ARGS"), "{e}");
+        let e = requests("", r#""10.244.3.7","10.244.3.8""#, DUAL).unwrap_err();
+        assert!(e.to_string().contains("runtimeConfig.ips"), "{e}");
+        // A v6 address on an IPv4-only node is unusable (102).
+        let e = requests("IP=fd00:10:244:3::7", "", "TWILL_SUBNET=10.244.3.1/24\n").unwrap_err();
+        assert_eq!(e.code(), 102);
+    }
+
+    #[test]
+    fn pod_addresses_pair_families_with_node_subnets() {
+        let n = node(DUAL);
+        let ips: Vec<IpAddr> = vec![
+            "10.244.3.5".parse().unwrap(),
+            "fd00:10:244:3::5".parse().unwrap(),
+        ];
+        let p = PodAddresses::of(&ips, &n).unwrap();
+        assert_eq!(p.v4.to_string(), "10.244.3.5/24");
+        assert_eq!(p.v6.unwrap().to_string(), "fd00:10:244:3::5/64");
+        assert_eq!(p.all().len(), 2);
+        assert!(PodAddresses::of(&ips[..1], &n).is_err());
+        assert!(PodAddresses::of(&ips, &node("TWILL_SUBNET=10.244.3.1/24\n")).is_err());
+    }
+
+    #[test]
+    fn status_fails_when_the_v6_subnet_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let sf = dir.path().join("subnet.env");
+        // /126: two v6 pod addresses.
+        std::fs::write(
+            &sf,
+            "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00::1/126\n",
+        )
+        .unwrap();
+        let conf = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"twill","subnetFile":"{}","dataDir":"{}"}}"#,
+            sf.display(),
+            dir.path().join("ipam").display()
+        );
+        let status = || call(&[("CNI_COMMAND", "STATUS")], &conf).result;
+        assert!(status().unwrap().is_none());
+        let ipam = Ipam::open(&dir.path().join("ipam"), "n").unwrap();
+        let gw6: IpNet = "fd00::1/126".parse().unwrap();
+        ipam.allocate(gw6, "a", "eth0", None).unwrap();
+        assert!(status().unwrap().is_none());
+        ipam.allocate(gw6, "b", "eth0", None).unwrap();
+        let e = status().unwrap_err();
+        assert_eq!(e.code(), 50);
+        assert!(e.to_string().contains("fd00::/126"), "{e}");
+        ipam.release("a", "eth0").unwrap();
+        assert!(status().unwrap().is_none());
+        // A malformed v6 key makes STATUS fail too.
+        std::fs::write(
+            &sf,
+            "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00::/126\n",
+        )
+        .unwrap();
+        let e = status().unwrap_err();
+        assert_eq!(e.code(), 50);
+        assert!(e.to_string().contains("TWILL_IPV6_SUBNET"), "{e}");
     }
 }

@@ -1,9 +1,10 @@
 //! Builds the CNI success result of ADD in the format of the caller's
 //! `cniVersion` (0.3.x/0.4.0 carry `ips[].version`; 1.1.0 adds `mtu`).
+//! A dual-stack pod lists its IPv4 address first, then its IPv6 one.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{json, Map, Value};
 
 use crate::config::Dns;
@@ -20,6 +21,16 @@ pub struct Attached {
     /// Pod address with the node subnet's prefix length.
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The IPv6 address of a dual-stack pod.
+    pub ipv6: Option<Attached6>,
+}
+
+/// The IPv6 half of a dual-stack attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached6 {
+    /// Pod address with the node's IPv6 subnet prefix length.
+    pub address: Ipv6Net,
+    pub gateway: Ipv6Addr,
 }
 
 /// Formats a hardware address as `aa:bb:cc:dd:ee:ff`.
@@ -69,6 +80,18 @@ pub fn build(version: &str, a: &Attached, dns: &Dns, prev: Option<&Value>) -> Va
     }
     ips.push(ip);
     routes.push(json!({"dst": "0.0.0.0/0", "gw": a.gateway.to_string()}));
+    if let Some(v6) = &a.ipv6 {
+        let mut ip = json!({
+            "address": v6.address.to_string(),
+            "gateway": v6.gateway.to_string(),
+            "interface": base + 1,
+        });
+        if is_legacy(version) {
+            ip["version"] = json!("6");
+        }
+        ips.push(ip);
+        routes.push(json!({"dst": "::/0", "gw": v6.gateway.to_string()}));
+    }
 
     let mut out = Map::new();
     out.insert("cniVersion".into(), json!(version));
@@ -94,21 +117,25 @@ pub fn version_info(version: &str) -> Value {
     })
 }
 
-/// Pulls our pod address out of a previous result: the `ips` entry whose
-/// interface is named `ifname` in `sandbox`.
-pub fn prev_address(prev: &Value, ifname: &str) -> Option<Ipv4Net> {
+/// Pulls our pod addresses out of a previous result: the `ips` entries whose
+/// interface is named `ifname` in a `sandbox`, sorted (IPv4 first). `None`
+/// when the result has no such interface; unparsable addresses are skipped.
+pub fn prev_addresses(prev: &Value, ifname: &str) -> Option<Vec<IpNet>> {
     let ifaces = prev.get("interfaces")?.as_array()?;
     let idx = ifaces.iter().position(|i| {
         i.get("name").and_then(Value::as_str) == Some(ifname) && i.get("sandbox").is_some()
     })?;
-    prev.get("ips")?
-        .as_array()?
+    let mut out: Vec<IpNet> = prev
+        .get("ips")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
-        .find(|ip| ip.get("interface").and_then(Value::as_u64) == Some(idx as u64))?
-        .get("address")?
-        .as_str()?
-        .parse()
-        .ok()
+        .filter(|ip| ip.get("interface").and_then(Value::as_u64) == Some(idx as u64))
+        .filter_map(|ip| ip.get("address")?.as_str()?.parse().ok())
+        .collect();
+    out.sort();
+    Some(out)
 }
 
 #[cfg(test)]
@@ -125,7 +152,73 @@ mod tests {
             mtu: 1450,
             address: "10.244.3.5/24".parse().unwrap(),
             gateway: "10.244.3.1".parse().unwrap(),
+            ipv6: None,
         }
+    }
+
+    fn dual() -> Attached {
+        Attached {
+            ipv6: Some(Attached6 {
+                address: "fd00:10:244:3::5/64".parse().unwrap(),
+                gateway: "fd00:10:244:3::1".parse().unwrap(),
+            }),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn dual_stack_lists_ipv4_then_ipv6() {
+        let r = build("1.1.0", &dual(), &Dns::default(), None);
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ips[0]["address"], "10.244.3.5/24");
+        assert_eq!(ips[1]["address"], "fd00:10:244:3::5/64");
+        assert_eq!(ips[1]["gateway"], "fd00:10:244:3::1");
+        assert_eq!(ips[1]["interface"], 1);
+        assert!(ips[1].get("version").is_none());
+        let routes = r["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0]["dst"], "0.0.0.0/0");
+        assert_eq!(routes[1], json!({"dst": "::/0", "gw": "fd00:10:244:3::1"}));
+        assert_eq!(
+            prev_addresses(&r, "eth0").unwrap(),
+            vec![
+                "10.244.3.5/24".parse::<IpNet>().unwrap(),
+                "fd00:10:244:3::5/64".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn dual_stack_legacy_versions_tag_each_family() {
+        for v in ["0.3.0", "0.3.1", "0.4.0"] {
+            let r = build(v, &dual(), &Dns::default(), None);
+            assert_eq!(r["ips"][0]["version"], "4", "{v}");
+            assert_eq!(r["ips"][1]["version"], "6", "{v}");
+            assert_eq!(r["routes"][1]["dst"], "::/0", "{v}");
+        }
+        // An IPv4-only pod has no IPv6 entries at all.
+        let r = build("0.4.0", &sample(), &Dns::default(), None);
+        assert_eq!(r["ips"].as_array().unwrap().len(), 1);
+        assert_eq!(r["routes"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dual_stack_after_prev_result_shifts_both_entries() {
+        let prev = json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "lo", "sandbox": "/run/netns/p1"}],
+            "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+        });
+        let r = build("1.1.0", &dual(), &Dns::default(), Some(&prev));
+        assert_eq!(r["ips"][1]["interface"], 2);
+        assert_eq!(r["ips"][2]["interface"], 2);
+        assert_eq!(r["ips"][2]["address"], "fd00:10:244:3::5/64");
+        assert_eq!(prev_addresses(&r, "eth0").unwrap().len(), 2);
+        assert_eq!(
+            prev_addresses(&r, "lo").unwrap(),
+            vec!["127.0.0.1/8".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]
@@ -181,10 +274,10 @@ mod tests {
         assert_eq!(r["ips"][1]["interface"], 2);
         assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1");
         assert_eq!(
-            prev_address(&r, "eth0").unwrap().to_string(),
-            "10.244.3.5/24"
+            prev_addresses(&r, "eth0").unwrap(),
+            vec!["10.244.3.5/24".parse::<IpNet>().unwrap()]
         );
-        assert_eq!(prev_address(&r, "eth1"), None);
+        assert_eq!(prev_addresses(&r, "eth1"), None);
     }
 
     #[test]

@@ -129,14 +129,18 @@ pub struct Setup {
 
 pub const NET_NAME: &str = "twilltest";
 
+pub const SUBNET_V4: &str =
+    "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=false\n";
+
 impl Setup {
     pub fn new() -> Self {
+        Self::with_subnet_file(SUBNET_V4)
+    }
+
+    /// A setup whose subnet file has exactly `text`.
+    pub fn with_subnet_file(text: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("subnet.env"),
-            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=false\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("subnet.env"), text).unwrap();
         Setup { dir }
     }
 
@@ -171,7 +175,7 @@ impl Setup {
         let mut v: Vec<String> = rd
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| {
-                n.parse::<std::net::Ipv4Addr>().is_ok()
+                n.parse::<std::net::IpAddr>().is_ok()
                     || n.starts_with(".reserve")
                     || n.ends_with(".tmp")
             })

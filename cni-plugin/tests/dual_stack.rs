@@ -1,0 +1,262 @@
+//! Root integration test of dual-stack pods: with `TWILL_IPV6_SUBNET` in the
+//! subnet file, the real `twill` binary gives every pod an IPv4 and an IPv6
+//! address, pods reach each other over IPv6, CHECK sees both families and
+//! DEL/GC release both. Needs root and `ip`; fails under `CI=true` without.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::process::Command;
+
+use common::{attach_env, bytes, cni, prerequisites, veths, Netns, Setup, SUBNET_V4};
+use serde_json::{json, Value};
+
+const GW6: &str = "fd00:10:244:3::1";
+
+fn dual_stack_file(v6_subnet: &str) -> String {
+    format!("{SUBNET_V4}TWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET={v6_subnet}\n")
+}
+
+/// The address (no prefix) of the `ips` entry of family `v6`.
+fn addr_of(r: &Value, v6: bool) -> String {
+    r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip["address"].as_str().unwrap())
+        .find(|a| a.contains(':') == v6)
+        .unwrap_or_else(|| panic!("no {} address in {r}", if v6 { "v6" } else { "v4" }))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn ping6(from: &Netns, to: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &from.name, "ping", "-6", "-c1", "-W1", to])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn sysctl(ns: &Netns, key_value: &str) {
+    let st = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sysctl", "-qw", key_value])
+        .status()
+        .unwrap();
+    assert!(st.success(), "sysctl {key_value} in {}", ns.name);
+}
+
+fn read_sysctl(ns: &Netns, key: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sysctl", "-n", key])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn dual_stack_add_ping6_check_del_gc() {
+    if !prerequisites() {
+        return;
+    }
+    let host = Netns::new("host");
+    let pod1 = Netns::new("pod1");
+    let pod2 = Netns::new("pod2");
+    // New interfaces in these namespaces start with IPv6 disabled: the
+    // plugin must turn it on for the bridge and the pod interface, from the
+    // thread that is inside the right namespace.
+    for ns in [&host, &pod1, &pod2] {
+        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
+    }
+    let s = Setup::with_subnet_file(&dual_stack_file(&format!("{GW6}/64")));
+    let conf = bytes(&s.conf(json!({})));
+    let (p1, p2) = (pod1.path(), pod2.path());
+
+    let (ok, r1) = cni(&host, &attach_env("ADD", "c1", &p1, "eth0"), &conf);
+    assert!(ok, "ADD pod1: {r1}");
+    let (ok, r2) = cni(&host, &attach_env("ADD", "c2", &p2, "eth0"), &conf);
+    assert!(ok, "ADD pod2: {r2}");
+
+    for r in [&r1, &r2] {
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{r}");
+        assert!(
+            !ips[0]["address"].as_str().unwrap().contains(':'),
+            "v4 first: {r}"
+        );
+        assert!(ips[1]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("fd00:10:244:3:"));
+        assert!(ips[1]["address"].as_str().unwrap().ends_with("/64"));
+        assert_eq!(ips[1]["gateway"], GW6);
+        assert_eq!(ips[1]["interface"], 1);
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(r["routes"][1], json!({"dst": "::/0", "gw": GW6}));
+    }
+    let (v6a, v6b) = (addr_of(&r1, true), addr_of(&r2, true));
+    assert_ne!(v6a, v6b);
+    for a in [&v6a, &v6b] {
+        assert!(a != "fd00:10:244:3::" && a != GW6, "{a}");
+    }
+
+    // The kernel agrees: IPv6 enabled, address not tentative, default route.
+    for (pod, addr) in [(&pod1, &v6a), (&pod2, &v6b)] {
+        assert_eq!(read_sysctl(pod, "net.ipv6.conf.eth0.disable_ipv6"), "0");
+        let (_, a) = pod.ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
+        assert!(a.contains(&format!("{addr}/64")), "{a}");
+        assert!(!a.contains("tentative"), "NODAD not honoured: {a}");
+        let (_, route) = pod.ip(&["-6", "route", "show", "default"]);
+        assert!(route.contains(&format!("via {GW6}")), "{route}");
+    }
+    assert_eq!(read_sysctl(&host, "net.ipv6.conf.twill0.disable_ipv6"), "0");
+    let (_, br) = host.ip(&[
+        "-6", "-o", "addr", "show", "dev", "twill0", "scope", "global",
+    ]);
+    assert!(br.contains(&format!("{GW6}/64")), "{br}");
+    assert!(!br.contains("tentative"), "{br}");
+
+    // Pod to pod and pod to gateway over IPv6; IPv4 still works.
+    let (ok, out) = ping6(&pod1, &v6b);
+    assert!(ok, "pod1 -> pod2 ping -6 failed: {out}");
+    let (ok, out) = ping6(&pod2, GW6);
+    assert!(ok, "pod2 -> gateway ping -6 failed: {out}");
+    assert!(pod1.ping(&addr_of(&r2, false)), "pod1 -> pod2 IPv4");
+
+    // CHECK sees both families; a missing v6 default route fails it.
+    let check = bytes(&s.conf(json!({"prevResult": r1})));
+    let (ok, out) = cni(&host, &attach_env("CHECK", "c1", &p1, "eth0"), &check);
+    assert!(ok, "CHECK: {out}");
+    let (ok, _) = pod1.ip(&["-6", "route", "del", "default"]);
+    assert!(ok);
+    let (ok, out) = cni(&host, &attach_env("CHECK", "c1", &p1, "eth0"), &check);
+    assert!(!ok);
+    assert_eq!(out["code"], 106, "{out}");
+    assert!(out["details"].as_str().unwrap().contains(GW6), "{out}");
+    // A prevResult that lacks the v6 address fails too.
+    let mut v4_only = r1.clone();
+    v4_only["ips"].as_array_mut().unwrap().truncate(1);
+    let (ok, out) = cni(
+        &host,
+        &attach_env("CHECK", "c1", &p1, "eth0"),
+        &bytes(&s.conf(json!({"prevResult": v4_only}))),
+    );
+    assert!(!ok);
+    assert!(
+        out["details"].as_str().unwrap().contains("prevResult"),
+        "{out}"
+    );
+
+    let (ok, out) = cni(&host, &[("CNI_COMMAND", "STATUS")], &conf);
+    assert!(ok, "STATUS: {out}");
+
+    // DEL releases both of pod1's addresses, only them.
+    let (ok, out) = cni(&host, &attach_env("DEL", "c1", &p1, "eth0"), &conf);
+    assert!(ok, "DEL: {out}");
+    let mut want = vec![addr_of(&r2, false), v6b.clone()];
+    want.sort();
+    assert_eq!(s.reservations(), want);
+
+    // Static addresses of both families via CNI_ARGS, legacy result format.
+    let legacy = bytes(&s.conf(json!({"cniVersion": "0.4.0"})));
+    let mut env = attach_env("ADD", "c3", &p1, "eth0");
+    env.push(("CNI_ARGS", "IP=10.244.3.77,fd00:10:244:3::77"));
+    let (ok, r3) = cni(&host, &env, &legacy);
+    assert!(ok, "{r3}");
+    assert_eq!(r3["ips"][0]["address"], "10.244.3.77/24");
+    assert_eq!(r3["ips"][0]["version"], "4");
+    assert_eq!(r3["ips"][1]["address"], "fd00:10:244:3::77/64");
+    assert_eq!(r3["ips"][1]["version"], "6");
+    let (ok, out) = ping6(&pod2, "fd00:10:244:3::77");
+    assert!(ok, "pod2 -> static v6 failed: {out}");
+
+    // GC with nothing valid releases everything, both families.
+    let gc = bytes(&s.conf(json!({"cni.dev/valid-attachments": []})));
+    let (ok, out) = cni(&host, &[("CNI_COMMAND", "GC")], &gc);
+    assert!(ok, "GC: {out}");
+    assert!(s.reservations().is_empty(), "{:?}", s.reservations());
+    assert!(veths(&host).is_empty(), "{:?}", veths(&host));
+}
+
+#[test]
+fn v6_exhaustion_and_bad_v6_input_leave_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let host = Netns::new("host");
+    let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("x{i}"))).collect();
+    // A /126 has two IPv6 pod addresses (::2, ::3): the third pod must fail
+    // although IPv4 has room, and keep no IPv4 reservation either.
+    let s = Setup::with_subnet_file(&dual_stack_file("fd00:10:244:3::1/126"));
+    let conf = bytes(&s.conf(json!({})));
+    for (i, pod) in pods.iter().take(2).enumerate() {
+        let (ok, r) = cni(
+            &host,
+            &attach_env("ADD", &format!("c{i}"), &pod.path(), "eth0"),
+            &conf,
+        );
+        assert!(ok, "{r}");
+    }
+    let before = s.reservations();
+    assert_eq!(before.len(), 4, "{before:?}");
+    let p3 = pods[2].path();
+    let (ok, out) = cni(&host, &attach_env("ADD", "c2", &p3, "eth0"), &conf);
+    assert!(!ok);
+    assert_eq!(out["code"], 100, "{out}");
+    assert_eq!(s.reservations(), before);
+    assert_eq!(veths(&host).len(), 2);
+    assert!(!pods[2].link_names().contains(&"eth0".to_string()));
+
+    let (ok, out) = cni(&host, &[("CNI_COMMAND", "STATUS")], &conf);
+    assert!(!ok);
+    assert_eq!(out["code"], 50, "{out}");
+
+    // A static v6 address outside the v6 subnet: 102, nothing kept.
+    let (ok, _) = cni(
+        &host,
+        &attach_env("DEL", "c1", &pods[1].path(), "eth0"),
+        &conf,
+    );
+    assert!(ok);
+    let mut env = attach_env("ADD", "c2", &p3, "eth0");
+    env.push(("CNI_ARGS", "IP=fd00:10:244:9::5"));
+    let (ok, out) = cni(&host, &env, &conf);
+    assert!(!ok);
+    assert_eq!(out["code"], 102, "{out}");
+    assert_eq!(s.reservations().len(), 2);
+
+    // A malformed v6 key: 101 naming it.
+    let bad = Setup::with_subnet_file(&format!(
+        "{SUBNET_V4}TWILL_IPV6_SUBNET=fd00:10:244:3::zz/64\n"
+    ));
+    let (ok, out) = cni(
+        &host,
+        &attach_env("ADD", "c2", &p3, "eth0"),
+        &bytes(&bad.conf(json!({}))),
+    );
+    assert!(!ok);
+    assert_eq!(out["code"], 101, "{out}");
+    assert!(
+        out["details"]
+            .as_str()
+            .unwrap()
+            .contains("TWILL_IPV6_SUBNET"),
+        "{out}"
+    );
+    assert!(bad.reservations().is_empty());
+
+    let (ok, _) = cni(
+        &host,
+        &attach_env("DEL", "c0", &pods[0].path(), "eth0"),
+        &conf,
+    );
+    assert!(ok);
+    assert!(s.reservations().is_empty());
+    assert!(veths(&host).is_empty());
+}
