@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
 use crate::config::NetworkConfig;
@@ -38,6 +38,12 @@ pub enum AllocError {
 ///    and free;
 /// 3. a uniformly random free subnet in `[subnet_min, subnet_max]`, random so
 ///    that nodes joining at once rarely collide.
+///
+/// On a dual-stack config the IPv6 subnet follows the IPv4 one
+/// ([`NetworkConfig::ipv6_subnet_for`]); a subnet whose IPv6 partner is
+/// already held by another lease (data written by someone else) counts as
+/// taken, so no two leases get the same IPv6 subnet from us. An own lease is
+/// then only reused if it is allocatable and its partner is free.
 pub fn allocate<R: Rng>(
     cfg: &NetworkConfig,
     existing: &[Lease],
@@ -50,13 +56,17 @@ pub fn allocate<R: Rng>(
     if let Some(own) = existing
         .iter()
         .filter(|l| l.attrs.public_ip == public_ip && cfg.is_member(l.subnet))
+        .filter(|l| cfg.ipv6.is_none() || v6_partner_free(cfg, existing, l.subnet, Some(l)))
         .min_by_key(|l| l.subnet.network())
     {
         return Ok(Allocation::Reuse(own.clone()));
     }
 
     if let Some(p) = preferred {
-        if cfg.is_allocatable(p) && !existing.iter().any(|l| overlaps(l.subnet, p)) {
+        if cfg.is_allocatable(p)
+            && !existing.iter().any(|l| overlaps(l.subnet, p))
+            && (cfg.ipv6.is_none() || v6_partner_free(cfg, existing, p, None))
+        {
             return Ok(Allocation::New(p));
         }
     }
@@ -89,6 +99,27 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// True if `v4` has an IPv6 partner and no lease other than `except` holds
+/// an IPv6 subnet overlapping it.
+fn v6_partner_free(
+    cfg: &NetworkConfig,
+    existing: &[Lease],
+    v4: Ipv4Net,
+    except: Option<&Lease>,
+) -> bool {
+    let Some(v6) = cfg.ipv6_subnet_for(v4) else {
+        return false;
+    };
+    !existing.iter().any(|o| {
+        !except.is_some_and(|e| std::ptr::eq(e, o))
+            && o.ipv6_subnet.is_some_and(|s| overlaps6(s, v6))
+    })
+}
+
 fn size(cfg: &NetworkConfig) -> u64 {
     1u64 << (32 - u32::from(cfg.subnet_len))
 }
@@ -119,6 +150,7 @@ fn taken_intervals(cfg: &NetworkConfig, existing: &[Lease]) -> Vec<(u64, u64)> {
             Some(((a - min) / size(cfg), (b - min) / size(cfg)))
         })
         .collect();
+    iv.extend(taken_by_v6(cfg, existing, count));
     iv.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::with_capacity(iv.len());
     for (a, b) in iv {
@@ -128,6 +160,37 @@ fn taken_intervals(cfg: &NetworkConfig, existing: &[Lease]) -> Vec<(u64, u64)> {
         }
     }
     merged
+}
+
+/// Candidate indices whose IPv6 partner is covered by an existing lease's
+/// IPv6 subnet (any length), as inclusive intervals.
+fn taken_by_v6(cfg: &NetworkConfig, existing: &[Lease], count: u64) -> Vec<(u64, u64)> {
+    let Some(v6) = &cfg.ipv6 else {
+        return Vec::new();
+    };
+    let shift = 128 - u32::from(v6.subnet_len);
+    let min = u128::from(v6.subnet_min.network());
+    // Config validation guarantees the IPv6 range holds `count` subnets,
+    // so this stays at or below the end of IPv6SubnetMax.
+    let last_end = min + (u128::from(count.saturating_sub(1)) << shift) + ((1u128 << shift) - 1);
+    existing
+        .iter()
+        .filter_map(|l| {
+            let s6 = l.ipv6_subnet?;
+            let s = u128::from(s6.network());
+            let e = u128::from(s6.broadcast());
+            if e < min || s > last_end {
+                return None;
+            }
+            let a = (s.max(min) - min) >> shift;
+            let b = (e.min(last_end) - min) >> shift;
+            // Both are < count, which fits in u64.
+            Some((
+                u64::try_from(a).unwrap_or(u64::MAX),
+                u64::try_from(b).unwrap_or(u64::MAX),
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -146,10 +209,13 @@ mod tests {
     fn lease(subnet: &str, ip: &str) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
             attrs: LeaseAttrs {
                 public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
                 backend_type: "host-gw".into(),
                 backend_data: None,
+                backend_v6_data: None,
             },
             lease_id: Some(7),
             ttl_remaining: None,
@@ -315,5 +381,118 @@ mod tests {
         }
         assert_eq!(existing.len(), 15);
         assert!(allocate(&c, &existing, ip("198.18.1.0"), None, &mut rng).is_err());
+    }
+
+    fn with_v6(mut l: Lease, v6: &str) -> Lease {
+        l.ipv6_subnet = Some(v6.parse().unwrap());
+        l
+    }
+
+    const DUAL_SMALL: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.4.0","EnableIPv6":true,"IPv6Network":"fd00::/48"}"#;
+
+    #[test]
+    fn foreign_ipv6_subnet_blocks_its_ipv4_partner() {
+        let c = cfg(DUAL_SMALL);
+        // A lease written by someone else pairs 10.244.1.0 with the IPv6
+        // subnet our rule gives 10.244.3.0 (fd00:0:0:3::/64).
+        let existing = vec![with_v6(
+            lease("10.244.1.0/24", "192.0.2.1"),
+            "fd00:0:0:3::/64",
+        )];
+        let expected: HashSet<Ipv4Net> = ["10.244.2.0/24", "10.244.4.0/24"]
+            .iter()
+            .map(|s| net(s))
+            .collect();
+        let mut seen = HashSet::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            match allocate(&c, &existing, ip("192.0.2.9"), None, &mut rng).unwrap() {
+                Allocation::New(n) => {
+                    assert!(expected.contains(&n), "picked {n}");
+                    seen.insert(n);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, expected);
+        // The preferred subnet is skipped too when its partner is taken.
+        let a = allocate(
+            &c,
+            &existing,
+            ip("192.0.2.9"),
+            Some(net("10.244.3.0/24")),
+            &mut rng,
+        )
+        .unwrap();
+        assert_ne!(a, Allocation::New(net("10.244.3.0/24")));
+        // A larger foreign IPv6 subnet blocks every partner inside it.
+        let wide = vec![with_v6(lease("10.99.0.0/24", "192.0.2.1"), "fd00::/62")];
+        let a = allocate(&c, &wide, ip("192.0.2.9"), None, &mut rng).unwrap();
+        assert_eq!(a, Allocation::New(net("10.244.4.0/24")));
+    }
+
+    #[test]
+    fn dual_stack_fill_gives_distinct_ipv6_subnets() {
+        let c = cfg(DUAL_SMALL);
+        let mut existing: Vec<Lease> = Vec::new();
+        let mut rng = StdRng::seed_from_u64(8);
+        for i in 1..=4u8 {
+            let me = format!("192.0.2.{i}");
+            match allocate(&c, &existing, ip(&me), None, &mut rng).unwrap() {
+                Allocation::New(n) => {
+                    let v6 = c.ipv6_subnet_for(n).unwrap();
+                    assert!(!existing.iter().any(|l| l.ipv6_subnet == Some(v6)));
+                    existing.push(with_v6(lease(&n.to_string(), &me), &v6.to_string()));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            allocate(&c, &existing, ip("192.0.2.99"), None, &mut rng),
+            Err(AllocError::Exhausted { count: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn dual_stack_reuse_rules() {
+        let c = cfg(DUAL_SMALL);
+        let mut rng = StdRng::seed_from_u64(9);
+        // An own IPv4-only lease is reused (the store re-keys it).
+        let old = lease("10.244.2.0/24", "192.0.2.1");
+        let a = allocate(
+            &c,
+            std::slice::from_ref(&old),
+            ip("192.0.2.1"),
+            None,
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(a, Allocation::Reuse(old.clone()));
+        // Not when its IPv6 partner is held by another lease...
+        let other = with_v6(lease("10.244.1.0/24", "192.0.2.5"), "fd00:0:0:2::/64");
+        let a = allocate(&c, &[old.clone(), other], ip("192.0.2.1"), None, &mut rng).unwrap();
+        assert!(
+            matches!(a, Allocation::New(n) if n == net("10.244.3.0/24") || n == net("10.244.4.0/24")),
+            "{a:?}"
+        );
+        // ...nor when it is a member of the network but outside the range,
+        // since it would have no IPv6 partner.
+        let outside = lease("10.244.9.0/24", "192.0.2.1");
+        let a = allocate(&c, &[outside], ip("192.0.2.1"), None, &mut rng).unwrap();
+        assert!(
+            matches!(a, Allocation::New(n) if c.is_allocatable(n)),
+            "{a:?}"
+        );
+        // Its own (paired) IPv6 subnet does not block the own lease.
+        let own = with_v6(lease("10.244.2.0/24", "192.0.2.1"), "fd00:0:0:2::/64");
+        let a = allocate(
+            &c,
+            std::slice::from_ref(&own),
+            ip("192.0.2.1"),
+            None,
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(a, Allocation::Reuse(own));
     }
 }

@@ -2,10 +2,10 @@
 //! parsed into validated, defaulted plain data.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -15,6 +15,11 @@ pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// Subnets longer than this leave too few pod addresses to be useful.
 pub const MAX_SUBNET_LEN: u8 = 30;
+/// Default IPv6 per-node subnet length (flannel's): SLAAC-sized.
+pub const DEFAULT_IPV6_SUBNET_LEN: u8 = 64;
+/// Longest IPv6 per-node subnet: room for a gateway and one pod, like
+/// flannel's limit.
+pub const MAX_IPV6_SUBNET_LEN: u8 = 126;
 const MAX_VNI: u32 = (1 << 24) - 1;
 
 /// Errors of [`NetworkConfig::parse`]; each names the offending field.
@@ -56,6 +61,37 @@ pub enum ConfigError {
     UnknownBackend(String),
     #[error("network config field Backend.VNI {0} does not fit in 24 bits")]
     Vni(u32),
+    #[error("network config field EnableIPv4 is false: IPv6-only clusters are not supported")]
+    Ipv6Only,
+    #[error("network config field IPv6Network is missing (required when EnableIPv6 is true)")]
+    MissingIpv6Network,
+    #[error("network config field IPv6SubnetLen {subnet_len} must be longer than the IPv6Network prefix /{network_len} and at most /{max}")]
+    Ipv6SubnetLen {
+        subnet_len: u8,
+        network_len: u8,
+        max: u8,
+    },
+    #[error("network config field {field} {addr} is not inside IPv6Network {network}")]
+    Ipv6OutsideNetwork {
+        field: &'static str,
+        addr: Ipv6Addr,
+        network: Ipv6Net,
+    },
+    #[error("network config field {field} {addr} is not aligned to IPv6SubnetLen /{subnet_len}")]
+    Ipv6Unaligned {
+        field: &'static str,
+        addr: Ipv6Addr,
+        subnet_len: u8,
+    },
+    #[error("network config IPv6SubnetMin {min} is after IPv6SubnetMax {max}")]
+    Ipv6MinAfterMax { min: Ipv6Addr, max: Ipv6Addr },
+    #[error("network config fields IPv6Network {network} / IPv6SubnetLen {subnet_len}: the IPv6 range holds {available} subnets but the IPv4 range [SubnetMin, SubnetMax] has {needed}; every IPv4 subnet needs its IPv6 partner")]
+    Ipv6TooSmall {
+        network: Ipv6Net,
+        subnet_len: u8,
+        available: u128,
+        needed: u32,
+    },
 }
 
 /// The data-path backend.
@@ -117,6 +153,16 @@ impl Default for BackendConfig {
     }
 }
 
+/// The IPv6 half of a dual-stack config (flannel's `IPv6*` fields).
+/// `subnet_min`/`subnet_max` carry `subnet_len` as their prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Net,
+    pub subnet_max: Ipv6Net,
+}
+
 /// The validated cluster network config. `subnet_min`/`subnet_max` carry
 /// `subnet_len` as their prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +172,8 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Net,
     pub subnet_max: Ipv4Net,
     pub backend: BackendConfig,
+    /// `Some` iff `EnableIPv6` is true: the cluster is dual-stack.
+    pub ipv6: Option<Ipv6Config>,
 }
 
 // Raw JSON shape: strings stay strings so that errors can name the field and
@@ -138,6 +186,18 @@ struct RawConfig {
     subnet_min: Option<String>,
     subnet_max: Option<String>,
     backend: Option<RawBackend>,
+    #[serde(rename = "EnableIPv4")]
+    enable_ipv4: Option<bool>,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: Option<bool>,
+    #[serde(rename = "IPv6Network")]
+    ipv6_network: Option<String>,
+    #[serde(rename = "IPv6SubnetLen")]
+    ipv6_subnet_len: Option<u8>,
+    #[serde(rename = "IPv6SubnetMin")]
+    ipv6_subnet_min: Option<String>,
+    #[serde(rename = "IPv6SubnetMax")]
+    ipv6_subnet_max: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +228,9 @@ impl NetworkConfig {
     /// Parses and validates flannel's config JSON, filling in defaults.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(bytes)?;
+        if raw.enable_ipv4 == Some(false) {
+            return Err(ConfigError::Ipv6Only);
+        }
         let net_str = raw.network.ok_or(ConfigError::MissingNetwork)?;
         let network = Ipv4Net::from_str(net_str.trim()).map_err(|_| ConfigError::Invalid {
             field: "Network",
@@ -243,13 +306,40 @@ impl NetworkConfig {
                 }
             }
         };
-        Ok(NetworkConfig {
+        let mut cfg = NetworkConfig {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
             backend,
-        })
+            ipv6: None,
+        };
+        if raw.enable_ipv6.unwrap_or(false) {
+            cfg.ipv6 = Some(parse_ipv6(
+                raw.ipv6_network,
+                raw.ipv6_subnet_len,
+                raw.ipv6_subnet_min,
+                raw.ipv6_subnet_max,
+                cfg.subnet_count(),
+            )?);
+        }
+        Ok(cfg)
+    }
+
+    /// The IPv6 subnet paired with the IPv4 subnet `v4`: the one with the
+    /// same index in `[IPv6SubnetMin..]` as `v4` has in `[SubnetMin..]`.
+    /// Being a pure function of the config, distinct IPv4 subnets always get
+    /// distinct IPv6 subnets and every node computes the same pairs, so the
+    /// etcd key (which holds both) stays unique per IPv4 subnet. `None` when
+    /// IPv6 is off or `v4` is not allocatable.
+    pub fn ipv6_subnet_for(&self, v4: Ipv4Net) -> Option<Ipv6Net> {
+        let v6 = self.ipv6.as_ref()?;
+        if !self.is_allocatable(v4) {
+            return None;
+        }
+        let idx = (u64::from(to_u32(v4.network())) - u64::from(to_u32(self.subnet_min.network())))
+            / subnet_size(self.subnet_len);
+        v6.nth_subnet(u128::from(idx))
     }
 
     /// Serializes in flannel's form (SubnetMin/Max as bare addresses).
@@ -267,14 +357,27 @@ impl NetworkConfig {
         if self.backend.gbp {
             backend.insert("GBP".into(), json!(true));
         }
-        json!({
+        let mut out = json!({
             "Network": self.network.to_string(),
             "SubnetLen": self.subnet_len,
             "SubnetMin": self.subnet_min.network().to_string(),
             "SubnetMax": self.subnet_max.network().to_string(),
             "Backend": Value::Object(backend),
-        })
-        .to_string()
+        });
+        if let (Some(v6), Value::Object(m)) = (&self.ipv6, &mut out) {
+            m.insert("EnableIPv6".into(), json!(true));
+            m.insert("IPv6Network".into(), json!(v6.network.to_string()));
+            m.insert("IPv6SubnetLen".into(), json!(v6.subnet_len));
+            m.insert(
+                "IPv6SubnetMin".into(),
+                json!(v6.subnet_min.network().to_string()),
+            );
+            m.insert(
+                "IPv6SubnetMax".into(),
+                json!(v6.subnet_max.network().to_string()),
+            );
+        }
+        out.to_string()
     }
 
     /// Number of subnets in `[subnet_min, subnet_max]`.
@@ -302,6 +405,142 @@ impl NetworkConfig {
             && subnet == subnet.trunc()
             && self.network.contains(&subnet)
     }
+}
+
+impl Ipv6Config {
+    /// Number of subnets in `[subnet_min, subnet_max]`.
+    pub fn subnet_count(&self) -> u128 {
+        let span =
+            u128::from(self.subnet_min.network()).abs_diff(u128::from(self.subnet_max.network()));
+        (span >> (128 - u32::from(self.subnet_len))).saturating_add(1)
+    }
+
+    /// The `idx`-th subnet from `subnet_min`, if inside `subnet_max`.
+    pub fn nth_subnet(&self, idx: u128) -> Option<Ipv6Net> {
+        if idx >= self.subnet_count() {
+            return None;
+        }
+        // subnet_len >= 1, so the shift is < 128.
+        let start = u128::from(self.subnet_min.network())
+            .checked_add(idx.checked_mul(1u128 << (128 - u32::from(self.subnet_len)))?)?;
+        Ipv6Net::new(Ipv6Addr::from(start), self.subnet_len).ok()
+    }
+}
+
+/// Validates and defaults the IPv6 fields; `v4_count` is how many IPv4
+/// subnets need a partner.
+fn parse_ipv6(
+    network: Option<String>,
+    subnet_len: Option<u8>,
+    min: Option<String>,
+    max: Option<String>,
+    v4_count: u32,
+) -> Result<Ipv6Config, ConfigError> {
+    let net_str = network.ok_or(ConfigError::MissingIpv6Network)?;
+    let network = Ipv6Net::from_str(net_str.trim()).map_err(|_| ConfigError::Invalid {
+        field: "IPv6Network",
+        value: net_str.clone(),
+        expected: "an IPv6 network like fd00:10:244::/48",
+    })?;
+    if network != network.trunc() {
+        return Err(ConfigError::Invalid {
+            field: "IPv6Network",
+            value: net_str,
+            expected: "a network address (host bits must be zero)",
+        });
+    }
+    let network_len = network.prefix_len();
+    let subnet_len = subnet_len.unwrap_or(DEFAULT_IPV6_SUBNET_LEN);
+    if subnet_len <= network_len || subnet_len > MAX_IPV6_SUBNET_LEN {
+        return Err(ConfigError::Ipv6SubnetLen {
+            subnet_len,
+            network_len,
+            max: MAX_IPV6_SUBNET_LEN,
+        });
+    }
+    let shift = 128 - u32::from(subnet_len);
+    let size = 1u128 << shift;
+    let net_start = u128::from(network.network());
+    let net_end = u128::from(network.broadcast());
+    // Like flannel: skip the first subnet, whose all-zero address would
+    // clash with the network address.
+    let v6net = |a: u128| Ipv6Net::new(Ipv6Addr::from(a), subnet_len).unwrap_or_default();
+    let subnet_min = match min {
+        Some(s) => parse_ipv6_bound("IPv6SubnetMin", &s, network, subnet_len)?,
+        None => v6net(net_start + size),
+    };
+    let subnet_max = match max {
+        Some(s) => parse_ipv6_bound("IPv6SubnetMax", &s, network, subnet_len)?,
+        None => v6net(net_end - (size - 1)),
+    };
+    if subnet_min.network() > subnet_max.network() {
+        return Err(ConfigError::Ipv6MinAfterMax {
+            min: subnet_min.network(),
+            max: subnet_max.network(),
+        });
+    }
+    let cfg = Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    };
+    if cfg.subnet_count() < u128::from(v4_count) {
+        return Err(ConfigError::Ipv6TooSmall {
+            network,
+            subnet_len,
+            available: cfg.subnet_count(),
+            needed: v4_count,
+        });
+    }
+    Ok(cfg)
+}
+
+/// IPv6SubnetMin/IPv6SubnetMax: a bare address, or `addr/len` with `len`
+/// equal to IPv6SubnetLen.
+fn parse_ipv6_bound(
+    field: &'static str,
+    s: &str,
+    network: Ipv6Net,
+    subnet_len: u8,
+) -> Result<Ipv6Net, ConfigError> {
+    let s = s.trim();
+    let addr = match s.split_once('/') {
+        Some((a, len)) if len.parse::<u8>().ok() == Some(subnet_len) => a,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                field,
+                value: s.to_string(),
+                expected: "an IPv6 address with the IPv6SubnetLen prefix",
+            })
+        }
+        None => s,
+    };
+    let addr: Ipv6Addr = addr.parse().map_err(|_| ConfigError::Invalid {
+        field,
+        value: s.to_string(),
+        expected: "an IPv6 address",
+    })?;
+    if !network.contains(&addr) {
+        return Err(ConfigError::Ipv6OutsideNetwork {
+            field,
+            addr,
+            network,
+        });
+    }
+    let net = Ipv6Net::new(addr, subnet_len).map_err(|_| ConfigError::Ipv6SubnetLen {
+        subnet_len,
+        network_len: network.prefix_len(),
+        max: MAX_IPV6_SUBNET_LEN,
+    })?;
+    if net.trunc() != net {
+        return Err(ConfigError::Ipv6Unaligned {
+            field,
+            addr,
+            subnet_len,
+        });
+    }
+    Ok(net)
 }
 
 fn addr_net(addr: u64, len: u8) -> Ipv4Net {
@@ -524,5 +763,267 @@ mod tests {
         assert!(e.to_string().contains("Backend.Type"));
         let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#);
         assert!(matches!(e, ConfigError::Vni(16777216)), "{e}");
+    }
+
+    const DUAL: &str =
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#;
+
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_off_by_default_and_when_disabled() {
+        for j in [
+            r#"{"Network":"10.244.0.0/16"}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":true,"EnableIPv6":false,"IPv6Network":"fd00::/48"}"#,
+        ] {
+            let c = NetworkConfig::parse(j.as_bytes()).unwrap();
+            assert_eq!(c.ipv6, None, "{j}");
+            assert_eq!(c.ipv6_subnet_for(net("10.244.1.0/24")), None);
+        }
+    }
+
+    #[test]
+    fn ipv6_defaults() {
+        let c = NetworkConfig::parse(DUAL.as_bytes()).unwrap();
+        let v6 = c.ipv6.clone().unwrap();
+        assert_eq!(v6.network, net6("fd00:10:244::/48"));
+        assert_eq!(v6.subnet_len, 64);
+        // Like flannel: the first subnet is skipped, the last one is used.
+        assert_eq!(v6.subnet_min, net6("fd00:10:244:1::/64"));
+        assert_eq!(v6.subnet_max, net6("fd00:10:244:ffff::/64"));
+        assert_eq!(v6.subnet_count(), 65535);
+    }
+
+    #[test]
+    fn ipv6_explicit_fields() {
+        let c = NetworkConfig::parse(
+            br#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.11.0",
+                 "EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":120,
+                 "IPv6SubnetMin":"fd00:10:244::200","IPv6SubnetMax":"fd00:10:244::300/120"}"#,
+        )
+        .unwrap();
+        let v6 = c.ipv6.clone().unwrap();
+        assert_eq!(v6.subnet_len, 120);
+        assert_eq!(v6.subnet_min, net6("fd00:10:244::200/120"));
+        assert_eq!(v6.subnet_max, net6("fd00:10:244::300/120"));
+        assert_eq!(v6.subnet_count(), 2);
+        assert_eq!(
+            c.ipv6_subnet_for(net("10.244.10.0/24")),
+            Some(net6("fd00:10:244::200/120"))
+        );
+        assert_eq!(
+            c.ipv6_subnet_for(net("10.244.11.0/24")),
+            Some(net6("fd00:10:244::300/120"))
+        );
+    }
+
+    #[test]
+    fn ipv6_to_json_round_trips() {
+        let c = NetworkConfig::parse(DUAL.as_bytes()).unwrap();
+        let j = c.to_json();
+        let v: Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["EnableIPv6"], true);
+        assert_eq!(v["IPv6Network"], "fd00:10:244::/48");
+        assert_eq!(v["IPv6SubnetLen"], 64);
+        assert_eq!(v["IPv6SubnetMin"], "fd00:10:244:1::");
+        assert_eq!(NetworkConfig::parse(j.as_bytes()).unwrap(), c);
+        // An IPv4-only config writes no IPv6 field at all.
+        let c4 = NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        assert!(!c4.to_json().contains("IPv6"), "{}", c4.to_json());
+    }
+
+    #[test]
+    fn pairing_rule_first_last_and_distinct() {
+        let c = NetworkConfig::parse(DUAL.as_bytes()).unwrap();
+        assert_eq!(
+            c.ipv6_subnet_for(net("10.244.1.0/24")),
+            Some(net6("fd00:10:244:1::/64"))
+        );
+        assert_eq!(
+            c.ipv6_subnet_for(net("10.244.2.0/24")),
+            Some(net6("fd00:10:244:2::/64"))
+        );
+        assert_eq!(
+            c.ipv6_subnet_for(net("10.244.255.0/24")),
+            Some(net6("fd00:10:244:ff::/64"))
+        );
+        // Not allocatable: below SubnetMin, wrong length, unaligned, outside.
+        for s in ["10.244.0.0/24", "10.244.1.0/25", "10.245.1.0/24"] {
+            assert_eq!(c.ipv6_subnet_for(net(s)), None, "{s}");
+        }
+        assert_eq!(
+            c.ipv6_subnet_for(Ipv4Net::new("10.244.1.5".parse().unwrap(), 24).unwrap()),
+            None
+        );
+        // Every allocatable IPv4 subnet gets its own IPv6 subnet, inside the
+        // IPv6 range and of the configured length.
+        let v6 = c.ipv6.clone().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for i in 1..=255u8 {
+            let s = c.ipv6_subnet_for(net(&format!("10.244.{i}.0/24"))).unwrap();
+            assert_eq!(s.prefix_len(), 64);
+            assert!(
+                s.network() >= v6.subnet_min.network() && s.network() <= v6.subnet_max.network()
+            );
+            assert!(seen.insert(s), "{s} paired twice");
+        }
+    }
+
+    #[test]
+    fn pairing_uses_the_exact_ipv6_range_end() {
+        // 4 IPv4 subnets, exactly 4 IPv6 subnets: the last pairs with the last.
+        let c = NetworkConfig::parse(
+            br#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.4.0",
+                 "EnableIPv6":true,"IPv6Network":"fd00::/62","IPv6SubnetMin":"fd00::"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipv6.as_ref().unwrap().subnet_count(), 4);
+        assert_eq!(
+            c.ipv6_subnet_for(net("10.244.1.0/24")),
+            Some(net6("fd00::/64"))
+        );
+        assert_eq!(
+            c.ipv6_subnet_for(net("10.244.4.0/24")),
+            Some(net6("fd00:0:0:3::/64"))
+        );
+    }
+
+    #[test]
+    fn ipv6_errors_name_the_field() {
+        let e = err(
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48"}"#,
+        );
+        assert!(matches!(e, ConfigError::Ipv6Only), "{e}");
+        assert!(e.to_string().contains("EnableIPv4"), "{e}");
+        assert!(e
+            .to_string()
+            .contains("IPv6-only clusters are not supported"));
+
+        let e = err(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#);
+        assert!(matches!(e, ConfigError::MissingIpv6Network), "{e}");
+        assert!(e.to_string().contains("IPv6Network"));
+
+        for bad in ["10.0.0.0/8", "banana", "fd00::1/48"] {
+            let e = err(&format!(
+                r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"{bad}"}}"#
+            ));
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Invalid {
+                        field: "IPv6Network",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains("IPv6Network"));
+        }
+
+        for (network, len) in [("fd00::/48", 48), ("fd00::/48", 127), ("fd00::/48", 40)] {
+            let e = err(&format!(
+                r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"{network}","IPv6SubnetLen":{len}}}"#
+            ));
+            assert!(
+                matches!(e, ConfigError::Ipv6SubnetLen { subnet_len, .. } if subnet_len == len),
+                "{e}"
+            );
+            assert!(e.to_string().contains("IPv6SubnetLen"));
+        }
+        // The default /64 does not fit in a /64 network.
+        let e = err(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/64"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Ipv6SubnetLen {
+                    subnet_len: 64,
+                    network_len: 64,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let e = err(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd01::"}"#,
+        );
+        assert!(
+            matches!(
+                e,
+                ConfigError::Ipv6OutsideNetwork {
+                    field: "IPv6SubnetMin",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("IPv6SubnetMin"));
+        let e = err(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd00:0:0:5::1"}"#,
+        );
+        assert!(
+            matches!(
+                e,
+                ConfigError::Ipv6Unaligned {
+                    field: "IPv6SubnetMax",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("IPv6SubnetMax"));
+        let e = err(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd00::/60"}"#,
+        );
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    field: "IPv6SubnetMax",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"nope"}"#,
+        );
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    field: "IPv6SubnetMin",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::"}"#,
+        );
+        assert!(matches!(e, ConfigError::Ipv6MinAfterMax { .. }), "{e}");
+        assert!(e.to_string().contains("IPv6SubnetMin"));
+
+        // 255 IPv4 subnets but only 3 IPv6 subnets (a /62 minus the first).
+        let e = err(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/62"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Ipv6TooSmall {
+                    available: 3,
+                    needed: 255,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("IPv6SubnetLen") && e.to_string().contains("IPv6Network"));
+        // ...and enough with a smaller IPv4 range.
+        NetworkConfig::parse(
+            br#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.0","EnableIPv6":true,"IPv6Network":"fd00::/62"}"#,
+        )
+        .unwrap();
     }
 }

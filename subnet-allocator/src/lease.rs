@@ -1,10 +1,10 @@
 //! Subnet leases: the store key of a subnet and the lease value, both in
 //! flannel's exact format so twill and flannel can read each other's data.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -19,6 +19,12 @@ pub enum LeaseError {
     MissingVxlanData,
     #[error("lease field BackendData.VtepMAC {0:?} is not a MAC address")]
     VtepMac(String),
+    #[error("lease field PublicIPv6 {0:?} is not an IPv6 address")]
+    PublicIpv6(String),
+    #[error("lease field BackendV6Data is malformed for backend type vxlan")]
+    BadVxlanV6Data,
+    #[error("lease field BackendV6Data.VtepMAC {0:?} is not a MAC address")]
+    VtepMacV6(String),
 }
 
 /// VXLAN backend data of a lease: what other nodes need to reach this
@@ -34,16 +40,22 @@ pub struct VxlanData {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseAttrs {
     pub public_ip: Ipv4Addr,
+    /// The node's IPv6 underlay address on dual-stack clusters.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// `"vxlan"`, `"host-gw"`, or whatever another flannel backend wrote.
     pub backend_type: String,
     /// Present for `vxlan` leases; other backends' data is not interpreted.
     pub backend_data: Option<VxlanData>,
+    /// The IPv6 VXLAN device's data of a dual-stack `vxlan` lease.
+    pub backend_v6_data: Option<VxlanData>,
 }
 
 /// A subnet lease as read from or written to a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub subnet: Ipv4Net,
+    /// The node's IPv6 subnet on dual-stack clusters; part of the store key.
+    pub ipv6_subnet: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
     /// The store's lease handle (etcd lease id); `None` for a key without
     /// expiry.
@@ -56,6 +68,49 @@ pub struct Lease {
 /// Store key suffix for a subnet: `10.244.3.0-24`.
 pub fn subnet_key(subnet: Ipv4Net) -> String {
     format!("{}-{}", subnet.network(), subnet.prefix_len())
+}
+
+/// Store key suffix for a lease: `10.244.3.0-24`, or flannel's dual-stack
+/// form `10.244.3.0-24&fd00:10:244:3::-64`.
+pub fn lease_key_name(v4: Ipv4Net, v6: Option<Ipv6Net>) -> String {
+    match v6 {
+        None => subnet_key(v4),
+        Some(v6) => format!("{}&{}-{}", subnet_key(v4), v6.network(), v6.prefix_len()),
+    }
+}
+
+/// Inverse of [`lease_key_name`]. Only the canonical spelling is accepted
+/// (what `lease_key_name` writes for the parsed subnets), because renewing
+/// or deleting a lease rebuilds its key from the subnets.
+pub fn parse_lease_key(s: &str) -> Option<(Ipv4Net, Option<Ipv6Net>)> {
+    let (v4_part, v6_part) = match s.split_once('&') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let v4 = parse_subnet_key(v4_part)?;
+    let v6 = match v6_part {
+        None => None,
+        Some(p) => {
+            let (addr, len) = p.rsplit_once('-')?;
+            let addr: Ipv6Addr = addr.parse().ok()?;
+            if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let net = Ipv6Net::new(addr, len.parse().ok()?).ok()?;
+            if net != net.trunc() {
+                return None;
+            }
+            Some(net)
+        }
+    };
+    (lease_key_name(v4, v6) == s).then_some((v4, v6))
+}
+
+impl Lease {
+    /// The store key suffix this lease lives under.
+    pub fn key_name(&self) -> String {
+        lease_key_name(self.subnet, self.ipv6_subnet)
+    }
 }
 
 /// Inverse of [`subnet_key`]. Accepts flannel's dual-stack form
@@ -80,6 +135,10 @@ struct RawAttrs {
     backend_type: String,
     #[serde(rename = "BackendData", default)]
     backend_data: Option<Value>,
+    #[serde(rename = "PublicIPv6", default)]
+    public_ipv6: Option<String>,
+    #[serde(rename = "BackendV6Data", default)]
+    backend_v6_data: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -104,19 +163,30 @@ pub fn normalize_mac(s: &str) -> Option<String> {
 }
 
 impl LeaseAttrs {
-    /// flannel's form, `PublicIPv6` always `null`, `BackendData` `null` when
-    /// absent.
+    /// flannel's form: `PublicIPv6` and `BackendData` are `null` when
+    /// absent, `BackendV6Data` is left out when absent (as flannel does for
+    /// IPv4-only leases).
     pub fn to_json(&self) -> String {
-        let data = match &self.backend_data {
+        let vxlan = |d: &Option<VxlanData>| match d {
             Some(d) => json!({"VNI": d.vni, "VtepMAC": d.vtep_mac}),
             None => Value::Null,
         };
+        let ipv6 = match self.public_ipv6 {
+            Some(a) => Value::String(a.to_string()),
+            None => Value::Null,
+        };
+        let v6_data = match &self.backend_v6_data {
+            Some(_) => format!(r#","BackendV6Data":{}"#, vxlan(&self.backend_v6_data)),
+            None => String::new(),
+        };
         // Built by hand so the field order matches flannel's output byte for byte.
         format!(
-            r#"{{"PublicIP":{},"PublicIPv6":null,"BackendType":{},"BackendData":{}}}"#,
+            r#"{{"PublicIP":{},"PublicIPv6":{},"BackendType":{},"BackendData":{}{}}}"#,
             Value::String(self.public_ip.to_string()),
+            ipv6,
             Value::String(self.backend_type.clone()),
-            data
+            vxlan(&self.backend_data),
+            v6_data
         )
     }
 
@@ -128,6 +198,27 @@ impl LeaseAttrs {
             .public_ip
             .parse()
             .map_err(|_| LeaseError::PublicIp(raw.public_ip.clone()))?;
+        let public_ipv6 = match raw.public_ipv6 {
+            // An empty string is read as absent, like null.
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.parse().map_err(|_| LeaseError::PublicIpv6(s.clone()))?),
+        };
+        // Only a vxlan lease's IPv6 data is interpreted; absent or null is
+        // an IPv4-only lease.
+        let backend_v6_data = match raw.backend_v6_data.filter(|v| !v.is_null()) {
+            Some(v) if raw.backend_type == "vxlan" => {
+                let d: RawVxlan =
+                    serde_json::from_value(v).map_err(|_| LeaseError::BadVxlanV6Data)?;
+                let vtep_mac =
+                    normalize_mac(&d.vtep_mac).ok_or(LeaseError::VtepMacV6(d.vtep_mac))?;
+                Some(VxlanData {
+                    vni: d.vni,
+                    vtep_mac,
+                })
+            }
+            _ => None,
+        };
         let backend_data = if raw.backend_type == "vxlan" {
             let v = raw
                 .backend_data
@@ -145,8 +236,10 @@ impl LeaseAttrs {
         };
         Ok(LeaseAttrs {
             public_ip,
+            public_ipv6,
             backend_type: raw.backend_type,
             backend_data,
+            backend_v6_data,
         })
     }
 }
@@ -203,11 +296,13 @@ mod tests {
             a,
             LeaseAttrs {
                 public_ip: "192.0.2.3".parse().unwrap(),
+                public_ipv6: None,
                 backend_type: "vxlan".into(),
                 backend_data: Some(VxlanData {
                     vni: 1,
                     vtep_mac: "aa:bb:cc:dd:ee:ff".into()
                 }),
+                backend_v6_data: None,
             }
         );
         assert_eq!(a.to_json(), FLANNEL_SAMPLE);
@@ -217,8 +312,10 @@ mod tests {
     fn host_gw_round_trip_and_foreign_backend_data() {
         let a = LeaseAttrs {
             public_ip: "198.18.0.9".parse().unwrap(),
+            public_ipv6: None,
             backend_type: "host-gw".into(),
             backend_data: None,
+            backend_v6_data: None,
         };
         assert!(a.to_json().contains(r#""BackendData":null"#));
         assert_eq!(LeaseAttrs::parse(a.to_json().as_bytes()).unwrap(), a);
@@ -257,5 +354,147 @@ mod tests {
             LeaseAttrs::parse(br#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"zz"}}"#),
             Err(LeaseError::VtepMac(_))
         ));
+    }
+
+    /// A dual-stack vxlan lease as flannel (>= v0.22, etcd registry) writes
+    /// it: its Go `LeaseAttrs` field order, IPv6 VTEP data in
+    /// `BackendV6Data`, key `<v4>-<len>&<v6>-<len>`.
+    const FLANNEL_DUAL_KEY: &str = "10.5.52.0-24&fc00:0:0:34::-64";
+    const FLANNEL_DUAL_SAMPLE: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"ce:35:60:a1:2f:07"}}"#;
+
+    #[test]
+    fn lease_key_round_trip_both_forms() {
+        let v4: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let v6: Ipv6Net = "fd00:10:244:3::/64".parse().unwrap();
+        assert_eq!(lease_key_name(v4, None), "10.244.3.0-24");
+        assert_eq!(
+            lease_key_name(v4, Some(v6)),
+            "10.244.3.0-24&fd00:10:244:3::-64"
+        );
+        for (a, b) in [
+            ("10.244.3.0/24", None),
+            ("10.244.3.0/24", Some("fd00:10:244:3::/64")),
+            ("10.244.0.128/25", Some("fd00::/120")),
+            ("0.0.0.0/0", Some("::/0")),
+            ("192.0.2.4/30", Some("2001:db8:0:1::/64")),
+        ] {
+            let v4: Ipv4Net = a.parse().unwrap();
+            let v6: Option<Ipv6Net> = b.map(|b| b.parse().unwrap());
+            let k = lease_key_name(v4, v6);
+            assert_eq!(parse_lease_key(&k), Some((v4, v6)), "{k}");
+            // The old IPv4 parser still reads the IPv4 part of both forms.
+            assert_eq!(parse_subnet_key(&k), Some(v4), "{k}");
+        }
+        assert_eq!(
+            parse_lease_key(FLANNEL_DUAL_KEY),
+            Some((
+                "10.5.52.0/24".parse().unwrap(),
+                Some("fc00:0:0:34::/64".parse().unwrap())
+            ))
+        );
+    }
+
+    #[test]
+    fn lease_key_garbage() {
+        for bad in [
+            "",
+            "10.244.3.0-24&",
+            "10.244.3.0-24&fd00::",
+            "10.244.3.0-24&fd00::-",
+            "10.244.3.0-24&fd00::-129",
+            "10.244.3.0-24&fd00::1-64",
+            "10.244.3.0-24&10.0.0.0-8",
+            "10.244.3.0-24&fd00::-64&fd01::-64",
+            "10.244.3.0-24&fd00::-+4",
+            "10.244.3.5-24&fd00::-64",
+            "fd00::-64",
+            "10.244.3.0-24&fd00::/64",
+            // Non-canonical spellings: the key could not be rebuilt.
+            "10.244.3.0-24&FD00::-64",
+            "10.244.3.0-24&fd00:0::-64",
+            "10.244.3.0-24&fd00::-064",
+            "10.244.3.0-024",
+        ] {
+            assert_eq!(parse_lease_key(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flannel_dual_stack_sample_parses_and_serializes_identically() {
+        let a = LeaseAttrs::parse(FLANNEL_DUAL_SAMPLE.as_bytes()).unwrap();
+        assert_eq!(
+            a,
+            LeaseAttrs {
+                public_ip: "192.168.64.3".parse().unwrap(),
+                public_ipv6: Some("fd00::3".parse().unwrap()),
+                backend_type: "vxlan".into(),
+                backend_data: Some(VxlanData {
+                    vni: 1,
+                    vtep_mac: "c6:d2:32:6f:8f:44".into()
+                }),
+                backend_v6_data: Some(VxlanData {
+                    vni: 1,
+                    vtep_mac: "ce:35:60:a1:2f:07".into()
+                }),
+            }
+        );
+        assert_eq!(a.to_json(), FLANNEL_DUAL_SAMPLE);
+    }
+
+    #[test]
+    fn json_round_trip_with_and_without_ipv6() {
+        let v4_only = LeaseAttrs::parse(FLANNEL_SAMPLE.as_bytes()).unwrap();
+        assert!(!v4_only.to_json().contains("BackendV6Data"));
+        assert_eq!(v4_only.to_json(), FLANNEL_SAMPLE);
+        // Public IPv6 without IPv6 VTEP data (host-gw dual stack).
+        let hg = LeaseAttrs {
+            public_ip: "198.18.0.9".parse().unwrap(),
+            public_ipv6: Some("2001:db8::9".parse().unwrap()),
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            backend_v6_data: None,
+        };
+        assert_eq!(
+            hg.to_json(),
+            r#"{"PublicIP":"198.18.0.9","PublicIPv6":"2001:db8::9","BackendType":"host-gw","BackendData":null}"#
+        );
+        assert_eq!(LeaseAttrs::parse(hg.to_json().as_bytes()).unwrap(), hg);
+        let mut dual = v4_only.clone();
+        dual.public_ipv6 = Some("fd00::1".parse().unwrap());
+        dual.backend_v6_data = Some(VxlanData {
+            vni: 1,
+            vtep_mac: "02:00:00:00:00:06".into(),
+        });
+        assert_eq!(LeaseAttrs::parse(dual.to_json().as_bytes()).unwrap(), dual);
+        // null / empty / absent IPv6 fields all mean "IPv4 only".
+        for v in [
+            r#"{"PublicIP":"192.0.2.3","PublicIPv6":"","BackendType":"host-gw","BackendV6Data":null}"#,
+            r#"{"PublicIP":"192.0.2.3","BackendType":"host-gw"}"#,
+        ] {
+            let a = LeaseAttrs::parse(v.as_bytes()).unwrap();
+            assert_eq!((a.public_ipv6, a.backend_v6_data), (None, None), "{v}");
+        }
+    }
+
+    #[test]
+    fn malformed_ipv6_values_are_errors() {
+        assert!(matches!(
+            LeaseAttrs::parse(br#"{"PublicIP":"192.0.2.3","PublicIPv6":"192.0.2.3","BackendType":"host-gw"}"#),
+            Err(LeaseError::PublicIpv6(ref s)) if s == "192.0.2.3"
+        ));
+        let e = LeaseAttrs::parse(
+            br#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, LeaseError::BadVxlanV6Data), "{e}");
+        assert!(e.to_string().contains("BackendV6Data"));
+        let e = LeaseAttrs::parse(
+            br#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1,"VtepMAC":"nope"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, LeaseError::VtepMacV6(ref m) if m == "nope"),
+            "{e}"
+        );
     }
 }

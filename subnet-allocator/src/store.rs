@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
 use crate::alloc::{allocate, AllocError, Allocation};
@@ -135,14 +135,43 @@ pub struct LeaseSnapshot {
 pub trait LeaseStore: Send + Sync {
     fn get_network_config(&self) -> impl Future<Output = Result<NetworkConfig, StoreError>> + Send;
     fn list_leases(&self) -> impl Future<Output = Result<LeaseSnapshot, StoreError>> + Send;
-    /// Create-if-absent; `Err(StoreError::AlreadyTaken(subnet))` if the key exists.
+    /// Create-if-absent of an IPv4-only lease (key `10.244.3.0-24`);
+    /// `Err(StoreError::AlreadyTaken(subnet))` if the key exists.
     fn create_lease(
         &self,
         subnet: Ipv4Net,
         attrs: &LeaseAttrs,
         ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send {
+        self.create_lease_with_ipv6(subnet, None, attrs, ttl)
+    }
+    /// Create-if-absent under [`crate::lease_key_name`]`(subnet,
+    /// ipv6_subnet)`; `Err(StoreError::AlreadyTaken(subnet))` if that key
+    /// exists. Uniqueness rests on the key, so callers must derive
+    /// `ipv6_subnet` from the config ([`NetworkConfig::ipv6_subnet_for`]),
+    /// as [`acquire_lease`] does, for every node to use the same key for one
+    /// IPv4 subnet.
+    fn create_lease_with_ipv6(
+        &self,
+        subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
     ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
-    /// Re-put our own lease (new attrs and/or fresh TTL); `NotOwner` if
+    /// Moves our own lease to the key of `(lease.subnet, ipv6_subnet)` with
+    /// new attrs and a fresh TTL, atomically (watchers see the old key's
+    /// removal before the new key's creation); used when the config gained
+    /// or lost IPv6. `NotOwner` if another node holds the old key,
+    /// `AlreadyTaken` if the new key exists.
+    fn rekey_lease(
+        &self,
+        lease: &Lease,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Re-put our own lease (new attrs and/or fresh TTL) under its key
+    /// ([`Lease::key_name`]); `NotOwner` if
     /// another node's value is there now. "Ours" means same store lease id
     /// or same public IP as `lease`. Recreates the key if it vanished.
     fn update_lease(
@@ -154,6 +183,8 @@ pub trait LeaseStore: Send + Sync {
     /// Extend the TTL; `LeaseGone(subnet)` if the lease expired, was revoked
     /// or the key was deleted or taken over.
     fn renew_lease(&self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Deletes the lease of `subnet`, whichever key form (with or without
+    /// an IPv6 part) it is stored under.
     fn delete_lease(&self, subnet: Ipv4Net) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Events strictly after `after_revision`.
     fn watch_leases(
@@ -214,12 +245,25 @@ pub async fn acquire_lease<S: LeaseStore>(
             &mut rand::thread_rng(),
         )?;
         let result = match &choice {
-            Allocation::Reuse(old) => store.update_lease(old, attrs, ttl).await,
-            Allocation::New(subnet) => store.create_lease(*subnet, attrs, ttl).await,
+            Allocation::Reuse(old) => {
+                let want6 = cfg.ipv6_subnet_for(old.subnet);
+                if old.ipv6_subnet == want6 {
+                    store.update_lease(old, attrs, ttl).await
+                } else {
+                    // IPv6 was switched on or off, or another writer paired
+                    // differently: move to the key this config implies.
+                    tracing::info!(subnet = %old.subnet, old_ipv6 = ?old.ipv6_subnet, new_ipv6 = ?want6, "re-keying own lease for the current IPv6 config");
+                    store.rekey_lease(old, want6, attrs, ttl).await
+                }
+            }
+            Allocation::New(subnet) => {
+                let v6 = cfg.ipv6_subnet_for(*subnet);
+                store.create_lease_with_ipv6(*subnet, v6, attrs, ttl).await
+            }
         };
         match result {
             Ok(lease) => {
-                tracing::info!(subnet = %lease.subnet, reused = matches!(choice, Allocation::Reuse(_)), "acquired subnet lease");
+                tracing::info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, reused = matches!(choice, Allocation::Reuse(_)), "acquired subnet lease");
                 return Ok(lease);
             }
             Err(StoreError::AlreadyTaken(s)) | Err(StoreError::NotOwner(s)) => {

@@ -115,6 +115,8 @@ fn attrs(ip: Ipv4Addr, mac_last: u8) -> LeaseAttrs {
             vni: 1,
             vtep_mac: format!("02:00:00:00:00:{mac_last:02x}"),
         }),
+        public_ipv6: None,
+        backend_v6_data: None,
     }
 }
 
@@ -551,4 +553,164 @@ async fn watch_from_compacted_revision_reports_compacted() {
     store.delete_lease(net("10.244.1.0/24")).await.unwrap();
     let (events, _) = collect(&mut w, 1).await;
     assert_eq!(events, vec![LeaseEvent::Removed(net("10.244.1.0/24"))]);
+}
+
+const DUAL_CFG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#;
+
+fn dual_attrs(i: u8) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ipv6: Some(format!("fd00:198::{i}").parse().unwrap()),
+        backend_v6_data: Some(VxlanData {
+            vni: 1,
+            vtep_mac: format!("02:00:00:00:06:{i:02x}"),
+        }),
+        ..attrs(ip(i), i)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dual_stack_leases_are_acquired_listed_watched_renewed_and_deleted() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let (store, cfg) = store_with_config(&etcd, DUAL_CFG).await;
+    assert!(cfg.ipv6.is_some());
+    let start = store.list_leases().await.unwrap().revision;
+    let mut w = store.watch_leases(start).await.unwrap();
+
+    // Two nodes race for the only two subnets.
+    let mut tasks = Vec::new();
+    for i in 1..=2u8 {
+        let node = EtcdStore::connect(opts(&etcd)).await.unwrap();
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            acquire_lease(&node, &cfg, ip(i), &dual_attrs(i), None, TTL).await
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        let l = tokio::time::timeout(PATIENCE, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.ipv6_subnet, cfg.ipv6_subnet_for(l.subnet), "{l:?}");
+        got.push(l);
+    }
+    assert_ne!(got[0].subnet, got[1].subnet);
+    assert_ne!(got[0].ipv6_subnet, got[1].ipv6_subnet);
+
+    // Stored under flannel's dual-stack key, with flannel's value.
+    let mut c = Client::connect([&etcd.endpoint], None).await.unwrap();
+    for l in &got {
+        let key = format!(
+            "/twill-test/network/subnets/{}",
+            subnet_allocator::lease_key_name(l.subnet, l.ipv6_subnet)
+        );
+        assert!(key.contains('&'), "{key}");
+        let r = c.get(key.as_str(), None).await.unwrap();
+        assert_eq!(r.kvs().len(), 1, "{key} missing");
+        assert_eq!(r.kvs()[0].value(), l.attrs.to_json().as_bytes());
+        assert!(l.attrs.to_json().contains("BackendV6Data"));
+    }
+
+    let mut snap = store.list_leases().await.unwrap();
+    snap.leases.sort_by_key(|l| l.subnet);
+    got.sort_by_key(|l| l.subnet);
+    let strip = |l: &subnet_allocator::Lease| subnet_allocator::Lease {
+        ttl_remaining: None,
+        ..l.clone()
+    };
+    assert_eq!(
+        snap.leases,
+        got.iter().map(strip).collect::<Vec<_>>(),
+        "listing must carry the IPv6 subnets and attrs"
+    );
+    let (mut events, _) = collect(&mut w, 2).await;
+    events.sort_by_key(|e| match e {
+        LeaseEvent::Added(l) => l.subnet,
+        LeaseEvent::Removed(s) => *s,
+    });
+    assert_eq!(
+        events,
+        got.iter()
+            .map(|l| LeaseEvent::Added(strip(l)))
+            .collect::<Vec<_>>()
+    );
+
+    // Renew finds the dual-stack key; a second acquire reuses it.
+    let r = store.renew_lease(&got[0]).await.unwrap();
+    assert_eq!(r.ipv6_subnet, got[0].ipv6_subnet);
+    let again = acquire_lease(
+        &store,
+        &cfg,
+        got[0].attrs.public_ip,
+        &got[0].attrs,
+        None,
+        TTL,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.subnet, again.ipv6_subnet),
+        (got[0].subnet, got[0].ipv6_subnet)
+    );
+
+    // delete_lease by IPv4 subnet removes the dual-stack key; watchers get
+    // the removal keyed by the IPv4 subnet.
+    let mut w = store
+        .watch_leases(store.list_leases().await.unwrap().revision)
+        .await
+        .unwrap();
+    store.delete_lease(got[1].subnet).await.unwrap();
+    let (events, _) = collect(&mut w, 1).await;
+    assert_eq!(events, vec![LeaseEvent::Removed(got[1].subnet)]);
+    assert_eq!(store.list_leases().await.unwrap().leases.len(), 1);
+}
+
+#[tokio::test]
+async fn ipv4_only_lease_is_rekeyed_when_ipv6_is_enabled() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let (store, v4cfg) = store_with_config(&etcd, r#"{"Network":"10.244.0.0/16"}"#).await;
+    let old = acquire_lease(&store, &v4cfg, ip(1), &attrs(ip(1), 1), None, TTL)
+        .await
+        .unwrap();
+    assert_eq!(old.ipv6_subnet, None);
+    let dual = NetworkConfig::parse(
+        br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+    )
+    .unwrap();
+    store.put_network_config(&dual).await.unwrap();
+    let snap = store.list_leases().await.unwrap();
+    let mut w = store.watch_leases(snap.revision).await.unwrap();
+    let new = acquire_lease(&store, &dual, ip(1), &dual_attrs(1), None, TTL)
+        .await
+        .unwrap();
+    assert_eq!(new.subnet, old.subnet, "the node keeps its IPv4 subnet");
+    assert_eq!(new.ipv6_subnet, dual.ipv6_subnet_for(old.subnet));
+    assert!(new.ipv6_subnet.is_some());
+    let snap = store.list_leases().await.unwrap();
+    assert_eq!(snap.leases.len(), 1, "old key must be gone: {snap:?}");
+    assert_eq!(snap.leases[0].ipv6_subnet, new.ipv6_subnet);
+    // Removal of the old key first, then the new one: a watcher applying
+    // events in order ends up with the lease.
+    let (events, _) = collect(&mut w, 2).await;
+    assert_eq!(
+        events,
+        vec![
+            LeaseEvent::Removed(old.subnet),
+            LeaseEvent::Added(subnet_allocator::Lease {
+                ttl_remaining: None,
+                ..new.clone()
+            }),
+        ]
+    );
+    store.renew_lease(&new).await.unwrap();
+    // The old etcd lease was revoked with the move.
+    assert!(matches!(
+        store.renew_lease(&old).await,
+        Err(StoreError::LeaseGone(_))
+    ));
 }

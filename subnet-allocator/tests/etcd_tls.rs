@@ -173,6 +173,8 @@ fn attrs(i: u8) -> LeaseAttrs {
             vni: 1,
             vtep_mac: format!("02:00:00:00:00:{i:02x}"),
         }),
+        public_ipv6: None,
+        backend_v6_data: None,
     }
 }
 

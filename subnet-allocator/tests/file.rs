@@ -21,6 +21,8 @@ fn attrs(i: u8) -> LeaseAttrs {
         public_ip: Ipv4Addr::new(198, 18, 0, i),
         backend_type: "host-gw".into(),
         backend_data: None,
+        public_ipv6: None,
+        backend_v6_data: None,
     }
 }
 
@@ -266,4 +268,110 @@ async fn watch_in_order_and_compaction() {
         matches!(e, StoreError::Compacted { compact_revision } if compact_revision > old),
         "{e}"
     );
+}
+
+fn dual_attrs(i: u8) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ipv6: Some(format!("fd00:198::{i}").parse().unwrap()),
+        ..attrs(i)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dual_stack_leases_acquire_list_watch_rekey_delete() {
+    let (dir, store, cfg) = setup(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+    );
+    let start = store.list_leases().await.unwrap().revision;
+    let mut w = store.watch_leases(start).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 1..=2u8 {
+        let node = FileStore::open(dir.path()).unwrap();
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            acquire_lease(&node, &cfg, attrs(i).public_ip, &dual_attrs(i), None, TTL).await
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        let l = tokio::time::timeout(PATIENCE, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.ipv6_subnet, cfg.ipv6_subnet_for(l.subnet));
+        assert!(l.ipv6_subnet.is_some());
+        got.push(l);
+    }
+    got.sort_by_key(|l| l.subnet);
+    assert_ne!(got[0].ipv6_subnet, got[1].ipv6_subnet);
+    let strip = |l: &subnet_allocator::Lease| subnet_allocator::Lease {
+        ttl_remaining: None,
+        ..l.clone()
+    };
+    let mut listed: Vec<_> = store
+        .list_leases()
+        .await
+        .unwrap()
+        .leases
+        .iter()
+        .map(strip)
+        .collect();
+    listed.sort_by_key(|l| l.subnet);
+    assert_eq!(listed, got.iter().map(strip).collect::<Vec<_>>());
+    let keys: Vec<String> = {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("leases.json")).unwrap())
+                .unwrap();
+        v["leases"].as_object().unwrap().keys().cloned().collect()
+    };
+    assert!(keys.iter().all(|k| k.contains('&')), "{keys:?}");
+    let mut events = collect(&mut w, 2).await;
+    events.sort_by_key(|e| match e {
+        LeaseEvent::Added(l) => l.subnet,
+        LeaseEvent::Removed(s) => *s,
+    });
+    assert_eq!(
+        events,
+        got.iter()
+            .map(|l| LeaseEvent::Added(strip(l)))
+            .collect::<Vec<_>>()
+    );
+    store.renew_lease(&got[0]).await.unwrap();
+
+    // IPv6 switched off: the node keeps its subnet under the IPv4-only key.
+    let v4cfg = NetworkConfig::parse(
+        br#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0"}"#,
+    )
+    .unwrap();
+    let mut w = store
+        .watch_leases(store.list_leases().await.unwrap().revision)
+        .await
+        .unwrap();
+    let moved = acquire_lease(&store, &v4cfg, attrs(1).public_ip, &attrs(1), None, TTL)
+        .await
+        .unwrap();
+    let mine = got
+        .iter()
+        .find(|l| l.attrs.public_ip == attrs(1).public_ip)
+        .unwrap();
+    assert_eq!((moved.subnet, moved.ipv6_subnet), (mine.subnet, None));
+    assert_eq!(
+        collect(&mut w, 2).await,
+        vec![
+            LeaseEvent::Removed(mine.subnet),
+            LeaseEvent::Added(strip(&moved))
+        ]
+    );
+    assert_eq!(store.list_leases().await.unwrap().leases.len(), 2);
+
+    // delete_lease by IPv4 subnet finds the dual-stack key too.
+    let other = got
+        .iter()
+        .find(|l| l.attrs.public_ip == attrs(2).public_ip)
+        .unwrap();
+    store.delete_lease(other.subnet).await.unwrap();
+    let left = store.list_leases().await.unwrap().leases;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].subnet, moved.subnet);
 }

@@ -10,11 +10,11 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
     Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream, Watcher,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError, WatchInner};
 use crate::config::NetworkConfig;
-use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
+use crate::lease::{lease_key_name, parse_lease_key, subnet_key, Lease, LeaseAttrs};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/twill/network";
@@ -490,8 +490,18 @@ impl EtcdStore {
         format!("{}/subnets/", self.prefix)
     }
 
+    /// Full key of an IPv4-only lease.
     pub fn lease_key(&self, subnet: Ipv4Net) -> String {
         format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    }
+
+    /// Full key of a lease, with the IPv6 part when `ipv6_subnet` is set.
+    pub fn lease_key_with_ipv6(&self, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> String {
+        format!(
+            "{}{}",
+            self.subnets_prefix(),
+            lease_key_name(subnet, ipv6_subnet)
+        )
     }
 
     /// Writes the network config (setup, tests, `demo.sh`).
@@ -597,7 +607,7 @@ fn secs(ttl: i64) -> Option<Duration> {
 /// outside the known network.
 fn decode(subnets_prefix: &str, kv: &KeyValue, network: Option<Ipv4Net>) -> Option<Lease> {
     let key = String::from_utf8_lossy(kv.key());
-    let subnet = match key.strip_prefix(subnets_prefix).and_then(parse_subnet_key) {
+    let (subnet, ipv6_subnet) = match key.strip_prefix(subnets_prefix).and_then(parse_lease_key) {
         Some(s) => s,
         None => {
             tracing::warn!(key = %key, "skipping lease with malformed key");
@@ -613,6 +623,7 @@ fn decode(subnets_prefix: &str, kv: &KeyValue, network: Option<Ipv4Net>) -> Opti
     match LeaseAttrs::parse(kv.value()) {
         Ok(attrs) => Some(Lease {
             subnet,
+            ipv6_subnet,
             attrs,
             lease_id: (kv.lease() != 0).then_some(kv.lease()),
             ttl_remaining: None,
@@ -657,13 +668,14 @@ impl LeaseStore for EtcdStore {
         Ok(LeaseSnapshot { leases, revision })
     }
 
-    async fn create_lease(
+    async fn create_lease_with_ipv6(
         &self,
         subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let key = self.lease_key(subnet);
+        let key = self.lease_key_with_ipv6(subnet, ipv6_subnet);
         let lease = self.grant(ttl).await?;
         let cmp = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
         if !self.put_if(&key, cmp, attrs, lease).await? {
@@ -671,6 +683,7 @@ impl LeaseStore for EtcdStore {
         }
         Ok(Lease {
             subnet,
+            ipv6_subnet,
             attrs: attrs.clone(),
             lease_id: lease.map(|l| l.0),
             ttl_remaining: lease.and_then(|l| secs(l.1)),
@@ -684,11 +697,14 @@ impl LeaseStore for EtcdStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         let subnet = lease.subnet;
-        let key = self.lease_key(subnet);
+        let key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
         for _ in 0..UPDATE_TRIES {
             let Some(current) = self.get_key(&key).await? else {
                 // Our key vanished (expired); take it again if still free.
-                return match self.create_lease(subnet, attrs, ttl).await {
+                return match self
+                    .create_lease_with_ipv6(subnet, lease.ipv6_subnet, attrs, ttl)
+                    .await
+                {
                     Err(StoreError::AlreadyTaken(s)) => Err(StoreError::NotOwner(s)),
                     other => other,
                 };
@@ -709,6 +725,7 @@ impl LeaseStore for EtcdStore {
                 }
                 return Ok(Lease {
                     subnet,
+                    ipv6_subnet: lease.ipv6_subnet,
                     attrs: attrs.clone(),
                     lease_id: granted.map(|g| g.0),
                     ttl_remaining: granted.and_then(|g| secs(g.1)),
@@ -718,9 +735,91 @@ impl LeaseStore for EtcdStore {
         Err(StoreError::NotOwner(subnet))
     }
 
+    async fn rekey_lease(
+        &self,
+        lease: &Lease,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let subnet = lease.subnet;
+        let old_key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
+        let new_key = self.lease_key_with_ipv6(subnet, ipv6_subnet);
+        if old_key == new_key {
+            return self.update_lease(lease, attrs, ttl).await;
+        }
+        for _ in 0..UPDATE_TRIES {
+            let Some(current) = self.get_key(&old_key).await? else {
+                // The old key is gone already: a plain create of the new one.
+                return self
+                    .create_lease_with_ipv6(subnet, ipv6_subnet, attrs, ttl)
+                    .await;
+            };
+            let same_lease = lease.lease_id.is_some_and(|id| id == current.lease());
+            let same_node = LeaseAttrs::parse(current.value())
+                .is_ok_and(|a| a.public_ip == lease.attrs.public_ip);
+            if !same_lease && !same_node {
+                return Err(StoreError::NotOwner(subnet));
+            }
+            let granted = self.grant(ttl).await?;
+            let put = PutOptions::new().with_lease(granted.map_or(0, |l| l.0));
+            // Delete first: etcd reports a txn's events in op order, so a
+            // watcher never sees the new key and then a removal of the same
+            // IPv4 subnet.
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(
+                        old_key.as_str(),
+                        CompareOp::Equal,
+                        current.mod_revision(),
+                    ),
+                    Compare::create_revision(new_key.as_str(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::delete(old_key.as_str(), None),
+                    TxnOp::put(new_key.as_str(), attrs.to_json(), Some(put)),
+                ]);
+            let r = self
+                .call("rekey txn", Retry::OnlyUnsent, |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await;
+            let ok = match r {
+                Ok(r) => r.succeeded(),
+                Err(e) => {
+                    if let Some((id, _)) = granted {
+                        self.revoke_quietly(id).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if ok {
+                let old = current.lease();
+                if old != 0 && Some(old) != granted.map(|g| g.0) {
+                    self.revoke_quietly(old).await;
+                }
+                return Ok(Lease {
+                    subnet,
+                    ipv6_subnet,
+                    attrs: attrs.clone(),
+                    lease_id: granted.map(|g| g.0),
+                    ttl_remaining: granted.and_then(|g| secs(g.1)),
+                });
+            }
+            if let Some((id, _)) = granted {
+                self.revoke_quietly(id).await;
+            }
+            if self.get_key(&new_key).await?.is_some() {
+                return Err(StoreError::AlreadyTaken(subnet));
+            }
+        }
+        Err(StoreError::NotOwner(subnet))
+    }
+
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let subnet = lease.subnet;
-        let key = self.lease_key(subnet);
+        let key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
         let Some(id) = lease.lease_id else {
             // No expiry: only check the key is still ours.
             return match self.get_key(&key).await? {
@@ -766,19 +865,29 @@ impl LeaseStore for EtcdStore {
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
         let key = self.lease_key(subnet);
-        let mut r = self
+        // The IPv4-only key and every dual-stack key `<key>&...` of this
+        // subnet; `&` never starts anything else after a complete key.
+        let txn = Txn::new().and_then([
+            TxnOp::delete(key.as_str(), Some(DeleteOptions::new().with_prev_key())),
+            TxnOp::delete(
+                format!("{key}&"),
+                Some(DeleteOptions::new().with_prefix().with_prev_key()),
+            ),
+        ]);
+        let r = self
             .call("delete lease", Retry::Idempotent, |mut c| {
-                let key = key.clone();
-                async move {
-                    c.delete(key, Some(DeleteOptions::new().with_prev_key()))
-                        .await
-                }
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
             })
             .await?;
-        for prev in r.take_prev_kvs() {
-            if prev.lease() != 0 {
-                self.revoke_quietly(prev.lease()).await;
+        let mut leases = Vec::new();
+        for op in r.op_responses() {
+            if let etcd_client::TxnOpResponse::Delete(d) = op {
+                leases.extend(d.prev_kvs().iter().map(KeyValue::lease));
             }
+        }
+        for id in leases.into_iter().filter(|id| *id != 0) {
+            self.revoke_quietly(id).await;
         }
         Ok(())
     }
@@ -865,9 +974,9 @@ impl EtcdWatch {
                         let key = String::from_utf8_lossy(kv.key());
                         match key
                             .strip_prefix(self.prefix.as_str())
-                            .and_then(parse_subnet_key)
+                            .and_then(parse_lease_key)
                         {
-                            Some(s) => events.push(LeaseEvent::Removed(s)),
+                            Some((s, _)) => events.push(LeaseEvent::Removed(s)),
                             None => tracing::warn!(key = %key, "skipping delete of malformed key"),
                         }
                     }

@@ -9,13 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError, WatchInner};
 use crate::config::NetworkConfig;
-use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
+use crate::lease::{lease_key_name, parse_lease_key, subnet_key, Lease, LeaseAttrs};
 
 /// Events kept for watchers; a watcher further behind gets `Compacted`.
 const EVENT_LOG_LEN: usize = 1000;
@@ -156,13 +156,14 @@ impl State {
 }
 
 fn to_lease(key: &str, value: &str, lease_id: i64, remaining: Option<Duration>) -> Option<Lease> {
-    let Some(subnet) = parse_subnet_key(key) else {
+    let Some((subnet, ipv6_subnet)) = parse_lease_key(key) else {
         tracing::warn!(key, "file store: skipping lease with malformed key");
         return None;
     };
     match LeaseAttrs::parse(value.as_bytes()) {
         Ok(attrs) => Some(Lease {
             subnet,
+            ipv6_subnet,
             attrs,
             lease_id: (lease_id != 0).then_some(lease_id),
             ttl_remaining: remaining,
@@ -172,6 +173,13 @@ fn to_lease(key: &str, value: &str, lease_id: i64, remaining: Option<Duration>) 
             None
         }
     }
+}
+
+/// "Ours": same store lease id, or same public IP as `lease`.
+fn owned_by(cur: &Record, lease: &Lease) -> bool {
+    lease.lease_id.is_some_and(|id| id == cur.lease_id)
+        || LeaseAttrs::parse(cur.value.as_bytes())
+            .is_ok_and(|a| a.public_ip == lease.attrs.public_ip)
 }
 
 impl FileStore {
@@ -283,15 +291,16 @@ impl LeaseStore for FileStore {
         .await
     }
 
-    async fn create_lease(
+    async fn create_lease_with_ipv6(
         &self,
         subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         let attrs = attrs.clone();
         self.with_state(move |s| {
-            let key = subnet_key(subnet);
+            let key = lease_key_name(subnet, ipv6_subnet);
             if s.leases.contains_key(&key) {
                 return Err(StoreError::AlreadyTaken(subnet));
             }
@@ -300,6 +309,7 @@ impl LeaseStore for FileStore {
             s.put(&key, attrs.to_json(), id, ttl);
             Ok(Lease {
                 subnet,
+                ipv6_subnet,
                 ttl_remaining: s.remaining(&key),
                 attrs,
                 lease_id: (id != 0).then_some(id),
@@ -317,12 +327,9 @@ impl LeaseStore for FileStore {
         let lease = lease.clone();
         let attrs = attrs.clone();
         self.with_state(move |s| {
-            let key = subnet_key(lease.subnet);
+            let key = lease.key_name();
             if let Some(cur) = s.leases.get(&key) {
-                let same_lease = lease.lease_id.is_some_and(|id| id == cur.lease_id);
-                let same_node = LeaseAttrs::parse(cur.value.as_bytes())
-                    .is_ok_and(|a| a.public_ip == lease.attrs.public_ip);
-                if !same_lease && !same_node {
+                if !owned_by(cur, &lease) {
                     return Err(StoreError::NotOwner(lease.subnet));
                 }
             }
@@ -331,7 +338,46 @@ impl LeaseStore for FileStore {
             s.put(&key, attrs.to_json(), id, ttl);
             Ok(Lease {
                 subnet: lease.subnet,
+                ipv6_subnet: lease.ipv6_subnet,
                 ttl_remaining: s.remaining(&key),
+                attrs,
+                lease_id: (id != 0).then_some(id),
+            })
+        })
+        .await
+    }
+
+    async fn rekey_lease(
+        &self,
+        lease: &Lease,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let lease = lease.clone();
+        let attrs = attrs.clone();
+        self.with_state(move |s| {
+            let old_key = lease.key_name();
+            let new_key = lease_key_name(lease.subnet, ipv6_subnet);
+            if let Some(cur) = s.leases.get(&old_key) {
+                if !owned_by(cur, &lease) {
+                    return Err(StoreError::NotOwner(lease.subnet));
+                }
+            }
+            if old_key != new_key {
+                if s.leases.contains_key(&new_key) {
+                    return Err(StoreError::AlreadyTaken(lease.subnet));
+                }
+                // Removal first, like the etcd store's transaction.
+                s.delete(&old_key);
+            }
+            let ttl = ttl_secs(ttl);
+            let id = s.new_lease_id(ttl);
+            s.put(&new_key, attrs.to_json(), id, ttl);
+            Ok(Lease {
+                subnet: lease.subnet,
+                ipv6_subnet,
+                ttl_remaining: s.remaining(&new_key),
                 attrs,
                 lease_id: (id != 0).then_some(id),
             })
@@ -342,7 +388,7 @@ impl LeaseStore for FileStore {
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let lease = lease.clone();
         self.with_state(move |s| {
-            let key = subnet_key(lease.subnet);
+            let key = lease.key_name();
             let Some(cur) = s.leases.get_mut(&key) else {
                 return Err(StoreError::LeaseGone(lease.subnet));
             };
@@ -364,7 +410,17 @@ impl LeaseStore for FileStore {
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
         self.with_state(move |s| {
-            s.delete(&subnet_key(subnet));
+            let key = subnet_key(subnet);
+            let dual = format!("{key}&");
+            let keys: Vec<String> = s
+                .leases
+                .keys()
+                .filter(|k| **k == key || k.starts_with(&dual))
+                .cloned()
+                .collect();
+            for k in keys {
+                s.delete(&k);
+            }
             Ok(())
         })
         .await
@@ -410,7 +466,7 @@ impl FileWatch {
                     .iter()
                     .filter_map(|e| match &e.value {
                         Some(v) => to_lease(&e.key, v, e.lease_id, None).map(LeaseEvent::Added),
-                        None => parse_subnet_key(&e.key).map(LeaseEvent::Removed),
+                        None => parse_lease_key(&e.key).map(|(v4, _)| LeaseEvent::Removed(v4)),
                     })
                     .collect();
                 if !events.is_empty() {
