@@ -22,7 +22,7 @@ use crate::kernel::{
     VxlanSpec,
 };
 use crate::reconcile::{desired_state, diff, remote_nodes, Local, Mac, Mode};
-use crate::subnet_file::{self, gateway_of, SubnetEnv, SubnetFileError};
+use crate::subnet_file::{self, gateway6_of, gateway_of, SubnetEnv, SubnetFileError};
 use crate::telemetry::Telemetry;
 
 /// VXLAN over an IPv4 underlay costs 50 bytes per packet.
@@ -187,19 +187,36 @@ impl<S: LeaseStore> Agent<S> {
             tracing::warn!("net.ipv4.ip_forward is 0 on this node: pod traffic to other nodes will not be forwarded; enable it (sysctl -w net.ipv4.ip_forward=1)");
         }
 
+        let public_ipv6 = match cfg.ipv6 {
+            Some(_) => {
+                if std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+                    .is_ok_and(|v| v.trim() == "0")
+                {
+                    tracing::warn!("net.ipv6.conf.all.forwarding is 0 on this node: IPv6 pod traffic to other nodes will not be forwarded");
+                }
+                kernel.global_ipv6(underlay.index).await?
+            }
+            None => None,
+        };
+        // IPv6 pod traffic shares the IPv4 tunnel (same device, same VTEP
+        // MAC), so there is no separate IPv6 backend data to publish.
         let attrs = match mode {
             Mode::HostGw => LeaseAttrs {
                 public_ip: underlay.ip,
+                public_ipv6,
                 backend_type: "host-gw".into(),
                 backend_data: None,
+                backend_v6_data: None,
             },
             Mode::Vxlan { .. } => LeaseAttrs {
                 public_ip: underlay.ip,
+                public_ipv6,
                 backend_type: "vxlan".into(),
                 backend_data: Some(VxlanData {
                     vni: cfg.backend.vni,
                     vtep_mac: vxlan.mac.to_string(),
                 }),
+                backend_v6_data: None,
             },
         };
         let preferred = subnet_file::read_previous_subnet(&opts.subnet_file);
@@ -257,6 +274,12 @@ impl<S: LeaseStore> Agent<S> {
             subnet,
             mtu: self.vxlan.mtu,
             ip_masq: self.opts.ip_masq,
+            ipv6: self
+                .cfg
+                .ipv6
+                .as_ref()
+                .zip(self.lease.ipv6_subnet)
+                .map(|(c, s6)| (c.network, s6)),
         };
         self.ensure_devices().await?;
         subnet_file::write(&self.opts.subnet_file, &env)?;
@@ -268,14 +291,34 @@ impl<S: LeaseStore> Agent<S> {
     async fn ensure_devices(&mut self) -> Result<DevIndex, KernelError> {
         let subnet = self.lease.subnet;
         let gw = Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet);
-        self.kernel
+        let bridge = self
+            .kernel
             .ensure_bridge(&self.opts.bridge, gw, self.vxlan.mtu)
             .await?;
+        let v6 = self
+            .cfg
+            .ipv6
+            .as_ref()
+            .map(|c| c.network)
+            .zip(self.lease.ipv6_subnet);
+        if let Some((network6, s6)) = v6 {
+            let gw6 = ipnet::Ipv6Net::new(gateway6_of(s6), s6.prefix_len()).unwrap_or(s6);
+            self.kernel
+                .ensure_address6(bridge, gw6, network6, &self.opts.bridge)
+                .await?;
+        }
         let vxlan = match self.mode {
             Mode::HostGw => None,
             Mode::Vxlan { .. } => {
                 let vtep = Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet);
-                Some(self.kernel.ensure_vxlan(&self.vxlan, vtep).await?)
+                let index = self.kernel.ensure_vxlan(&self.vxlan, vtep).await?;
+                if let Some((network6, s6)) = v6 {
+                    let vtep6 = ipnet::Ipv6Net::new(s6.network(), 128).unwrap_or(s6);
+                    self.kernel
+                        .ensure_address6(index, vtep6, network6, &self.vxlan.name)
+                        .await?;
+                }
+                Some(index)
             }
         };
         Ok(DevIndex {
@@ -327,6 +370,7 @@ impl<S: LeaseStore> Agent<S> {
         let local = Local {
             network: self.cfg.network,
             subnet: self.lease.subnet,
+            subnet6: self.cfg.ipv6.as_ref().and(self.lease.ipv6_subnet),
             underlay: self.underlay.net,
             mode: self.mode,
         };

@@ -312,7 +312,10 @@ mod tests {
             "warn",
         ]);
         assert!(matches!(a.command, Some(Command::Status { json: true })));
-        assert_eq!(a.etcd_endpoints, vec!["http://192.0.2.254:2379".to_string()]);
+        assert_eq!(
+            a.etcd_endpoints,
+            vec!["http://192.0.2.254:2379".to_string()]
+        );
         assert_eq!(a.etcd_prefix, "/coreos.com/network");
         assert_eq!(a.log_level, "warn");
     }

@@ -2,10 +2,10 @@
 //! reads back routes, neighbours and FDB entries of the VXLAN device, and
 //! applies reconcile operations. rtnetlink only, never the `ip` command.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -332,6 +332,16 @@ impl Kernel {
         }))
     }
 
+    async fn ipv6_routes(&self) -> Result<Vec<RouteMessage>> {
+        self.handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list IPv6 routes"))
+    }
+
     async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>> {
         self.handle
             .route()
@@ -388,6 +398,94 @@ impl Kernel {
             }
         }
         Ok(())
+    }
+
+    /// Makes `index` carry the IPv6 address `want` (without duplicate address
+    /// detection, so it is usable at once) and no other global address from
+    /// `within` (an old subnet's). Link-local and foreign addresses stay.
+    pub async fn ensure_address6(
+        &self,
+        index: u32,
+        want: ipnet::Ipv6Net,
+        within: ipnet::Ipv6Net,
+        what: &str,
+    ) -> Result<()> {
+        use rtnetlink::packet_route::address::AddressHeaderFlags;
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("list addresses of {what}")))?;
+        let mut have_it = false;
+        for m in msgs {
+            if m.header.index != index || m.header.family != AddressFamily::Inet6 {
+                continue;
+            }
+            let addr = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = addr else { continue };
+            let Ok(net) = ipnet::Ipv6Net::new(ip, m.header.prefix_len) else {
+                continue;
+            };
+            if net == want {
+                have_it = true;
+            } else if within.contains(&ip) {
+                tracing::info!(device = what, address = %net, "removing stale address");
+                self.handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("delete address {net} from {what}")))?;
+            }
+        }
+        if !have_it {
+            tracing::info!(device = what, address = %want, "adding address");
+            let mut req =
+                self.handle
+                    .address()
+                    .add(index, IpAddr::V6(want.addr()), want.prefix_len());
+            req.message_mut().header.flags = AddressHeaderFlags::Nodad;
+            match req.execute().await {
+                Err(e) if errno(&e) != Some(EEXIST) => {
+                    return Err(nl(format!("add address {want} to {what}"))(e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The first global IPv6 address of `index`, if any.
+    pub async fn global_ipv6(&self, index: u32) -> Result<Option<Ipv6Addr>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("list addresses of ifindex {index}")))?;
+        Ok(msgs.iter().find_map(|m| {
+            if m.header.index != index || m.header.family != AddressFamily::Inet6 {
+                return None;
+            }
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip))
+                    if (ip.segments()[0] & 0xffc0) != 0xfe80 && !ip.is_loopback() =>
+                {
+                    Some(*ip)
+                }
+                _ => None,
+            })
+        }))
     }
 
     /// Creates the pod bridge if missing (with a fixed MAC, so it never falls
@@ -501,20 +599,26 @@ impl Kernel {
     /// with a remote destination.
     pub async fn read_state(&self, dev: &DevIndex) -> Result<KernelState> {
         let mut state = KernelState::default();
-        for r in self.ipv4_routes().await? {
+        let mut routes = self.ipv4_routes().await?;
+        routes.extend(self.ipv6_routes().await?);
+        for r in routes {
             if r.header.table != RouteHeader::RT_TABLE_MAIN
                 || r.header.protocol != RouteProtocol::Other(TWILL_RTPROTO)
             {
                 continue;
             }
             let mut oif = None;
-            let mut dst = None;
-            let mut gw = None;
+            let mut dst: Option<IpAddr> = None;
+            let mut gw: Option<IpAddr> = None;
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some((*ip).into()),
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+                        dst = Some((*ip).into())
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some((*ip).into()),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some((*ip).into()),
                     _ => {}
                 }
             }
@@ -526,7 +630,7 @@ impl Kernel {
             let (Some(dst), Some(gw)) = (dst, gw) else {
                 continue;
             };
-            if let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
+            if let Ok(net) = IpNet::new(dst, r.header.destination_prefix_length) {
                 state.routes.insert(
                     net,
                     RouteTarget {
@@ -540,15 +644,19 @@ impl Kernel {
             return Ok(state);
         };
 
-        let neighs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list neighbours"))?;
+        let mut neighs: Vec<NeighbourMessage> = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut more: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("list neighbours"))?;
+            neighs.append(&mut more);
+        }
         for n in neighs {
             if n.header.ifindex != vxlan_index || n.header.state != NeighbourState::Permanent {
                 continue;
@@ -557,7 +665,12 @@ impl Kernel {
             let mut mac = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => {
+                        ip = Some(IpAddr::from(*d))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => {
+                        ip = Some(IpAddr::from(*d))
+                    }
                     NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
                     _ => {}
                 }
@@ -603,22 +716,48 @@ impl Kernel {
     /// install, without one it matches twill's route to `dst` on any device.
     fn route_message(
         dev: &DevIndex,
-        dst: Ipv4Net,
+        dst: IpNet,
         target: Option<&RouteTarget>,
     ) -> Result<RouteMessage> {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .protocol(RouteProtocol::Other(TWILL_RTPROTO));
-        if let Some(t) = target {
-            b = b.gateway(t.gateway);
-            b = match t.dev {
-                Dev::Vxlan => b
-                    .output_interface(dev.vxlan.ok_or(KernelError::NoVxlan)?)
-                    .onlink(),
-                Dev::Underlay => b.output_interface(dev.underlay),
-            };
-        }
-        Ok(b.build())
+        let oif = match target.map(|t| t.dev) {
+            Some(Dev::Vxlan) => Some((dev.vxlan.ok_or(KernelError::NoVxlan)?, true)),
+            Some(Dev::Underlay) => Some((dev.underlay, false)),
+            None => None,
+        };
+        let proto = RouteProtocol::Other(TWILL_RTPROTO);
+        let msg = match dst {
+            IpNet::V4(d) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(d.network(), d.prefix_len())
+                    .protocol(proto);
+                if let Some(IpAddr::V4(gw)) = target.map(|t| t.gateway) {
+                    b = b.gateway(gw);
+                }
+                if let Some((index, onlink)) = oif {
+                    b = b.output_interface(index);
+                    if onlink {
+                        b = b.onlink();
+                    }
+                }
+                b.build()
+            }
+            IpNet::V6(d) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(d.network(), d.prefix_len())
+                    .protocol(proto);
+                if let Some(IpAddr::V6(gw)) = target.map(|t| t.gateway) {
+                    b = b.gateway(gw);
+                }
+                if let Some((index, onlink)) = oif {
+                    b = b.output_interface(index);
+                    if onlink {
+                        b = b.onlink();
+                    }
+                }
+                b.build()
+            }
+        };
+        Ok(msg)
     }
 
     /// Applies one reconcile operation. Deleting what is already gone counts
@@ -644,7 +783,7 @@ impl Kernel {
             Op::SetNeighbour { ip, mac } => {
                 self.handle
                     .neighbours()
-                    .add(vxlan()?, IpAddr::V4(*ip))
+                    .add(vxlan()?, *ip)
                     .link_layer_address(&mac.0)
                     .state(NeighbourState::Permanent)
                     .replace()
@@ -653,10 +792,13 @@ impl Kernel {
             }
             Op::DelNeighbour { ip } => {
                 let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Inet;
+                m.header.family = match ip {
+                    IpAddr::V4(_) => AddressFamily::Inet,
+                    IpAddr::V6(_) => AddressFamily::Inet6,
+                };
                 m.header.ifindex = vxlan()?;
                 m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::from(*ip)));
                 self.handle.neighbours().del(m).execute().await
             }
             Op::AddFdb { mac, dst } => {

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet_allocator::Lease;
 
 /// A MAC address, as the kernel and the lease JSON know it.
@@ -97,7 +97,11 @@ pub enum Path {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteNode {
     pub subnet: Ipv4Net,
+    /// The node's IPv6 pod subnet, when the cluster is dual-stack.
+    pub subnet6: Option<Ipv6Net>,
     pub public_ip: Ipv4Addr,
+    /// The node's IPv6 underlay address (host-gw / direct routes for IPv6).
+    pub public_ipv6: Option<Ipv6Addr>,
     pub path: Path,
 }
 
@@ -118,7 +122,7 @@ pub enum Dev {
 /// A route twill owns: next hop and device (VXLAN routes are onlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteTarget {
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     pub dev: Dev,
 }
 
@@ -161,9 +165,9 @@ impl fmt::Display for Skip {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
     /// Route destination -> next hop and device.
-    pub routes: BTreeMap<Ipv4Net, RouteTarget>,
-    /// Neighbour IP on the VXLAN device -> MAC.
-    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
+    pub routes: BTreeMap<IpNet, RouteTarget>,
+    /// Neighbour IP (either family) on the VXLAN device -> MAC.
+    pub neighbours: BTreeMap<IpAddr, Mac>,
     /// FDB on the VXLAN device: MAC -> remote underlay IPs.
     pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
 }
@@ -175,6 +179,8 @@ pub struct Local {
     pub network: Ipv4Net,
     /// This node's subnet.
     pub subnet: Ipv4Net,
+    /// This node's IPv6 subnet: IPv6 entries are kept only when it is set.
+    pub subnet6: Option<Ipv6Net>,
     /// This node's public IP with the underlay prefix (the L2 segment).
     pub underlay: Ipv4Net,
     pub mode: Mode,
@@ -245,9 +251,19 @@ pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Sk
         if let Path::Vxlan(m) = path {
             macs.insert(m);
         }
+        // IPv6 rides along on the same path when both ends have it; a v6
+        // subnet overlapping ours is dropped (the v4 part still works).
+        let subnet6 = match (local.subnet6, lease.ipv6_subnet) {
+            (Some(mine), Some(theirs)) if !mine.contains(&theirs) && !theirs.contains(&mine) => {
+                Some(theirs)
+            }
+            _ => None,
+        };
         nodes.push(RemoteNode {
             subnet,
+            subnet6,
             public_ip,
+            public_ipv6: lease.attrs.public_ipv6,
             path,
         });
     }
@@ -261,23 +277,44 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
         match node.path {
             Path::Vxlan(mac) => {
                 state.routes.insert(
-                    node.subnet,
+                    node.subnet.into(),
                     RouteTarget {
-                        gateway: node.vtep_ip(),
+                        gateway: node.vtep_ip().into(),
                         dev: Dev::Vxlan,
                     },
                 );
-                state.neighbours.insert(node.vtep_ip(), mac);
+                state.neighbours.insert(node.vtep_ip().into(), mac);
                 state.fdb.entry(mac).or_default().insert(node.public_ip);
+                // IPv6 inside the same tunnel: the remote VTEP answers to
+                // `<v6 subnet>::` with the same MAC, so the FDB entry serves both.
+                if let Some(s6) = node.subnet6 {
+                    state.routes.insert(
+                        s6.into(),
+                        RouteTarget {
+                            gateway: s6.network().into(),
+                            dev: Dev::Vxlan,
+                        },
+                    );
+                    state.neighbours.insert(s6.network().into(), mac);
+                }
             }
             Path::Direct => {
                 state.routes.insert(
-                    node.subnet,
+                    node.subnet.into(),
                     RouteTarget {
-                        gateway: node.public_ip,
+                        gateway: node.public_ip.into(),
                         dev: Dev::Underlay,
                     },
                 );
+                if let (Some(s6), Some(ip6)) = (node.subnet6, node.public_ipv6) {
+                    state.routes.insert(
+                        s6.into(),
+                        RouteTarget {
+                            gateway: ip6.into(),
+                            dev: Dev::Underlay,
+                        },
+                    );
+                }
             }
         }
     }
@@ -287,12 +324,12 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
 /// One netlink change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    DelRoute { dst: Ipv4Net },
-    DelNeighbour { ip: Ipv4Addr },
+    DelRoute { dst: IpNet },
+    DelNeighbour { ip: IpAddr },
     DelFdb { mac: Mac, dst: Ipv4Addr },
     AddFdb { mac: Mac, dst: Ipv4Addr },
-    SetNeighbour { ip: Ipv4Addr, mac: Mac },
-    SetRoute { dst: Ipv4Net, target: RouteTarget },
+    SetNeighbour { ip: IpAddr, mac: Mac },
+    SetRoute { dst: IpNet, target: RouteTarget },
 }
 
 impl Op {
@@ -393,17 +430,28 @@ mod tests {
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
+    /// A route-map key (either family).
+    fn k(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+    /// A neighbour-map key (either family).
+    fn a(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
 
     fn lease(subnet: &str, public_ip: &str, mac: &str) -> Lease {
         Lease {
             subnet: net(subnet),
+            ipv6_subnet: None,
             attrs: LeaseAttrs {
                 public_ip: ip(public_ip),
+                public_ipv6: None,
                 backend_type: "vxlan".into(),
                 backend_data: Some(VxlanData {
                     vni: 1,
                     vtep_mac: mac.into(),
                 }),
+                backend_v6_data: None,
             },
             lease_id: None,
             ttl_remaining: None,
@@ -417,6 +465,7 @@ mod tests {
         Local {
             network: net(NETWORK),
             subnet: net(LOCAL),
+            subnet6: None,
             underlay: net("192.0.2.1/24"),
             mode,
         }
@@ -433,7 +482,7 @@ mod tests {
 
     fn vx(gw: &str) -> RouteTarget {
         RouteTarget {
-            gateway: ip(gw),
+            gateway: ip(gw).into(),
             dev: Dev::Vxlan,
         }
     }
@@ -529,9 +578,9 @@ mod tests {
     #[test]
     fn desired_state_has_route_neighbour_and_fdb_per_node() {
         let d = two_nodes();
-        assert_eq!(d.routes.get(&net("10.244.2.0/24")), Some(&vx("10.244.2.0")));
+        assert_eq!(d.routes.get(&k("10.244.2.0/24")), Some(&vx("10.244.2.0")));
         assert_eq!(
-            d.neighbours.get(&ip("10.244.3.0")),
+            d.neighbours.get(&a("10.244.3.0")),
             Some(&Mac::parse("0e:01:c0:00:02:03").unwrap())
         );
         let fdb = d
@@ -553,8 +602,8 @@ mod tests {
         let ops = diff(&d, &KernelState::default());
         assert_eq!(ops.len(), 6);
         let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).unwrap();
-        let route = pos(&|o| matches!(o, Op::SetRoute { dst, .. } if *dst == net("10.244.2.0/24")));
-        let neigh = pos(&|o| matches!(o, Op::SetNeighbour { ip: i, .. } if *i == ip("10.244.2.0")));
+        let route = pos(&|o| matches!(o, Op::SetRoute { dst, .. } if *dst == k("10.244.2.0/24")));
+        let neigh = pos(&|o| matches!(o, Op::SetNeighbour { ip: i, .. } if *i == a("10.244.2.0")));
         let fdb = pos(&|o| matches!(o, Op::AddFdb { dst, .. } if *dst == ip("192.0.2.2")));
         assert!(fdb < route && neigh < route);
     }
@@ -584,10 +633,10 @@ mod tests {
         let mut actual = desired.clone();
         let old = Mac::parse("0e:01:c0:00:02:02").unwrap();
         let wrong = Mac::parse("0e:01:c0:00:02:99").unwrap();
-        actual.neighbours.insert(ip("10.244.2.0"), wrong);
+        actual.neighbours.insert(a("10.244.2.0"), wrong);
         actual.fdb.get_mut(&old).unwrap().clear();
         actual.fdb.get_mut(&old).unwrap().insert(ip("192.0.2.99"));
-        actual.routes.insert(net("10.244.3.0/24"), vx("10.244.3.7"));
+        actual.routes.insert(k("10.244.3.0/24"), vx("10.244.3.7"));
         let ops = diff(&desired, &actual);
         assert_eq!(
             ops,
@@ -601,11 +650,11 @@ mod tests {
                     dst: ip("192.0.2.2")
                 },
                 Op::SetNeighbour {
-                    ip: ip("10.244.2.0"),
+                    ip: a("10.244.2.0"),
                     mac: old
                 },
                 Op::SetRoute {
-                    dst: net("10.244.3.0/24"),
+                    dst: k("10.244.3.0/24"),
                     target: vx("10.244.3.0")
                 },
             ]
@@ -618,10 +667,10 @@ mod tests {
         // it equal to `desired`, and the next diff must be empty.
         let desired = two_nodes();
         let mut actual = KernelState::default();
-        actual.routes.insert(net("10.244.9.0/24"), vx("10.244.9.0"));
+        actual.routes.insert(k("10.244.9.0/24"), vx("10.244.9.0"));
         actual
             .neighbours
-            .insert(ip("10.244.9.0"), Mac::parse("0e:01:c0:00:02:09").unwrap());
+            .insert(a("10.244.9.0"), Mac::parse("0e:01:c0:00:02:09").unwrap());
         actual
             .fdb
             .entry(Mac::parse("0e:01:c0:00:02:09").unwrap())
@@ -659,7 +708,7 @@ mod tests {
 
     fn direct(gw: &str) -> RouteTarget {
         RouteTarget {
-            gateway: ip(gw),
+            gateway: ip(gw).into(),
             dev: Dev::Underlay,
         }
     }
@@ -671,6 +720,7 @@ mod tests {
             &Local {
                 network: net("10.0.0.0/8"),
                 subnet: net(LOCAL),
+                subnet6: None,
                 underlay: net("192.0.2.1/24"),
                 mode: Mode::Vxlan {
                     direct_routing: false,
@@ -715,11 +765,11 @@ mod tests {
         );
         let d = desired_state(&n);
         assert_eq!(
-            d.routes.get(&net("10.244.2.0/24")),
+            d.routes.get(&k("10.244.2.0/24")),
             Some(&direct("192.0.2.2"))
         );
         assert_eq!(
-            d.routes.get(&net("10.244.4.0/24")),
+            d.routes.get(&k("10.244.4.0/24")),
             Some(&direct("192.0.2.4"))
         );
         assert_eq!(d.routes.len(), 2);
@@ -740,10 +790,10 @@ mod tests {
         assert!(s.is_empty());
         let d = desired_state(&n);
         assert_eq!(
-            d.routes.get(&net("10.244.2.0/24")),
+            d.routes.get(&k("10.244.2.0/24")),
             Some(&direct("192.0.2.2"))
         );
-        assert_eq!(d.routes.get(&net("10.244.3.0/24")), Some(&vx("10.244.3.0")));
+        assert_eq!(d.routes.get(&k("10.244.3.0/24")), Some(&vx("10.244.3.0")));
         assert_eq!(d.neighbours.len(), 1);
         assert_eq!(d.fdb.len(), 1);
     }
@@ -751,17 +801,78 @@ mod tests {
     #[test]
     fn a_route_moving_between_devices_is_replaced_in_place() {
         let mut actual = KernelState::default();
-        actual.routes.insert(net("10.244.2.0/24"), vx("10.244.2.0"));
+        actual.routes.insert(k("10.244.2.0/24"), vx("10.244.2.0"));
         let mut desired = KernelState::default();
         desired
             .routes
-            .insert(net("10.244.2.0/24"), direct("192.0.2.2"));
+            .insert(k("10.244.2.0/24"), direct("192.0.2.2"));
         assert_eq!(
             diff(&desired, &actual),
             vec![Op::SetRoute {
-                dst: net("10.244.2.0/24"),
+                dst: k("10.244.2.0/24"),
                 target: direct("192.0.2.2")
             }]
         );
+    }
+
+    #[test]
+    fn dual_stack_adds_ipv6_routes_and_neighbours_on_the_same_vtep() {
+        let mut l2 = lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02");
+        l2.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
+        // A v6 subnet equal to ours is dropped; its v4 part still works.
+        let mut l3 = lease("10.244.3.0/24", "192.0.2.3", "0e:01:c0:00:02:03");
+        l3.ipv6_subnet = Some("fd00:10:244:1::/64".parse().unwrap());
+        let mut me = local(Mode::Vxlan {
+            direct_routing: false,
+        });
+        me.subnet6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        let (n, s) = remote_nodes(&me, &[l2.clone(), l3]);
+        assert!(s.is_empty());
+        let d = desired_state(&n);
+        assert_eq!(
+            d.routes.get(&k("fd00:10:244:2::/64")),
+            Some(&RouteTarget {
+                gateway: a("fd00:10:244:2::"),
+                dev: Dev::Vxlan
+            })
+        );
+        assert_eq!(
+            d.neighbours.get(&a("fd00:10:244:2::")),
+            Some(&Mac::parse("0e:01:c0:00:02:02").unwrap())
+        );
+        assert_eq!(d.routes.len(), 3, "{:?}", d.routes);
+        assert_eq!(
+            d.fdb.len(),
+            2,
+            "one FDB entry per VTEP serves both families"
+        );
+
+        // Without IPv6 on this node no IPv6 entry appears at all.
+        let (n, _) = nodes(&[l2]);
+        let d = desired_state(&n);
+        assert!(d.routes.keys().all(|r| matches!(r, IpNet::V4(_))));
+        assert!(d.neighbours.keys().all(|ip| ip.is_ipv4()));
+    }
+
+    #[test]
+    fn host_gw_ipv6_routes_need_the_peers_ipv6_address() {
+        let mut with = lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02");
+        with.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
+        with.attrs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        let mut without = lease("10.244.3.0/24", "192.0.2.3", "0e:01:c0:00:02:03");
+        without.ipv6_subnet = Some("fd00:10:244:3::/64".parse().unwrap());
+        let mut me = local(Mode::HostGw);
+        me.subnet6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        let (n, _) = remote_nodes(&me, &[with, without]);
+        let d = desired_state(&n);
+        assert_eq!(
+            d.routes.get(&k("fd00:10:244:2::/64")),
+            Some(&RouteTarget {
+                gateway: a("2001:db8::2"),
+                dev: Dev::Underlay
+            })
+        );
+        assert!(!d.routes.contains_key(&k("fd00:10:244:3::/64")));
+        assert_eq!(d.routes.len(), 3);
     }
 }

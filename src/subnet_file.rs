@@ -3,10 +3,10 @@
 //! never reads half a file; read back at start to keep the same subnet.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetFileError {
@@ -25,6 +25,8 @@ pub struct SubnetEnv {
     pub subnet: Ipv4Net,
     pub mtu: u32,
     pub ip_masq: bool,
+    /// The cluster's and this node's IPv6 networks, when dual-stack.
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
 impl SubnetEnv {
@@ -34,15 +36,28 @@ impl SubnetEnv {
     }
 
     pub fn render(&self) -> String {
-        format!(
+        let mut out = format!(
             "TWILL_NETWORK={}\nTWILL_SUBNET={}/{}\nTWILL_MTU={}\nTWILL_IPMASQ={}\n",
             self.network,
             self.gateway(),
             self.subnet.prefix_len(),
             self.mtu,
             self.ip_masq
-        )
+        );
+        if let Some((network6, subnet6)) = self.ipv6 {
+            out.push_str(&format!(
+                "TWILL_IPV6_NETWORK={network6}\nTWILL_IPV6_SUBNET={}/{}\n",
+                gateway6_of(subnet6),
+                subnet6.prefix_len()
+            ));
+        }
+        out
     }
+}
+
+/// The IPv6 gateway (bridge) address of a node's IPv6 subnet: `<net>::1`.
+pub fn gateway6_of(subnet: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()).saturating_add(1))
 }
 
 pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
@@ -107,7 +122,20 @@ mod tests {
             subnet: "10.244.3.0/24".parse().unwrap(),
             mtu: 1450,
             ip_masq: false,
+            ipv6: None,
         }
+    }
+
+    #[test]
+    fn dual_stack_adds_the_ipv6_keys() {
+        let mut e = env();
+        e.ipv6 = Some((
+            "fd00:10:244::/48".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+        ));
+        assert!(e.render().ends_with(
+            "TWILL_IPMASQ=false\nTWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\n"
+        ));
     }
 
     #[test]

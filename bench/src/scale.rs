@@ -27,11 +27,13 @@ pub fn fake_attrs(i: u32) -> LeaseAttrs {
     let b = i.to_be_bytes();
     LeaseAttrs {
         public_ip: ip,
+        public_ipv6: None,
         backend_type: "vxlan".to_owned(),
         backend_data: Some(VxlanData {
             vni: 1,
             vtep_mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]),
         }),
+        backend_v6_data: None,
     }
 }
 
@@ -52,6 +54,7 @@ pub fn nth_subnet(network: Ipv4Net, len: u8, i: u32) -> anyhow::Result<Ipv4Net> 
 pub fn fake_lease(network: Ipv4Net, len: u8, i: u32) -> anyhow::Result<Lease> {
     Ok(Lease {
         subnet: nth_subnet(network, len, i)?,
+        ipv6_subnet: None,
         attrs: fake_attrs(i),
         lease_id: None,
         ttl_remaining: None,
@@ -108,6 +111,7 @@ pub fn local_view(network: Ipv4Net, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Loc
     Local {
         network,
         subnet,
+        subnet6: None,
         underlay: Ipv4Net::new(public_ip, 32).unwrap_or_else(|_| Ipv4Net::from(public_ip)),
         mode: Mode::Vxlan {
             direct_routing: false,
