@@ -467,6 +467,7 @@ impl Cluster {
         self.underlay
             .ip(["link", "set", &name, "master", bridge, "up"])?;
         ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
         self.hosts.push(Host { name, ns, ip, dir });
         Ok(self.hosts[i - 1].name.clone())
     }

@@ -1,0 +1,151 @@
+//! Dual-stack end to end: an IPv4 + IPv6 cluster network, leases carrying
+//! both subnets (flannel's `v4&v6` key form), IPv6 routes and neighbours
+//! through the same VXLAN tunnel, pods with both families from the CNI
+//! plugin, and IPv6 pod-to-pod pings across hosts.
+//!
+//! Needs root, `ip`, `etcd`, `etcdctl`, `ping` and the workspace binaries;
+//! under `CI=true` a missing prerequisite fails the test.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv6Net;
+use netns_tests::netns::Netns;
+use netns_tests::{require_prereqs, Cluster};
+
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+
+/// The global IPv6 address of `eth0` in a pod namespace.
+fn pod_ipv6(ns: &Netns) -> Ipv6Addr {
+    let out = ns
+        .ip(["-j", "-6", "addr", "show", "dev", "eth0", "scope", "global"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let addr = v[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a["local"].as_str())
+        .unwrap_or_else(|| panic!("no global IPv6 address on the pod's eth0: {out}"));
+    addr.parse().unwrap()
+}
+
+/// The node's IPv6 subnet from its subnet file.
+fn node_subnet6(c: &Cluster, host: &str) -> Ipv6Net {
+    let text = std::fs::read_to_string(c.host(host).unwrap().subnet_file_path()).unwrap();
+    let gw = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TWILL_IPV6_SUBNET="))
+        .unwrap_or_else(|| panic!("no TWILL_IPV6_SUBNET in the subnet file of {host}:\n{text}"));
+    gw.parse::<Ipv6Net>().unwrap().trunc()
+}
+
+fn ping6_within(ns: &Netns, ip: Ipv6Addr, deadline: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let ok = ns
+            .exec(&["ping", "-6", "-c1", "-W1", &ip.to_string()])
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn ipv6_pods_reach_each_other_across_hosts() {
+    if !require_prereqs() {
+        return;
+    }
+    let mut c = Cluster::builder()
+        .hosts(3)
+        .network_config(CONFIG)
+        .build()
+        .unwrap();
+    c.start_agents().unwrap();
+    c.wait_converged().unwrap();
+
+    // Every node has a distinct /64 inside the IPv6 network, published in its
+    // subnet file and in its etcd key (flannel's "v4&v6" key form).
+    let network6: Ipv6Net = "fd00:10:244::/48".parse().unwrap();
+    let mut subnets6 = Vec::new();
+    for h in ["h1", "h2", "h3"] {
+        let s6 = node_subnet6(&c, h);
+        assert!(network6.contains(&s6), "{h}: {s6} outside {network6}");
+        assert_eq!(s6.prefix_len(), 64);
+        subnets6.push(s6);
+    }
+    let mut dedup = subnets6.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), 3, "IPv6 subnets not distinct: {subnets6:?}");
+    let keys: Vec<String> = c
+        .store_get_prefix(&format!("{}/subnets/", c.etcd_prefix()))
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for s6 in &subnets6 {
+        let part = format!("&{}-64", s6.network());
+        assert!(
+            keys.iter().any(|k| k.ends_with(&part)),
+            "no lease key ends with {part}: {keys:?}"
+        );
+    }
+
+    // Each host routes the others' IPv6 subnets through twill.1.
+    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let routes = c
+                .host(h)
+                .unwrap()
+                .ns()
+                .ip(["-6", "route", "show", "proto", "77"])
+                .unwrap();
+            let missing: Vec<_> = subnets6
+                .iter()
+                .enumerate()
+                .filter(|(j, s6)| {
+                    *j != i && !routes.contains(&format!("{s6} via {} dev twill.1", s6.network()))
+                })
+                .map(|(_, s6)| *s6)
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{h} lacks IPv6 routes for {missing:?}:\n{routes}\n{}",
+                c.agent_log_tail(h)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Pods get both families, and IPv6 flows pod to pod across hosts.
+    let mut pods = Vec::new();
+    for (h, p) in [("h1", "p1"), ("h2", "p2"), ("h3", "p3")] {
+        c.add_pod(h, p).unwrap();
+        let ip6 = pod_ipv6(c.pod(p).unwrap().ns());
+        let s6 = node_subnet6(&c, h);
+        assert!(s6.contains(&ip6), "{p} got {ip6}, not in {h}'s {s6}");
+        pods.push((p, ip6));
+    }
+    let mut failed = Vec::new();
+    for (from, _) in &pods {
+        for (to, ip6) in &pods {
+            if from == to {
+                continue;
+            }
+            if !ping6_within(c.pod(from).unwrap().ns(), *ip6, Duration::from_secs(5)) {
+                failed.push(format!("{from} -> {to} ({ip6})"));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "IPv6 pings failed: {failed:?}");
+}
