@@ -27,6 +27,8 @@ use crate::telemetry::Telemetry;
 
 /// VXLAN over an IPv4 underlay costs 50 bytes per packet.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN over an IPv6 underlay costs 70.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -122,6 +124,10 @@ pub struct Agent<S> {
     kernel: Kernel,
     underlay: Underlay,
     vxlan: VxlanSpec,
+    /// The tunnel over the IPv6 underlay, when this node has one.
+    vxlan6: Option<VxlanSpec>,
+    /// MTU for pods: the smallest of the tunnels' MTUs.
+    pod_mtu: u32,
     lease: Lease,
     leases: BTreeMap<Ipv4Net, Lease>,
     revision: i64,
@@ -176,7 +182,7 @@ impl<S: LeaseStore> Agent<S> {
             name: format!("twill.{}", cfg.backend.vni),
             vni: cfg.backend.vni,
             port: cfg.backend.port,
-            local: underlay.ip,
+            local: underlay.ip.into(),
             underlay_index: underlay.index,
             mtu,
             mac: Mac::for_vtep(underlay.ip, cfg.backend.vni),
@@ -198,8 +204,38 @@ impl<S: LeaseStore> Agent<S> {
             }
             None => None,
         };
-        // IPv6 pod traffic shares the IPv4 tunnel (same device, same VTEP
-        // MAC), so there is no separate IPv6 backend data to publish.
+        // With an IPv6 underlay address, IPv6 pod traffic gets its own tunnel
+        // over the IPv6 underlay (as flannel's flannel-v6 device), published
+        // as BackendV6Data; peers without one reach us through the IPv4 tunnel.
+        let vxlan6 = match (mode, public_ipv6) {
+            (Mode::Vxlan { .. }, Some(ip6)) => Some(VxlanSpec {
+                name: format!("twill6.{}", cfg.backend.vni),
+                vni: cfg.backend.vni,
+                port: cfg.backend.port,
+                local: ip6.into(),
+                underlay_index: underlay.index,
+                mtu: match cfg.backend.mtu {
+                    Some(m) => m,
+                    None => underlay
+                        .mtu
+                        .checked_sub(VXLAN6_OVERHEAD)
+                        .filter(|m| *m >= 1280)
+                        .ok_or(AgentError::Mtu {
+                            iface: underlay.name.clone(),
+                            mtu: underlay.mtu,
+                        })?,
+                },
+                mac: Mac::for_vtep6(ip6, cfg.backend.vni),
+                gbp: cfg.backend.gbp,
+            }),
+            _ => None,
+        };
+        if let Some(v6) = &vxlan6 {
+            tracing::info!(public_ipv6 = %v6.local, mtu = v6.mtu, vtep_mac = %v6.mac, "IPv6 underlay tunnel");
+        }
+        let pod_mtu = vxlan6
+            .as_ref()
+            .map_or(vxlan.mtu, |v6| v6.mtu.min(vxlan.mtu));
         let attrs = match mode {
             Mode::HostGw => LeaseAttrs {
                 public_ip: underlay.ip,
@@ -216,7 +252,10 @@ impl<S: LeaseStore> Agent<S> {
                     vni: cfg.backend.vni,
                     vtep_mac: vxlan.mac.to_string(),
                 }),
-                backend_v6_data: None,
+                backend_v6_data: vxlan6.as_ref().map(|v6| VxlanData {
+                    vni: cfg.backend.vni,
+                    vtep_mac: v6.mac.to_string(),
+                }),
             },
         };
         let preferred = subnet_file::read_previous_subnet(&opts.subnet_file);
@@ -238,6 +277,8 @@ impl<S: LeaseStore> Agent<S> {
             opts,
             kernel,
             underlay,
+            vxlan6,
+            pod_mtu,
             vxlan,
             lease,
             leases: BTreeMap::new(),
@@ -272,7 +313,7 @@ impl<S: LeaseStore> Agent<S> {
         let env = SubnetEnv {
             network: self.cfg.network,
             subnet,
-            mtu: self.vxlan.mtu,
+            mtu: self.pod_mtu,
             ip_masq: self.opts.ip_masq,
             ipv6: self
                 .cfg
@@ -293,7 +334,7 @@ impl<S: LeaseStore> Agent<S> {
         let gw = Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet);
         let bridge = self
             .kernel
-            .ensure_bridge(&self.opts.bridge, gw, self.vxlan.mtu)
+            .ensure_bridge(&self.opts.bridge, gw, self.pod_mtu)
             .await?;
         let v6 = self
             .cfg
@@ -307,22 +348,32 @@ impl<S: LeaseStore> Agent<S> {
                 .ensure_address6(bridge, gw6, network6, &self.opts.bridge)
                 .await?;
         }
-        let vxlan = match self.mode {
-            Mode::HostGw => None,
+        let (vxlan, vxlan6) = match self.mode {
+            Mode::HostGw => (None, None),
             Mode::Vxlan { .. } => {
                 let vtep = Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet);
-                let index = self.kernel.ensure_vxlan(&self.vxlan, vtep).await?;
+                let index = self.kernel.ensure_vxlan(&self.vxlan, Some(vtep)).await?;
+                let index6 = match &self.vxlan6 {
+                    Some(spec6) => Some(self.kernel.ensure_vxlan(spec6, None).await?),
+                    None => None,
+                };
+                // The IPv6 VTEP address lives on the device IPv6 peers use.
                 if let Some((network6, s6)) = v6 {
                     let vtep6 = ipnet::Ipv6Net::new(s6.network(), 128).unwrap_or(s6);
+                    let (on, name) = match (index6, &self.vxlan6) {
+                        (Some(i6), Some(spec6)) => (i6, spec6.name.as_str()),
+                        _ => (index, self.vxlan.name.as_str()),
+                    };
                     self.kernel
-                        .ensure_address6(index, vtep6, network6, &self.vxlan.name)
+                        .ensure_address6(on, vtep6, network6, name)
                         .await?;
                 }
-                Some(index)
+                (Some(index), index6)
             }
         };
         Ok(DevIndex {
             vxlan,
+            vxlan6,
             underlay: self.underlay.index,
         })
     }
@@ -371,6 +422,7 @@ impl<S: LeaseStore> Agent<S> {
             network: self.cfg.network,
             subnet: self.lease.subnet,
             subnet6: self.cfg.ipv6.as_ref().and(self.lease.ipv6_subnet),
+            v6_tunnel: self.vxlan6.is_some(),
             underlay: self.underlay.net,
             mode: self.mode,
         };
@@ -553,6 +605,9 @@ impl<S: LeaseStore> Agent<S> {
                         let mut names = vec![self.opts.bridge.as_str()];
                         if self.mode != Mode::HostGw {
                             names.push(self.vxlan.name.as_str());
+                        }
+                        if let Some(v6) = &self.vxlan6 {
+                            names.push(v6.name.as_str());
                         }
                         let signal = classify_link_event(&msg, &names);
                         if signal != LinkSignal::Ignore {

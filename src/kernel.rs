@@ -90,6 +90,8 @@ pub struct Underlay {
 pub struct DevIndex {
     /// The VXLAN device; `None` in host-gw mode.
     pub vxlan: Option<u32>,
+    /// The VXLAN device over the IPv6 underlay, when there is one.
+    pub vxlan6: Option<u32>,
     pub underlay: u32,
 }
 
@@ -99,7 +101,8 @@ pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    pub local: Ipv4Addr,
+    /// The underlay address the tunnel is sourced from (either family).
+    pub local: IpAddr,
     pub underlay_index: u32,
     pub mtu: u32,
     pub mac: Mac,
@@ -116,7 +119,7 @@ pub struct LinkInfoView {
     pub mac: Option<Mac>,
     pub up: bool,
     pub vxlan_id: Option<u32>,
-    pub vxlan_local: Option<Ipv4Addr>,
+    pub vxlan_local: Option<IpAddr>,
     pub vxlan_link: Option<u32>,
     pub vxlan_port: Option<u16>,
     pub vxlan_learning: Option<bool>,
@@ -143,7 +146,8 @@ impl LinkInfoView {
                                 for a in vx {
                                     match a {
                                         InfoVxlan::Id(id) => v.vxlan_id = Some(*id),
-                                        InfoVxlan::Local(ip) => v.vxlan_local = Some(*ip),
+                                        InfoVxlan::Local(ip) => v.vxlan_local = Some((*ip).into()),
+                                        InfoVxlan::Local6(ip) => v.vxlan_local = Some((*ip).into()),
                                         InfoVxlan::Link(l) => v.vxlan_link = Some(*l),
                                         InfoVxlan::Port(p) => v.vxlan_port = Some(*p),
                                         InfoVxlan::Learning(l) => v.vxlan_learning = Some(*l),
@@ -527,7 +531,7 @@ impl Kernel {
 
     /// Creates the VXLAN device, or fixes it in place, or recreates it when an
     /// attribute fixed at creation differs. Returns its index.
-    pub async fn ensure_vxlan(&self, spec: &VxlanSpec, address: Ipv4Net) -> Result<u32> {
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec, address: Option<Ipv4Net>) -> Result<u32> {
         let existing = self.link(&spec.name).await?;
         let index = match existing {
             Some(have) => match vxlan_incompatibility(&have, spec) {
@@ -564,7 +568,9 @@ impl Kernel {
             },
             None => self.create_vxlan(spec).await?,
         };
-        self.ensure_only_address(index, address, &spec.name).await?;
+        if let Some(address) = address {
+            self.ensure_only_address(index, address, &spec.name).await?;
+        }
         Ok(index)
     }
 
@@ -573,11 +579,14 @@ impl Kernel {
         let mut b = LinkVxlan::new(&spec.name, spec.vni)
             .dev(spec.underlay_index)
             .port(spec.port)
-            .local(spec.local)
             .learning(false)
             .mtu(spec.mtu)
             .address(spec.mac.0.to_vec())
             .up();
+        b = match spec.local {
+            IpAddr::V4(ip) => b.local(ip),
+            IpAddr::V6(ip) => b.local6(ip),
+        };
         if spec.gbp {
             b = b.gbp();
         }
@@ -624,6 +633,7 @@ impl Kernel {
             }
             let on = match oif {
                 Some(i) if Some(i) == dev.vxlan => Dev::Vxlan,
+                Some(i) if Some(i) == dev.vxlan6 => Dev::Vxlan6,
                 Some(i) if i == dev.underlay => Dev::Underlay,
                 _ => continue,
             };
@@ -640,9 +650,14 @@ impl Kernel {
                 );
             }
         }
-        let Some(vxlan_index) = dev.vxlan else {
-            return Ok(state);
+        let tunnel_dev = |index: u32| match (dev.vxlan, dev.vxlan6) {
+            (Some(v), _) if v == index => Some(Dev::Vxlan),
+            (_, Some(v6)) if v6 == index => Some(Dev::Vxlan6),
+            _ => None,
         };
+        if dev.vxlan.is_none() && dev.vxlan6.is_none() {
+            return Ok(state);
+        }
 
         let mut neighs: Vec<NeighbourMessage> = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -658,7 +673,10 @@ impl Kernel {
             neighs.append(&mut more);
         }
         for n in neighs {
-            if n.header.ifindex != vxlan_index || n.header.state != NeighbourState::Permanent {
+            let Some(on) = tunnel_dev(n.header.ifindex) else {
+                continue;
+            };
+            if n.header.state != NeighbourState::Permanent {
                 continue;
             }
             let mut ip = None;
@@ -676,7 +694,7 @@ impl Kernel {
                 }
             }
             if let (Some(ip), Some(mac)) = (ip, mac) {
-                state.neighbours.insert(ip, mac);
+                state.neighbours.insert((on, ip), mac);
             }
         }
 
@@ -690,23 +708,31 @@ impl Kernel {
             .await
             .map_err(nl("list fdb"))?;
         for n in fdb {
-            if n.header.ifindex != vxlan_index {
+            let Some(on) = tunnel_dev(n.header.ifindex) else {
                 continue;
-            }
-            let mut dst = None;
+            };
+            let mut dst: Option<IpAddr> = None;
             let mut mac = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
-                        dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = <[u8; 4]>::try_from(b.as_slice())
+                            .map(IpAddr::from)
+                            .or_else(|_| <[u8; 16]>::try_from(b.as_slice()).map(IpAddr::from))
+                            .ok()
                     }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => {
+                        dst = Some((*d).into())
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => {
+                        dst = Some((*d).into())
+                    }
                     NeighbourAttribute::LinkLayerAddress(l) => mac = Mac::from_slice(l),
                     _ => {}
                 }
             }
             if let (Some(dst), Some(mac)) = (dst, mac) {
-                state.fdb.entry(mac).or_default().insert(dst);
+                state.fdb.entry((on, mac)).or_default().insert(dst);
             }
         }
         Ok(state)
@@ -721,6 +747,7 @@ impl Kernel {
     ) -> Result<RouteMessage> {
         let oif = match target.map(|t| t.dev) {
             Some(Dev::Vxlan) => Some((dev.vxlan.ok_or(KernelError::NoVxlan)?, true)),
+            Some(Dev::Vxlan6) => Some((dev.vxlan6.ok_or(KernelError::NoVxlan)?, true)),
             Some(Dev::Underlay) => Some((dev.underlay, false)),
             None => None,
         };
@@ -763,7 +790,11 @@ impl Kernel {
     /// Applies one reconcile operation. Deleting what is already gone counts
     /// as done: another actor (or a race with the kernel) got there first.
     pub async fn apply(&self, dev: &DevIndex, op: &Op) -> Result<()> {
-        let vxlan = || dev.vxlan.ok_or(KernelError::NoVxlan);
+        let tunnel = |d: &Dev| match d {
+            Dev::Vxlan => dev.vxlan.ok_or(KernelError::NoVxlan),
+            Dev::Vxlan6 => dev.vxlan6.ok_or(KernelError::NoVxlan),
+            Dev::Underlay => Ok(dev.underlay),
+        };
         let res = match op {
             Op::SetRoute { dst, target } => {
                 self.handle
@@ -780,47 +811,47 @@ impl Kernel {
                     .execute()
                     .await
             }
-            Op::SetNeighbour { ip, mac } => {
+            Op::SetNeighbour { dev: d, ip, mac } => {
                 self.handle
                     .neighbours()
-                    .add(vxlan()?, *ip)
+                    .add(tunnel(d)?, *ip)
                     .link_layer_address(&mac.0)
                     .state(NeighbourState::Permanent)
                     .replace()
                     .execute()
                     .await
             }
-            Op::DelNeighbour { ip } => {
+            Op::DelNeighbour { dev: d, ip } => {
                 let mut m = NeighbourMessage::default();
                 m.header.family = match ip {
                     IpAddr::V4(_) => AddressFamily::Inet,
                     IpAddr::V6(_) => AddressFamily::Inet6,
                 };
-                m.header.ifindex = vxlan()?;
+                m.header.ifindex = tunnel(d)?;
                 m.attributes
                     .push(NeighbourAttribute::Destination(NeighbourAddress::from(*ip)));
                 self.handle.neighbours().del(m).execute().await
             }
-            Op::AddFdb { mac, dst } => {
+            Op::AddFdb { dev: d, mac, dst } => {
                 self.handle
                     .neighbours()
-                    .add_bridge(vxlan()?, &mac.0)
-                    .destination(IpAddr::V4(*dst))
+                    .add_bridge(tunnel(d)?, &mac.0)
+                    .destination(*dst)
                     .flags(NeighbourFlags::Own)
                     .state(NeighbourState::Permanent)
                     .replace()
                     .execute()
                     .await
             }
-            Op::DelFdb { mac, dst } => {
+            Op::DelFdb { dev: d, mac, dst } => {
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Bridge;
-                m.header.ifindex = vxlan()?;
+                m.header.ifindex = tunnel(d)?;
                 m.header.flags = NeighbourFlags::Own;
                 m.attributes
                     .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
                 m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::from(
                         *dst,
                     )));
                 self.handle.neighbours().del(m).execute().await
@@ -893,7 +924,7 @@ pub fn classify_link_event(
 }
 
 /// Removes every device twill made on this node: the pod bridge and every
-/// VXLAN device named `twill.<VNI>` (their routes, neighbours and FDB
+/// VXLAN device named `twill.<VNI>` or `twill6.<VNI>` (their routes, neighbours and FDB
 /// entries go with them). Errors are collected and the rest still removed.
 pub async fn cleanup(kernel: &Kernel, bridge: &str) -> Vec<KernelError> {
     let mut errors = Vec::new();
@@ -904,7 +935,8 @@ pub async fn cleanup(kernel: &Kernel, bridge: &str) -> Vec<KernelError> {
     for msg in links {
         let link = LinkInfoView::from_message(&msg);
         let ours = (link.name == bridge && link.kind.as_deref() == Some("bridge"))
-            || (link.name.starts_with("twill.") && link.kind.as_deref() == Some("vxlan"));
+            || ((link.name.starts_with("twill.") || link.name.starts_with("twill6."))
+                && link.kind.as_deref() == Some("vxlan"));
         if !ours {
             continue;
         }

@@ -46,6 +46,24 @@ impl Mac {
         Mac([0x0e, (vni & 0xff) as u8, ip[0], ip[1], ip[2], ip[3]])
     }
 
+    /// The same for the VTEP on the IPv6 underlay: the address folded into
+    /// four bytes, and a second byte that keeps it apart from `for_vtep`.
+    pub fn for_vtep6(public_ipv6: Ipv6Addr, vni: u32) -> Mac {
+        let o = public_ipv6.octets();
+        let mut folded = [0u8; 4];
+        for (i, b) in o.iter().enumerate() {
+            folded[i % 4] ^= b;
+        }
+        Mac([
+            0x0e,
+            0x80 | (vni & 0x7f) as u8,
+            folded[0],
+            folded[1],
+            folded[2],
+            folded[3],
+        ])
+    }
+
     /// A stable MAC for a node's bridge, derived from its gateway address.
     pub fn for_bridge(gateway: Ipv4Addr) -> Mac {
         let ip = gateway.octets();
@@ -103,6 +121,9 @@ pub struct RemoteNode {
     /// The node's IPv6 underlay address (host-gw / direct routes for IPv6).
     pub public_ipv6: Option<Ipv6Addr>,
     pub path: Path,
+    /// The MAC of the node's IPv6-underlay VTEP, when both ends have one:
+    /// IPv6 pod traffic then goes through the IPv6 tunnel to `public_ipv6`.
+    pub vtep6: Option<Mac>,
 }
 
 impl RemoteNode {
@@ -115,8 +136,21 @@ impl RemoteNode {
 /// Which device a route leaves by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dev {
+    /// The VXLAN device over the IPv4 underlay (`twill.<VNI>`).
     Vxlan,
+    /// The VXLAN device over the IPv6 underlay (`twill6.<VNI>`).
+    Vxlan6,
     Underlay,
+}
+
+impl fmt::Display for Dev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dev::Vxlan => "vxlan",
+            Dev::Vxlan6 => "vxlan6",
+            Dev::Underlay => "underlay",
+        })
+    }
 }
 
 /// A route twill owns: next hop and device (VXLAN routes are onlink).
@@ -167,9 +201,9 @@ pub struct KernelState {
     /// Route destination -> next hop and device.
     pub routes: BTreeMap<IpNet, RouteTarget>,
     /// Neighbour IP (either family) on the VXLAN device -> MAC.
-    pub neighbours: BTreeMap<IpAddr, Mac>,
-    /// FDB on the VXLAN device: MAC -> remote underlay IPs.
-    pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
+    pub neighbours: BTreeMap<(Dev, IpAddr), Mac>,
+    /// FDB on a VXLAN device: (device, MAC) -> remote underlay IPs.
+    pub fdb: BTreeMap<(Dev, Mac), BTreeSet<IpAddr>>,
 }
 
 /// Where this node sits: what `remote_nodes` needs besides the leases.
@@ -184,6 +218,8 @@ pub struct Local {
     /// This node's public IP with the underlay prefix (the L2 segment).
     pub underlay: Ipv4Net,
     pub mode: Mode,
+    /// This node has a VXLAN device over the IPv6 underlay.
+    pub v6_tunnel: bool,
 }
 
 /// Builds the desired remote-node list from all leases. The local node's own
@@ -259,12 +295,23 @@ pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Sk
             }
             _ => None,
         };
+        let vtep6 = if local.v6_tunnel && subnet6.is_some() && lease.attrs.public_ipv6.is_some() {
+            lease
+                .attrs
+                .backend_v6_data
+                .as_ref()
+                .and_then(|d| Mac::parse(&d.vtep_mac))
+                .filter(|m| !m.is_zero() && m.0[0] & 1 == 0)
+        } else {
+            None
+        };
         nodes.push(RemoteNode {
             subnet,
             subnet6,
             public_ip,
             public_ipv6: lease.attrs.public_ipv6,
             path,
+            vtep6,
         });
     }
     (nodes, skipped)
@@ -283,19 +330,31 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
                         dev: Dev::Vxlan,
                     },
                 );
-                state.neighbours.insert(node.vtep_ip().into(), mac);
-                state.fdb.entry(mac).or_default().insert(node.public_ip);
-                // IPv6 inside the same tunnel: the remote VTEP answers to
-                // `<v6 subnet>::` with the same MAC, so the FDB entry serves both.
+                state
+                    .neighbours
+                    .insert((Dev::Vxlan, node.vtep_ip().into()), mac);
+                state
+                    .fdb
+                    .entry((Dev::Vxlan, mac))
+                    .or_default()
+                    .insert(node.public_ip.into());
                 if let Some(s6) = node.subnet6 {
+                    // Over the IPv6 underlay when both ends have a tunnel
+                    // there; else inside the IPv4 tunnel, where the remote
+                    // VTEP answers to `<v6 subnet>::` with its IPv4-tunnel MAC.
+                    let (dev, vmac, dst) = match (node.vtep6, node.public_ipv6) {
+                        (Some(m6), Some(ip6)) => (Dev::Vxlan6, m6, IpAddr::from(ip6)),
+                        _ => (Dev::Vxlan, mac, IpAddr::from(node.public_ip)),
+                    };
                     state.routes.insert(
                         s6.into(),
                         RouteTarget {
                             gateway: s6.network().into(),
-                            dev: Dev::Vxlan,
+                            dev,
                         },
                     );
-                    state.neighbours.insert(s6.network().into(), mac);
+                    state.neighbours.insert((dev, s6.network().into()), vmac);
+                    state.fdb.entry((dev, vmac)).or_default().insert(dst);
                 }
             }
             Path::Direct => {
@@ -325,10 +384,10 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     DelRoute { dst: IpNet },
-    DelNeighbour { ip: IpAddr },
-    DelFdb { mac: Mac, dst: Ipv4Addr },
-    AddFdb { mac: Mac, dst: Ipv4Addr },
-    SetNeighbour { ip: IpAddr, mac: Mac },
+    DelNeighbour { dev: Dev, ip: IpAddr },
+    DelFdb { dev: Dev, mac: Mac, dst: IpAddr },
+    AddFdb { dev: Dev, mac: Mac, dst: IpAddr },
+    SetNeighbour { dev: Dev, ip: IpAddr, mac: Mac },
     SetRoute { dst: IpNet, target: RouteTarget },
 }
 
@@ -350,13 +409,15 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::DelRoute { dst } => write!(f, "delete route {dst}"),
-            Op::DelNeighbour { ip } => write!(f, "delete neighbour {ip}"),
-            Op::DelFdb { mac, dst } => write!(f, "delete fdb {mac} dst {dst}"),
-            Op::AddFdb { mac, dst } => write!(f, "add fdb {mac} dst {dst}"),
-            Op::SetNeighbour { ip, mac } => write!(f, "set neighbour {ip} lladdr {mac}"),
+            Op::DelNeighbour { dev, ip } => write!(f, "delete neighbour {ip} ({dev})"),
+            Op::DelFdb { dev, mac, dst } => write!(f, "delete fdb {mac} dst {dst} ({dev})"),
+            Op::AddFdb { dev, mac, dst } => write!(f, "add fdb {mac} dst {dst} ({dev})"),
+            Op::SetNeighbour { dev, ip, mac } => {
+                write!(f, "set neighbour {ip} lladdr {mac} ({dev})")
+            }
             Op::SetRoute { dst, target } => match target.dev {
-                Dev::Vxlan => write!(f, "set route {dst} via {} onlink (vxlan)", target.gateway),
                 Dev::Underlay => write!(f, "set route {dst} via {} (underlay)", target.gateway),
+                dev => write!(f, "set route {dst} via {} onlink ({dev})", target.gateway),
             },
         }
     }
@@ -374,36 +435,38 @@ pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
             ops.push(Op::DelRoute { dst: *dst });
         }
     }
-    for ip in actual.neighbours.keys() {
-        if !desired.neighbours.contains_key(ip) {
-            ops.push(Op::DelNeighbour { ip: *ip });
+    for &(dev, ip) in actual.neighbours.keys() {
+        if !desired.neighbours.contains_key(&(dev, ip)) {
+            ops.push(Op::DelNeighbour { dev, ip });
         }
     }
-    for (mac, dsts) in &actual.fdb {
-        let wanted = desired.fdb.get(mac);
+    for (&(dev, mac), dsts) in &actual.fdb {
+        let wanted = desired.fdb.get(&(dev, mac));
         for dst in dsts {
             if !wanted.is_some_and(|w| w.contains(dst)) {
                 ops.push(Op::DelFdb {
-                    mac: *mac,
+                    dev,
+                    mac,
                     dst: *dst,
                 });
             }
         }
     }
-    for (mac, dsts) in &desired.fdb {
-        let have = actual.fdb.get(mac);
+    for (&(dev, mac), dsts) in &desired.fdb {
+        let have = actual.fdb.get(&(dev, mac));
         for dst in dsts {
             if !have.is_some_and(|h| h.contains(dst)) {
                 ops.push(Op::AddFdb {
-                    mac: *mac,
+                    dev,
+                    mac,
                     dst: *dst,
                 });
             }
         }
     }
-    for (ip, mac) in &desired.neighbours {
-        if actual.neighbours.get(ip) != Some(mac) {
-            ops.push(Op::SetNeighbour { ip: *ip, mac: *mac });
+    for (&(dev, ip), mac) in &desired.neighbours {
+        if actual.neighbours.get(&(dev, ip)) != Some(mac) {
+            ops.push(Op::SetNeighbour { dev, ip, mac: *mac });
         }
     }
     for (dst, target) in &desired.routes {
@@ -438,6 +501,14 @@ mod tests {
     fn a(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
+    /// A neighbour key on the IPv4 tunnel.
+    fn nv(s: &str) -> (Dev, IpAddr) {
+        (Dev::Vxlan, a(s))
+    }
+    /// An FDB key on the IPv4 tunnel.
+    fn fv(m: &str) -> (Dev, Mac) {
+        (Dev::Vxlan, Mac::parse(m).unwrap())
+    }
 
     fn lease(subnet: &str, public_ip: &str, mac: &str) -> Lease {
         Lease {
@@ -468,6 +539,7 @@ mod tests {
             subnet6: None,
             underlay: net("192.0.2.1/24"),
             mode,
+            v6_tunnel: false,
         }
     }
 
@@ -580,16 +652,13 @@ mod tests {
         let d = two_nodes();
         assert_eq!(d.routes.get(&k("10.244.2.0/24")), Some(&vx("10.244.2.0")));
         assert_eq!(
-            d.neighbours.get(&a("10.244.3.0")),
+            d.neighbours.get(&nv("10.244.3.0")),
             Some(&Mac::parse("0e:01:c0:00:02:03").unwrap())
         );
-        let fdb = d
-            .fdb
-            .get(&Mac::parse("0e:01:c0:00:02:02").unwrap())
-            .unwrap();
+        let fdb = d.fdb.get(&fv("0e:01:c0:00:02:02")).unwrap();
         assert_eq!(
             fdb.iter().copied().collect::<Vec<_>>(),
-            vec![ip("192.0.2.2")]
+            vec![a("192.0.2.2")]
         );
         assert_eq!(d.routes.len(), 2);
         assert_eq!(d.neighbours.len(), 2);
@@ -604,7 +673,7 @@ mod tests {
         let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).unwrap();
         let route = pos(&|o| matches!(o, Op::SetRoute { dst, .. } if *dst == k("10.244.2.0/24")));
         let neigh = pos(&|o| matches!(o, Op::SetNeighbour { ip: i, .. } if *i == a("10.244.2.0")));
-        let fdb = pos(&|o| matches!(o, Op::AddFdb { dst, .. } if *dst == ip("192.0.2.2")));
+        let fdb = pos(&|o| matches!(o, Op::AddFdb { dst, .. } if *dst == a("192.0.2.2")));
         assert!(fdb < route && neigh < route);
     }
 
@@ -633,23 +702,27 @@ mod tests {
         let mut actual = desired.clone();
         let old = Mac::parse("0e:01:c0:00:02:02").unwrap();
         let wrong = Mac::parse("0e:01:c0:00:02:99").unwrap();
-        actual.neighbours.insert(a("10.244.2.0"), wrong);
-        actual.fdb.get_mut(&old).unwrap().clear();
-        actual.fdb.get_mut(&old).unwrap().insert(ip("192.0.2.99"));
+        actual.neighbours.insert(nv("10.244.2.0"), wrong);
+        let key = (Dev::Vxlan, old);
+        actual.fdb.get_mut(&key).unwrap().clear();
+        actual.fdb.get_mut(&key).unwrap().insert(a("192.0.2.99"));
         actual.routes.insert(k("10.244.3.0/24"), vx("10.244.3.7"));
         let ops = diff(&desired, &actual);
         assert_eq!(
             ops,
             vec![
                 Op::DelFdb {
+                    dev: Dev::Vxlan,
                     mac: old,
-                    dst: ip("192.0.2.99")
+                    dst: a("192.0.2.99")
                 },
                 Op::AddFdb {
+                    dev: Dev::Vxlan,
                     mac: old,
-                    dst: ip("192.0.2.2")
+                    dst: a("192.0.2.2")
                 },
                 Op::SetNeighbour {
+                    dev: Dev::Vxlan,
                     ip: a("10.244.2.0"),
                     mac: old
                 },
@@ -670,32 +743,32 @@ mod tests {
         actual.routes.insert(k("10.244.9.0/24"), vx("10.244.9.0"));
         actual
             .neighbours
-            .insert(a("10.244.9.0"), Mac::parse("0e:01:c0:00:02:09").unwrap());
+            .insert(nv("10.244.9.0"), Mac::parse("0e:01:c0:00:02:09").unwrap());
         actual
             .fdb
-            .entry(Mac::parse("0e:01:c0:00:02:09").unwrap())
+            .entry(fv("0e:01:c0:00:02:09"))
             .or_default()
-            .insert(ip("192.0.2.9"));
+            .insert(a("192.0.2.9"));
         for op in diff(&desired, &actual) {
             match op {
                 Op::DelRoute { dst } => {
                     actual.routes.remove(&dst);
                 }
-                Op::DelNeighbour { ip } => {
-                    actual.neighbours.remove(&ip);
+                Op::DelNeighbour { dev, ip } => {
+                    actual.neighbours.remove(&(dev, ip));
                 }
-                Op::DelFdb { mac, dst } => {
-                    let set = actual.fdb.get_mut(&mac).unwrap();
+                Op::DelFdb { dev, mac, dst } => {
+                    let set = actual.fdb.get_mut(&(dev, mac)).unwrap();
                     set.remove(&dst);
                     if set.is_empty() {
-                        actual.fdb.remove(&mac);
+                        actual.fdb.remove(&(dev, mac));
                     }
                 }
-                Op::AddFdb { mac, dst } => {
-                    actual.fdb.entry(mac).or_default().insert(dst);
+                Op::AddFdb { dev, mac, dst } => {
+                    actual.fdb.entry((dev, mac)).or_default().insert(dst);
                 }
-                Op::SetNeighbour { ip, mac } => {
-                    actual.neighbours.insert(ip, mac);
+                Op::SetNeighbour { dev, ip, mac } => {
+                    actual.neighbours.insert((dev, ip), mac);
                 }
                 Op::SetRoute { dst, target } => {
                     actual.routes.insert(dst, target);
@@ -725,6 +798,7 @@ mod tests {
                 mode: Mode::Vxlan {
                     direct_routing: false,
                 },
+                v6_tunnel: false,
             },
             &[
                 lease("10.9.0.0/16", "192.0.2.2", "0e:01:c0:00:02:02"),
@@ -837,7 +911,7 @@ mod tests {
             })
         );
         assert_eq!(
-            d.neighbours.get(&a("fd00:10:244:2::")),
+            d.neighbours.get(&nv("fd00:10:244:2::")),
             Some(&Mac::parse("0e:01:c0:00:02:02").unwrap())
         );
         assert_eq!(d.routes.len(), 3, "{:?}", d.routes);
@@ -851,7 +925,7 @@ mod tests {
         let (n, _) = nodes(&[l2]);
         let d = desired_state(&n);
         assert!(d.routes.keys().all(|r| matches!(r, IpNet::V4(_))));
-        assert!(d.neighbours.keys().all(|ip| ip.is_ipv4()));
+        assert!(d.neighbours.keys().all(|(_, ip)| ip.is_ipv4()));
     }
 
     #[test]
@@ -874,5 +948,63 @@ mod tests {
         );
         assert!(!d.routes.contains_key(&k("fd00:10:244:3::/64")));
         assert_eq!(d.routes.len(), 3);
+    }
+
+    #[test]
+    fn ipv6_goes_through_the_ipv6_tunnel_when_both_ends_have_one() {
+        let mut both = lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02");
+        both.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
+        both.attrs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        both.attrs.backend_v6_data = Some(VxlanData {
+            vni: 1,
+            vtep_mac: "0e:81:00:00:00:02".into(),
+        });
+        // No IPv6 underlay on this peer: its IPv6 rides the IPv4 tunnel.
+        let mut v4only = lease("10.244.3.0/24", "192.0.2.3", "0e:01:c0:00:02:03");
+        v4only.ipv6_subnet = Some("fd00:10:244:3::/64".parse().unwrap());
+        let mut me = local(Mode::Vxlan {
+            direct_routing: false,
+        });
+        me.subnet6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        me.v6_tunnel = true;
+        let (n, _) = remote_nodes(&me, &[both.clone(), v4only.clone()]);
+        let d = desired_state(&n);
+        assert_eq!(
+            d.routes.get(&k("fd00:10:244:2::/64")),
+            Some(&RouteTarget {
+                gateway: a("fd00:10:244:2::"),
+                dev: Dev::Vxlan6
+            })
+        );
+        let m6 = Mac::parse("0e:81:00:00:00:02").unwrap();
+        assert_eq!(
+            d.neighbours.get(&(Dev::Vxlan6, a("fd00:10:244:2::"))),
+            Some(&m6)
+        );
+        assert_eq!(
+            d.fdb
+                .get(&(Dev::Vxlan6, m6))
+                .map(|s| s.iter().copied().collect::<Vec<_>>()),
+            Some(vec![a("2001:db8::2")])
+        );
+        assert_eq!(
+            d.routes.get(&k("fd00:10:244:3::/64")).map(|r| r.dev),
+            Some(Dev::Vxlan)
+        );
+        // Without a local IPv6 tunnel everything IPv6 rides the IPv4 one.
+        me.v6_tunnel = false;
+        let (n, _) = remote_nodes(&me, &[both, v4only]);
+        let d = desired_state(&n);
+        assert!(d.routes.values().all(|r| r.dev == Dev::Vxlan));
+        assert!(d.fdb.keys().all(|(dev, _)| *dev == Dev::Vxlan));
+    }
+
+    #[test]
+    fn vtep6_mac_is_unicast_local_and_differs_from_the_ipv4_one() {
+        let m = Mac::for_vtep6("2001:db8::7".parse().unwrap(), 1);
+        assert_eq!(m.0[0] & 1, 0);
+        assert_eq!(m.0[0] & 2, 2);
+        assert_ne!(m, Mac::for_vtep6("2001:db8::8".parse().unwrap(), 1));
+        assert_ne!(m, Mac::for_vtep(ip("192.0.2.7"), 1));
     }
 }

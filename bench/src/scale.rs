@@ -116,6 +116,7 @@ pub fn local_view(network: Ipv4Net, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Loc
         mode: Mode::Vxlan {
             direct_routing: false,
         },
+        v6_tunnel: false,
     }
 }
 
