@@ -149,3 +149,89 @@ fn ipv6_pods_reach_each_other_across_hosts() {
     }
     assert!(failed.is_empty(), "IPv6 pings failed: {failed:?}");
 }
+
+#[test]
+fn ipv6_rides_an_ipv6_underlay_tunnel_when_hosts_have_ipv6() {
+    if !require_prereqs() {
+        return;
+    }
+    let mut c = Cluster::builder()
+        .hosts(2)
+        .network_config(CONFIG)
+        .build()
+        .unwrap();
+    // An IPv6 underlay beside the IPv4 one (documentation prefix, inside the
+    // test's namespaces only).
+    for (i, h) in ["h1", "h2"].iter().enumerate() {
+        let addr = format!("2001:db8:1::{}/64", i + 1);
+        c.host(h)
+            .unwrap()
+            .ns()
+            .ip(["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
+            .unwrap();
+    }
+    c.start_agents().unwrap();
+    c.wait_converged().unwrap();
+
+    // The lease publishes the IPv6 underlay address and the IPv6 VTEP.
+    let values: Vec<serde_json::Value> = c
+        .store_get_prefix(&format!("{}/subnets/", c.etcd_prefix()))
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
+        .collect();
+    assert_eq!(values.len(), 2);
+    for v in &values {
+        assert!(
+            v["PublicIPv6"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("2001:db8:1::")),
+            "{v}"
+        );
+        assert!(v["BackendV6Data"]["VtepMAC"].is_string(), "{v}");
+    }
+
+    // h1 reaches h2's IPv6 subnet through twill6.1, with MTU underlay - 70.
+    let s6_2 = node_subnet6(&c, "h2");
+    let h1 = c.host("h1").unwrap().ns();
+    let want = format!("{s6_2} via {} dev twill6.1", s6_2.network());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let routes = h1.ip(["-6", "route", "show", "proto", "77"]).unwrap();
+        if routes.contains(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "h1 lacks `{want}`:\n{routes}\n{}",
+            c.agent_log_tail("h1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let link: serde_json::Value =
+        serde_json::from_str(&h1.ip(["-d", "-j", "link", "show", "twill6.1"]).unwrap()).unwrap();
+    assert_eq!(link[0]["mtu"], 1430, "{link}");
+    let fdb = c
+        .host("h1")
+        .unwrap()
+        .ns()
+        .exec(&["bridge", "fdb", "show", "dev", "twill6.1"])
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+    assert!(fdb.contains("dst 2001:db8:1::2"), "{fdb}");
+    let env = std::fs::read_to_string(c.host("h1").unwrap().subnet_file_path()).unwrap();
+    assert!(env.contains("TWILL_MTU=1430"), "{env}");
+
+    c.add_pod("h1", "p1").unwrap();
+    c.add_pod("h2", "p2").unwrap();
+    let ip2 = pod_ipv6(c.pod("p2").unwrap().ns());
+    let ip1 = pod_ipv6(c.pod("p1").unwrap().ns());
+    assert!(
+        ping6_within(c.pod("p1").unwrap().ns(), ip2, Duration::from_secs(5)),
+        "p1 -> {ip2}"
+    );
+    assert!(
+        ping6_within(c.pod("p2").unwrap().ns(), ip1, Duration::from_secs(5)),
+        "p2 -> {ip1}"
+    );
+}
