@@ -21,7 +21,7 @@ use crate::kernel::{
     classify_link_event, link_events, DevIndex, Kernel, KernelError, LinkSignal, Underlay,
     VxlanSpec,
 };
-use crate::reconcile::{desired_state, diff, remote_nodes, Local, Mac, Mode};
+use crate::reconcile::{desired_state, diff, op_node, remote_nodes, Local, Mac, Mode};
 use crate::subnet_file::{self, gateway6_of, gateway_of, SubnetEnv, SubnetFileError};
 use crate::telemetry::Telemetry;
 
@@ -130,6 +130,9 @@ pub struct Agent<S> {
     pod_mtu: u32,
     lease: Lease,
     leases: BTreeMap<Ipv4Net, Lease>,
+    /// Every lease seen since start, also after it went away, so that log
+    /// lines about removing a node's entries can still name the node.
+    seen: BTreeMap<Ipv4Net, Lease>,
     revision: i64,
     warned: HashSet<String>,
 }
@@ -282,6 +285,7 @@ impl<S: LeaseStore> Agent<S> {
             vxlan,
             lease,
             leases: BTreeMap::new(),
+            seen: BTreeMap::new(),
             revision: 0,
             warned: HashSet::new(),
         };
@@ -392,6 +396,9 @@ impl<S: LeaseStore> Agent<S> {
 
     fn load(&mut self, leases: Vec<Lease>, revision: i64) {
         self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
+        for (s, l) in &self.leases {
+            self.seen.insert(*s, l.clone());
+        }
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.revision = revision;
         tracing::info!(leases = self.leases.len(), revision, "loaded lease map");
@@ -432,7 +439,12 @@ impl<S: LeaseStore> Agent<S> {
         for s in skipped {
             let msg = s.to_string();
             if self.warned.insert(msg.clone()) {
-                tracing::warn!("skipping lease: {msg}");
+                let public_ip = self
+                    .leases
+                    .get(&s.subnet())
+                    .map(|l| l.attrs.public_ip.to_string())
+                    .unwrap_or_else(|| "?".into());
+                tracing::warn!(subnet = %s.subnet(), public_ip, "skipping lease: {msg}");
             }
         }
         let desired = desired_state(&nodes);
@@ -442,11 +454,14 @@ impl<S: LeaseStore> Agent<S> {
         for op in &ops {
             let res = self.kernel.apply(&index, op).await;
             self.opts.telemetry.count_op(op.kind(), res.is_ok());
+            let (subnet, public_ip) = op_node(op, self.seen.values())
+                .map(|l| (l.subnet.to_string(), l.attrs.public_ip.to_string()))
+                .unwrap_or_else(|| ("?".into(), "?".into()));
             match res {
-                Ok(()) => tracing::info!(op = %op, "applied"),
+                Ok(()) => tracing::info!(op = %op, subnet, public_ip, "applied"),
                 Err(e) => {
                     failed += 1;
-                    tracing::warn!(op = %op, error = %e, "netlink operation failed");
+                    tracing::warn!(op = %op, subnet, public_ip, error = %e, "netlink operation failed");
                 }
             }
         }
@@ -465,6 +480,7 @@ impl<S: LeaseStore> Agent<S> {
                         lost_own = true;
                     }
                     tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added or changed");
+                    self.seen.insert(l.subnet, l.clone());
                     self.leases.insert(l.subnet, l);
                 }
                 LeaseEvent::Removed(s) => {

@@ -423,6 +423,47 @@ impl fmt::Display for Op {
     }
 }
 
+impl Skip {
+    /// The subnet of the skipped lease.
+    pub fn subnet(&self) -> Ipv4Net {
+        match self {
+            Skip::OutsideNetwork(s)
+            | Skip::ClaimsOurSubnet(s, _)
+            | Skip::NoVtep(s)
+            | Skip::Conflict(s)
+            | Skip::NotOnLink(s, _) => *s,
+        }
+    }
+}
+
+/// The node an operation is about, found among `leases` (current or
+/// recently gone), for logs that name every node by subnet and public IP.
+pub fn op_node<'a>(op: &Op, leases: impl IntoIterator<Item = &'a Lease>) -> Option<&'a Lease> {
+    let mac_of = |l: &Lease| {
+        [
+            l.attrs.backend_data.as_ref(),
+            l.attrs.backend_v6_data.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| Mac::parse(&d.vtep_mac))
+        .collect::<Vec<_>>()
+    };
+    let covers = |l: &Lease, ip: IpAddr| match ip {
+        IpAddr::V4(v4) => l.subnet.contains(&v4),
+        IpAddr::V6(v6) => l.ipv6_subnet.is_some_and(|s| s.contains(&v6)),
+    };
+    leases.into_iter().find(|l| match op {
+        Op::DelRoute { dst } | Op::SetRoute { dst, .. } => covers(l, dst.network()),
+        Op::DelNeighbour { ip, .. } | Op::SetNeighbour { ip, .. } => covers(l, *ip),
+        Op::DelFdb { mac, dst, .. } | Op::AddFdb { mac, dst, .. } => {
+            mac_of(l).contains(mac)
+                || IpAddr::from(l.attrs.public_ip) == *dst
+                || l.attrs.public_ipv6.map(IpAddr::from) == Some(*dst)
+        }
+    })
+}
+
 /// The operations that turn `actual` into `desired`, and nothing else: an
 /// entry already right is never touched. Removals come first (routes before
 /// the neighbours and FDB entries they use), then additions in the reverse
@@ -1006,5 +1047,32 @@ mod tests {
         assert_eq!(m.0[0] & 2, 2);
         assert_ne!(m, Mac::for_vtep6("2001:db8::8".parse().unwrap(), 1));
         assert_ne!(m, Mac::for_vtep(ip("192.0.2.7"), 1));
+    }
+
+    #[test]
+    fn op_node_finds_the_lease_an_operation_is_about() {
+        let l2 = lease("10.244.2.0/24", "192.0.2.2", "0e:01:c0:00:02:02");
+        let l3 = lease("10.244.3.0/24", "192.0.2.3", "0e:01:c0:00:02:03");
+        let all = [l2.clone(), l3.clone()];
+        let op = Op::SetRoute {
+            dst: k("10.244.3.0/24"),
+            target: vx("10.244.3.0"),
+        };
+        assert_eq!(op_node(&op, &all), Some(&l3));
+        let op = Op::DelNeighbour {
+            dev: Dev::Vxlan,
+            ip: a("10.244.2.0"),
+        };
+        assert_eq!(op_node(&op, &all), Some(&l2));
+        let op = Op::DelFdb {
+            dev: Dev::Vxlan,
+            mac: Mac::parse("0e:01:c0:00:02:03").unwrap(),
+            dst: a("192.0.2.99"),
+        };
+        assert_eq!(op_node(&op, &all), Some(&l3));
+        let op = Op::DelRoute {
+            dst: k("10.244.9.0/24"),
+        };
+        assert_eq!(op_node(&op, &all), None);
     }
 }
