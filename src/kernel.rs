@@ -46,6 +46,8 @@ pub enum KernelError {
     NoAddress(String),
     #[error("no --iface given and no IPv4 default route to pick the underlay interface from")]
     NoDefaultRoute,
+    #[error("route to {dst}: {reason}")]
+    Route { dst: IpNet, reason: String },
     #[error("no vxlan device for a vxlan entry (host-gw mode)")]
     NoVxlan,
     #[error(
@@ -751,39 +753,27 @@ impl Kernel {
             Some(Dev::Underlay) => Some((dev.underlay, false)),
             None => None,
         };
-        let proto = RouteProtocol::Other(TWILL_RTPROTO);
-        let msg = match dst {
-            IpNet::V4(d) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(d.network(), d.prefix_len())
-                    .protocol(proto);
-                if let Some(IpAddr::V4(gw)) = target.map(|t| t.gateway) {
-                    b = b.gateway(gw);
-                }
-                if let Some((index, onlink)) = oif {
-                    b = b.output_interface(index);
-                    if onlink {
-                        b = b.onlink();
-                    }
-                }
-                b.build()
+        // The builder refuses a prefix or gateway of the wrong family.
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .map_err(|e| KernelError::Route {
+                dst,
+                reason: e.to_string(),
+            })?
+            .protocol(RouteProtocol::Other(TWILL_RTPROTO));
+        if let Some(t) = target {
+            b = b.gateway(t.gateway).map_err(|e| KernelError::Route {
+                dst,
+                reason: e.to_string(),
+            })?;
+        }
+        if let Some((index, onlink)) = oif {
+            b = b.output_interface(index);
+            if onlink {
+                b = b.onlink();
             }
-            IpNet::V6(d) => {
-                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(d.network(), d.prefix_len())
-                    .protocol(proto);
-                if let Some(IpAddr::V6(gw)) = target.map(|t| t.gateway) {
-                    b = b.gateway(gw);
-                }
-                if let Some((index, onlink)) = oif {
-                    b = b.output_interface(index);
-                    if onlink {
-                        b = b.onlink();
-                    }
-                }
-                b.build()
-            }
-        };
+        }
+        let msg = b.build();
         Ok(msg)
     }
 
