@@ -196,7 +196,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
     }
-    agent.run(stop).await.context("agent stopped with an error")
+    match agent.run(stop).await {
+        // SIGTERM while retrying etcd is a clean stop too.
+        Ok(()) | Err(twill::agent::AgentError::Interrupted) => Ok(()),
+        Err(e) => Err(e).context("agent stopped with an error"),
+    }
 }
 
 /// The error and its causes on one line, each cause once: some library
