@@ -1,7 +1,6 @@
 //! A real etcd (Debian's `/usr/bin/etcd`) running inside a test namespace,
 //! with `etcdctl` helpers; killed by PID on drop.
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +18,60 @@ use crate::wait::wait_for;
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
 
+/// One etcd member's command line: the parts every harness etcd shares.
+pub(crate) struct EtcdArgs<'a> {
+    pub ns: &'a str,
+    pub name: &'a str,
+    pub data_dir: &'a Path,
+    pub listen_client_urls: &'a str,
+    pub advertise_client_url: &'a str,
+    pub peer_url: &'a str,
+    pub initial_cluster: &'a str,
+    /// Appended to (not truncating) the log, so restarts keep their history.
+    pub log: &'a Path,
+}
+
+/// `ip netns exec <ns> etcd ...` with stdout and stderr appended to the log
+/// and no `ETCD_*` settings inherited from the caller's environment. Callers
+/// add their own flags before spawning.
+pub(crate) fn etcd_command(a: &EtcdArgs<'_>) -> Result<Command> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(a.log)
+            .map_err(|source| HarnessError::Io {
+                path: a.log.to_path_buf(),
+                source,
+            })
+    };
+    let (out, err) = (open()?, open()?);
+    let mut c = ip(["netns", "exec", a.ns, "etcd"]);
+    c.arg("--name")
+        .arg(a.name)
+        .arg("--data-dir")
+        .arg(a.data_dir)
+        .arg("--listen-client-urls")
+        .arg(a.listen_client_urls)
+        .arg("--advertise-client-urls")
+        .arg(a.advertise_client_url)
+        .arg("--listen-peer-urls")
+        .arg(a.peer_url)
+        .arg("--initial-advertise-peer-urls")
+        .arg(a.peer_url)
+        .arg("--initial-cluster")
+        .arg(a.initial_cluster)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCD_") {
+            c.env_remove(k);
+        }
+    }
+    Ok(c)
+}
+
 /// An etcd server inside namespace `ns`, listening on `listen_ip` and the
 /// namespace's loopback.
 #[derive(Debug)]
@@ -35,40 +88,18 @@ impl Etcd {
     pub fn start(ns: &str, listen_ip: Ipv4Addr, dir: &Path, own_pgrp: bool) -> Result<Self> {
         let data = dir.join("etcd-data");
         let log = dir.join("etcd.log");
-        let logf = File::create(&log).map_err(|source| HarnessError::Io {
-            path: log.clone(),
-            source,
-        })?;
-        let logf2 = logf.try_clone().map_err(|source| HarnessError::Io {
-            path: log.clone(),
-            source,
-        })?;
         let client = format!("http://{listen_ip}:{CLIENT_PORT},http://127.0.0.1:{CLIENT_PORT}");
         let peer = format!("http://127.0.0.1:{PEER_PORT}");
-        let mut c = ip(["netns", "exec", ns, "etcd"]);
-        c.arg("--name")
-            .arg("twilltest")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(format!("http://{listen_ip}:{CLIENT_PORT}"))
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("twilltest={peer}"))
-            .stdin(Stdio::null())
-            .stdout(logf)
-            .stderr(logf2);
-        // etcd would also read ETCD_* settings from the caller's environment.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD_") {
-                c.env_remove(k);
-            }
-        }
+        let mut c = etcd_command(&EtcdArgs {
+            ns,
+            name: "twilltest",
+            data_dir: &data,
+            listen_client_urls: &client,
+            advertise_client_url: &format!("http://{listen_ip}:{CLIENT_PORT}"),
+            peer_url: &peer,
+            initial_cluster: &format!("twilltest={peer}"),
+            log: &log,
+        })?;
         if own_pgrp {
             c.process_group(0);
         }

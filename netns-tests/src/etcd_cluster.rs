@@ -2,11 +2,10 @@
 //! address on the underlay bridge), with members that can be killed and
 //! brought back on their data dir; every member is killed by PID on drop.
 
-use std::fs::OpenOptions;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -14,6 +13,7 @@ use nix::unistd::Pid;
 
 use crate::cmd::{self, ip};
 use crate::error::{HarnessError, Result};
+use crate::etcd::{etcd_command, EtcdArgs};
 use crate::netns::Netns;
 use crate::parse;
 use crate::wait::wait_for;
@@ -105,43 +105,17 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) -> Result<()> {
         let m = self.member(i)?;
-        let logf = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .map_err(|source| HarnessError::Io {
-                path: m.log.clone(),
-                source,
-            })?;
-        let logf2 = logf.try_clone().map_err(|source| HarnessError::Io {
-            path: m.log.clone(),
-            source,
+        let mut c = etcd_command(&EtcdArgs {
+            ns: &self.ns,
+            name: &m.name,
+            data_dir: &m.data,
+            listen_client_urls: &m.endpoint(),
+            advertise_client_url: &m.endpoint(),
+            peer_url: &m.peer(),
+            initial_cluster: &self.initial_cluster,
+            log: &m.log,
         })?;
-        let mut c = ip(["netns", "exec", &self.ns, "etcd"]);
-        c.arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(&m.data)
-            .arg("--listen-client-urls")
-            .arg(m.endpoint())
-            .arg("--advertise-client-urls")
-            .arg(m.endpoint())
-            .arg("--listen-peer-urls")
-            .arg(m.peer())
-            .arg("--initial-advertise-peer-urls")
-            .arg(m.peer())
-            .arg("--initial-cluster")
-            .arg(&self.initial_cluster)
-            .arg("--initial-cluster-token")
-            .arg(&self.ns)
-            .stdin(Stdio::null())
-            .stdout(logf)
-            .stderr(logf2);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD_") {
-                c.env_remove(k);
-            }
-        }
+        c.arg("--initial-cluster-token").arg(&self.ns);
         if self.own_pgrp {
             c.process_group(0);
         }

@@ -3,7 +3,7 @@
 //! client certificates inside a test namespace, and `twilld` processes
 //! started with whatever etcd flags a test wants.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +16,7 @@ use crate::bins;
 use crate::cluster::Host;
 use crate::cmd::{self, ip};
 use crate::error::{HarnessError, Result};
+use crate::etcd::{etcd_command, EtcdArgs};
 use crate::netns::Netns;
 use crate::parse;
 use crate::wait::wait_for;
@@ -170,47 +171,25 @@ impl TlsEtcd {
         files: &TlsFiles,
     ) -> Result<Self> {
         let log = dir.join("etcd-tls.log");
-        let logf = File::create(&log).map_err(|source| HarnessError::Io {
-            path: log.clone(),
-            source,
-        })?;
-        let logf2 = logf.try_clone().map_err(|source| HarnessError::Io {
-            path: log.clone(),
-            source,
-        })?;
         let endpoint = format!("https://{listen_ip}:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let mut c = ip(["netns", "exec", ns.name(), "etcd"]);
-        c.arg("--name")
-            .arg("twilltls")
-            .arg("--data-dir")
-            .arg(dir.join("etcd-tls-data"))
-            .arg("--listen-client-urls")
-            .arg(&endpoint)
-            .arg("--advertise-client-urls")
-            .arg(&endpoint)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("twilltls={peer}"))
-            .arg("--cert-file")
+        let mut c = etcd_command(&EtcdArgs {
+            ns: ns.name(),
+            name: "twilltls",
+            data_dir: &dir.join("etcd-tls-data"),
+            listen_client_urls: &endpoint,
+            advertise_client_url: &endpoint,
+            peer_url: &peer,
+            initial_cluster: &format!("twilltls={peer}"),
+            log: &log,
+        })?;
+        c.arg("--cert-file")
             .arg(files.server_cert())
             .arg("--key-file")
             .arg(files.server_key())
             .arg("--trusted-ca-file")
             .arg(files.ca())
-            .arg("--client-cert-auth")
-            .stdin(Stdio::null())
-            .stdout(logf)
-            .stderr(logf2);
-        // etcd would also read ETCD_* settings from the caller's environment.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD_") {
-                c.env_remove(k);
-            }
-        }
+            .arg("--client-cert-auth");
         let desc = cmd::describe(&c);
         let child = c
             .spawn()
