@@ -1,13 +1,15 @@
 //! Netlink effects: bridge, veth pair, addresses and routes, in the host
 //! namespace or in a pod namespace.
 //!
-//! `setns` moves only the calling thread, so every batch of netlink work runs
-//! on a fresh `std::thread` that enters the namespace first and only then
-//! builds its own runtime and netlink socket (the socket belongs to the
-//! namespace it was created in). The thread ends with the batch, so no thread
-//! of the process is ever left inside a pod namespace. The same holds for
-//! `/proc/sys/net`: it shows the network namespace of the thread that opens
-//! the file, so per-interface IPv6 sysctls are written from that thread too.
+//! One plugin call builds one current-thread runtime ([`Netlink`]) and opens
+//! at most one netlink socket per namespace on it. A socket belongs to the
+//! namespace it was created in, and `setns` moves only the calling thread, so
+//! the pod-namespace socket is opened on a short-lived thread that enters the
+//! namespace, opens it and ends: no thread of the process is ever left inside
+//! a pod namespace, and all requests then run on the caller's thread. The
+//! same holds for `/proc/sys/net`: it shows the network namespace of the
+//! thread that opens the file, so per-interface IPv6 sysctls of the pod are
+//! written from such a thread too ([`in_netns`]).
 
 use std::fs::File;
 use std::future::Future;
@@ -19,10 +21,12 @@ use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    Handle, LinkBridge, LinkBridgePort, LinkDelRequest, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
 };
 
@@ -36,42 +40,80 @@ pub fn open_netns(path: &Path) -> Result<File, Error> {
     })
 }
 
-/// Runs `f` with a netlink handle of the namespace `netns` (or of the
-/// caller's namespace when `None`) on a dedicated thread.
-pub fn with_handle<T, F, Fut>(netns: Option<&File>, f: F) -> Result<T, Error>
+/// Runs `f` on a dedicated thread that first enters the namespace `netns`,
+/// for the few things that only work from inside it (sysctls, sockets). The
+/// thread ends with `f`, taking the namespace switch with it.
+pub fn in_netns<T, F>(netns: &File, f: F) -> Result<T, Error>
 where
     T: Send,
-    F: FnOnce(Handle) -> Fut + Send,
-    Fut: Future<Output = Result<T, Error>>,
+    F: FnOnce() -> Result<T, Error> + Send,
 {
     std::thread::scope(|s| {
         let worker = s.spawn(move || {
-            if let Some(ns) = netns {
-                setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Internal {
-                    reason: format!("setns into pod namespace: {e}"),
-                })?;
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Internal {
-                    reason: format!("tokio runtime: {e}"),
-                })?;
-            rt.block_on(async move {
-                let (conn, handle, _) =
-                    rtnetlink::new_connection().map_err(|e| Error::Internal {
-                        reason: format!("netlink socket: {e}"),
-                    })?;
-                tokio::spawn(conn);
-                f(handle).await
-            })
+            setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Internal {
+                reason: format!("setns into pod namespace: {e}"),
+            })?;
+            f()
         });
         worker.join().unwrap_or_else(|_| {
             Err(Error::Internal {
-                reason: "netlink worker thread panicked".into(),
+                reason: "pod namespace worker thread panicked".into(),
             })
         })
     })
+}
+
+/// The runtime of one plugin call: netlink requests of every namespace run
+/// on it, on the calling thread.
+pub struct Netlink {
+    rt: tokio::runtime::Runtime,
+}
+
+fn socket_error(e: std::io::Error) -> Error {
+    Error::Internal {
+        reason: format!("netlink socket: {e}"),
+    }
+}
+
+impl Netlink {
+    pub fn new() -> Result<Self, Error> {
+        // Timers and the fs driver are never used: enabling only I/O keeps
+        // the runtime start to an epoll instance and an eventfd.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| Error::Internal {
+                reason: format!("tokio runtime: {e}"),
+            })?;
+        Ok(Netlink { rt })
+    }
+
+    /// A handle on a new socket in the calling thread's namespace.
+    pub fn here(&self) -> Result<Handle, Error> {
+        let _entered = self.rt.enter();
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(socket_error)?;
+        self.rt.spawn(conn);
+        Ok(handle)
+    }
+
+    /// A handle on a new socket in namespace `netns`. Only the socket's
+    /// creation happens in there (see the module doc); the connection is
+    /// registered with this runtime and driven from the calling thread.
+    pub fn in_netns(&self, netns: &File) -> Result<Handle, Error> {
+        let rt = self.rt.handle().clone();
+        let conn = in_netns(netns, move || {
+            let _entered = rt.enter();
+            rtnetlink::new_connection().map_err(socket_error)
+        })?;
+        let (conn, handle, _) = conn;
+        self.rt.spawn(conn);
+        Ok(handle)
+    }
+
+    /// Runs `f` to completion on the calling thread.
+    pub fn run<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
 }
 
 fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
@@ -96,6 +138,7 @@ pub struct LinkInfo {
     pub mac: Vec<u8>,
     pub mtu: Option<u32>,
     pub controller: Option<u32>,
+    pub up: bool,
 }
 
 impl LinkInfo {
@@ -105,6 +148,7 @@ impl LinkInfo {
             mac: Vec::new(),
             mtu: None,
             controller: None,
+            up: m.header.flags.contains(LinkFlags::Up),
         };
         for a in &m.attributes {
             match a {
@@ -129,11 +173,13 @@ pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkInfo>, Er
 }
 
 /// Deletes the link called `name`; `Ok(false)` if it was already gone.
+/// One request by name: the kernel resolves it, so no lookup comes first.
 pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, Error> {
-    let Some(link) = link_by_name(h, name).await? else {
-        return Ok(false);
-    };
-    match h.link().del(link.index).execute().await {
+    let msg = LinkUnspec::new_with_name(name).build();
+    match LinkDelRequest::new_with_message(h.clone(), msg)
+        .execute()
+        .await
+    {
         Ok(()) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(Error::netlink(format!("delete link {name}"), e)),
@@ -209,15 +255,19 @@ pub async fn ensure_bridge(
                 })?
         }
     };
-    let mut change = LinkUnspec::new_with_index(link.index).up();
-    if link.mac.iter().all(|b| *b == 0) {
-        change = change.address(mac);
+    let mac_lost = link.mac.iter().all(|b| *b == 0);
+    // Already up with a MAC on every ADD but the first: skip the request.
+    if !link.up || mac_lost {
+        let mut change = LinkUnspec::new_with_index(link.index).up();
+        if mac_lost {
+            change = change.address(mac);
+        }
+        h.link()
+            .change(change.build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("set bridge {name} up"), e))?;
     }
-    h.link()
-        .change(change.build())
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("set bridge {name} up"), e))?;
     let what = format!("bridge {name}");
     add_address(h, link.index, IpNet::V4(gateway_net), &what).await?;
     if let Some(gw6) = gateway_net6 {
@@ -227,65 +277,71 @@ pub async fn ensure_bridge(
     Ok(link.index)
 }
 
-/// Creates a veth pair whose peer is born inside the namespace `pod_ns`
-/// already named `pod_ifname`, both ends with `mtu`. Returns the host index.
-pub async fn create_veth(
-    h: &Handle,
-    host_ifname: &str,
-    pod_ifname: &str,
-    pod_ns: &File,
-    mtu: u32,
-) -> Result<u32, Error> {
-    let peer = LinkUnspec::new_with_name(pod_ifname)
-        .mtu(mtu)
-        .setns_by_fd(pod_ns.as_raw_fd())
+/// A random locally administered unicast MAC, as the kernel would pick
+/// for a veth end; chosen here so ADD need not read the link back for it.
+pub fn random_mac() -> Vec<u8> {
+    let mut mac: [u8; 6] = rand::random();
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac.to_vec()
+}
+
+/// The veth pair ADD wants, created by one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Veth<'a> {
+    pub host_ifname: &'a str,
+    pub host_mac: &'a [u8],
+    pub pod_ifname: &'a str,
+    pub pod_ns: &'a File,
+    pub mtu: u32,
+    pub bridge_index: u32,
+}
+
+/// Creates a veth pair in one request, everything set at creation: the peer
+/// is born inside the pod namespace already named, both ends get the MTU,
+/// the host end gets its MAC, is enslaved to the bridge and comes up.
+pub async fn create_veth(h: &Handle, v: Veth<'_>) -> Result<(), Error> {
+    // The peer cannot come up in this request: the kernel answers ENOTCONN.
+    let peer = LinkUnspec::new_with_name(v.pod_ifname)
+        .mtu(v.mtu)
+        .setns_by_fd(v.pod_ns.as_raw_fd())
         .build();
     let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-        .name(host_ifname)
-        .mtu(mtu)
+        .name(v.host_ifname)
+        .mtu(v.mtu)
+        .address(v.host_mac.to_vec())
+        .controller(v.bridge_index)
+        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
-    h.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("create veth {host_ifname} <-> {pod_ifname}"), e))?;
-    link_by_name(h, host_ifname)
+    h.link().add(msg).execute().await.map_err(|e| {
+        Error::netlink(
+            format!("create veth {} <-> {}", v.host_ifname, v.pod_ifname),
+            e,
+        )
+    })
+}
+
+/// Turns hairpin mode on for the bridge port `name` (a new port has it off).
+pub async fn set_hairpin(h: &Handle, name: &str) -> Result<(), Error> {
+    let index = link_by_name(h, name)
         .await?
         .map(|l| l.index)
         .ok_or_else(|| Error::Internal {
-            reason: format!("veth {host_ifname} vanished right after creation"),
-        })
-}
-
-/// Enslaves the host end to the bridge, sets hairpin mode, brings it up.
-pub async fn attach_to_bridge(
-    h: &Handle,
-    host_index: u32,
-    bridge_index: u32,
-    hairpin: bool,
-) -> Result<(), Error> {
+            reason: format!("veth {name} vanished right after creation"),
+        })?;
     h.link()
-        .change(
-            LinkUnspec::new_with_index(host_index)
-                .controller(bridge_index)
-                .up()
-                .build(),
-        )
+        .set_port(LinkBridgePort::new(index).hairpin(true).build())
         .execute()
         .await
-        .map_err(|e| Error::netlink(format!("attach link {host_index} to bridge"), e))?;
-    h.link()
-        .set_port(LinkBridgePort::new(host_index).hairpin(hairpin).build())
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("set hairpin on link {host_index}"), e))
+        .map_err(|e| Error::netlink(format!("set hairpin on {name}"), e))
 }
 
-/// Inside the pod namespace (called on the thread that entered it):
-/// addresses, up, default routes. Returns the MAC.
+/// With a handle of the pod namespace: addresses, up, default routes on
+/// the pod end. `pod_ns` is only entered for the IPv6 sysctl. Returns the
+/// MAC.
 pub async fn configure_pod(
     h: &Handle,
+    pod_ns: &File,
     ifname: &str,
     address: Ipv4Net,
     gateway: Ipv4Addr,
@@ -298,7 +354,7 @@ pub async fn configure_pod(
         })?;
     add_address(h, link.index, IpNet::V4(address), ifname).await?;
     if let Some((address6, _)) = v6 {
-        ensure_ipv6_enabled(ifname)?;
+        in_netns(pod_ns, || ensure_ipv6_enabled(ifname))?;
         add_address(h, link.index, IpNet::V6(address6), ifname).await?;
     }
     h.link()

@@ -177,11 +177,11 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     let mtu = conf.mtu.unwrap_or(node.mtu);
     let requests = address_requests(env, conf, &node)?;
     let ns = kernel::open_netns(netns_path)?;
+    let nl = kernel::Netlink::new()?;
+    let host = nl.here()?;
+    let pod = nl.in_netns(&ns)?;
 
-    let taken = kernel::with_handle(Some(&ns), |h| async move {
-        kernel::link_by_name(&h, ifname).await
-    })?;
-    if taken.is_some() {
+    if nl.run(kernel::link_by_name(&pod, ifname))?.is_some() {
         return Err(Error::InterfaceExists {
             ifname: ifname.to_string(),
             netns: netns_path.to_path_buf(),
@@ -194,7 +194,15 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     let outcome = PodAddresses::of(&ips, &node)
         .map_err(|reason| Error::Internal { reason })
         .and_then(|addrs| {
-            setup(conf, &node, &ns, &host_ifname, ifname, addrs, mtu).map(|macs| (addrs, macs))
+            let links = Links {
+                nl: &nl,
+                host: &host,
+                pod: &pod,
+                ns: &ns,
+                host_ifname: &host_ifname,
+                ifname,
+            };
+            setup(conf, &node, links, addrs, mtu).map(|macs| (addrs, macs))
         });
     match outcome {
         Ok((addrs, (host_mac, pod_mac))) => {
@@ -221,10 +229,7 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         }
         Err(e) => {
             // Deleting the host end takes the pod end with it.
-            let _ = kernel::with_handle(None, |h| {
-                let name = host_ifname.clone();
-                async move { kernel::delete_link(&h, &name).await }
-            });
+            let _ = nl.run(kernel::delete_link(&host, &host_ifname));
             for ip in ips {
                 let _ = ipam.release_ip(ip, cid, ifname);
             }
@@ -233,56 +238,87 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     }
 }
 
+/// The netlink side of one ADD: the runtime, a handle per namespace and
+/// the names of the two veth ends.
+#[derive(Clone, Copy)]
+struct Links<'a> {
+    nl: &'a kernel::Netlink,
+    host: &'a rtnetlink::Handle,
+    pod: &'a rtnetlink::Handle,
+    ns: &'a std::fs::File,
+    host_ifname: &'a str,
+    ifname: &'a str,
+}
+
 /// Bridge, veth, pod config. Returns (host MAC, pod MAC).
 fn setup(
     conf: &NetConf,
     node: &NodeSubnet,
-    ns: &std::fs::File,
-    host_ifname: &str,
-    ifname: &str,
+    l: Links<'_>,
     addrs: PodAddresses,
     mtu: u32,
 ) -> Result<(Vec<u8>, Vec<u8>), Error> {
     let gateway_net = node.gateway_net;
     let gateway_net6 = node.ipv6.map(|n| n.gateway_net);
-    let host_mac = kernel::with_handle(None, |h| async move {
-        let bridge =
-            kernel::ensure_bridge(&h, &conf.bridge, gateway_net, gateway_net6, mtu).await?;
-        let index = kernel::create_veth(&h, host_ifname, ifname, ns, mtu).await?;
-        kernel::attach_to_bridge(&h, index, bridge, conf.hairpin_mode).await?;
-        let link = kernel::link_by_name(&h, host_ifname).await?;
-        Ok(link.map(|l| l.mac).unwrap_or_default())
-    })?;
     let gateway = node.gateway();
     let v6 = addrs.v6.zip(node.ipv6.map(|n| n.gateway()));
-    let pod_mac = kernel::with_handle(Some(ns), |h| async move {
-        kernel::configure_pod(&h, ifname, addrs.v4, gateway, v6).await
-    })?;
-    Ok((host_mac, pod_mac))
+    let host_mac = kernel::random_mac();
+    l.nl.run(async {
+        let bridge_index =
+            kernel::ensure_bridge(l.host, &conf.bridge, gateway_net, gateway_net6, mtu).await?;
+        let veth = kernel::Veth {
+            host_ifname: l.host_ifname,
+            host_mac: &host_mac,
+            pod_ifname: l.ifname,
+            pod_ns: l.ns,
+            mtu,
+            bridge_index,
+        };
+        kernel::create_veth(l.host, veth).await?;
+        if conf.hairpin_mode {
+            kernel::set_hairpin(l.host, l.host_ifname).await?;
+        }
+        let pod_mac = kernel::configure_pod(l.pod, l.ns, l.ifname, addrs.v4, gateway, v6).await?;
+        Ok((host_mac.clone(), pod_mac))
+    })
 }
 
 fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
     let (cid, ifname) = attachment(env)?;
-    // The pod end first, so the pod loses connectivity before its address is
-    // free again. A missing or unusable namespace just means it is gone.
-    if let Some(path) = env.netns.as_deref() {
-        if let Ok(ns) = kernel::open_netns(path) {
-            if let Err(e) = kernel::with_handle(Some(&ns), |h| async move {
-                kernel::delete_link(&h, ifname).await
-            }) {
+    // The veth goes before the address is free again, so the pod has lost
+    // connectivity by then. Deleting the host end removes the pod end in the
+    // same kernel operation, without entering the pod namespace; only when
+    // there is no host end is the pod side looked at (a missing or unusable
+    // namespace just means it is gone).
+    let host_ifname = host_veth_name(cid, ifname);
+    let host = kernel::Netlink::new().and_then(|nl| {
+        let h = nl.here()?;
+        let deleted = nl.run(kernel::delete_link(&h, &host_ifname));
+        if !matches!(deleted, Ok(true)) {
+            if let Some(Err(e)) = env
+                .netns
+                .as_deref()
+                .map(|path| del_pod_side(&nl, path, ifname))
+            {
                 eprintln!("twill: DEL {cid}/{ifname}: pod side: {e}");
             }
         }
-    }
-    let host_ifname = host_veth_name(cid, ifname);
-    let host = kernel::with_handle(None, |h| {
-        let name = host_ifname.clone();
-        async move { kernel::delete_link(&h, &name).await }
+        deleted
     });
     let ipam = Ipam::open(&conf.data_dir, &conf.name).and_then(|i| i.release(cid, ifname));
     host?;
     ipam?;
     Ok(())
+}
+
+/// Deletes `ifname` inside the namespace at `path`; a namespace that cannot
+/// be opened counts as gone.
+fn del_pod_side(nl: &kernel::Netlink, path: &std::path::Path, ifname: &str) -> Result<(), Error> {
+    let Ok(ns) = kernel::open_netns(path) else {
+        return Ok(());
+    };
+    let pod = nl.in_netns(&ns)?;
+    nl.run(kernel::delete_link(&pod, ifname)).map(|_| ())
 }
 
 fn check_failed(what: impl Into<String>) -> Error {
@@ -331,8 +367,11 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
     let ns = kernel::open_netns(netns_path)?;
     let mut gateways = vec![IpAddr::V4(node.gateway())];
     gateways.extend(node.ipv6.map(|n| IpAddr::V6(n.gateway())));
-    kernel::with_handle(Some(&ns), |h| async move {
-        let link = kernel::link_by_name(&h, ifname)
+    let nl = kernel::Netlink::new()?;
+    let pod = nl.in_netns(&ns)?;
+    nl.run(async {
+        let h = &pod;
+        let link = kernel::link_by_name(h, ifname)
             .await?
             .ok_or_else(|| check_failed(format!("interface {ifname} missing in pod namespace")))?;
         if link.mtu.is_some_and(|m| m != mtu) {
@@ -341,7 +380,7 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
                 link.mtu
             )));
         }
-        let addrs = kernel::addresses(&h, link.index).await?;
+        let addrs = kernel::addresses(h, link.index).await?;
         for w in &want_all {
             if !addrs.contains(w) {
                 return Err(check_failed(format!(
@@ -349,7 +388,7 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
                 )));
             }
         }
-        let gws = kernel::default_gateways(&h, link.index).await?;
+        let gws = kernel::default_gateways(h, link.index).await?;
         for gw in &gateways {
             if !gws.contains(gw) {
                 return Err(check_failed(format!(
@@ -361,12 +400,14 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
     })?;
 
     let host_ifname = host_veth_name(cid, ifname);
-    let bridge = conf.bridge.clone();
-    kernel::with_handle(None, |h| async move {
-        let br = kernel::link_by_name(&h, &bridge)
+    let bridge = &conf.bridge;
+    let host = nl.here()?;
+    nl.run(async {
+        let h = &host;
+        let br = kernel::link_by_name(h, bridge)
             .await?
             .ok_or_else(|| check_failed(format!("bridge {bridge} missing")))?;
-        let host = kernel::link_by_name(&h, &host_ifname)
+        let host = kernel::link_by_name(h, &host_ifname)
             .await?
             .ok_or_else(|| check_failed(format!("host veth {host_ifname} missing")))?;
         if host.controller != Some(br.index) {
@@ -412,14 +453,17 @@ fn cmd_gc(conf: &NetConf) -> Result<(), Error> {
         .iter()
         .map(|r| host_veth_name(&r.container_id, &r.ifname))
         .collect();
-    let link_errors = kernel::with_handle(None, |h| async move {
-        let mut errs = Vec::new();
-        for name in &names {
-            if let Err(e) = kernel::delete_link(&h, name).await {
-                errs.push(e);
+    let link_errors = kernel::Netlink::new().and_then(|nl| {
+        let h = nl.here()?;
+        nl.run(async {
+            let mut errs = Vec::new();
+            for name in &names {
+                if let Err(e) = kernel::delete_link(&h, name).await {
+                    errs.push(e);
+                }
             }
-        }
-        Ok(errs)
+            Ok(errs)
+        })
     });
     match link_errors {
         Ok(errs) => errors.extend(errs),

@@ -319,3 +319,68 @@ fn concurrent_adds_get_distinct_addresses() {
     assert!(s.reservations().is_empty());
     assert!(veths(&host).is_empty());
 }
+
+/// What ADD sets at veth creation (host MAC, bridge, up, hairpin) is what
+/// the kernel shows; DEL still cleans the pod side when the host end is gone.
+#[test]
+fn veth_attributes_hairpin_and_del_fallback() {
+    if !prerequisites() {
+        return;
+    }
+    let host = Netns::new("host");
+    let pod = Netns::new("pod");
+    let s = Setup::new();
+    let p = pod.path();
+    let conf = bytes(&s.conf(json!({"hairpinMode": true})));
+    let (ok, r) = cni(&host, &attach_env("ADD", "h1", &p, "eth0"), &conf);
+    assert!(ok, "ADD: {r}");
+    let veth = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let (ok, detail) = host.ip(&["-d", "link", "show", &veth]);
+    assert!(ok, "{veth} missing");
+    let mac = r["interfaces"][0]["mac"].as_str().unwrap();
+    assert!(detail.contains(&format!("link/ether {mac}")), "{detail}");
+    assert!(detail.contains("master twill0"), "{detail}");
+    assert!(detail.contains(",UP"), "{detail}");
+    assert!(detail.contains("hairpin on"), "{detail}");
+    let (_, pod_link) = pod.ip(&["link", "show", "eth0"]);
+    assert!(pod_link.contains(",UP"), "{pod_link}");
+    let pod_mac = r["interfaces"][1]["mac"].as_str().unwrap();
+    assert!(
+        pod_link.contains(&format!("link/ether {pod_mac}")),
+        "{pod_link}"
+    );
+
+    // hairpinMode false (the default is true) leaves the port's kernel
+    // default: off.
+    let pod2 = Netns::new("pod2");
+    let plain = bytes(&s.conf(json!({"hairpinMode": false})));
+    let (ok, r2) = cni(
+        &host,
+        &attach_env("ADD", "h2", &pod2.path(), "eth0"),
+        &plain,
+    );
+    assert!(ok, "ADD: {r2}");
+    let veth2 = r2["interfaces"][0]["name"].as_str().unwrap();
+    let (_, detail2) = host.ip(&["-d", "link", "show", veth2]);
+    assert!(detail2.contains("hairpin off"), "{detail2}");
+
+    // The host end is gone (deleted by hand, taking the pod end) and the pod
+    // has some other eth0: DEL removes it from the pod side and succeeds.
+    assert!(host.ip(&["link", "del", &veth]).0);
+    assert!(
+        pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"])
+            .0
+    );
+    let (ok, out) = cni(&host, &attach_env("DEL", "h1", &p, "eth0"), &conf);
+    assert!(ok, "DEL: {out}");
+    let names = pod.link_names();
+    assert!(!names.iter().any(|n| n == "eth0"), "{names:?}");
+    let (ok, out) = cni(
+        &host,
+        &attach_env("DEL", "h2", &pod2.path(), "eth0"),
+        &plain,
+    );
+    assert!(ok, "DEL: {out}");
+    assert!(veths(&host).is_empty(), "{:?}", veths(&host));
+    assert!(s.reservations().is_empty(), "{:?}", s.reservations());
+}
