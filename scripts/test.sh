@@ -13,6 +13,10 @@ scripts/install-deps.sh
 
 # Netns tests must never be skipped here.
 export CI=true
+# Our namespaces get a prefix of this run's own, so the leak check below sees
+# only them, also when other runs on this machine make namespaces.
+TWILL_TEST_NS_PREFIX="t$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')"
+export TWILL_TEST_NS_PREFIX
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 echo "== cargo fmt --check"
@@ -26,8 +30,8 @@ echo "== cargo test"
 status=0
 cargo test --workspace || status=$?
 
-# Test namespaces are named tw<pid hex>x<n>-...; the demo's twdemo- is not ours.
-leaked=$(ip netns list | awk '{print $1}' | grep -E '^tw[0-9a-f]+x[0-9]+-' || true)
+# Test namespaces are named <prefix><pid hex>x<n>-...; the demo's twdemo- is not ours.
+leaked=$(ip netns list | awk '{print $1}' | grep -E "^${TWILL_TEST_NS_PREFIX}[0-9a-f]+x[0-9]+-" || true)
 if [[ -n "$leaked" ]]; then
     die "tests leaked network namespaces:
 $leaked"

@@ -19,10 +19,23 @@ pub const TEST_PREFIX: &str = "tw";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A prefix unique to this process and call, e.g. `tw1f3ax0`: the pid keeps
-/// concurrent test binaries apart, the counter concurrent tests in one.
+/// concurrent test binaries apart, the counter concurrent tests in one. A
+/// run can set its own leading part in `TWILL_TEST_NS_PREFIX` (1 to 6
+/// lowercase letters or digits) so that its leak check sees only its own
+/// namespaces on a machine where other runs make namespaces too.
 pub fn run_prefix() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{TEST_PREFIX}{:x}x{n}", std::process::id())
+    let lead = std::env::var("TWILL_TEST_NS_PREFIX")
+        .ok()
+        .filter(|p| valid_lead(p))
+        .unwrap_or_else(|| TEST_PREFIX.to_owned());
+    format!("{lead}{:x}x{n}", std::process::id())
+}
+
+fn valid_lead(p: &str) -> bool {
+    (1..=6).contains(&p.len())
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 /// A network namespace this process created and owns.
@@ -125,5 +138,19 @@ impl Drop for Netns {
         if let Err(e) = cmd::run_ok(&mut ip(["netns", "del", &self.name])) {
             eprintln!("netns-tests: cannot delete netns {}: {e}", self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_leads_must_be_short_lowercase_alphanumerics() {
+        assert!(valid_lead("t3fa2"));
+        assert!(!valid_lead(""));
+        assert!(!valid_lead("toolongx"));
+        assert!(!valid_lead("Tw"));
+        assert!(!valid_lead("t-1"));
     }
 }
