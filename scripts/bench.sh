@@ -37,13 +37,27 @@ out=target/bench-results
 mkdir -p "$out"
 # Results of benchmarks not run this time would mix two runs in one report.
 for b in "${selected[@]}"; do rm -f "$out/$b.json"; done
+if ((micro)); then rm -f "$out/micro.json"; fi
 if ((${#selected[@]} == ${#ALL[@]})); then rm -f "$out"/*.json; fi
 
 bench=target/release/twill-bench
 status=0
+# PIDs of the benchmark processes: their namespaces are tw<pid hex>x<n>-...,
+# so the leak check below looks at ours only (the machine may be running
+# other people's netns tests at the same time).
+# Run in the foreground (Ctrl-C must reach it): sh writes its PID, then
+# becomes the benchmark with exec, keeping that PID.
+pids=()
+run_bench() {
+    local rc=0
+    sh -c 'echo $$ >"$0"; exec "$@"' "$out/.pid" "$bench" "$@" || rc=$?
+    if [[ -s "$out/.pid" ]]; then pids+=("$(cat "$out/.pid")"); fi
+    rm -f "$out/.pid"
+    return "$rc"
+}
 for b in "${selected[@]}"; do
     echo "== benchmark $b"
-    if ! "$bench" "${quick[@]}" --out "$out" --bin-dir target/release "$b"; then
+    if ! run_bench "${quick[@]}" --out "$out" --bin-dir target/release "$b"; then
         echo "bench.sh: benchmark $b failed" >&2
         status=1
     fi
@@ -51,20 +65,32 @@ done
 
 if ((micro)); then
     echo "== criterion micro-benchmarks"
+    # Results criterion left from older runs must not enter this report.
+    touch "$out/.micro-start"
+    micro_ok=1
     if ((${#quick[@]})); then
-        cargo bench -p twill-bench --bench micro -- --warm-up-time 1 --measurement-time 2 || status=1
+        cargo bench -p twill-bench --bench micro -- --warm-up-time 1 --measurement-time 2 || micro_ok=0
     else
-        cargo bench -p twill-bench --bench micro || status=1
+        cargo bench -p twill-bench --bench micro || micro_ok=0
+    fi
+    if ((micro_ok)); then
+        "$bench" "${quick[@]}" --out "$out" micro --criterion-dir target/criterion \
+            --newer-than "$out/.micro-start" || status=1
+    else
+        status=1
     fi
 fi
 
-if ((${#selected[@]})); then
+if ((${#selected[@]} || micro)); then
     echo "== report"
     "$bench" "${quick[@]}" --out "$out" report --markdown bench/RESULTS.md --chart bench/latency.svg || status=1
 fi
 
-# Benchmark namespaces are named tw<pid hex>x<n>-...
-leaked=$(ip netns list | awk '{print $1}' | grep -E '^tw[0-9a-f]+x[0-9]+-' || true)
+leaked=""
+for pid in "${pids[@]}"; do
+    mine=$(ip netns list | awk '{print $1}' | grep -E "^tw$(printf '%x' "$pid")x[0-9]+-" || true)
+    [[ -z "$mine" ]] || leaked+="$mine"$'\n'
+done
 [[ -z "$leaked" ]] || die "benchmarks leaked network namespaces:
 $leaked"
 exit "$status"

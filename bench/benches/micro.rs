@@ -1,5 +1,6 @@
 //! criterion micro-benchmarks of the pure cores: subnet allocation with 1k
-//! and 5k existing leases, and the reconcile diff at 1k and 5k nodes.
+//! and 5k existing leases, and the reconcile diff (plus the op -> lease
+//! lookup the agent logs with) at 1k and 5k nodes.
 
 use std::net::Ipv4Addr;
 
@@ -7,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use subnet_allocator::{allocate, Lease, NetworkConfig};
-use twill::reconcile::{desired_state, diff, remote_nodes, KernelState};
+use twill::reconcile::{desired_state, diff, op_node, remote_nodes, KernelState};
 use twill_bench::scale::{fake_lease, local_view};
 
 fn config() -> NetworkConfig {
@@ -87,5 +88,39 @@ fn bench_diff(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_allocate, bench_diff);
+/// The agent names the node of every op it applies (for its log line) with
+/// `op_node`, a scan of the leases: a full sync does it once per op, so the
+/// cost per node grows with n. Slow, hence few samples and smaller n.
+fn bench_op_node(c: &mut Criterion) {
+    let cfg = config();
+    let mut g = c.benchmark_group("agent");
+    g.sample_size(10)
+        .sampling_mode(criterion::SamplingMode::Flat);
+    for n in [500u32, 1000, 2000] {
+        let all = leases(&cfg, n);
+        let local = match fake_lease(cfg.network, cfg.subnet_len, 0) {
+            Ok(l) => l,
+            Err(e) => panic!("local lease: {e}"),
+        };
+        let (nodes, _) = remote_nodes(
+            &local_view(cfg.network, local.subnet, local.attrs.public_ip),
+            &all,
+        );
+        let ops = diff(&desired_state(&nodes), &KernelState::default());
+        g.bench_with_input(
+            BenchmarkId::new("op_node for every op of a full sync", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    ops.iter()
+                        .filter(|op| op_node(op, black_box(&all)).is_some())
+                        .count()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_allocate, bench_diff, bench_op_node);
 criterion_main!(benches);

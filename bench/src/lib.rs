@@ -10,6 +10,7 @@ pub mod converge;
 pub mod datapath;
 pub mod footprint;
 pub mod localetcd;
+pub mod microbench;
 pub mod nsthread;
 pub mod report;
 pub mod results;

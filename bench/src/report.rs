@@ -39,8 +39,14 @@ pub fn machine_facts(repo: &Path) -> Vec<(String, String)> {
     if !status.is_empty() && status != "unknown" {
         commit.push_str(" (with uncommitted changes)");
     }
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
     vec![
         ("CPUs (nproc)".into(), run("nproc", &[])),
+        ("load average 1 / 5 / 15 min at report time".into(), load),
         ("CPU model".into(), model),
         ("memory".into(), mem),
         ("kernel".into(), run("uname", &["-r"])),
@@ -67,6 +73,11 @@ pub fn markdown(
     for (k, v) in facts {
         md.push_str(&format!("| {k} | {v} |\n"));
     }
+    md.push_str(
+        "\nThe machine is shared: other engineers' builds and tests may have run during the \
+         benchmarks, so CPU-bound figures (data path, CNI latency) carry that noise; ratios \
+         compare measurements taken side by side and suffer least.\n",
+    );
     md.push_str(&format!(
         "\nLatency distributions: [`{chart}`]({chart})\n\n![latency]({chart})\n"
     ));
@@ -192,5 +203,6 @@ mod tests {
         );
         assert!(md.contains("| host-gw | - | not implemented |"));
         assert!(md.contains("| kernel | 6.1 |"));
+        assert!(md.contains("The machine is shared"));
     }
 }

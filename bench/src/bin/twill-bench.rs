@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use twill_bench::{cni, converge, datapath, footprint, report, results::BenchOutput, scale};
+use twill_bench::{
+    cni, converge, datapath, footprint, microbench, report, results::BenchOutput, scale,
+};
 
 /// Benchmark order in the report.
-const ALL: [&str; 5] = ["cni", "converge", "datapath", "footprint", "scale"];
+const ALL: [&str; 6] = ["cni", "converge", "datapath", "footprint", "scale", "micro"];
 
 #[derive(Parser)]
 #[command(about = "twill benchmarks (root: creates network namespaces)")]
@@ -37,12 +39,21 @@ enum Cmd {
     Cni,
     /// Convergence when a host joins and leaves.
     Converge,
-    /// iperf3 throughput, VXLAN vs underlay.
+    /// iperf3 throughput, VXLAN and host-gw vs underlay.
     Datapath,
     /// twilld RSS / CPU, binary sizes.
     Footprint,
     /// Control-plane scale on a loopback etcd.
     Scale,
+    /// Saves the criterion micro-benchmark results (run `cargo bench -p
+    /// twill-bench --bench micro` first) as a benchmark output.
+    Micro {
+        #[arg(long, default_value = "target/criterion")]
+        criterion_dir: PathBuf,
+        /// Ignore results older than this file (left from an older run).
+        #[arg(long)]
+        newer_than: Option<PathBuf>,
+    },
     /// Writes RESULTS.md and the chart from the saved outputs.
     Report {
         #[arg(long, default_value = "bench/RESULTS.md")]
@@ -87,6 +98,20 @@ fn main() -> anyhow::Result<()> {
             events: reps(10, 20) as u32,
             race_agents: 250,
         })?,
+        Cmd::Micro {
+            criterion_dir,
+            newer_than,
+        } => {
+            let since = match newer_than {
+                Some(p) => Some(
+                    std::fs::metadata(p)
+                        .and_then(|m| m.modified())
+                        .with_context(|| format!("reading the time of {}", p.display()))?,
+                ),
+                None => None,
+            };
+            microbench::collect(criterion_dir, &microbench::GROUPS, since)?
+        }
         Cmd::Report { markdown, chart } => {
             let mode = if cli.quick {
                 "quick (fewer repetitions and sizes)"
