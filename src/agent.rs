@@ -21,12 +21,15 @@ use crate::kernel::{
     classify_link_event, link_events, DevIndex, Kernel, KernelError, LinkSignal, Underlay,
     VxlanSpec,
 };
-use crate::reconcile::{desired_state, diff, op_node, remote_nodes, Local, Mac, Mode};
+use crate::reconcile::{desired_state, diff, remote_nodes, Local, Mac, Mode, NodeIndex};
 use crate::subnet_file::{self, gateway6_of, gateway_of, SubnetEnv, SubnetFileError};
 use crate::telemetry::Telemetry;
 
 /// VXLAN over an IPv4 underlay costs 50 bytes per packet.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// How long a watch event waits for more before the reconcile pass runs.
+const EVENT_BATCH_WINDOW: Duration = Duration::from_millis(10);
+
 /// VXLAN over an IPv6 underlay costs 70.
 pub const VXLAN6_OVERHEAD: u32 = 70;
 
@@ -451,10 +454,14 @@ impl<S: LeaseStore> Agent<S> {
         let actual = self.kernel.read_state(&index).await?;
         let ops = diff(&desired, &actual);
         let mut failed = 0;
+        // Built only when there is something to log about.
+        let index_of_nodes = (!ops.is_empty()).then(|| NodeIndex::new(self.seen.values()));
         for op in &ops {
             let res = self.kernel.apply(&index, op).await;
             self.opts.telemetry.count_op(op.kind(), res.is_ok());
-            let (subnet, public_ip) = op_node(op, self.seen.values())
+            let (subnet, public_ip) = index_of_nodes
+                .as_ref()
+                .and_then(|idx| idx.find(op))
                 .map(|l| (l.subnet.to_string(), l.attrs.public_ip.to_string()))
                 .unwrap_or_else(|| ("?".into(), "?".into()));
             match res {
@@ -545,6 +552,9 @@ impl<S: LeaseStore> Agent<S> {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let renew_every = self.opts.lease_ttl / 3;
         let mut renew_at = Instant::now() + renew_every;
+        // Watch batches that arrive close together (many nodes joining at
+        // once) are folded into one reconcile pass a moment later.
+        let mut reconcile_due: Option<Instant> = None;
         let mut links = match link_events() {
             Ok(rx) => Some(rx),
             Err(e) => {
@@ -599,9 +609,7 @@ impl<S: LeaseStore> Agent<S> {
                             self.reacquire(&mut stop).await?;
                             renew_at = Instant::now() + renew_every;
                         }
-                        if let Err(e) = self.reconcile().await {
-                            tracing::warn!(error = %e, "reconcile failed");
-                        }
+                        reconcile_due.get_or_insert(Instant::now() + EVENT_BATCH_WINDOW);
                     }
                     Ok(None) => {
                         tracing::warn!("lease watch ended; re-watching");
@@ -641,7 +649,14 @@ impl<S: LeaseStore> Agent<S> {
                         }
                     }
                 },
+                _ = tokio::time::sleep_until(reconcile_due.unwrap_or(renew_at)), if reconcile_due.is_some() => {
+                    reconcile_due = None;
+                    if let Err(e) = self.reconcile().await {
+                        tracing::warn!(error = %e, "reconcile failed");
+                    }
+                }
                 _ = resync.tick() => {
+                    reconcile_due = None;
                     if let Err(e) = self.reconcile().await {
                         tracing::warn!(error = %e, "resync failed");
                     }

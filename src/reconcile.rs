@@ -436,32 +436,78 @@ impl Skip {
     }
 }
 
-/// The node an operation is about, found among `leases` (current or
-/// recently gone), for logs that name every node by subnet and public IP.
-pub fn op_node<'a>(op: &Op, leases: impl IntoIterator<Item = &'a Lease>) -> Option<&'a Lease> {
-    let mac_of = |l: &Lease| {
-        [
-            l.attrs.backend_data.as_ref(),
-            l.attrs.backend_v6_data.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(|d| Mac::parse(&d.vtep_mac))
-        .collect::<Vec<_>>()
-    };
-    let covers = |l: &Lease, ip: IpAddr| match ip {
-        IpAddr::V4(v4) => l.subnet.contains(&v4),
-        IpAddr::V6(v6) => l.ipv6_subnet.is_some_and(|s| s.contains(&v6)),
-    };
-    leases.into_iter().find(|l| match op {
-        Op::DelRoute { dst } | Op::SetRoute { dst, .. } => covers(l, dst.network()),
-        Op::DelNeighbour { ip, .. } | Op::SetNeighbour { ip, .. } => covers(l, *ip),
-        Op::DelFdb { mac, dst, .. } | Op::AddFdb { mac, dst, .. } => {
-            mac_of(l).contains(mac)
-                || IpAddr::from(l.attrs.public_ip) == *dst
-                || l.attrs.public_ipv6.map(IpAddr::from) == Some(*dst)
+/// Finds the node an operation is about among leases (current or recently
+/// gone), for logs that name every node by subnet and public IP. Built once
+/// per reconcile pass that has operations, then each lookup is logarithmic.
+pub struct NodeIndex<'a> {
+    by_subnet: BTreeMap<Ipv4Net, &'a Lease>,
+    by_subnet6: BTreeMap<Ipv6Net, &'a Lease>,
+    by_mac: std::collections::HashMap<Mac, &'a Lease>,
+    by_ip: std::collections::HashMap<IpAddr, &'a Lease>,
+}
+
+impl<'a> NodeIndex<'a> {
+    pub fn new(leases: impl IntoIterator<Item = &'a Lease>) -> Self {
+        let mut idx = NodeIndex {
+            by_subnet: BTreeMap::new(),
+            by_subnet6: BTreeMap::new(),
+            by_mac: std::collections::HashMap::new(),
+            by_ip: std::collections::HashMap::new(),
+        };
+        for l in leases {
+            idx.by_subnet.insert(l.subnet, l);
+            if let Some(s6) = l.ipv6_subnet {
+                idx.by_subnet6.insert(s6, l);
+            }
+            for d in [
+                l.attrs.backend_data.as_ref(),
+                l.attrs.backend_v6_data.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if let Some(m) = Mac::parse(&d.vtep_mac) {
+                    idx.by_mac.insert(m, l);
+                }
+            }
+            idx.by_ip.insert(l.attrs.public_ip.into(), l);
+            if let Some(ip6) = l.attrs.public_ipv6 {
+                idx.by_ip.insert(ip6.into(), l);
+            }
         }
-    })
+        idx
+    }
+
+    /// The lease whose subnet holds `ip`: the last subnet starting at or
+    /// before it (leases do not overlap), if it contains it.
+    fn covering(&self, ip: IpAddr) -> Option<&'a Lease> {
+        match ip {
+            IpAddr::V4(v4) => self
+                .by_subnet
+                .range(..=Ipv4Net::from(v4))
+                .next_back()
+                .filter(|(s, _)| s.contains(&v4))
+                .map(|(_, l)| *l),
+            IpAddr::V6(v6) => self
+                .by_subnet6
+                .range(..=Ipv6Net::from(v6))
+                .next_back()
+                .filter(|(s, _)| s.contains(&v6))
+                .map(|(_, l)| *l),
+        }
+    }
+
+    pub fn find(&self, op: &Op) -> Option<&'a Lease> {
+        match op {
+            Op::DelRoute { dst } | Op::SetRoute { dst, .. } => self.covering(dst.network()),
+            Op::DelNeighbour { ip, .. } | Op::SetNeighbour { ip, .. } => self.covering(*ip),
+            Op::DelFdb { mac, dst, .. } | Op::AddFdb { mac, dst, .. } => self
+                .by_mac
+                .get(mac)
+                .or_else(|| self.by_ip.get(dst))
+                .copied(),
+        }
+    }
 }
 
 /// The operations that turn `actual` into `desired`, and nothing else: an
@@ -1058,21 +1104,36 @@ mod tests {
             dst: k("10.244.3.0/24"),
             target: vx("10.244.3.0"),
         };
-        assert_eq!(op_node(&op, &all), Some(&l3));
+        let idx = NodeIndex::new(&all);
+        assert_eq!(idx.find(&op), Some(&l3));
         let op = Op::DelNeighbour {
             dev: Dev::Vxlan,
             ip: a("10.244.2.0"),
         };
-        assert_eq!(op_node(&op, &all), Some(&l2));
+        assert_eq!(idx.find(&op), Some(&l2));
         let op = Op::DelFdb {
             dev: Dev::Vxlan,
             mac: Mac::parse("0e:01:c0:00:02:03").unwrap(),
             dst: a("192.0.2.99"),
         };
-        assert_eq!(op_node(&op, &all), Some(&l3));
+        assert_eq!(idx.find(&op), Some(&l3));
+        let op = Op::DelFdb {
+            dev: Dev::Vxlan,
+            mac: Mac::parse("0e:01:c0:00:02:77").unwrap(),
+            dst: a("192.0.2.2"),
+        };
+        assert_eq!(
+            idx.find(&op),
+            Some(&l2),
+            "by public IP when the MAC is unknown"
+        );
         let op = Op::DelRoute {
             dst: k("10.244.9.0/24"),
         };
-        assert_eq!(op_node(&op, &all), None);
+        assert_eq!(idx.find(&op), None);
+        let op = Op::DelRoute {
+            dst: k("10.244.1.0/24"),
+        };
+        assert_eq!(idx.find(&op), None, "a gap between leases is no node");
     }
 }
