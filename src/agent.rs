@@ -388,11 +388,20 @@ impl<S: LeaseStore> Agent<S> {
     /// Keeps the masquerade rules in place when `--ip-masq` is on: replaced
     /// atomically when missing or incomplete, left alone when right.
     async fn ensure_masq(&self) {
-        if !self.opts.ip_masq || crate::masq::in_place(self.cfg.network).await {
+        if !self.opts.ip_masq {
             return;
         }
-        match crate::masq::apply(self.cfg.network).await {
-            Ok(()) => tracing::info!(network = %self.cfg.network, "installed ip-masq rules"),
+        let networks = crate::masq::Networks {
+            v4: self.cfg.network,
+            v6: self.cfg.ipv6.as_ref().map(|c| c.network),
+        };
+        if crate::masq::in_place(&networks).await {
+            return;
+        }
+        match crate::masq::apply(&networks).await {
+            Ok(()) => {
+                tracing::info!(network = %self.cfg.network, network6 = ?networks.v6, "installed ip-masq rules")
+            }
             Err(e) => tracing::warn!(error = %e, "cannot install ip-masq rules"),
         }
     }
