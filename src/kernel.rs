@@ -238,7 +238,10 @@ impl Kernel {
         }
     }
 
-    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Net)>> {
+    /// Every address on `index`, both families, as (message, net). For
+    /// IPv4 the local address counts (it differs from IFA_ADDRESS only on
+    /// point-to-point links).
+    async fn addresses(&self, index: u32) -> Result<Vec<(AddressMessage, IpNet)>> {
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -250,26 +253,38 @@ impl Kernel {
             .map_err(nl(format!("list addresses of ifindex {index}")))?;
         let mut out = Vec::new();
         for m in msgs {
-            if m.header.index != index || m.header.family != AddressFamily::Inet {
+            if m.header.index != index {
                 continue;
             }
-            let local = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let addr = local.or_else(|| {
+            let pick = |local: bool| {
                 m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    AddressAttribute::Local(ip) if local => Some(*ip),
+                    AddressAttribute::Address(ip) if !local => Some(*ip),
                     _ => None,
                 })
-            });
-            if let Some(ip) = addr {
-                if let Ok(net) = Ipv4Net::new(ip, m.header.prefix_len) {
-                    out.push((m, net));
-                }
+            };
+            let addr = match m.header.family {
+                AddressFamily::Inet => pick(true).or_else(|| pick(false)),
+                AddressFamily::Inet6 => pick(false),
+                _ => None,
+            };
+            if let Some(net) = addr.and_then(|ip| IpNet::new(ip, m.header.prefix_len).ok()) {
+                out.push((m, net));
             }
         }
         Ok(out)
+    }
+
+    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Net)>> {
+        Ok(self
+            .addresses(index)
+            .await?
+            .into_iter()
+            .filter_map(|(m, n)| match n {
+                IpNet::V4(v4) => Some((m, v4)),
+                IpNet::V6(_) => None,
+            })
+            .collect())
     }
 
     /// Finds the underlay: `iface` or the interface of the default route,
@@ -371,81 +386,27 @@ impl Kernel {
             .map_err(nl(format!("set {what} up")))
     }
 
-    /// Makes `index` carry exactly one IPv4 address, `want`: the right one is
-    /// kept untouched, any other IPv4 address (an old subnet's) is removed.
-    pub async fn ensure_only_address(&self, index: u32, want: Ipv4Net, what: &str) -> Result<()> {
-        let mut have_it = false;
-        for (msg, net) in self.ipv4_addresses(index).await? {
-            if net == want {
-                have_it = true;
-                continue;
-            }
-            tracing::info!(device = what, address = %net, "removing stale address");
-            self.handle
-                .address()
-                .del(msg)
-                .execute()
-                .await
-                .map_err(nl(format!("delete address {net} from {what}")))?;
-        }
-        if !have_it {
-            tracing::info!(device = what, address = %want, "adding address");
-            match self
-                .handle
-                .address()
-                .add(index, IpAddr::V4(want.addr()), want.prefix_len())
-                .execute()
-                .await
-            {
-                Err(e) if errno(&e) != Some(EEXIST) => {
-                    return Err(nl(format!("add address {want} to {what}"))(e))
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes `index` carry the IPv6 address `want` (without duplicate address
-    /// detection, so it is usable at once) and no other global address from
-    /// `within` (an old subnet's). Link-local and foreign addresses stay.
-    pub async fn ensure_address6(
+    /// Makes `index` carry `want`, and removes every other address of its
+    /// family that `stale` says belongs to twill (an old subnet's). IPv6
+    /// addresses are added without duplicate address detection, so they are
+    /// usable at once.
+    async fn ensure_address(
         &self,
         index: u32,
-        want: ipnet::Ipv6Net,
-        within: ipnet::Ipv6Net,
+        want: IpNet,
+        stale: impl Fn(&IpNet) -> bool,
         what: &str,
     ) -> Result<()> {
         use rtnetlink::packet_route::address::AddressHeaderFlags;
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl(format!("list addresses of {what}")))?;
         let mut have_it = false;
-        for m in msgs {
-            if m.header.index != index || m.header.family != AddressFamily::Inet6 {
-                continue;
-            }
-            let addr = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
-                _ => None,
-            });
-            let Some(ip) = addr else { continue };
-            let Ok(net) = ipnet::Ipv6Net::new(ip, m.header.prefix_len) else {
-                continue;
-            };
+        for (msg, net) in self.addresses(index).await? {
             if net == want {
                 have_it = true;
-            } else if within.contains(&ip) {
+            } else if net.addr().is_ipv4() == want.addr().is_ipv4() && stale(&net) {
                 tracing::info!(device = what, address = %net, "removing stale address");
                 self.handle
                     .address()
-                    .del(m)
+                    .del(msg)
                     .execute()
                     .await
                     .map_err(nl(format!("delete address {net} from {what}")))?;
@@ -453,11 +414,13 @@ impl Kernel {
         }
         if !have_it {
             tracing::info!(device = what, address = %want, "adding address");
-            let mut req =
-                self.handle
-                    .address()
-                    .add(index, IpAddr::V6(want.addr()), want.prefix_len());
-            req.message_mut().header.flags = AddressHeaderFlags::Nodad;
+            let mut req = self
+                .handle
+                .address()
+                .add(index, want.addr(), want.prefix_len());
+            if want.addr().is_ipv6() {
+                req.message_mut().header.flags = AddressHeaderFlags::Nodad;
+            }
             match req.execute().await {
                 Err(e) if errno(&e) != Some(EEXIST) => {
                     return Err(nl(format!("add address {want} to {what}"))(e))
@@ -468,30 +431,43 @@ impl Kernel {
         Ok(())
     }
 
+    /// Makes `index` carry exactly one IPv4 address, `want`: the right one is
+    /// kept untouched, any other IPv4 address (an old subnet's) is removed.
+    pub async fn ensure_only_address(&self, index: u32, want: Ipv4Net, what: &str) -> Result<()> {
+        self.ensure_address(index, want.into(), |_| true, what)
+            .await
+    }
+
+    /// Makes `index` carry the IPv6 address `want` and no other address from
+    /// `within` (an old subnet's). Link-local and foreign addresses stay.
+    pub async fn ensure_address6(
+        &self,
+        index: u32,
+        want: ipnet::Ipv6Net,
+        within: ipnet::Ipv6Net,
+        what: &str,
+    ) -> Result<()> {
+        self.ensure_address(
+            index,
+            want.into(),
+            |n| matches!(n.addr(), IpAddr::V6(ip) if within.contains(&ip)),
+            what,
+        )
+        .await
+    }
+
     /// The first global IPv6 address of `index`, if any.
     pub async fn global_ipv6(&self, index: u32) -> Result<Option<Ipv6Addr>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl(format!("list addresses of ifindex {index}")))?;
-        Ok(msgs.iter().find_map(|m| {
-            if m.header.index != index || m.header.family != AddressFamily::Inet6 {
-                return None;
-            }
-            m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V6(ip))
-                    if (ip.segments()[0] & 0xffc0) != 0xfe80 && !ip.is_loopback() =>
-                {
-                    Some(*ip)
+        Ok(self
+            .addresses(index)
+            .await?
+            .into_iter()
+            .find_map(|(_, n)| match n.addr() {
+                IpAddr::V6(ip) if (ip.segments()[0] & 0xffc0) != 0xfe80 && !ip.is_loopback() => {
+                    Some(ip)
                 }
                 _ => None,
-            })
-        }))
+            }))
     }
 
     /// Creates the pod bridge if missing (with a fixed MAC, so it never falls
