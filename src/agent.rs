@@ -564,6 +564,9 @@ impl<S: LeaseStore> Agent<S> {
         // Watch batches that arrive close together (many nodes joining at
         // once) are folded into one reconcile pass a moment later.
         let mut reconcile_due: Option<Instant> = None;
+        // Set when re-acquiring the lease failed: retried at `renew_at`
+        // instead of a renewal, while the data path stays as it is.
+        let mut must_reacquire = false;
         let mut links = match link_events() {
             Ok(rx) => Some(rx),
             Err(e) => {
@@ -615,8 +618,7 @@ impl<S: LeaseStore> Agent<S> {
                         let lost_own = self.apply_events(events);
                         if lost_own {
                             tracing::warn!(subnet = %self.lease.subnet, "our lease was removed or taken in etcd");
-                            self.reacquire(&mut stop).await?;
-                            renew_at = Instant::now() + renew_every;
+                            renew_at = self.reacquire_or_retry(&mut stop, renew_every, &mut must_reacquire).await?;
                         }
                         reconcile_due.get_or_insert(Instant::now() + EVENT_BATCH_WINDOW);
                     }
@@ -671,7 +673,10 @@ impl<S: LeaseStore> Agent<S> {
                     }
                     self.ensure_masq().await;
                 }
-                _ = tokio::time::sleep_until(renew_at) => {
+                _ = tokio::time::sleep_until(renew_at), if must_reacquire => {
+                    renew_at = self.reacquire_or_retry(&mut stop, renew_every, &mut must_reacquire).await?;
+                }
+                _ = tokio::time::sleep_until(renew_at), if !must_reacquire => {
                     match self.store.renew_lease(&self.lease).await {
                         Ok(l) => {
                             self.opts.telemetry.lease_renewals.inc();
@@ -681,8 +686,7 @@ impl<S: LeaseStore> Agent<S> {
                         }
                         Err(StoreError::LeaseGone(_)) => {
                             tracing::warn!(subnet = %self.lease.subnet, "our lease expired or was revoked");
-                            self.reacquire(&mut stop).await?;
-                            renew_at = Instant::now() + renew_every;
+                            renew_at = self.reacquire_or_retry(&mut stop, renew_every, &mut must_reacquire).await?;
                         }
                         Err(e) => {
                             self.opts.telemetry.count_etcd_error("renew");
@@ -692,6 +696,31 @@ impl<S: LeaseStore> Agent<S> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Re-acquires the lease; when that fails (no free subnet, devices or
+    /// subnet file cannot be written) it says so and schedules another try
+    /// instead of ending the agent. Returns when to renew or retry next.
+    async fn reacquire_or_retry(
+        &mut self,
+        stop: &mut (impl Future<Output = ()> + Unpin),
+        renew_every: Duration,
+        must_reacquire: &mut bool,
+    ) -> Result<Instant, AgentError> {
+        match self.reacquire(stop).await {
+            Ok(()) => {
+                *must_reacquire = false;
+                Ok(Instant::now() + renew_every)
+            }
+            Err(AgentError::Interrupted) => Err(AgentError::Interrupted),
+            Err(e) => {
+                *must_reacquire = true;
+                let wait = Duration::from_secs(5);
+                tracing::error!(error = %e, subnet = %self.lease.subnet, public_ip = %self.underlay.ip, retry_in = ?wait,
+                    "cannot re-acquire a lease; the data path stays as it is meanwhile");
+                Ok(Instant::now() + wait)
             }
         }
     }
