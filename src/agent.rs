@@ -114,7 +114,8 @@ fn fatal_for_acquire(e: &StoreError) -> bool {
         e,
         StoreError::Alloc(_)
             | StoreError::BadConfig { .. }
-            | StoreError::TlsUnsupported(_)
+            | StoreError::TlsFile { .. }
+            | StoreError::Auth { .. }
             | StoreError::Options(_)
     )
 }

@@ -71,10 +71,6 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// No longer produced (TLS is compiled in); kept so callers that match
-    /// on it still build.
-    #[error("etcd TLS files were given ({0}) but this build has no TLS support")]
-    TlsUnsupported(PathBuf),
     /// A CA, certificate or key file could not be read or holds no PEM data.
     #[error("etcd TLS file {path}: {source}")]
     TlsFile {
