@@ -543,10 +543,47 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sends SIGTERM to `host`'s agent and waits (10 s) for it to exit;
-    /// SIGKILLs it and reports a timeout when it does not.
-    pub fn stop_agent(&mut self, host: &str) -> Result<ExitStatus> {
-        let mut agent = self
+    /// A namespace standing for the world outside the cluster, named
+    /// `<prefix>-<name>` and wired to `host` by one veth: `inet0` on the host
+    /// with `host_addr`, `eth0` outside with `outside_addr` (CIDR strings of
+    /// either family; IPv6 ones skip duplicate address detection). It has no
+    /// route to the pod network. Removed when the returned guard drops.
+    pub fn attach_outside(
+        &self,
+        host: &str,
+        name: &str,
+        host_addr: &str,
+        outside_addr: &str,
+    ) -> Result<Netns> {
+        let outside = Netns::new(format!("{}-{name}", self.prefix))?;
+        let h = self.host(host)?.ns();
+        h.ip([
+            "link",
+            "add",
+            "inet0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            outside.name(),
+        ])?;
+        for (ns, dev, addr) in [(h, "inet0", host_addr), (&outside, "eth0", outside_addr)] {
+            let mut args = vec!["addr", "add", addr, "dev", dev];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.ip(args)?;
+            ns.ip(["link", "set", dev, "up"])?;
+        }
+        Ok(outside)
+    }
+
+    /// Takes `host`'s running agent out of the cluster's books and sends it
+    /// `signal`; the caller reaps it.
+    fn signal_agent(&mut self, host: &str, signal: Signal) -> Result<Agent> {
+        let agent = self
             .agents
             .remove(host)
             .ok_or_else(|| HarnessError::Unknown {
@@ -554,11 +591,18 @@ impl Cluster {
                 name: host.to_owned(),
             })?;
         let pid = agent.child.id() as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|source| HarnessError::Signal {
+        kill(Pid::from_raw(pid), signal).map_err(|source| HarnessError::Signal {
             pid,
-            signal: "SIGTERM".into(),
+            signal: signal.as_str().into(),
             source,
         })?;
+        Ok(agent)
+    }
+
+    /// Sends SIGTERM to `host`'s agent and waits (10 s) for it to exit;
+    /// SIGKILLs it and reports a timeout when it does not.
+    pub fn stop_agent(&mut self, host: &str) -> Result<ExitStatus> {
+        let mut agent = self.signal_agent(host, Signal::SIGTERM)?;
         let timeout = Duration::from_secs(10);
         let start = Instant::now();
         loop {
@@ -584,19 +628,7 @@ impl Cluster {
     /// SIGKILLs `host`'s agent (it gets no chance to clean anything up) and
     /// reaps it.
     pub fn kill_agent(&mut self, host: &str) -> Result<()> {
-        let mut agent = self
-            .agents
-            .remove(host)
-            .ok_or_else(|| HarnessError::Unknown {
-                kind: "running agent on host",
-                name: host.to_owned(),
-            })?;
-        let pid = agent.child.id() as i32;
-        kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(|source| HarnessError::Signal {
-            pid,
-            signal: "SIGKILL".into(),
-            source,
-        })?;
+        let mut agent = self.signal_agent(host, Signal::SIGKILL)?;
         let _ = agent.child.wait();
         Ok(())
     }

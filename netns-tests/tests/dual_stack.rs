@@ -12,7 +12,7 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv6Net;
-use netns_tests::netns::{run_prefix, Netns};
+use netns_tests::netns::Netns;
 use netns_tests::{require_prereqs, Cluster};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
@@ -251,43 +251,11 @@ fn ipv6_pod_traffic_leaving_the_cluster_is_masqueraded() {
     c.wait_converged().unwrap();
     // "The internet" behind h1 over IPv6 (documentation prefix, inside the
     // test's namespaces only); it has no route back to the pod network.
-    let inet = Netns::new(format!("{}-inet6", run_prefix())).unwrap();
+    // Kept alive (and removed on drop) for the whole test.
+    let _inet = c
+        .attach_outside("h1", "inet6", "2001:db8:ff::1/64", "2001:db8:ff::2/64")
+        .unwrap();
     let h1 = c.host("h1").unwrap().ns();
-    h1.ip([
-        "link",
-        "add",
-        "inet0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        inet.name(),
-    ])
-    .unwrap();
-    h1.ip([
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:ff::1/64",
-        "dev",
-        "inet0",
-        "nodad",
-    ])
-    .unwrap();
-    h1.ip(["link", "set", "inet0", "up"]).unwrap();
-    inet.ip([
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:ff::2/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])
-    .unwrap();
-    inet.ip(["link", "set", "eth0", "up"]).unwrap();
 
     let env = std::fs::read_to_string(c.host("h1").unwrap().subnet_file_path()).unwrap();
     assert!(env.contains("TWILL_IPMASQ=true"), "{env}");

@@ -114,27 +114,9 @@ fn ip_masq_hides_pods_from_the_outside_only_and_survives_restarts() {
     }
 
     // The "internet": one veth to h1, and no route back to the pod network.
-    let inet = Netns::new(format!("{}-inet", c.prefix())).unwrap();
-    let h1 = c.host("h1").unwrap().ns();
-    h1.ip([
-        "link",
-        "add",
-        "inet0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        inet.name(),
-    ])
-    .unwrap();
-    h1.ip(["addr", "add", "198.18.0.1/30", "dev", "inet0"])
+    let inet = c
+        .attach_outside("h1", "inet", "198.18.0.1/30", "198.18.0.2/30")
         .unwrap();
-    h1.ip(["link", "set", "inet0", "up"]).unwrap();
-    inet.ip(["addr", "add", "198.18.0.2/30", "dev", "eth0"])
-        .unwrap();
-    inet.ip(["link", "set", "eth0", "up"]).unwrap();
     let outside = Ipv4Addr::new(198, 18, 0, 2);
     let h1_outer = Ipv4Addr::new(198, 18, 0, 1);
     let pod_net = net("10.244.0.0/16");
