@@ -95,18 +95,7 @@ impl Pinger {
     /// Waits for the ping to end and returns its counts (a run with losses
     /// exits non-zero; that is reported in the counts, not as an error).
     pub fn finish(mut self) -> Result<PingSummary> {
-        let Some(child) = self.child.take() else {
-            return Err(HarnessError::Unknown {
-                kind: "running ping",
-                name: self.desc.clone(),
-            });
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|source| HarnessError::Spawn {
-                cmd: self.desc.clone(),
-                source,
-            })?;
+        let out = wait_output(self.child.take(), "running ping", &self.desc)?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -114,6 +103,27 @@ impl Pinger {
         );
         parse_ping_summary(&text)
     }
+}
+
+/// Waits for a background child started by this module or `probe` and
+/// collects its output; `kind` names it when it was already reaped.
+pub(crate) fn wait_output(
+    child: Option<Child>,
+    kind: &'static str,
+    desc: &str,
+) -> Result<std::process::Output> {
+    let Some(child) = child else {
+        return Err(HarnessError::Unknown {
+            kind,
+            name: desc.to_owned(),
+        });
+    };
+    child
+        .wait_with_output()
+        .map_err(|source| HarnessError::Spawn {
+            cmd: desc.to_owned(),
+            source,
+        })
 }
 
 impl Drop for Pinger {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::cmd;
 use crate::error::{HarnessError, Result};
 use crate::netns::Netns;
-use crate::pinger::{parse_ping_summary, PingSummary};
+use crate::pinger::{parse_ping_summary, wait_output, PingSummary};
 
 /// Seconds an HTTP probe may take before `timeout` ends it.
 const HTTP_TIMEOUT_SECS: u32 = 10;
@@ -221,18 +221,7 @@ impl FreshFlowPinger {
             path: self.stop_file.clone(),
             source,
         })?;
-        let Some(child) = self.child.take() else {
-            return Err(HarnessError::Unknown {
-                kind: "running ping loop",
-                name: self.desc.clone(),
-            });
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|source| HarnessError::Spawn {
-                cmd: self.desc.clone(),
-                source,
-            })?;
+        let out = wait_output(self.child.take(), "running ping loop", &self.desc)?;
         parse_ping_summary(&String::from_utf8_lossy(&out.stdout))
     }
 }
