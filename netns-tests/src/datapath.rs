@@ -243,6 +243,35 @@ pub fn owned(c: &Cluster, host: &str) -> Result<Owned> {
     VxlanState::read(c.host(host)?.ns(), VXLAN_DEV).map(|s| s.owned())
 }
 
+/// Waits until `host`'s VXLAN device holds exactly the entries for `peers`
+/// (nothing missing, nothing extra); the timeout error names what was
+/// awaited (`why`), what the device held last, and the agent's log tail.
+pub fn wait_owned(
+    c: &Cluster,
+    host: &str,
+    peers: &[&Peer],
+    deadline: std::time::Duration,
+    why: &str,
+) -> Result<()> {
+    let want = Owned::for_peers(peers.iter().copied());
+    crate::wait::wait_for(
+        &format!("{host}'s {VXLAN_DEV} to hold exactly [{want}] ({why})"),
+        deadline,
+        || {
+            let have = owned(c, host)?;
+            if have == want {
+                Ok(Some(()))
+            } else {
+                Err(HarnessError::Parse {
+                    what: format!("data path of {host}"),
+                    reason: format!("have [{have}]"),
+                })
+            }
+        },
+        || format!("\n{}", c.agent_log_tail(host)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

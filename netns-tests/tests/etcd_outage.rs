@@ -11,7 +11,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use netns_tests::datapath::{self, Owned, Peer};
+use netns_tests::datapath::{self, Peer};
 use netns_tests::pinger::Pinger;
 use netns_tests::wait::wait_for;
 use netns_tests::{require_prereqs, Cluster, EtcdCluster, HarnessError};
@@ -20,24 +20,7 @@ const TTL: u64 = 10;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn expect(c: &Cluster, host: &str, peers: &[&Peer], why: &str) {
-    let want = Owned::for_peers(peers.iter().copied());
-    wait_for(
-        &format!("{host}'s data path to hold exactly [{want}] ({why})"),
-        DEADLINE,
-        || {
-            let have = datapath::owned(c, host)?;
-            if have == want {
-                Ok(Some(()))
-            } else {
-                Err(HarnessError::Parse {
-                    what: format!("data path of {host}"),
-                    reason: format!("have [{have}]"),
-                })
-            }
-        },
-        || format!("\n{}", c.agent_log_tail(host)),
-    )
-    .unwrap();
+    datapath::wait_owned(c, host, peers, DEADLINE, why).unwrap();
 }
 
 /// Every pod pings every other pod 100 times at 10 ms; returns the runs

@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use netns_tests::cluster::VXLAN_DEV;
-use netns_tests::datapath::{self, Owned, Peer};
+use netns_tests::datapath::{self, Peer};
 use netns_tests::prereq::{ci_strict, which};
 use netns_tests::probe::{http_get, metric_values, EchoCounters, FreshFlowPinger};
 use netns_tests::wait::wait_for;
-use netns_tests::{bins, Cluster, HarnessError, Netns};
+use netns_tests::{bins, Cluster, Netns};
 
 /// Resync interval of every agent here.
 const RESYNC_SECS: u64 = 2;
@@ -258,24 +258,7 @@ const FLANNEL_MAC: &str = "0e:00:00:c8:00:01";
 /// Waits until what twill owns on `host`'s VXLAN device is exactly the
 /// entries for `peers`.
 fn expect_peers(c: &Cluster, host: &str, peers: &[&Peer]) {
-    let want = Owned::for_peers(peers.iter().copied());
-    wait_for(
-        &format!("{host}'s {VXLAN_DEV} to hold exactly [{want}]"),
-        SETTLE,
-        || {
-            let have = datapath::owned(c, host)?;
-            if have == want {
-                Ok(Some(()))
-            } else {
-                Err(HarnessError::Parse {
-                    what: format!("data path of {host}"),
-                    reason: format!("have [{have}]"),
-                })
-            }
-        },
-        || format!("\n{}", c.agent_log_tail(host)),
-    )
-    .unwrap();
+    datapath::wait_owned(c, host, peers, SETTLE, "converged").unwrap();
 }
 
 /// The MAC address of `dev` in `ns`, lowercase.

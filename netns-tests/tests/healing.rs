@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use netns_tests::cluster::{BRIDGE_DEV, ETCD_PREFIX, VXLAN_DEV};
-use netns_tests::datapath::{self, Owned, Peer, VxlanState};
+use netns_tests::datapath::{self, Peer, VxlanState};
 use netns_tests::pinger::Pinger;
 use netns_tests::wait::wait_for;
 use netns_tests::{require_prereqs, Cluster, ClusterBuilder};
@@ -51,24 +51,7 @@ fn converged(b: ClusterBuilder) -> Cluster {
 
 /// What `host` must own: an entry for every peer in `peers`.
 fn expect(c: &Cluster, host: &str, peers: &[&Peer], deadline: Duration, why: &str) {
-    let want = Owned::for_peers(peers.iter().copied());
-    wait_for(
-        &format!("{host}'s {VXLAN_DEV} to hold exactly [{want}] ({why})"),
-        deadline,
-        || {
-            let have = datapath::owned(c, host)?;
-            if have == want {
-                Ok(Some(()))
-            } else {
-                Err(netns_tests::HarnessError::Parse {
-                    what: format!("data path of {host}"),
-                    reason: format!("have [{have}]"),
-                })
-            }
-        },
-        || format!("\n{}", c.agent_log_tail(host)),
-    )
-    .unwrap();
+    datapath::wait_owned(c, host, peers, deadline, why).unwrap();
 }
 
 fn peers(c: &Cluster, hosts: &[&str]) -> Vec<Peer> {
