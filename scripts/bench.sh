@@ -32,6 +32,8 @@ scripts/install-deps.sh
 
 echo "== cargo build --release"
 cargo build --release -p twill -p cni-plugin -p twill-bench
+echo "== the CNI plugin as shipped (static)"
+scripts/build-cni.sh
 
 out=target/bench-results
 mkdir -p "$out"
@@ -57,7 +59,7 @@ run_bench() {
 }
 for b in "${selected[@]}"; do
     echo "== benchmark $b"
-    if ! run_bench "${quick[@]}" --out "$out" --bin-dir target/release "$b"; then
+    if ! run_bench "${quick[@]}" --out "$out" --bin-dir target/release --cni-bin target/cni/twill "$b"; then
         echo "bench.sh: benchmark $b failed" >&2
         status=1
     fi

@@ -30,6 +30,12 @@ echo "== cargo test"
 status=0
 cargo test --workspace || status=$?
 
+echo "== the CNI plugin as it ships (static, scripts/build-cni.sh): its tests again"
+scripts/build-cni.sh
+TWILL_CNI_BIN="$PWD/target/cni/twill" cargo test -p cni-plugin \
+    --test stdin_fuzz --test plugin_netns --test dual_stack --test stress --test podman ||
+    status=$?
+
 # Test namespaces are named <prefix><pid hex>x<n>-...; the demo's twdemo- is not ours.
 leaked=$(ip netns list | awk '{print $1}' | grep -E "^${TWILL_TEST_NS_PREFIX}[0-9a-f]+x[0-9]+-" || true)
 if [[ -n "$leaked" ]]; then

@@ -166,11 +166,14 @@ pub fn run(opts: &CniOpts) -> anyhow::Result<BenchOutput> {
          ADD for every pod, then DEL for every pod; wall time from spawning the plugin \
          to its exit, plugins started directly from a thread in the host namespace \
          (no `ip netns exec` in the timing). cniVersion 1.0.0 for both (the newest the \
-         Debian bridge plugin supports). Ratio = reference p50 / twill p50.",
+         Debian bridge plugin supports). twill is the plugin as shipped (static, \
+         non-PIE: scripts/build-cni.sh). Ratio = reference p50 / twill p50; the \
+         target is on ADD. DEL has none: both plugins wait for the kernel's veth \
+         teardown (RCU grace periods), which is most of a DEL.",
     );
     anyhow::ensure!(
         opts.twill_bin.is_file(),
-        "twill CNI binary {} not found: cargo build --release -p cni-plugin",
+        "twill CNI binary {} not found: run scripts/build-cni.sh",
         opts.twill_bin.display()
     );
     let prefix = run_prefix();
@@ -233,7 +236,7 @@ pub fn run(opts: &CniOpts) -> anyhow::Result<BenchOutput> {
     let targets: Vec<String> = out
         .rows
         .iter()
-        .filter(|r| r.figure.starts_with("ratio"))
+        .filter(|r| r.figure.starts_with("ratio ref/twill ADD"))
         .map(|r| r.figure.clone())
         .collect();
     for f in targets {

@@ -38,7 +38,7 @@ pub enum Error {
     Netlink {
         op: String,
         #[source]
-        source: rtnetlink::Error,
+        source: crate::netlink::NlError,
     },
     #[error("network namespace {}: {reason}", path.display())]
     Netns { path: PathBuf, reason: String },
@@ -111,7 +111,7 @@ impl Error {
         })
     }
 
-    pub(crate) fn netlink(op: impl Into<String>, source: rtnetlink::Error) -> Self {
+    pub(crate) fn netlink(op: impl Into<String>, source: crate::netlink::NlError) -> Self {
         Error::Netlink {
             op: op.into(),
             source,

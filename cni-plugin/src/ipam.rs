@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -25,6 +26,8 @@ use crate::error::Error;
 const LOCK_FILE: &str = "lock";
 const CURSOR_FILE: &str = "last_reserved_ip";
 const CURSOR_FILE_V6: &str = "last_reserved_ip.6";
+/// Width of a cursor file: the longest IPv6 address text.
+const CURSOR_WIDTH: usize = 39;
 /// Prefix of the per-allocation temp file that is linked under the IP name.
 const RESERVE_TMP_PREFIX: &str = ".reserve-";
 
@@ -158,6 +161,8 @@ fn cursor_file(v6: bool) -> &'static str {
     }
 }
 
+/// The temp file an older plugin wrote the cursor to before renaming it;
+/// only swept now.
 fn cursor_tmp(v6: bool) -> String {
     format!(".{}.tmp", cursor_file(v6))
 }
@@ -174,14 +179,20 @@ impl Ipam {
         &self.dir
     }
 
-    fn lock(&self) -> Result<Flock<File>, Error> {
-        let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
+    /// Opens `name` in the store for writing, creating it, keeping content.
+    fn open_keep(&self, name: &str) -> Result<(File, PathBuf), Error> {
+        let path = self.dir.join(name);
+        OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::ipam(&path, e))?;
+            .map(|f| (f, path.clone()))
+            .map_err(|e| Error::ipam(&path, e))
+    }
+
+    fn lock(&self) -> Result<Flock<File>, Error> {
+        let (file, path) = self.open_keep(LOCK_FILE)?;
         Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, errno)| Error::ipam(&path, std::io::Error::from(errno)))
     }
@@ -194,11 +205,16 @@ impl Ipam {
             .ok()
     }
 
+    /// Writes the cursor in place, padded to the longest address text so
+    /// it always covers the previous value: no temp file and no rename, as
+    /// ext4 flushes a file renamed over another one (hundreds of µs per ADD
+    /// here). A torn or lost write only costs the hint: an unparsable
+    /// cursor makes the next walk start at the beginning of the range.
     fn write_cursor(&self, ip: IpAddr) -> Result<(), Error> {
-        let path = self.dir.join(cursor_file(ip.is_ipv6()));
-        let tmp = self.dir.join(cursor_tmp(ip.is_ipv6()));
-        fs::write(&tmp, ip.to_string()).map_err(|e| Error::ipam(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| Error::ipam(&path, e))
+        let (f, path) = self.open_keep(cursor_file(ip.is_ipv6()))?;
+        let text = format!("{ip:<width$}", width = CURSOR_WIDTH);
+        f.write_all_at(text.as_bytes(), 0)
+            .map_err(|e| Error::ipam(&path, e))
     }
 
     /// Reserves one address of the node subnet for `(container_id, ifname)`:
@@ -698,6 +714,38 @@ mod tests {
     }
 
     #[test]
+    fn cursor_is_rewritten_in_place_and_a_bad_one_restarts_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let cursor = ipam.dir().join("last_reserved_ip");
+        // An older plugin's unpadded cursor, longer than the next value.
+        fs::write(&cursor, "10.244.3.200").unwrap();
+        let a = ipam
+            .allocate(net("10.244.3.1/24"), "c1", "eth0", None)
+            .unwrap();
+        assert_eq!(a, ip("10.244.3.201"));
+        ipam.write_cursor(ip("10.244.3.9")).unwrap();
+        assert_eq!(
+            fs::read_to_string(&cursor).unwrap().trim_end(),
+            "10.244.3.9"
+        );
+        let b = ipam
+            .allocate(net("10.244.3.1/24"), "c2", "eth0", None)
+            .unwrap();
+        assert_eq!(b, ip("10.244.3.10"));
+        // A torn cursor is only a lost hint.
+        fs::write(&cursor, "10.24\0garbage").unwrap();
+        let c = ipam
+            .allocate(net("10.244.3.1/24"), "c3", "eth0", None)
+            .unwrap();
+        assert_eq!(c, ip("10.244.3.2"));
+        assert_eq!(
+            fs::read_to_string(&cursor).unwrap().trim_end(),
+            "10.244.3.2"
+        );
+    }
+
+    #[test]
     fn dual_stack_allocation_has_a_cursor_per_family() {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::open(dir.path(), "net").unwrap();
@@ -710,9 +758,9 @@ mod tests {
         let body = fs::read_to_string(ipam.dir().join("fd00:10:244:3::3")).unwrap();
         assert_eq!(body, "c2\neth0");
         let cursor6 = fs::read_to_string(ipam.dir().join("last_reserved_ip.6")).unwrap();
-        assert_eq!(cursor6, "fd00:10:244:3::3");
+        assert_eq!(cursor6.trim_end(), "fd00:10:244:3::3");
         let cursor4 = fs::read_to_string(ipam.dir().join("last_reserved_ip")).unwrap();
-        assert_eq!(cursor4, "10.244.3.3");
+        assert_eq!(cursor4.trim_end(), "10.244.3.3");
         // Only the v4 family moves when only v4 is asked for.
         ipam.allocate(net("10.244.3.1/24"), "c3", "eth0", None)
             .unwrap();

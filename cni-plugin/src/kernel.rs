@@ -1,36 +1,40 @@
 //! Netlink effects: bridge, veth pair, addresses and routes, in the host
 //! namespace or in a pod namespace.
 //!
-//! One plugin call builds one current-thread runtime ([`Netlink`]) and opens
-//! at most one netlink socket per namespace on it. A socket belongs to the
-//! namespace it was created in, and `setns` moves only the calling thread, so
-//! the pod-namespace socket is opened on a short-lived thread that enters the
-//! namespace, opens it and ends: no thread of the process is ever left inside
-//! a pod namespace, and all requests then run on the caller's thread. The
-//! same holds for `/proc/sys/net`: it shows the network namespace of the
-//! thread that opens the file, so per-interface IPv6 sysctls of the pod are
-//! written from such a thread too ([`in_netns`]).
+//! One plugin call opens at most one netlink socket per namespace
+//! ([`Socket`], blocking, no runtime). A socket belongs to the namespace it
+//! was created in, so the pod-namespace socket is opened after `setns` into
+//! the pod and the thread then returns to its own namespace at once
+//! ([`within`]); every request then runs from the host namespace. The same
+//! holds for `/proc/sys/net`: it shows the network namespace of the thread
+//! that opens the file, so per-interface IPv6 sysctls of the pod are written
+//! inside [`within`] too.
+//!
+//! Requests that do not need each other's answers are built here as
+//! [`Request`]s and sent together by the caller in one [`Batch`].
 
 use std::fs::File;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkDelRequest, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
 };
 
 use crate::error::Error;
+use crate::netlink::{Answer, NlError, Pending, Request, Socket};
 
 /// Opens a namespace file (e.g. `/run/netns/pod1`).
 pub fn open_netns(path: &Path) -> Result<File, Error> {
@@ -40,95 +44,102 @@ pub fn open_netns(path: &Path) -> Result<File, Error> {
     })
 }
 
-/// Runs `f` on a dedicated thread that first enters the namespace `netns`,
-/// for the few things that only work from inside it (sysctls, sockets). The
-/// thread ends with `f`, taking the namespace switch with it.
-pub fn in_netns<T, F>(netns: &File, f: F) -> Result<T, Error>
-where
-    T: Send,
-    F: FnOnce() -> Result<T, Error> + Send,
-{
-    std::thread::scope(|s| {
-        let worker = s.spawn(move || {
-            setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Internal {
-                reason: format!("setns into pod namespace: {e}"),
-            })?;
-            f()
-        });
-        worker.join().unwrap_or_else(|_| {
-            Err(Error::Internal {
-                reason: "pod namespace worker thread panicked".into(),
-            })
+/// Runs `f` with the calling thread inside the network namespace `netns`,
+/// then moves the thread back to the namespace it came from. If the way
+/// back fails the call fails, before the caller can act in the wrong place.
+pub fn within<T>(netns: &File, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    let home = File::open("/proc/thread-self/ns/net").map_err(|e| Error::Internal {
+        reason: format!("open own network namespace: {e}"),
+    })?;
+    setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Internal {
+        reason: format!("setns into pod namespace: {e}"),
+    })?;
+    let out = f();
+    setns(&home, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Internal {
+        reason: format!("setns back from pod namespace: {e}"),
+    })?;
+    out
+}
+
+fn socket_error(e: NlError) -> Error {
+    Error::netlink("open socket", e)
+}
+
+/// A netlink socket in the calling thread's namespace.
+pub fn socket() -> Result<Socket, Error> {
+    Socket::open().map_err(socket_error)
+}
+
+/// A netlink socket in namespace `netns`.
+pub fn socket_in(netns: &File) -> Result<Socket, Error> {
+    within(netns, socket)
+}
+
+/// Requests sent together, each with the operation named in its error.
+#[derive(Default)]
+pub struct Batch {
+    reqs: Vec<Request>,
+    ops: Vec<String>,
+}
+
+/// A batch written to its socket, answers not read yet.
+#[must_use = "the answers must be collected"]
+pub struct Sent {
+    pending: Pending,
+    ops: Vec<String>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub fn push(&mut self, op: impl Into<String>, req: Request) -> &mut Self {
+        self.reqs.push(req);
+        self.ops.push(op.into());
+        self
+    }
+
+    pub fn send(self, s: &mut Socket) -> Result<Sent, Error> {
+        let pending = s
+            .send(self.reqs)
+            .map_err(|e| Error::netlink(self.ops.join(", "), e))?;
+        Ok(Sent {
+            pending,
+            ops: self.ops,
         })
-    })
-}
+    }
 
-/// The runtime of one plugin call: netlink requests of every namespace run
-/// on it, on the calling thread.
-pub struct Netlink {
-    rt: tokio::runtime::Runtime,
-}
-
-fn socket_error(e: std::io::Error) -> Error {
-    Error::Internal {
-        reason: format!("netlink socket: {e}"),
+    /// Sends and waits; the first refused request is the error.
+    pub fn run(self, s: &mut Socket) -> Result<Vec<Vec<RouteNetlinkMessage>>, Error> {
+        self.send(s)?.wait(s)
     }
 }
 
-impl Netlink {
-    pub fn new() -> Result<Self, Error> {
-        // Timers and the fs driver are never used: enabling only I/O keeps
-        // the runtime start to an epoll instance and an eventfd.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(|e| Error::Internal {
-                reason: format!("tokio runtime: {e}"),
-            })?;
-        Ok(Netlink { rt })
+impl Sent {
+    /// Every answer, refused ones included, with their operation names.
+    pub fn answers(self, s: &mut Socket) -> Result<Vec<(String, Answer)>, Error> {
+        let answers = s
+            .collect(self.pending)
+            .map_err(|e| Error::netlink(self.ops.join(", "), e))?;
+        Ok(self.ops.into_iter().zip(answers).collect())
     }
 
-    /// A handle on a new socket in the calling thread's namespace.
-    pub fn here(&self) -> Result<Handle, Error> {
-        let _entered = self.rt.enter();
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(socket_error)?;
-        self.rt.spawn(conn);
-        Ok(handle)
-    }
-
-    /// A handle on a new socket in namespace `netns`. Only the socket's
-    /// creation happens in there (see the module doc); the connection is
-    /// registered with this runtime and driven from the calling thread.
-    pub fn in_netns(&self, netns: &File) -> Result<Handle, Error> {
-        let rt = self.rt.handle().clone();
-        let conn = in_netns(netns, move || {
-            let _entered = rt.enter();
-            rtnetlink::new_connection().map_err(socket_error)
+    /// The link in the answer to a batch of one [`get_link`].
+    pub fn link(self, s: &mut Socket) -> Result<Option<LinkInfo>, Error> {
+        let (op, answer) = self.answers(s)?.pop().ok_or_else(|| Error::Internal {
+            reason: "netlink batch without an answer".into(),
         })?;
-        let (conn, handle, _) = conn;
-        self.rt.spawn(conn);
-        Ok(handle)
+        link_of(&op, answer)
     }
 
-    /// Runs `f` to completion on the calling thread.
-    pub fn run<F: Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
+    /// The replies; the first refused request is the error.
+    pub fn wait(self, s: &mut Socket) -> Result<Vec<Vec<RouteNetlinkMessage>>, Error> {
+        self.answers(s)?
+            .into_iter()
+            .map(|(op, a)| a.map_err(|e| Error::netlink(op, e)))
+            .collect()
     }
-}
-
-fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
-    }
-}
-
-fn is_not_found(e: &rtnetlink::Error) -> bool {
-    matches!(errno_of(e), Some(libc::ENODEV) | Some(libc::ENOENT))
-}
-
-fn is_exists(e: &rtnetlink::Error) -> bool {
-    errno_of(e) == Some(libc::EEXIST)
 }
 
 /// A link's identity as the plugin needs it.
@@ -142,7 +153,7 @@ pub struct LinkInfo {
 }
 
 impl LinkInfo {
-    fn from_msg(m: &LinkMessage) -> Self {
+    pub fn of(m: &LinkMessage) -> Self {
         let mut info = LinkInfo {
             index: m.header.index,
             mac: Vec::new(),
@@ -162,28 +173,140 @@ impl LinkInfo {
     }
 }
 
+/// GET of the link called `name`.
+pub fn get_link(name: &str) -> Request {
+    Request::ack(RouteNetlinkMessage::GetLink(
+        LinkUnspec::new_with_name(name).build(),
+    ))
+}
+
+/// The link in the answer to [`get_link`]; `None` if there is none.
+pub fn link_of(op: &str, answer: Answer) -> Result<Option<LinkInfo>, Error> {
+    match answer {
+        Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(LinkInfo::of(l)),
+            _ => None,
+        })),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(Error::netlink(op, e)),
+    }
+}
+
+/// What the `SIOCGIF*` ioctls tell about the link `name` in the namespace
+/// of `sock`: far cheaper than a `RTM_GETLINK`, whose answer carries every
+/// statistic and setting of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Brief {
+    pub index: u32,
+    pub up: bool,
+    pub mac: [u8; 6],
+}
+
+/// An `ifreq` naming `name` (at most 15 bytes, checked by the config).
+fn ifreq(name: &str) -> Result<libc::ifreq, Error> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() || name.bytes().any(|b| b == 0) {
+        return Err(Error::Internal {
+            reason: format!("interface name {name:?} does not fit IFNAMSIZ"),
+        });
+    }
+    for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// One `SIOCGIF*` ioctl on `fd`; `Ok(None)` if there is no such link.
+fn if_ioctl(
+    fd: &impl AsRawFd,
+    name: &str,
+    op: libc::c_ulong,
+) -> Result<Option<libc::ifreq>, Error> {
+    let mut req = ifreq(name)?;
+    // SAFETY: `req` is a valid ifreq that outlives the call; the SIOCGIF*
+    // requests used here only write inside it.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), op as _, &mut req as *mut libc::ifreq) };
+    if rc == 0 {
+        return Ok(Some(req));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODEV) => Ok(None),
+        _ => Err(Error::netlink(
+            format!("ioctl {op:#x} on {name}"),
+            NlError::Io(e),
+        )),
+    }
+}
+
+/// Index of the link `name` in the namespace of `sock`, if there is one.
+pub fn index_of(sock: &Socket, name: &str) -> Result<Option<u32>, Error> {
+    Ok(if_ioctl(sock, name, libc::SIOCGIFINDEX)?.map(|r| {
+        // SAFETY: SIOCGIFINDEX filled in the ifindex member.
+        let i = unsafe { r.ifr_ifru.ifru_ifindex };
+        u32::try_from(i).unwrap_or_default()
+    }))
+}
+
+/// Index, up flag and MAC of the link `name` in the namespace of `sock`.
+pub fn brief(sock: &Socket, name: &str) -> Result<Option<Brief>, Error> {
+    let Some(index) = index_of(sock, name)? else {
+        return Ok(None);
+    };
+    let (Some(flags), Some(hw)) = (
+        if_ioctl(sock, name, libc::SIOCGIFFLAGS)?,
+        if_ioctl(sock, name, libc::SIOCGIFHWADDR)?,
+    ) else {
+        return Ok(None);
+    };
+    // SAFETY: SIOCGIFFLAGS filled in the flags member, SIOCGIFHWADDR the
+    // hwaddr one.
+    let (flags, hw) = unsafe { (flags.ifr_ifru.ifru_flags, hw.ifr_ifru.ifru_hwaddr) };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(hw.sa_data) {
+        *m = b as u8;
+    }
+    Ok(Some(Brief {
+        index,
+        up: i32::from(flags) & libc::IFF_UP != 0,
+        mac,
+    }))
+}
+
+/// A batch of one [`get_link`] of `name`.
+pub fn lookup(name: &str) -> Batch {
+    let mut b = Batch::new();
+    b.push(format!("get link {name}"), get_link(name));
+    b
+}
+
 /// The link called `name`, or `None` if there is none.
-pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkInfo>, Error> {
-    match h.link().get().match_name(name).execute().try_next().await {
-        Ok(Some(m)) => Ok(Some(LinkInfo::from_msg(&m))),
-        Ok(None) => Ok(None),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(Error::netlink(format!("get link {name}"), e)),
+pub fn link_by_name(s: &mut Socket, name: &str) -> Result<Option<LinkInfo>, Error> {
+    lookup(name).send(s)?.link(s)
+}
+
+/// DEL of the link called `name`: the kernel resolves the name, so no
+/// lookup comes first.
+pub fn delete_link_req(name: &str) -> Request {
+    Request::ack(RouteNetlinkMessage::DelLink(
+        LinkUnspec::new_with_name(name).build(),
+    ))
+}
+
+/// Whether the answer to [`delete_link_req`] deleted something;
+/// `Ok(false)` if the link was already gone.
+pub fn deleted(op: &str, answer: Answer) -> Result<bool, Error> {
+    match answer {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(Error::netlink(op, e)),
     }
 }
 
 /// Deletes the link called `name`; `Ok(false)` if it was already gone.
-/// One request by name: the kernel resolves it, so no lookup comes first.
-pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, Error> {
-    let msg = LinkUnspec::new_with_name(name).build();
-    match LinkDelRequest::new_with_message(h.clone(), msg)
-        .execute()
-        .await
-    {
-        Ok(()) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(Error::netlink(format!("delete link {name}"), e)),
-    }
+pub fn delete_link(s: &mut Socket, name: &str) -> Result<bool, Error> {
+    deleted(&format!("delete link {name}"), s.one(delete_link_req(name)))
 }
 
 /// The fixed bridge MAC: locally administered `0a:58` + the gateway address,
@@ -212,47 +335,59 @@ pub fn ensure_ipv6_enabled(ifname: &str) -> Result<(), Error> {
 /// Adds (or replaces) an address; IPv6 ones with `IFA_F_NODAD` so they are
 /// usable at once instead of after duplicate address detection: the IPAM
 /// store already guarantees uniqueness in the node subnet.
-pub async fn add_address(h: &Handle, index: u32, addr: IpNet, what: &str) -> Result<(), Error> {
-    let mut req = h
-        .address()
-        .add(index, addr.addr(), addr.prefix_len())
-        .replace();
-    if addr.addr().is_ipv6() {
-        let msg = req.message_mut();
-        msg.header.flags |= AddressHeaderFlags::Nodad;
-        msg.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    }
-    req.execute()
-        .await
-        .map_err(|e| Error::netlink(format!("add {addr} to {what}"), e))
+pub fn add_address(index: u32, addr: IpNet) -> Request {
+    let msg = match addr {
+        IpNet::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(a.addr(), a.prefix_len())
+            .build(),
+        IpNet::V6(a) => {
+            let mut msg = AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(index)
+                .address(a.addr(), a.prefix_len())
+                .build();
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            msg
+        }
+    };
+    Request::replace(RouteNetlinkMessage::NewAddress(msg))
 }
 
-/// Creates the bridge if missing (fixed MAC, MTU), puts the gateway
-/// address(es) on it and brings it up. Returns its index.
-pub async fn ensure_bridge(
-    h: &Handle,
+/// Brings link `index` up.
+pub fn set_up(index: u32) -> Request {
+    Request::ack(RouteNetlinkMessage::NewLink(
+        LinkUnspec::new_with_index(index).up().build(),
+    ))
+}
+
+/// Makes sure the bridge `existing` (the [`brief`] of `name`) exists, is up and has its MAC, creating it (fixed MAC, MTU) if
+/// missing, and that IPv6 is enabled on it when `v6`. Returns its index.
+/// The gateway addresses are left to the caller ([`add_address`]), to be
+/// batched with the veth.
+pub fn ensure_bridge(
+    s: &mut Socket,
+    existing: Option<Brief>,
     name: &str,
-    gateway_net: Ipv4Net,
-    gateway_net6: Option<Ipv6Net>,
+    gateway: Ipv4Addr,
+    v6: bool,
     mtu: u32,
 ) -> Result<u32, Error> {
-    let mac = bridge_mac(gateway_net.addr());
-    let link = match link_by_name(h, name).await? {
+    let mac = bridge_mac(gateway);
+    let link = match existing {
         Some(l) => l,
         None => {
             let msg = LinkBridge::new(name).address(mac.clone()).mtu(mtu).build();
-            match h.link().add(msg).execute().await {
-                Ok(()) => {}
+            match s.one(Request::create(RouteNetlinkMessage::NewLink(msg))) {
+                Ok(_) => {}
                 // Another ADD created it between our lookup and create.
-                Err(e) if is_exists(&e) => {}
+                Err(e) if e.is_exists() => {}
                 Err(e) => return Err(Error::netlink(format!("create bridge {name}"), e)),
             }
-            link_by_name(h, name)
-                .await?
-                .ok_or_else(|| Error::Internal {
-                    reason: format!("bridge {name} vanished right after creation"),
-                })?
+            brief(s, name)?.ok_or_else(|| Error::Internal {
+                reason: format!("bridge {name} vanished right after creation"),
+            })?
         }
     };
     let mac_lost = link.mac.iter().all(|b| *b == 0);
@@ -262,17 +397,11 @@ pub async fn ensure_bridge(
         if mac_lost {
             change = change.address(mac);
         }
-        h.link()
-            .change(change.build())
-            .execute()
-            .await
+        s.one(Request::ack(RouteNetlinkMessage::NewLink(change.build())))
             .map_err(|e| Error::netlink(format!("set bridge {name} up"), e))?;
     }
-    let what = format!("bridge {name}");
-    add_address(h, link.index, IpNet::V4(gateway_net), &what).await?;
-    if let Some(gw6) = gateway_net6 {
+    if v6 {
         ensure_ipv6_enabled(name)?;
-        add_address(h, link.index, IpNet::V6(gw6), &what).await?;
     }
     Ok(link.index)
 }
@@ -291,18 +420,21 @@ pub struct Veth<'a> {
     pub host_ifname: &'a str,
     pub host_mac: &'a [u8],
     pub pod_ifname: &'a str,
+    pub pod_mac: &'a [u8],
     pub pod_ns: &'a File,
     pub mtu: u32,
     pub bridge_index: u32,
 }
 
 /// Creates a veth pair in one request, everything set at creation: the peer
-/// is born inside the pod namespace already named, both ends get the MTU,
-/// the host end gets its MAC, is enslaved to the bridge and comes up.
-pub async fn create_veth(h: &Handle, v: Veth<'_>) -> Result<(), Error> {
+/// is born inside the pod namespace already named, with its MAC; both ends
+/// get the MTU, the host end gets its MAC, is enslaved to the bridge and
+/// comes up.
+pub fn create_veth(v: Veth<'_>) -> Request {
     // The peer cannot come up in this request: the kernel answers ENOTCONN.
     let peer = LinkUnspec::new_with_name(v.pod_ifname)
         .mtu(v.mtu)
+        .address(v.pod_mac.to_vec())
         .setns_by_fd(v.pod_ns.as_raw_fd())
         .build();
     let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
@@ -313,91 +445,75 @@ pub async fn create_veth(h: &Handle, v: Veth<'_>) -> Result<(), Error> {
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
-    h.link().add(msg).execute().await.map_err(|e| {
-        Error::netlink(
-            format!("create veth {} <-> {}", v.host_ifname, v.pod_ifname),
-            e,
-        )
-    })
+    Request::create(RouteNetlinkMessage::NewLink(msg))
 }
 
-/// Turns hairpin mode on for the bridge port `name` (a new port has it off).
-pub async fn set_hairpin(h: &Handle, name: &str) -> Result<(), Error> {
-    let index = link_by_name(h, name)
-        .await?
-        .map(|l| l.index)
-        .ok_or_else(|| Error::Internal {
-            reason: format!("veth {name} vanished right after creation"),
-        })?;
-    h.link()
-        .set_port(LinkBridgePort::new(index).hairpin(true).build())
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("set hairpin on {name}"), e))
+/// Turns hairpin mode on for the bridge port `index` (a new port has it off).
+pub fn set_hairpin(index: u32) -> Request {
+    Request::ack(RouteNetlinkMessage::NewLink(
+        LinkBridgePort::new(index).hairpin(true).build(),
+    ))
 }
 
-/// With a handle of the pod namespace: addresses, up, default routes on
-/// the pod end. `pod_ns` is only entered for the IPv6 sysctl. Returns the
-/// MAC.
-pub async fn configure_pod(
-    h: &Handle,
-    pod_ns: &File,
+/// Default route via `gateway` out of link `index`.
+pub fn default_route(index: u32, gateway: IpAddr) -> Request {
+    let msg = match gateway {
+        IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build(),
+        IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build(),
+    };
+    Request::replace(RouteNetlinkMessage::NewRoute(msg))
+}
+
+/// The pod end's configuration, in the order the kernel must see it:
+/// addresses, up, default routes.
+pub fn configure_pod(
+    b: &mut Batch,
     ifname: &str,
+    index: u32,
     address: Ipv4Net,
     gateway: Ipv4Addr,
     v6: Option<(Ipv6Net, Ipv6Addr)>,
-) -> Result<Vec<u8>, Error> {
-    let link = link_by_name(h, ifname)
-        .await?
-        .ok_or_else(|| Error::Internal {
-            reason: format!("{ifname} missing in pod namespace after creation"),
-        })?;
-    add_address(h, link.index, IpNet::V4(address), ifname).await?;
+) {
+    b.push(
+        format!("add {address} to {ifname}"),
+        add_address(index, IpNet::V4(address)),
+    );
     if let Some((address6, _)) = v6 {
-        in_netns(pod_ns, || ensure_ipv6_enabled(ifname))?;
-        add_address(h, link.index, IpNet::V6(address6), ifname).await?;
+        b.push(
+            format!("add {address6} to {ifname}"),
+            add_address(index, IpNet::V6(address6)),
+        );
     }
-    h.link()
-        .change(LinkUnspec::new_with_index(link.index).up().build())
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("set {ifname} up"), e))?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(gateway)
-        .output_interface(link.index)
-        .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("add default route via {gateway} on {ifname}"), e))?;
+    b.push(format!("set {ifname} up"), set_up(index));
+    b.push(
+        format!("add default route via {gateway} on {ifname}"),
+        default_route(index, IpAddr::V4(gateway)),
+    );
     if let Some((_, gateway6)) = v6 {
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(gateway6)
-            .output_interface(link.index)
-            .build();
-        h.route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| {
-                Error::netlink(format!("add default route via {gateway6} on {ifname}"), e)
-            })?;
+        b.push(
+            format!("add default route via {gateway6} on {ifname}"),
+            default_route(index, IpAddr::V6(gateway6)),
+        );
     }
-    Ok(link.mac)
 }
 
 /// Addresses of both families (with prefix length) on link `index`.
-pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>, Error> {
-    let mut stream = h.address().get().set_link_index_filter(index).execute();
+pub fn addresses(s: &mut Socket, index: u32) -> Result<Vec<IpNet>, Error> {
+    let dump = Request::dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()));
+    let msgs = s
+        .one(dump)
+        .map_err(|e| Error::netlink(format!("list addresses of link {index}"), e))?;
     let mut out = Vec::new();
-    while let Some(m) = stream
-        .try_next()
-        .await
-        .map_err(|e| Error::netlink(format!("list addresses of link {index}"), e))?
-    {
+    for m in msgs {
+        let RouteNetlinkMessage::NewAddress(m) = m else {
+            continue;
+        };
         if m.header.index != index {
             continue;
         }
@@ -413,48 +529,42 @@ pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNet>, Error> {
 }
 
 /// Gateways of default routes of both families leaving through link `index`.
-pub async fn default_gateways(h: &Handle, index: u32) -> Result<Vec<IpAddr>, Error> {
+pub fn default_gateways(s: &mut Socket, index: u32) -> Result<Vec<IpAddr>, Error> {
     let mut out = Vec::new();
     for dump in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
     ] {
-        default_gateways_in(h, dump, index, &mut out).await?;
+        let msgs = s
+            .one(Request::dump(RouteNetlinkMessage::GetRoute(dump)))
+            .map_err(|e| Error::netlink("list routes", e))?;
+        for m in &msgs {
+            if let RouteNetlinkMessage::NewRoute(m) = m {
+                default_gateway_of(m, index, &mut out);
+            }
+        }
     }
     Ok(out)
 }
 
-async fn default_gateways_in(
-    h: &Handle,
-    dump: rtnetlink::packet_route::route::RouteMessage,
-    index: u32,
-    out: &mut Vec<IpAddr>,
-) -> Result<(), Error> {
-    let mut stream = h.route().get(dump).execute();
-    while let Some(m) = stream
-        .try_next()
-        .await
-        .map_err(|e| Error::netlink("list routes", e))?
-    {
-        if m.header.destination_prefix_length != 0 {
-            continue;
-        }
-        let oif = m.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Oif(i) => Some(*i),
-            _ => None,
-        });
-        if oif != Some(index) {
-            continue;
-        }
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => out.push(IpAddr::V4(*gw)),
-                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => out.push(IpAddr::V6(*gw)),
-                _ => {}
-            }
+fn default_gateway_of(m: &RouteMessage, index: u32, out: &mut Vec<IpAddr>) {
+    if m.header.destination_prefix_length != 0 {
+        return;
+    }
+    let oif = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    });
+    if oif != Some(index) {
+        return;
+    }
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => out.push(IpAddr::V4(*gw)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => out.push(IpAddr::V6(*gw)),
+            _ => {}
         }
     }
-    Ok(())
 }
 
 /// Host-side veth name: `veth` + 11 hex digits of a stable hash of

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod ipam;
 pub mod kernel;
+pub mod netlink;
 pub mod plugin;
 pub mod result;
 pub mod subnet;

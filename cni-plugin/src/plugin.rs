@@ -9,9 +9,13 @@ use serde_json::Value;
 use crate::config::{self, Command, Env, NetConf};
 use crate::error::Error;
 use crate::ipam::{Ipam, Request};
-use crate::kernel::{self, host_veth_name};
+use crate::kernel::{self, host_veth_name, Batch};
+use crate::netlink::Socket;
 use crate::result::{self, Attached, Attached6};
 use crate::subnet::{self, NodeSubnet};
+
+/// Link deletions GC sends per netlink round trip.
+const GC_BATCH: usize = 64;
 
 /// The result of one plugin call, ready for `main` to print.
 #[derive(Debug)]
@@ -177,16 +181,16 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     let mtu = conf.mtu.unwrap_or(node.mtu);
     let requests = address_requests(env, conf, &node)?;
     let ns = kernel::open_netns(netns_path)?;
-    let nl = kernel::Netlink::new()?;
-    let host = nl.here()?;
-    let pod = nl.in_netns(&ns)?;
+    let mut host = kernel::socket()?;
+    let mut pod = kernel::socket_in(&ns)?;
 
-    if nl.run(kernel::link_by_name(&pod, ifname))?.is_some() {
+    if kernel::index_of(&pod, ifname)?.is_some() {
         return Err(Error::InterfaceExists {
             ifname: ifname.to_string(),
             netns: netns_path.to_path_buf(),
         });
     }
+    let bridge = kernel::brief(&host, &conf.bridge)?;
 
     let ipam = Ipam::open(&conf.data_dir, &conf.name)?;
     let ips = ipam.allocate_all(&requests, cid, ifname)?;
@@ -195,10 +199,10 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         .map_err(|reason| Error::Internal { reason })
         .and_then(|addrs| {
             let links = Links {
-                nl: &nl,
-                host: &host,
-                pod: &pod,
+                host: &mut host,
+                pod: &mut pod,
                 ns: &ns,
+                bridge,
                 host_ifname: &host_ifname,
                 ifname,
             };
@@ -229,7 +233,7 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         }
         Err(e) => {
             // Deleting the host end takes the pod end with it.
-            let _ = nl.run(kernel::delete_link(&host, &host_ifname));
+            let _ = kernel::delete_link(&mut host, &host_ifname);
             for ip in ips {
                 let _ = ipam.release_ip(ip, cid, ifname);
             }
@@ -238,19 +242,21 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     }
 }
 
-/// The netlink side of one ADD: the runtime, a handle per namespace and
-/// the names of the two veth ends.
-#[derive(Clone, Copy)]
+/// The netlink side of one ADD: a socket per namespace, the bridge as
+/// looked up, and the names of the two veth ends.
 struct Links<'a> {
-    nl: &'a kernel::Netlink,
-    host: &'a rtnetlink::Handle,
-    pod: &'a rtnetlink::Handle,
+    host: &'a mut Socket,
+    pod: &'a mut Socket,
     ns: &'a std::fs::File,
+    bridge: Option<kernel::Brief>,
     host_ifname: &'a str,
     ifname: &'a str,
 }
 
-/// Bridge, veth, pod config. Returns (host MAC, pod MAC).
+/// Bridge, veth, pod config, in two round trips: gateway addresses + veth;
+/// then the bridge port's hairpin and the pod end's addresses, link and
+/// routes, on their two sockets at once. Links are looked up by ioctl. Returns (host
+/// MAC, pod MAC).
 fn setup(
     conf: &NetConf,
     node: &NodeSubnet,
@@ -258,29 +264,69 @@ fn setup(
     addrs: PodAddresses,
     mtu: u32,
 ) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let gateway_net = node.gateway_net;
-    let gateway_net6 = node.ipv6.map(|n| n.gateway_net);
     let gateway = node.gateway();
     let v6 = addrs.v6.zip(node.ipv6.map(|n| n.gateway()));
     let host_mac = kernel::random_mac();
-    l.nl.run(async {
-        let bridge_index =
-            kernel::ensure_bridge(l.host, &conf.bridge, gateway_net, gateway_net6, mtu).await?;
-        let veth = kernel::Veth {
-            host_ifname: l.host_ifname,
-            host_mac: &host_mac,
-            pod_ifname: l.ifname,
-            pod_ns: l.ns,
-            mtu,
-            bridge_index,
-        };
-        kernel::create_veth(l.host, veth).await?;
-        if conf.hairpin_mode {
-            kernel::set_hairpin(l.host, l.host_ifname).await?;
-        }
-        let pod_mac = kernel::configure_pod(l.pod, l.ns, l.ifname, addrs.v4, gateway, v6).await?;
-        Ok((host_mac.clone(), pod_mac))
-    })
+    let pod_mac = kernel::random_mac();
+    let bridge_index = kernel::ensure_bridge(
+        l.host,
+        l.bridge,
+        &conf.bridge,
+        gateway,
+        node.ipv6.is_some(),
+        mtu,
+    )?;
+
+    let mut b = Batch::new();
+    let bridge_nets = std::iter::once(IpNet::V4(node.gateway_net))
+        .chain(node.ipv6.map(|n| IpNet::V6(n.gateway_net)));
+    for net in bridge_nets {
+        b.push(
+            format!("add {net} to bridge {}", conf.bridge),
+            kernel::add_address(bridge_index, net),
+        );
+    }
+    let veth = kernel::Veth {
+        host_ifname: l.host_ifname,
+        host_mac: &host_mac,
+        pod_ifname: l.ifname,
+        pod_mac: &pod_mac,
+        pod_ns: l.ns,
+        mtu,
+        bridge_index,
+    };
+    b.push(
+        format!("create veth {} <-> {}", l.host_ifname, l.ifname),
+        kernel::create_veth(veth),
+    );
+    b.run(l.host)?;
+    let missing = |end: &str| Error::Internal {
+        reason: format!("veth end {end} missing right after creation"),
+    };
+    let host_index =
+        kernel::index_of(l.host, l.host_ifname)?.ok_or_else(|| missing(l.host_ifname))?;
+    let pod_index = kernel::index_of(l.pod, l.ifname)?.ok_or_else(|| missing(l.ifname))?;
+
+    let hairpin = if conf.hairpin_mode {
+        let mut b = Batch::new();
+        b.push(
+            format!("set hairpin on {}", l.host_ifname),
+            kernel::set_hairpin(host_index),
+        );
+        Some(b.send(l.host)?)
+    } else {
+        None
+    };
+    if v6.is_some() {
+        kernel::within(l.ns, || kernel::ensure_ipv6_enabled(l.ifname))?;
+    }
+    let mut b = Batch::new();
+    kernel::configure_pod(&mut b, l.ifname, pod_index, addrs.v4, gateway, v6);
+    b.run(l.pod)?;
+    if let Some(h) = hairpin {
+        h.wait(l.host)?;
+    }
+    Ok((host_mac, pod_mac))
 }
 
 fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
@@ -291,15 +337,10 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
     // there is no host end is the pod side looked at (a missing or unusable
     // namespace just means it is gone).
     let host_ifname = host_veth_name(cid, ifname);
-    let host = kernel::Netlink::new().and_then(|nl| {
-        let h = nl.here()?;
-        let deleted = nl.run(kernel::delete_link(&h, &host_ifname));
+    let host = kernel::socket().and_then(|mut h| {
+        let deleted = kernel::delete_link(&mut h, &host_ifname);
         if !matches!(deleted, Ok(true)) {
-            if let Some(Err(e)) = env
-                .netns
-                .as_deref()
-                .map(|path| del_pod_side(&nl, path, ifname))
-            {
+            if let Some(Err(e)) = env.netns.as_deref().map(|path| del_pod_side(path, ifname)) {
                 eprintln!("twill: DEL {cid}/{ifname}: pod side: {e}");
             }
         }
@@ -313,12 +354,12 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
 
 /// Deletes `ifname` inside the namespace at `path`; a namespace that cannot
 /// be opened counts as gone.
-fn del_pod_side(nl: &kernel::Netlink, path: &std::path::Path, ifname: &str) -> Result<(), Error> {
+fn del_pod_side(path: &std::path::Path, ifname: &str) -> Result<(), Error> {
     let Ok(ns) = kernel::open_netns(path) else {
         return Ok(());
     };
-    let pod = nl.in_netns(&ns)?;
-    nl.run(kernel::delete_link(&pod, ifname)).map(|_| ())
+    let mut pod = kernel::socket_in(&ns)?;
+    kernel::delete_link(&mut pod, ifname).map(|_| ())
 }
 
 fn check_failed(what: impl Into<String>) -> Error {
@@ -367,56 +408,49 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
     let ns = kernel::open_netns(netns_path)?;
     let mut gateways = vec![IpAddr::V4(node.gateway())];
     gateways.extend(node.ipv6.map(|n| IpAddr::V6(n.gateway())));
-    let nl = kernel::Netlink::new()?;
-    let pod = nl.in_netns(&ns)?;
-    nl.run(async {
-        let h = &pod;
-        let link = kernel::link_by_name(h, ifname)
-            .await?
-            .ok_or_else(|| check_failed(format!("interface {ifname} missing in pod namespace")))?;
-        if link.mtu.is_some_and(|m| m != mtu) {
+    let mut pod = kernel::socket_in(&ns)?;
+    let link = kernel::link_by_name(&mut pod, ifname)?
+        .ok_or_else(|| check_failed(format!("interface {ifname} missing in pod namespace")))?;
+    if link.mtu.is_some_and(|m| m != mtu) {
+        return Err(check_failed(format!(
+            "{ifname} has mtu {:?}, want {mtu}",
+            link.mtu
+        )));
+    }
+    let addrs = kernel::addresses(&mut pod, link.index)?;
+    for w in &want_all {
+        if !addrs.contains(w) {
             return Err(check_failed(format!(
-                "{ifname} has mtu {:?}, want {mtu}",
-                link.mtu
+                "{ifname} lacks address {w} (has {addrs:?})"
             )));
         }
-        let addrs = kernel::addresses(h, link.index).await?;
-        for w in &want_all {
-            if !addrs.contains(w) {
-                return Err(check_failed(format!(
-                    "{ifname} lacks address {w} (has {addrs:?})"
-                )));
-            }
+    }
+    let gws = kernel::default_gateways(&mut pod, link.index)?;
+    for gw in &gateways {
+        if !gws.contains(gw) {
+            return Err(check_failed(format!(
+                "no default route via {gw} on {ifname}"
+            )));
         }
-        let gws = kernel::default_gateways(h, link.index).await?;
-        for gw in &gateways {
-            if !gws.contains(gw) {
-                return Err(check_failed(format!(
-                    "no default route via {gw} on {ifname}"
-                )));
-            }
-        }
-        Ok(())
-    })?;
+    }
 
     let host_ifname = host_veth_name(cid, ifname);
     let bridge = &conf.bridge;
-    let host = nl.here()?;
-    nl.run(async {
-        let h = &host;
-        let br = kernel::link_by_name(h, bridge)
-            .await?
-            .ok_or_else(|| check_failed(format!("bridge {bridge} missing")))?;
-        let host = kernel::link_by_name(h, &host_ifname)
-            .await?
-            .ok_or_else(|| check_failed(format!("host veth {host_ifname} missing")))?;
-        if host.controller != Some(br.index) {
-            return Err(check_failed(format!(
-                "host veth {host_ifname} is not on bridge {bridge}"
-            )));
-        }
-        Ok(())
-    })
+    let mut host = kernel::socket()?;
+    let bridge_lookup = kernel::lookup(bridge).send(&mut host)?;
+    let veth_lookup = kernel::lookup(&host_ifname).send(&mut host)?;
+    let br = bridge_lookup
+        .link(&mut host)?
+        .ok_or_else(|| check_failed(format!("bridge {bridge} missing")))?;
+    let veth = veth_lookup
+        .link(&mut host)?
+        .ok_or_else(|| check_failed(format!("host veth {host_ifname} missing")))?;
+    if veth.controller != Some(br.index) {
+        return Err(check_failed(format!(
+            "host veth {host_ifname} is not on bridge {bridge}"
+        )));
+    }
+    Ok(())
 }
 
 fn cmd_status(conf: &NetConf) -> Result<(), Error> {
@@ -453,17 +487,22 @@ fn cmd_gc(conf: &NetConf) -> Result<(), Error> {
         .iter()
         .map(|r| host_veth_name(&r.container_id, &r.ifname))
         .collect();
-    let link_errors = kernel::Netlink::new().and_then(|nl| {
-        let h = nl.here()?;
-        nl.run(async {
-            let mut errs = Vec::new();
-            for name in &names {
-                if let Err(e) = kernel::delete_link(&h, name).await {
+    // Deletes go in batches: every answer waits in the socket's receive
+    // buffer until the batch is read back.
+    let link_errors = kernel::socket().and_then(|mut h| {
+        let mut errs = Vec::new();
+        for chunk in names.chunks(GC_BATCH) {
+            let mut b = Batch::new();
+            for name in chunk {
+                b.push(format!("delete link {name}"), kernel::delete_link_req(name));
+            }
+            for (op, answer) in b.send(&mut h)?.answers(&mut h)? {
+                if let Err(e) = kernel::deleted(&op, answer) {
                     errs.push(e);
                 }
             }
-            Ok(errs)
-        })
+        }
+        Ok(errs)
     });
     match link_errors {
         Ok(errs) => errors.extend(errs),

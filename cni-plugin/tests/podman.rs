@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{is_root, require, runs, veths, Netns, BIN};
+use common::{bin, is_root, require, runs, veths, Netns};
 
 const NETWORK: &str = "twillpod";
 const BUSYBOX: &str = "/bin/busybox";
@@ -86,7 +86,7 @@ impl Podman {
         ] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
-        std::fs::copy(BIN, d.join("plugins/twill")).unwrap();
+        std::fs::copy(bin(), d.join("plugins/twill")).unwrap();
         make_rootfs(&d.join("rootfs"));
         std::fs::write(
             d.join("netd").join(format!("{NETWORK}.conflist")),

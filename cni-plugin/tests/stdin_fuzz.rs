@@ -13,7 +13,11 @@ use std::process::{Command, Stdio};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_twill");
+/// As `common::bin`: `TWILL_CNI_BIN` (the static build) or cargo's.
+fn bin() -> String {
+    std::env::var("TWILL_CNI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_twill").to_string())
+}
+
 const VERBS: &[&str] = &["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "BOGUS"];
 
 struct Run {
@@ -24,7 +28,7 @@ struct Run {
 
 fn run(verb: &str, stdin: &[u8], extra_env: &[(&str, &str)]) -> Run {
     let dir = std::env::temp_dir();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.env_clear()
         .env("CNI_COMMAND", verb)
         .env("CNI_CONTAINERID", "fuzz")

@@ -29,6 +29,10 @@ struct Cli {
         default_value = "target/release"
     )]
     bin_dir: PathBuf,
+    /// The CNI plugin as shipped (`scripts/build-cni.sh`: static, non-PIE);
+    /// defaults to `twill` in --bin-dir.
+    #[arg(long, global = true, env = "TWILL_CNI_BIN")]
+    cni_bin: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -66,11 +70,15 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let reps = |quick: usize, full: usize| if cli.quick { quick } else { full };
+    let cni_bin = cli
+        .cni_bin
+        .clone()
+        .unwrap_or_else(|| cli.bin_dir.join("twill"));
     // The harness looks for the binaries here.
     std::env::set_var(netns_tests::bins::BIN_DIR_ENV, &cli.bin_dir);
     let out: BenchOutput = match &cli.cmd {
         Cmd::Cni => cni::run(&cni::CniOpts {
-            twill_bin: cli.bin_dir.join("twill"),
+            twill_bin: cni_bin,
             pods: 100,
             workers: 8,
             reps: reps(2, 3),
@@ -91,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             leases: 1000,
             reps: reps(1, 3),
             bin_dir: cli.bin_dir.clone(),
+            cni_bin,
         })?,
         Cmd::Scale => scale::run(&scale::ScaleOpts {
             sizes: vec![1000, 2000, 5000],

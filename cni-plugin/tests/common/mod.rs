@@ -12,7 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_twill");
+/// The plugin under test: `TWILL_CNI_BIN` when set (scripts/test.sh points
+/// it at the static build that ships, target/cni/twill), else cargo's.
+pub fn bin() -> String {
+    std::env::var("TWILL_CNI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_twill").to_string())
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -209,7 +213,7 @@ pub fn cni(host: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> (bool, Value) {
 /// plugin's own (`ip netns exec` execs without forking).
 pub fn spawn_cni(host: &Netns, env: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &host.name, BIN])
+    cmd.args(["netns", "exec", &host.name, &bin()])
         .env_remove("CNI_COMMAND")
         .env_remove("CNI_CONTAINERID")
         .env_remove("CNI_NETNS")
