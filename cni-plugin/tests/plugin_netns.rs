@@ -349,6 +349,12 @@ fn veth_attributes_hairpin_and_del_fallback() {
         pod_link.contains(&format!("link/ether {pod_mac}")),
         "{pod_link}"
     );
+    // One queue each way on both ends, stated at creation (a veth left to
+    // the default gets a queue per CPU, cut back under the RTNL lock).
+    let (_, pod_detail) = pod.ip(&["-d", "link", "show", "eth0"]);
+    for d in [&detail, &pod_detail] {
+        assert!(d.contains("numtxqueues 1 numrxqueues 1"), "{d}");
+    }
 
     // hairpinMode false (the default is true) leaves the port's kernel
     // default: off.
