@@ -36,7 +36,11 @@ pub fn machine_facts(repo: &Path) -> Vec<(String, String)> {
         .unwrap_or_else(|| "unknown".to_owned());
     let mut commit = run("git", &["rev-parse", "--short", "HEAD"]);
     let status = run("git", &["status", "--porcelain"]);
-    if !status.is_empty() && status != "unknown" {
+    // The report's own outputs may already be rewritten by this run.
+    let dirty = status
+        .lines()
+        .any(|l| !l.ends_with("bench/RESULTS.md") && !l.ends_with("bench/latency.svg"));
+    if dirty && status != "unknown" {
         commit.push_str(" (with uncommitted changes)");
     }
     let load = std::fs::read_to_string("/proc/loadavg")
