@@ -8,7 +8,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 
@@ -18,17 +17,15 @@ pub fn bin() -> String {
     std::env::var("TWILL_CNI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_twill").to_string())
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace named with a per-run unique prefix, deleted on drop.
+/// A network namespace named with the harness's per-run prefix (so the leak
+/// check of scripts/test.sh sees it), deleted on drop.
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
     pub fn new(role: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("twcni{}-{n}-{role}", std::process::id());
+        let name = format!("{}-{role}", netns_tests::run_prefix());
         let st = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
