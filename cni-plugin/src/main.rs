@@ -25,6 +25,14 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
             nix::sys::signal::SigHandler::SigIgn,
         )
     };
+    // Diagnostics go to stderr, which runtimes keep in their logs; stdout
+    // carries only the CNI result.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => twill_cni::run(|k| std::env::var(k).ok(), &stdin),

@@ -341,7 +341,12 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
         let deleted = kernel::delete_link(&mut h, &host_ifname);
         if !matches!(deleted, Ok(true)) {
             if let Some(Err(e)) = env.netns.as_deref().map(|path| del_pod_side(path, ifname)) {
-                eprintln!("twill: DEL {cid}/{ifname}: pod side: {e}");
+                tracing::warn!(
+                    container_id = cid,
+                    ifname,
+                    error = %e,
+                    "DEL: could not remove the pod side"
+                );
             }
         }
         deleted
@@ -508,8 +513,9 @@ fn cmd_gc(conf: &NetConf) -> Result<(), Error> {
         Ok(errs) => errors.extend(errs),
         Err(e) => errors.push(e),
     }
+    // The first error is the call's result; the others only reach the log.
     for e in errors.iter().skip(1) {
-        eprintln!("twill: GC: {e}");
+        tracing::warn!(error = %e, "GC: further failure");
     }
     match errors.into_iter().next() {
         Some(e) => Err(e),
