@@ -470,7 +470,6 @@ impl Ipam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -478,6 +477,74 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// A fresh store of network "net" in a temp dir that lives as long as
+    /// the returned guard.
+    fn store() -> (tempfile::TempDir, Ipam) {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        (dir, ipam)
+    }
+
+    fn req(gateway_net: IpNet, requested: Option<IpAddr>) -> Request {
+        Request {
+            gateway_net,
+            requested,
+        }
+    }
+
+    fn v4v6(v4: &str, v6: &str) -> [Request; 2] {
+        [req(net(v4), None), req(net(v6), None)]
+    }
+
+    /// No reservation temp file is left in the store.
+    fn assert_no_temp_files(ipam: &Ipam) {
+        let names: Vec<String> = fs::read_dir(ipam.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with(".reserve")),
+            "{names:?}"
+        );
+    }
+
+    /// `threads` threads at once, each with its own store and lock fd (as
+    /// separate plugin processes would have) on network "net" of `data`,
+    /// each reserving `reqs` for `per_thread` containers. Asserts that no
+    /// address was handed out twice; returns them all, sorted.
+    fn allocate_concurrently(
+        data: &Path,
+        threads: usize,
+        per_thread: usize,
+        reqs: &[Request],
+    ) -> Vec<IpAddr> {
+        let mut all: Vec<IpAddr> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    sc.spawn(move || {
+                        let ipam = Ipam::open(data, "net").unwrap();
+                        (0..per_thread)
+                            .flat_map(|i| {
+                                ipam.allocate_all(reqs, &format!("c{t}-{i}"), "eth0")
+                                    .unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let want = threads * per_thread * reqs.len();
+        assert_eq!(all.len(), want);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), want, "duplicate addresses handed out");
+        all
     }
 
     #[test]
@@ -502,8 +569,7 @@ mod tests {
 
     #[test]
     fn allocation_follows_cursor_and_exhausts() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (dir, ipam) = store();
         let gw = net("10.244.3.1/29");
         let a = ipam.allocate(gw, "c1", "eth0", None).unwrap();
         let b = ipam.allocate(gw, "c2", "eth0", None).unwrap();
@@ -524,21 +590,12 @@ mod tests {
         assert_eq!(ipam.free_count(gw).unwrap(), 0);
         assert_eq!(ipam.find("c3", "eth0").unwrap(), vec![c]);
         assert!(ipam.find("c3", "eth1").unwrap().is_empty());
-        // No temp files left behind.
-        let names: Vec<String> = fs::read_dir(ipam.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(
-            names.iter().all(|n| !n.starts_with(".reserve")),
-            "{names:?}"
-        );
+        assert_no_temp_files(&ipam);
     }
 
     #[test]
     fn release_of_unknown_is_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         assert!(ipam.release("nope", "eth0").unwrap().is_empty());
         let gw = net("10.244.3.1/24");
         let a = ipam.allocate(gw, "c1", "eth0", None).unwrap();
@@ -550,8 +607,7 @@ mod tests {
 
     #[test]
     fn release_and_gc_remove_temp_files_of_dead_plugins() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let gw = net("10.244.3.1/24");
         let a = ipam.allocate(gw, "live", "eth0", None).unwrap();
         // What a plugin killed between writing and linking leaves behind.
@@ -577,8 +633,7 @@ mod tests {
 
     #[test]
     fn static_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let gw = net("10.244.3.1/24");
         assert_eq!(
             ipam.allocate(gw, "c1", "eth0", Some(ip("10.244.3.50")))
@@ -604,8 +659,7 @@ mod tests {
 
     #[test]
     fn gc_keeps_only_valid_attachments() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let gw = net("10.244.3.1/24");
         let keep_ip = ipam.allocate(gw, "keep", "eth0", None).unwrap();
         ipam.allocate(gw, "keep", "eth1", None).unwrap();
@@ -626,51 +680,14 @@ mod tests {
 
     #[test]
     fn concurrent_allocations_are_distinct() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = Arc::new(dir.path().to_path_buf());
+        let (dir, ipam) = store();
         let gw = net("10.244.3.1/24");
-        let handles: Vec<_> = (0..16)
-            .map(|t| {
-                let data = Arc::clone(&data);
-                std::thread::spawn(move || {
-                    // Each thread opens its own store and lock fd, as separate
-                    // plugin processes would.
-                    let ipam = Ipam::open(&data, "net").unwrap();
-                    (0..10)
-                        .map(|i| {
-                            ipam.allocate(gw, &format!("c{t}-{i}"), "eth0", None)
-                                .unwrap()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all: Vec<IpAddr> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
+        let all = allocate_concurrently(dir.path(), 16, 10, &[req(gw, None)]);
         assert_eq!(all.len(), 160);
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), 160, "duplicate addresses handed out");
         let range = Range::of(gw);
         assert!(all.iter().all(|a| range.is_usable(*a)));
-        let ipam = Ipam::open(&data, "net").unwrap();
         assert_eq!(ipam.list().unwrap().len(), 160);
         assert_eq!(ipam.free_count(gw).unwrap(), 253 - 160);
-    }
-
-    fn v4v6(v4: &str, v6: &str) -> [Request; 2] {
-        [
-            Request {
-                gateway_net: net(v4),
-                requested: None,
-            },
-            Request {
-                gateway_net: net(v6),
-                requested: None,
-            },
-        ]
     }
 
     #[test]
@@ -715,8 +732,7 @@ mod tests {
 
     #[test]
     fn cursor_is_rewritten_in_place_and_a_bad_one_restarts_the_walk() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let cursor = ipam.dir().join("last_reserved_ip");
         // An older plugin's unpadded cursor, longer than the next value.
         fs::write(&cursor, "10.244.3.200").unwrap();
@@ -747,8 +763,7 @@ mod tests {
 
     #[test]
     fn dual_stack_allocation_has_a_cursor_per_family() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let reqs = v4v6("10.244.3.1/24", "fd00:10:244:3::1/64");
         let a = ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
         assert_eq!(a, vec![ip("10.244.3.2"), ip("fd00:10:244:3::2")]);
@@ -785,8 +800,7 @@ mod tests {
 
     #[test]
     fn tiny_v6_subnet_exhausts_and_wraps() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let gw6 = net("fd00:10:244:3::1/125");
         let got: Vec<IpAddr> = (0..6)
             .map(|i| ipam.allocate(gw6, &format!("c{i}"), "eth0", None).unwrap())
@@ -808,8 +822,7 @@ mod tests {
 
     #[test]
     fn exhaustion_of_either_family_reserves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         // v6 /126 has two pod addresses, v4 /24 plenty.
         let reqs = v4v6("10.244.3.1/24", "fd00::1/126");
         ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
@@ -820,40 +833,22 @@ mod tests {
         assert_eq!(ipam.list().unwrap().len(), before);
         assert!(ipam.find("c3", "eth0").unwrap().is_empty());
         // And the other way round: v4 /30 (one pod address) is full.
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let reqs = v4v6("10.244.3.1/30", "fd00::1/64");
         ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
         let e = ipam.allocate_all(&reqs, "c2", "eth0").unwrap_err();
         assert_eq!(e.code(), 100);
         assert!(ipam.find("c2", "eth0").unwrap().is_empty());
         assert_eq!(ipam.list().unwrap().len(), 2);
-        let names: Vec<String> = fs::read_dir(ipam.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(
-            !names.iter().any(|n| n.starts_with(".reserve")),
-            "{names:?}"
-        );
+        assert_no_temp_files(&ipam);
     }
 
     #[test]
     fn static_v6_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::open(dir.path(), "net").unwrap();
+        let (_dir, ipam) = store();
         let gw4 = net("10.244.3.1/24");
         let gw6 = net("fd00:10:244:3::1/64");
-        let reqs = [
-            Request {
-                gateway_net: gw4,
-                requested: None,
-            },
-            Request {
-                gateway_net: gw6,
-                requested: Some(ip("fd00:10:244:3::beef")),
-            },
-        ];
+        let reqs = [req(gw4, None), req(gw6, Some(ip("fd00:10:244:3::beef")))];
         let got = ipam.allocate_all(&reqs, "c1", "eth0").unwrap();
         assert_eq!(got, vec![ip("10.244.3.2"), ip("fd00:10:244:3::beef")]);
         // Taken, anycast, gateway, other subnet, other family: 102 and the
@@ -865,16 +860,7 @@ mod tests {
             "fd00:10:244:4::5",
             "10.244.3.9",
         ] {
-            let reqs = [
-                Request {
-                    gateway_net: gw4,
-                    requested: None,
-                },
-                Request {
-                    gateway_net: gw6,
-                    requested: Some(ip(bad)),
-                },
-            ];
+            let reqs = [req(gw4, None), req(gw6, Some(ip(bad)))];
             let e = ipam.allocate_all(&reqs, "c2", "eth0").unwrap_err();
             assert_eq!(e.code(), 102, "{bad}");
             assert!(ipam.find("c2", "eth0").unwrap().is_empty(), "{bad}");
@@ -888,31 +874,10 @@ mod tests {
 
     #[test]
     fn concurrent_dual_stack_allocations_are_distinct() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = Arc::new(dir.path().to_path_buf());
-        let handles: Vec<_> = (0..8)
-            .map(|t| {
-                let data = Arc::clone(&data);
-                std::thread::spawn(move || {
-                    let ipam = Ipam::open(&data, "net").unwrap();
-                    let reqs = v4v6("10.244.3.1/24", "fd00:10:244:3::1/64");
-                    (0..10)
-                        .flat_map(|i| {
-                            ipam.allocate_all(&reqs, &format!("c{t}-{i}"), "eth0")
-                                .unwrap()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all: Vec<IpAddr> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
+        let (dir, ipam) = store();
+        let reqs = v4v6("10.244.3.1/24", "fd00:10:244:3::1/64");
+        let all = allocate_concurrently(dir.path(), 8, 10, &reqs);
         assert_eq!(all.len(), 160);
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), 160, "duplicate addresses handed out");
         assert_eq!(all.iter().filter(|a| a.is_ipv6()).count(), 80);
         // The cursor walk hands out a dense prefix: ::2 ..= ::81.
         let v6: Vec<u128> = all
@@ -922,7 +887,6 @@ mod tests {
             .collect();
         let base = to_num(ip("fd00:10:244:3::"));
         assert_eq!(v6, (2..82).map(|i| base + i).collect::<Vec<_>>());
-        let ipam = Ipam::open(&data, "net").unwrap();
         assert_eq!(ipam.list().unwrap().len(), 160);
         // GC of everything releases both families.
         let (released, errors) = ipam.gc(&HashSet::new()).unwrap();

@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{attach_env, bytes, cni, prerequisites, veths, Netns, Setup, SUBNET_V4};
+use common::{bytes, fails_with, succeeds, veths, Netns, Rig, Setup, SUBNET_V4};
 use serde_json::{json, Value};
 
 const GW6: &str = "fd00:10:244:3::1";
@@ -62,26 +62,22 @@ fn read_sysctl(ns: &Netns, key: &str) -> String {
 
 #[test]
 fn dual_stack_add_ping6_check_del_gc() {
-    if !prerequisites() {
+    let Some(rig) = Rig::with_subnet_file(&dual_stack_file(&format!("{GW6}/64"))) else {
         return;
-    }
-    let host = Netns::new("host");
+    };
     let pod1 = Netns::new("pod1");
     let pod2 = Netns::new("pod2");
+    let (host, s) = (&rig.host, &rig.s);
     // New interfaces in these namespaces start with IPv6 disabled: the
     // plugin must turn it on for the bridge and the pod interface, from the
     // thread that is inside the right namespace.
-    for ns in [&host, &pod1, &pod2] {
+    for ns in [host, &pod1, &pod2] {
         sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
     }
-    let s = Setup::with_subnet_file(&dual_stack_file(&format!("{GW6}/64")));
-    let conf = bytes(&s.conf(json!({})));
     let (p1, p2) = (pod1.path(), pod2.path());
 
-    let (ok, r1) = cni(&host, &attach_env("ADD", "c1", &p1, "eth0"), &conf);
-    assert!(ok, "ADD pod1: {r1}");
-    let (ok, r2) = cni(&host, &attach_env("ADD", "c2", &p2, "eth0"), &conf);
-    assert!(ok, "ADD pod2: {r2}");
+    let r1 = rig.add("c1", &p1);
+    let r2 = rig.add("c2", &p2);
 
     for r in [&r1, &r2] {
         let ips = r["ips"].as_array().unwrap();
@@ -115,7 +111,7 @@ fn dual_stack_add_ping6_check_del_gc() {
         let (_, route) = pod.ip(&["-6", "route", "show", "default"]);
         assert!(route.contains(&format!("via {GW6}")), "{route}");
     }
-    assert_eq!(read_sysctl(&host, "net.ipv6.conf.twill0.disable_ipv6"), "0");
+    assert_eq!(read_sysctl(host, "net.ipv6.conf.twill0.disable_ipv6"), "0");
     let (_, br) = host.ip(&[
         "-6", "-o", "addr", "show", "dev", "twill0", "scope", "global",
     ]);
@@ -130,45 +126,30 @@ fn dual_stack_add_ping6_check_del_gc() {
     assert!(pod1.ping(&addr_of(&r2, false)), "pod1 -> pod2 IPv4");
 
     // CHECK sees both families; a missing v6 default route fails it.
-    let check = bytes(&s.conf(json!({"prevResult": r1})));
-    let (ok, out) = cni(&host, &attach_env("CHECK", "c1", &p1, "eth0"), &check);
-    assert!(ok, "CHECK: {out}");
+    succeeds(rig.check("c1", &p1, &r1), "CHECK");
     let (ok, _) = pod1.ip(&["-6", "route", "del", "default"]);
     assert!(ok);
-    let (ok, out) = cni(&host, &attach_env("CHECK", "c1", &p1, "eth0"), &check);
-    assert!(!ok);
-    assert_eq!(out["code"], 106, "{out}");
+    let out = fails_with(rig.check("c1", &p1, &r1), 106);
     assert!(out["details"].as_str().unwrap().contains(GW6), "{out}");
     // A prevResult that lacks the v6 address fails too.
     let mut v4_only = r1.clone();
     v4_only["ips"].as_array_mut().unwrap().truncate(1);
-    let (ok, out) = cni(
-        &host,
-        &attach_env("CHECK", "c1", &p1, "eth0"),
-        &bytes(&s.conf(json!({"prevResult": v4_only}))),
-    );
-    assert!(!ok);
-    assert!(
-        out["details"].as_str().unwrap().contains("prevResult"),
-        "{out}"
-    );
+    rig.check_rejects_prev_result("c1", &p1, &v4_only);
 
-    let (ok, out) = cni(&host, &[("CNI_COMMAND", "STATUS")], &conf);
-    assert!(ok, "STATUS: {out}");
+    succeeds(rig.global("STATUS", &rig.conf), "STATUS");
 
     // DEL releases both of pod1's addresses, only them.
-    let (ok, out) = cni(&host, &attach_env("DEL", "c1", &p1, "eth0"), &conf);
-    assert!(ok, "DEL: {out}");
+    rig.del("c1", &p1);
     let mut want = vec![addr_of(&r2, false), v6b.clone()];
     want.sort();
     assert_eq!(s.reservations(), want);
 
     // Static addresses of both families via CNI_ARGS, legacy result format.
-    let legacy = bytes(&s.conf(json!({"cniVersion": "0.4.0"})));
-    let mut env = attach_env("ADD", "c3", &p1, "eth0");
-    env.push(("CNI_ARGS", "IP=10.244.3.77,fd00:10:244:3::77"));
-    let (ok, r3) = cni(&host, &env, &legacy);
-    assert!(ok, "{r3}");
+    let legacy = rig.conf_with(json!({"cniVersion": "0.4.0"}));
+    let r3 = succeeds(
+        rig.add_args("c3", &p1, "IP=10.244.3.77,fd00:10:244:3::77", &legacy),
+        "static ADD",
+    );
     assert_eq!(r3["ips"][0]["address"], "10.244.3.77/24");
     assert_eq!(r3["ips"][0]["version"], "4");
     assert_eq!(r3["ips"][1]["address"], "fd00:10:244:3::77/64");
@@ -177,71 +158,48 @@ fn dual_stack_add_ping6_check_del_gc() {
     assert!(ok, "pod2 -> static v6 failed: {out}");
 
     // GC with nothing valid releases everything, both families.
-    let gc = bytes(&s.conf(json!({"cni.dev/valid-attachments": []})));
-    let (ok, out) = cni(&host, &[("CNI_COMMAND", "GC")], &gc);
-    assert!(ok, "GC: {out}");
-    assert!(s.reservations().is_empty(), "{:?}", s.reservations());
-    assert!(veths(&host).is_empty(), "{:?}", veths(&host));
+    rig.gc(json!([]));
+    rig.assert_empty("after GC");
 }
 
 #[test]
 fn v6_exhaustion_and_bad_v6_input_leave_nothing() {
-    if !prerequisites() {
-        return;
-    }
-    let host = Netns::new("host");
-    let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("x{i}"))).collect();
     // A /126 has two IPv6 pod addresses (::2, ::3): the third pod must fail
     // although IPv4 has room, and keep no IPv4 reservation either.
-    let s = Setup::with_subnet_file(&dual_stack_file("fd00:10:244:3::1/126"));
-    let conf = bytes(&s.conf(json!({})));
+    let Some(rig) = Rig::with_subnet_file(&dual_stack_file("fd00:10:244:3::1/126")) else {
+        return;
+    };
+    let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("x{i}"))).collect();
+    let s = &rig.s;
     for (i, pod) in pods.iter().take(2).enumerate() {
-        let (ok, r) = cni(
-            &host,
-            &attach_env("ADD", &format!("c{i}"), &pod.path(), "eth0"),
-            &conf,
-        );
-        assert!(ok, "{r}");
+        rig.add(&format!("c{i}"), &pod.path());
     }
     let before = s.reservations();
     assert_eq!(before.len(), 4, "{before:?}");
     let p3 = pods[2].path();
-    let (ok, out) = cni(&host, &attach_env("ADD", "c2", &p3, "eth0"), &conf);
-    assert!(!ok);
-    assert_eq!(out["code"], 100, "{out}");
+    fails_with(rig.call("ADD", "c2", &p3, &rig.conf), 100);
     assert_eq!(s.reservations(), before);
-    assert_eq!(veths(&host).len(), 2);
+    assert_eq!(veths(&rig.host).len(), 2);
     assert!(!pods[2].link_names().contains(&"eth0".to_string()));
 
-    let (ok, out) = cni(&host, &[("CNI_COMMAND", "STATUS")], &conf);
-    assert!(!ok);
-    assert_eq!(out["code"], 50, "{out}");
+    fails_with(rig.global("STATUS", &rig.conf), 50);
 
     // A static v6 address outside the v6 subnet: 102, nothing kept.
-    let (ok, _) = cni(
-        &host,
-        &attach_env("DEL", "c1", &pods[1].path(), "eth0"),
-        &conf,
+    rig.del("c1", &pods[1].path());
+    fails_with(
+        rig.add_args("c2", &p3, "IP=fd00:10:244:9::5", &rig.conf),
+        102,
     );
-    assert!(ok);
-    let mut env = attach_env("ADD", "c2", &p3, "eth0");
-    env.push(("CNI_ARGS", "IP=fd00:10:244:9::5"));
-    let (ok, out) = cni(&host, &env, &conf);
-    assert!(!ok);
-    assert_eq!(out["code"], 102, "{out}");
     assert_eq!(s.reservations().len(), 2);
 
     // A malformed v6 key: 101 naming it.
     let bad = Setup::with_subnet_file(&format!(
         "{SUBNET_V4}TWILL_IPV6_SUBNET=fd00:10:244:3::zz/64\n"
     ));
-    let (ok, out) = cni(
-        &host,
-        &attach_env("ADD", "c2", &p3, "eth0"),
-        &bytes(&bad.conf(json!({}))),
+    let out = fails_with(
+        rig.call("ADD", "c2", &p3, &bytes(&bad.conf(json!({})))),
+        101,
     );
-    assert!(!ok);
-    assert_eq!(out["code"], 101, "{out}");
     assert!(
         out["details"]
             .as_str()
@@ -251,12 +209,6 @@ fn v6_exhaustion_and_bad_v6_input_leave_nothing() {
     );
     assert!(bad.reservations().is_empty());
 
-    let (ok, _) = cni(
-        &host,
-        &attach_env("DEL", "c0", &pods[0].path(), "eth0"),
-        &conf,
-    );
-    assert!(ok);
-    assert!(s.reservations().is_empty());
-    assert!(veths(&host).is_empty());
+    rig.del("c0", &pods[0].path());
+    rig.assert_empty("after DEL");
 }

@@ -8,25 +8,22 @@ mod common;
 
 use std::process::Command;
 
-use common::{attach_env, bytes, cni, prerequisites, veths, Netns, Setup};
-use serde_json::{json, Value};
+use common::{
+    all_at_once, attach_env, cni, distinct_ips, fails_with, host_veth, result_ip, succeeds, veths,
+    Netns, Rig,
+};
+use serde_json::json;
 
 #[test]
 fn add_ping_check_del_gc() {
-    if !prerequisites() {
-        return;
-    }
-    let host = Netns::new("host");
+    let Some(rig) = Rig::new() else { return };
     let pod1 = Netns::new("pod1");
     let pod2 = Netns::new("pod2");
-    let s = Setup::new();
-    let conf = bytes(&s.conf(json!({})));
+    let (host, s) = (&rig.host, &rig.s);
     let (p1, p2) = (pod1.path(), pod2.path());
 
-    let (ok, r1) = cni(&host, &attach_env("ADD", "c1", &p1, "eth0"), &conf);
-    assert!(ok, "ADD pod1: {r1}");
-    let (ok, r2) = cni(&host, &attach_env("ADD", "c2", &p2, "eth0"), &conf);
-    assert!(ok, "ADD pod2: {r2}");
+    let r1 = rig.add("c1", &p1);
+    let r2 = rig.add("c2", &p2);
 
     for (r, sandbox) in [(&r1, &p1), (&r2, &p2)] {
         assert_eq!(r["cniVersion"], "1.1.0");
@@ -44,28 +41,15 @@ fn add_ping_check_del_gc() {
             "{addr}"
         );
     }
-    let ip1 = r1["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let ip2 = r2["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let (ip1, ip2) = (result_ip(&r1), result_ip(&r2));
     assert_ne!(ip1, ip2);
     assert!(!["10.244.3.0", "10.244.3.1", "10.244.3.255"].contains(&ip1.as_str()));
 
     // The kernel agrees with the result.
     let (_, link) = pod1.ip(&["-o", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1450"), "{link}");
-    let host_veth = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
-    let (_, hl) = host.ip(&["-o", "link", "show", &host_veth]);
+    let host_veth1 = host_veth(&r1);
+    let (_, hl) = host.ip(&["-o", "link", "show", &host_veth1]);
     assert!(
         hl.contains("master twill0") && hl.contains("mtu 1450"),
         "{hl}"
@@ -89,49 +73,26 @@ fn add_ping_check_del_gc() {
     );
 
     // CHECK against the ADD result passes; against a wrong prevResult fails.
-    let check_conf = bytes(&s.conf(json!({"prevResult": r1})));
-    let (ok, out) = cni(&host, &attach_env("CHECK", "c1", &p1, "eth0"), &check_conf);
-    assert!(ok, "CHECK: {out}");
-    let (ok, out) = cni(
-        &host,
-        &attach_env("CHECK", "c1", &p1, "eth0"),
-        &bytes(&s.conf(json!({"prevResult": r2}))),
-    );
-    assert!(!ok);
-    assert!(
-        out["details"].as_str().unwrap().contains("prevResult"),
-        "{out}"
-    );
+    succeeds(rig.check("c1", &p1, &r1), "CHECK");
+    rig.check_rejects_prev_result("c1", &p1, &r2);
 
-    let (ok, _) = cni(&host, &[("CNI_COMMAND", "STATUS")], &conf);
-    assert!(ok);
+    succeeds(rig.global("STATUS", &rig.conf), "STATUS");
 
     // DEL twice, both succeed; pod1's veth and address are gone.
     for _ in 0..2 {
-        let (ok, out) = cni(&host, &attach_env("DEL", "c1", &p1, "eth0"), &conf);
-        assert!(ok, "DEL: {out}");
-        assert_eq!(out, Value::Null, "DEL prints nothing");
+        rig.del("c1", &p1);
     }
     assert!(!pod1.link_names().contains(&"eth0".to_string()));
-    assert!(!host.link_names().contains(&host_veth));
+    assert!(!host.link_names().contains(&host_veth1));
     assert_eq!(s.reservations(), vec![ip2.clone()]);
 
     // DEL of a container never added, with its netns gone, succeeds.
-    let (ok, out) = cni(
-        &host,
-        &attach_env("DEL", "never", "/run/netns/twcni-does-not-exist", "eth0"),
-        &conf,
-    );
-    assert!(ok, "{out}");
+    rig.del("never", "/run/netns/twcni-does-not-exist");
 
     // The bridge keeps its MAC after its ports are gone.
-    let pod2_veth = r2["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let pod2_veth = host_veth(&r2);
     // GC with pod2 not in the valid list releases it and removes its veth.
-    let gc_conf = bytes(
-        &s.conf(json!({"cni.dev/valid-attachments": [{"containerID": "other", "ifname": "eth0"}]})),
-    );
-    let (ok, out) = cni(&host, &[("CNI_COMMAND", "GC")], &gc_conf);
-    assert!(ok, "GC: {out}");
+    rig.gc(json!([{"containerID": "other", "ifname": "eth0"}]));
     assert!(s.reservations().is_empty(), "{:?}", s.reservations());
     assert!(!host.link_names().contains(&pod2_veth));
     let (_, br) = host.ip(&["-o", "link", "show", "twill0"]);
@@ -141,70 +102,35 @@ fn add_ping_check_del_gc() {
     );
 
     // A fresh ADD after the bridge emptied works again.
-    let (ok, r3) = cni(&host, &attach_env("ADD", "c3", &p1, "eth0"), &conf);
-    assert!(ok, "re-ADD: {r3}");
-    let (ok, _) = cni(&host, &attach_env("DEL", "c3", &p1, "eth0"), &conf);
-    assert!(ok);
-    assert!(veths(&host).is_empty());
+    rig.add("c3", &p1);
+    rig.del("c3", &p1);
+    assert!(veths(host).is_empty());
 }
 
 #[test]
 fn errors_have_codes_and_leave_nothing() {
-    if !prerequisites() {
-        return;
-    }
-    let host = Netns::new("host");
+    let Some(rig) = Rig::new() else { return };
     let pod = Netns::new("pod");
-    let s = Setup::new();
-    let conf = bytes(&s.conf(json!({})));
+    let (host, s) = (&rig.host, &rig.s);
     let p = pod.path();
 
-    let assert_clean = |what: &str| {
-        assert!(
-            s.reservations().is_empty(),
-            "{what}: reservations {:?}",
-            s.reservations()
-        );
-        assert!(
-            veths(&host).is_empty(),
-            "{what}: host veths {:?}",
-            veths(&host)
-        );
-        assert!(
-            !pod.link_names().contains(&"eth0".to_string()),
-            "{what}: eth0 in pod"
-        );
-    };
-
-    let (ok, out) = cni(
-        &host,
-        &attach_env("ADD", "c1", &p, "eth0"),
-        b"{not json\xff",
-    );
-    assert!(!ok);
-    assert_eq!(out["code"], 6, "{out}");
-    assert_clean("bad stdin");
+    fails_with(rig.call("ADD", "c1", &p, b"{not json\xff"), 6);
+    rig.assert_clean(&pod, "bad stdin");
 
     let mut env = attach_env("ADD", "c1", &p, "eth0");
     env.retain(|(k, _)| *k != "CNI_IFNAME");
-    let (ok, out) = cni(&host, &env, &conf);
-    assert!(!ok);
-    assert_eq!(out["code"], 4);
+    let out = fails_with(cni(host, &env, &rig.conf), 4);
     assert!(
         out["details"].as_str().unwrap().contains("CNI_IFNAME"),
         "{out}"
     );
-    assert_clean("missing CNI_IFNAME");
+    rig.assert_clean(&pod, "missing CNI_IFNAME");
 
-    let missing = bytes(&s.conf(json!({"subnetFile": s.dir.path().join("nope.env")})));
-    let (ok, out) = cni(&host, &attach_env("ADD", "c1", &p, "eth0"), &missing);
-    assert!(!ok);
-    assert_eq!(out["code"], 11, "{out}");
-    assert_clean("missing subnet file");
+    let missing = rig.conf_with(json!({"subnetFile": s.dir.path().join("nope.env")}));
+    fails_with(rig.call("ADD", "c1", &p, &missing), 11);
+    rig.assert_clean(&pod, "missing subnet file");
 
-    let (ok, out) = cni(&host, &[("CNI_COMMAND", "STATUS")], &missing);
-    assert!(!ok);
-    assert_eq!(out["code"], 50, "{out}");
+    fails_with(rig.global("STATUS", &missing), 50);
 
     // Failure after the address was reserved and the veth created: the
     // "bridge" is really a veth, so enslaving fails and ADD must undo.
@@ -212,129 +138,94 @@ fn errors_have_codes_and_leave_nothing() {
         "link", "add", "notbr", "type", "veth", "peer", "name", "notbrp",
     ]);
     assert!(ok);
-    let bad_bridge = bytes(&s.conf(json!({"bridge": "notbr"})));
-    let (ok, out) = cni(&host, &attach_env("ADD", "c1", &p, "eth0"), &bad_bridge);
+    let bad_bridge = rig.conf_with(json!({"bridge": "notbr"}));
+    let (ok, out) = rig.call("ADD", "c1", &p, &bad_bridge);
     assert!(!ok, "{out}");
     assert!(out["code"].as_u64().unwrap() >= 100, "{out}");
-    assert_clean("failed enslave");
+    rig.assert_clean(&pod, "failed enslave");
 
     // An interface that already exists in the pod is an error and the
     // existing attachment stays intact.
-    let (ok, r) = cni(&host, &attach_env("ADD", "c1", &p, "eth0"), &conf);
-    assert!(ok, "{r}");
+    let r = rig.add("c1", &p);
     let before = s.reservations();
-    let (ok, out) = cni(&host, &attach_env("ADD", "c9", &p, "eth0"), &conf);
-    assert!(!ok);
-    assert_eq!(out["code"], 105, "{out}");
+    fails_with(rig.call("ADD", "c9", &p, &rig.conf), 105);
     assert_eq!(s.reservations(), before);
-    assert_eq!(veths(&host).len(), 1);
+    assert_eq!(veths(host).len(), 1);
 
     // A second interface of the same container gets its own address.
-    let (ok, r2) = cni(&host, &attach_env("ADD", "c1", &p, "net1"), &conf);
-    assert!(ok, "{r2}");
+    let r2 = succeeds(
+        cni(host, &attach_env("ADD", "c1", &p, "net1"), &rig.conf),
+        "ADD net1",
+    );
     assert_ne!(r["ips"][0]["address"], r2["ips"][0]["address"]);
     for ifname in ["eth0", "net1"] {
-        let (ok, out) = cni(&host, &attach_env("DEL", "c1", &p, ifname), &conf);
-        assert!(ok, "{out}");
+        succeeds(
+            cni(host, &attach_env("DEL", "c1", &p, ifname), &rig.conf),
+            ifname,
+        );
     }
-    assert_clean("after DEL of both interfaces");
+    rig.assert_clean(&pod, "after DEL of both interfaces");
 
     // Static address via CNI_ARGS, and one outside the subnet is refused.
-    let mut env = attach_env("ADD", "c2", &p, "eth0");
-    env.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.3.77"));
-    let (ok, r) = cni(&host, &env, &conf);
-    assert!(ok, "{r}");
+    let r = succeeds(
+        rig.add_args(
+            "c2",
+            &p,
+            "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.3.77",
+            &rig.conf,
+        ),
+        "static ADD",
+    );
     assert_eq!(r["ips"][0]["address"], "10.244.3.77/24");
-    let (ok, _) = cni(&host, &attach_env("DEL", "c2", &p, "eth0"), &conf);
-    assert!(ok);
-    let mut env = attach_env("ADD", "c2", &p, "eth0");
-    env.push(("CNI_ARGS", "IP=10.244.9.9"));
-    let (ok, out) = cni(&host, &env, &conf);
-    assert!(!ok);
-    assert_eq!(out["code"], 102, "{out}");
-    assert_clean("static address outside subnet");
+    rig.del("c2", &p);
+    fails_with(rig.add_args("c2", &p, "IP=10.244.9.9", &rig.conf), 102);
+    rig.assert_clean(&pod, "static address outside subnet");
 
     // Legacy result format.
-    let legacy = bytes(&s.conf(json!({"cniVersion": "0.4.0"})));
-    let (ok, r) = cni(&host, &attach_env("ADD", "c3", &p, "eth0"), &legacy);
-    assert!(ok, "{r}");
+    let legacy = rig.conf_with(json!({"cniVersion": "0.4.0"}));
+    let r = rig.add_with("c3", &p, &legacy);
     assert_eq!(r["cniVersion"], "0.4.0");
     assert_eq!(r["ips"][0]["version"], "4");
-    let (ok, _) = cni(&host, &attach_env("DEL", "c3", &p, "eth0"), &legacy);
-    assert!(ok);
-    assert_clean("legacy");
+    rig.del_with("c3", &p, &legacy);
+    rig.assert_clean(&pod, "legacy");
 
-    let (ok, v) = cni(
-        &host,
-        &[("CNI_COMMAND", "VERSION")],
-        br#"{"cniVersion":"1.0.0"}"#,
+    let v = succeeds(
+        rig.global("VERSION", br#"{"cniVersion":"1.0.0"}"#),
+        "VERSION",
     );
-    assert!(ok);
     assert_eq!(v["cniVersion"], "1.0.0");
     assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 5);
 }
 
 #[test]
 fn concurrent_adds_get_distinct_addresses() {
-    if !prerequisites() {
-        return;
-    }
-    let host = Netns::new("host");
+    let Some(rig) = Rig::new() else { return };
     let pods: Vec<Netns> = (0..6).map(|i| Netns::new(&format!("cp{i}"))).collect();
-    let s = Setup::new();
-    let conf = bytes(&s.conf(json!({})));
+    let cid = |i: usize| format!("cc{i}");
     // All ADDs race, including on creating the bridge.
-    let results: Vec<(bool, Value)> = std::thread::scope(|sc| {
-        let handles: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, pod)| {
-                let (host, conf) = (&host, &conf);
-                sc.spawn(move || {
-                    let cid = format!("cc{i}");
-                    let path = pod.path();
-                    cni(host, &attach_env("ADD", &cid, &path, "eth0"), conf)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let results = all_at_once(pods.len(), |i| {
+        rig.call("ADD", &cid(i), &pods[i].path(), &rig.conf)
     });
-    let mut addrs: Vec<String> = results
-        .iter()
-        .map(|(ok, r)| {
-            assert!(ok, "{r}");
-            r["ips"][0]["address"].as_str().unwrap().to_string()
-        })
-        .collect();
-    addrs.sort();
-    addrs.dedup();
-    assert_eq!(addrs.len(), pods.len(), "duplicate addresses: {addrs:?}");
-    assert_eq!(s.reservations().len(), pods.len());
-    assert_eq!(veths(&host).len(), pods.len());
+    distinct_ips(&results);
+    assert_eq!(rig.s.reservations().len(), pods.len());
+    assert_eq!(veths(&rig.host).len(), pods.len());
     for (i, pod) in pods.iter().enumerate() {
-        let cid = format!("cc{i}");
-        let (ok, out) = cni(&host, &attach_env("DEL", &cid, &pod.path(), "eth0"), &conf);
-        assert!(ok, "{out}");
+        rig.del(&cid(i), &pod.path());
     }
-    assert!(s.reservations().is_empty());
-    assert!(veths(&host).is_empty());
+    rig.assert_empty("after DEL");
 }
 
 /// What ADD sets at veth creation (host MAC, bridge, up, hairpin) is what
 /// the kernel shows; DEL still cleans the pod side when the host end is gone.
 #[test]
 fn veth_attributes_hairpin_and_del_fallback() {
-    if !prerequisites() {
-        return;
-    }
-    let host = Netns::new("host");
+    let Some(rig) = Rig::new() else { return };
     let pod = Netns::new("pod");
-    let s = Setup::new();
+    let host = &rig.host;
     let p = pod.path();
-    let conf = bytes(&s.conf(json!({"hairpinMode": true})));
-    let (ok, r) = cni(&host, &attach_env("ADD", "h1", &p, "eth0"), &conf);
-    assert!(ok, "ADD: {r}");
-    let veth = r["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let conf = rig.conf_with(json!({"hairpinMode": true}));
+    let r = rig.add_with("h1", &p, &conf);
+    let veth = host_veth(&r);
     let (ok, detail) = host.ip(&["-d", "link", "show", &veth]);
     assert!(ok, "{veth} missing");
     let mac = r["interfaces"][0]["mac"].as_str().unwrap();
@@ -359,15 +250,9 @@ fn veth_attributes_hairpin_and_del_fallback() {
     // hairpinMode false (the default is true) leaves the port's kernel
     // default: off.
     let pod2 = Netns::new("pod2");
-    let plain = bytes(&s.conf(json!({"hairpinMode": false})));
-    let (ok, r2) = cni(
-        &host,
-        &attach_env("ADD", "h2", &pod2.path(), "eth0"),
-        &plain,
-    );
-    assert!(ok, "ADD: {r2}");
-    let veth2 = r2["interfaces"][0]["name"].as_str().unwrap();
-    let (_, detail2) = host.ip(&["-d", "link", "show", veth2]);
+    let plain = rig.conf_with(json!({"hairpinMode": false}));
+    let r2 = rig.add_with("h2", &pod2.path(), &plain);
+    let (_, detail2) = host.ip(&["-d", "link", "show", &host_veth(&r2)]);
     assert!(detail2.contains("hairpin off"), "{detail2}");
 
     // The host end is gone (deleted by hand, taking the pod end) and the pod
@@ -377,16 +262,9 @@ fn veth_attributes_hairpin_and_del_fallback() {
         pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"])
             .0
     );
-    let (ok, out) = cni(&host, &attach_env("DEL", "h1", &p, "eth0"), &conf);
-    assert!(ok, "DEL: {out}");
+    rig.del_with("h1", &p, &conf);
     let names = pod.link_names();
     assert!(!names.iter().any(|n| n == "eth0"), "{names:?}");
-    let (ok, out) = cni(
-        &host,
-        &attach_env("DEL", "h2", &pod2.path(), "eth0"),
-        &plain,
-    );
-    assert!(ok, "DEL: {out}");
-    assert!(veths(&host).is_empty(), "{:?}", veths(&host));
-    assert!(s.reservations().is_empty(), "{:?}", s.reservations());
+    rig.del_with("h2", &pod2.path(), &plain);
+    rig.assert_empty("after DEL");
 }

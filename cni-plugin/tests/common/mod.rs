@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test crate uses a different subset
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -260,4 +261,197 @@ pub fn result_ip(r: &Value) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// The host-side veth of an ADD result (its first interface).
+pub fn host_veth(r: &Value) -> String {
+    r["interfaces"][0]["name"].as_str().unwrap().to_string()
+}
+
+/// Asserts that a plugin run succeeded; returns its output.
+#[track_caller]
+pub fn succeeds((ok, out): (bool, Value), what: &str) -> Value {
+    assert!(ok, "{what}: {out}");
+    out
+}
+
+/// Asserts that a plugin run failed with CNI error `code`; returns the error.
+#[track_caller]
+pub fn fails_with((ok, out): (bool, Value), code: u64) -> Value {
+    assert!(!ok, "succeeded, expected error {code}: {out}");
+    assert_eq!(out["code"], code, "{out}");
+    out
+}
+
+/// Asserts that every ADD of `results` succeeded and that no address was
+/// handed out twice; returns the addresses (as `result_ip`) in order.
+#[track_caller]
+pub fn distinct_ips(results: &[(bool, Value)]) -> Vec<String> {
+    let mut ips = Vec::with_capacity(results.len());
+    for (i, (ok, r)) in results.iter().enumerate() {
+        assert!(ok, "ADD {i}: {r}");
+        ips.push(result_ip(r));
+    }
+    let distinct: HashSet<&String> = ips.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        ips.len(),
+        "duplicate addresses handed out: {ips:?}"
+    );
+    ips
+}
+
+/// Runs `f(i)` for every `i in 0..n`, each on its own thread, all at once.
+pub fn all_at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (f, barrier) = (&f, &barrier);
+                sc.spawn(move || {
+                    barrier.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// What an attachment left behind: store files, host veths, the pod's eth0.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub files: Vec<String>,
+    pub veths: Vec<String>,
+    pub pod_eth0: bool,
+}
+
+impl Leftovers {
+    pub fn is_clean(&self) -> bool {
+        self.files.is_empty() && self.veths.is_empty() && !self.pod_eth0
+    }
+}
+
+/// One root test's host namespace and store, and the plugin config (`conf`,
+/// no extra keys) most of its calls use.
+pub struct Rig {
+    pub host: Netns,
+    pub s: Setup,
+    pub conf: Vec<u8>,
+}
+
+impl Rig {
+    /// With the IPv4-only subnet file; `None` when the test is to be skipped
+    /// (see `prerequisites`).
+    pub fn new() -> Option<Self> {
+        Self::with_subnet_file(SUBNET_V4)
+    }
+
+    /// With a subnet file of exactly `text`; `None` as for `new`.
+    pub fn with_subnet_file(text: &str) -> Option<Self> {
+        if !prerequisites() {
+            return None;
+        }
+        let host = Netns::new("host");
+        let s = Setup::with_subnet_file(text);
+        let conf = bytes(&s.conf(json!({})));
+        Some(Rig { host, s, conf })
+    }
+
+    /// The plugin config with the keys of `extra` added or replaced.
+    pub fn conf_with(&self, extra: Value) -> Vec<u8> {
+        bytes(&self.s.conf(extra))
+    }
+
+    /// Runs `cmd` (ADD, CHECK, DEL) for container `cid`'s eth0 in `netns`.
+    pub fn call(&self, cmd: &str, cid: &str, netns: &str, conf: &[u8]) -> (bool, Value) {
+        cni(&self.host, &attach_env(cmd, cid, netns, "eth0"), conf)
+    }
+
+    /// Runs a command that names no attachment (STATUS, GC, VERSION).
+    pub fn global(&self, cmd: &str, stdin: &[u8]) -> (bool, Value) {
+        cni(&self.host, &[("CNI_COMMAND", cmd)], stdin)
+    }
+
+    /// ADD with `CNI_ARGS` set to `cni_args`.
+    pub fn add_args(&self, cid: &str, netns: &str, cni_args: &str, conf: &[u8]) -> (bool, Value) {
+        let mut env = attach_env("ADD", cid, netns, "eth0");
+        env.push(("CNI_ARGS", cni_args));
+        cni(&self.host, &env, conf)
+    }
+
+    /// A successful ADD with `conf`; returns the result.
+    #[track_caller]
+    pub fn add_with(&self, cid: &str, netns: &str, conf: &[u8]) -> Value {
+        succeeds(self.call("ADD", cid, netns, conf), &format!("ADD {cid}"))
+    }
+
+    /// A successful ADD with `self.conf`; returns the result.
+    #[track_caller]
+    pub fn add(&self, cid: &str, netns: &str) -> Value {
+        self.add_with(cid, netns, &self.conf)
+    }
+
+    /// A successful DEL with `conf`, which prints nothing.
+    #[track_caller]
+    pub fn del_with(&self, cid: &str, netns: &str, conf: &[u8]) {
+        let out = succeeds(self.call("DEL", cid, netns, conf), &format!("DEL {cid}"));
+        assert_eq!(out, Value::Null, "DEL prints nothing");
+    }
+
+    /// A successful DEL with `self.conf`.
+    #[track_caller]
+    pub fn del(&self, cid: &str, netns: &str) {
+        self.del_with(cid, netns, &self.conf)
+    }
+
+    /// CHECK of `cid`'s eth0 in `netns` with `prev` as prevResult.
+    pub fn check(&self, cid: &str, netns: &str, prev: &Value) -> (bool, Value) {
+        let conf = self.conf_with(json!({ "prevResult": prev }));
+        self.call("CHECK", cid, netns, &conf)
+    }
+
+    /// CHECK against a prevResult that is not what the attachment has fails,
+    /// saying so.
+    #[track_caller]
+    pub fn check_rejects_prev_result(&self, cid: &str, netns: &str, wrong: &Value) {
+        let (ok, out) = self.check(cid, netns, wrong);
+        assert!(!ok, "CHECK passed with a wrong prevResult: {out}");
+        assert!(
+            out["details"].as_str().unwrap().contains("prevResult"),
+            "{out}"
+        );
+    }
+
+    /// A successful GC that keeps only the attachments `valid` lists.
+    #[track_caller]
+    pub fn gc(&self, valid: Value) {
+        let conf = self.conf_with(json!({ "cni.dev/valid-attachments": valid }));
+        succeeds(self.global("GC", &conf), "GC");
+    }
+
+    /// What is left in the store, on the host and in `pod`.
+    pub fn leftovers(&self, pod: &Netns) -> Leftovers {
+        Leftovers {
+            files: self.s.reservations(),
+            veths: veths(&self.host),
+            pod_eth0: pod.link_names().contains(&"eth0".to_string()),
+        }
+    }
+
+    /// Asserts that nothing is left in the store, on the host or in `pod`.
+    #[track_caller]
+    pub fn assert_clean(&self, pod: &Netns, what: &str) {
+        let left = self.leftovers(pod);
+        assert!(left.is_clean(), "{what}: left {left:?}");
+    }
+
+    /// Asserts that nothing is left in the store or on the host.
+    #[track_caller]
+    pub fn assert_empty(&self, what: &str) {
+        let files = self.s.reservations();
+        assert!(files.is_empty(), "{what}: store has {files:?}");
+        let veths = veths(&self.host);
+        assert!(veths.is_empty(), "{what}: host veths {veths:?}");
+    }
 }

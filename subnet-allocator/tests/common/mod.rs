@@ -1,7 +1,10 @@
-//! Helpers shared by the etcd integration tests: real etcd processes on
+//! Helpers shared by the integration tests: real etcd processes on
 //! 127.0.0.1 with random ports, killed (SIGKILL) on drop, restartable on the
-//! same data dir; and a missing `etcd` binary fails under `CI=true`.
+//! same data dir (a missing `etcd` binary fails under `CI=true`); and the
+//! `LeaseStore` contract every store is tested against ([`contract`]).
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod contract;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
