@@ -4,11 +4,10 @@
 //! is torn down on drop, also when a test panics.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -16,7 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::bins;
-use crate::cmd::{self, ip};
+use crate::cmd::{self, ip, ChildGuard};
 use crate::error::{HarnessError, Result};
 use crate::etcd::Etcd;
 use crate::etcd_cluster::EtcdCluster;
@@ -247,17 +246,27 @@ impl Host {
     pub fn agent_log_path(&self) -> PathBuf {
         self.dir.join("twilld.log")
     }
-}
 
-#[derive(Debug)]
-struct Agent {
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
+    /// Agent binary `bin` inside this host's namespace with its per-host
+    /// flags (`--iface eth0 --subnet-file <subnet file>`) and then `args`;
+    /// output appended to the agent log, no `TWILL_*` settings inherited
+    /// from the caller's environment.
+    pub(crate) fn agent_command(&self, bin: &Path, args: Vec<String>) -> Result<Command> {
+        let mut all = vec![
+            "--iface".to_owned(),
+            IFNAME.to_owned(),
+            "--subnet-file".to_owned(),
+            self.subnet_file_path().to_string_lossy().into_owned(),
+        ];
+        all.extend(args);
+        let mut c = self.ns.command(&bin.to_string_lossy(), all);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TWILL_") {
+                c.env_remove(k);
+            }
+        }
+        cmd::append_output_to(&mut c, &self.agent_log_path())?;
+        Ok(c)
     }
 }
 
@@ -299,7 +308,7 @@ impl Pod {
 #[derive(Debug)]
 pub struct Cluster {
     pods: Vec<Pod>,
-    agents: BTreeMap<String, Agent>,
+    agents: BTreeMap<String, ChildGuard>,
     hosts: Vec<Host>,
     etcd_cluster: Option<EtcdCluster>,
     etcd: Etcd,
@@ -482,27 +491,11 @@ impl Cluster {
         }
         let bin = self.binary("twilld")?;
         let h = self.host(host)?;
-        let log_path = h.agent_log_path();
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|source| HarnessError::Io {
-                    path: log_path.clone(),
-                    source,
-                })
-        };
-        let (out, err) = (open()?, open()?);
         let mut args = vec![
             "--etcd-endpoints".to_owned(),
             self.etcd_endpoints(),
             "--etcd-prefix".to_owned(),
             self.etcd_prefix.clone(),
-            "--iface".to_owned(),
-            IFNAME.to_owned(),
-            "--subnet-file".to_owned(),
-            h.subnet_file_path().to_string_lossy().into_owned(),
             "--resync-interval".to_owned(),
             self.resync_interval.to_string(),
             "--log-level".to_owned(),
@@ -512,23 +505,12 @@ impl Cluster {
             args.extend(["--lease-ttl".to_owned(), ttl.to_string()]);
         }
         args.extend(self.agent_args.iter().cloned());
-        let mut c = h.ns.command(&bin.to_string_lossy(), args);
-        // Settings from the caller's environment must not leak into the agent.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("TWILL_") {
-                c.env_remove(k);
-            }
-        }
-        c.stdin(Stdio::null()).stdout(out).stderr(err);
+        let mut c = h.agent_command(&bin, args)?;
         if self.own_process_group {
             c.process_group(0);
         }
-        let desc = cmd::describe(&c);
-        let child = c
-            .spawn()
-            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
-        h.ns.register_pid(child.id() as i32);
-        self.agents.insert(host.to_owned(), Agent { child });
+        let agent = h.ns.spawn(&mut c)?;
+        self.agents.insert(host.to_owned(), agent);
         Ok(())
     }
 
@@ -582,7 +564,7 @@ impl Cluster {
 
     /// Takes `host`'s running agent out of the cluster's books and sends it
     /// `signal`; the caller reaps it.
-    fn signal_agent(&mut self, host: &str, signal: Signal) -> Result<Agent> {
+    fn signal_agent(&mut self, host: &str, signal: Signal) -> Result<ChildGuard> {
         let agent = self
             .agents
             .remove(host)
@@ -590,7 +572,7 @@ impl Cluster {
                 kind: "running agent on host",
                 name: host.to_owned(),
             })?;
-        let pid = agent.child.id() as i32;
+        let pid = agent.pid();
         kill(Pid::from_raw(pid), signal).map_err(|source| HarnessError::Signal {
             pid,
             signal: signal.as_str().into(),
@@ -606,7 +588,7 @@ impl Cluster {
         let timeout = Duration::from_secs(10);
         let start = Instant::now();
         loop {
-            match agent.child.try_wait() {
+            match agent.try_wait() {
                 Ok(Some(status)) => return Ok(status),
                 Ok(None) if start.elapsed() < timeout => {
                     std::thread::sleep(Duration::from_millis(100))
@@ -628,8 +610,9 @@ impl Cluster {
     /// SIGKILLs `host`'s agent (it gets no chance to clean anything up) and
     /// reaps it.
     pub fn kill_agent(&mut self, host: &str) -> Result<()> {
-        let mut agent = self.signal_agent(host, Signal::SIGKILL)?;
-        let _ = agent.child.wait();
+        let agent = self.signal_agent(host, Signal::SIGKILL)?;
+        // Dropping the guard reaps it.
+        drop(agent);
         Ok(())
     }
 
@@ -644,9 +627,7 @@ impl Cluster {
     /// Whether `host`'s agent process is still running (false when it
     /// exited or was never started).
     pub fn agent_running(&mut self, host: &str) -> bool {
-        self.agents
-            .get_mut(host)
-            .is_some_and(|a| matches!(a.child.try_wait(), Ok(None)))
+        self.agents.get_mut(host).is_some_and(ChildGuard::running)
     }
 
     /// The last lines of `host`'s agent log, labelled.

@@ -1,9 +1,11 @@
 //! Running external commands (`ip`, `etcdctl`, `ping`, the CNI plugin) with
-//! captured output, and reading log tails for failure reports.
+//! captured output, background processes killed on drop, and reading log
+//! tails for failure reports.
 
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use crate::error::{HarnessError, Result};
 
@@ -64,6 +66,99 @@ pub fn check(cmd: &Command, out: Output) -> Result<String> {
             stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
+    }
+}
+
+/// Sends `cmd`'s stdout and stderr to the end of `log` (created when missing,
+/// never truncated, so restarts keep their history) and gives it no stdin.
+pub(crate) fn append_output_to(cmd: &mut Command, log: &Path) -> Result<()> {
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| HarnessError::Io {
+                path: log.to_path_buf(),
+                source,
+            })
+    };
+    cmd.stdin(Stdio::null()).stdout(open()?).stderr(open()?);
+    Ok(())
+}
+
+/// Starts `cmd` in the background; see [`ChildGuard`].
+pub(crate) fn spawn(cmd: &mut Command) -> Result<ChildGuard> {
+    let desc = describe(cmd);
+    match cmd.spawn() {
+        Ok(child) => Ok(ChildGuard {
+            pid: child.id(),
+            desc,
+            child: Some(child),
+        }),
+        Err(source) => Err(HarnessError::Spawn { cmd: desc, source }),
+    }
+}
+
+/// A background process the harness started: SIGKILLed and reaped when
+/// dropped, so none outlives the test that started it, passing or failing.
+#[derive(Debug)]
+pub(crate) struct ChildGuard {
+    pid: u32,
+    desc: String,
+    /// Taken only by [`ChildGuard::wait_with_output`], which consumes the
+    /// guard: every other method sees it.
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Its PID.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid as i32
+    }
+
+    fn child(&mut self) -> std::io::Result<&mut Child> {
+        let desc = &self.desc;
+        self.child
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other(format!("{desc} was already collected")))
+    }
+
+    /// Its exit status once it has exited (reaping it), `None` while it runs.
+    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child()?.try_wait()
+    }
+
+    /// Whether it is still running.
+    pub(crate) fn running(&mut self) -> bool {
+        matches!(self.try_wait(), Ok(None))
+    }
+
+    /// Waits for it to end and collects what it wrote to the pipes it was
+    /// spawned with.
+    pub(crate) fn wait_with_output(mut self) -> Result<Output> {
+        let Some(child) = self.child.take() else {
+            return Err(HarnessError::Unknown {
+                kind: "running process",
+                name: self.desc.clone(),
+            });
+        };
+        child
+            .wait_with_output()
+            .map_err(|source| HarnessError::Spawn {
+                cmd: self.desc.clone(),
+                source,
+            })
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGKILL; a no-op for a process already reaped, whose PID may
+            // belong to someone else by now.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

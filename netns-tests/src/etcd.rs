@@ -4,13 +4,10 @@
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-use crate::cmd::{self, ip};
+use crate::cmd::{self, ip, ChildGuard};
 use crate::error::{HarnessError, Result};
 use crate::parse;
 use crate::wait::wait_for;
@@ -35,17 +32,6 @@ pub(crate) struct EtcdArgs<'a> {
 /// and no `ETCD_*` settings inherited from the caller's environment. Callers
 /// add their own flags before spawning.
 pub(crate) fn etcd_command(a: &EtcdArgs<'_>) -> Result<Command> {
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(a.log)
-            .map_err(|source| HarnessError::Io {
-                path: a.log.to_path_buf(),
-                source,
-            })
-    };
-    let (out, err) = (open()?, open()?);
     let mut c = ip(["netns", "exec", a.ns, "etcd"]);
     c.arg("--name")
         .arg(a.name)
@@ -60,10 +46,8 @@ pub(crate) fn etcd_command(a: &EtcdArgs<'_>) -> Result<Command> {
         .arg("--initial-advertise-peer-urls")
         .arg(a.peer_url)
         .arg("--initial-cluster")
-        .arg(a.initial_cluster)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+        .arg(a.initial_cluster);
+    cmd::append_output_to(&mut c, a.log)?;
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("ETCD_") {
             c.env_remove(k);
@@ -78,7 +62,7 @@ pub(crate) fn etcd_command(a: &EtcdArgs<'_>) -> Result<Command> {
 pub struct Etcd {
     ns: String,
     listen_ip: Ipv4Addr,
-    child: Child,
+    child: ChildGuard,
     log: PathBuf,
 }
 
@@ -103,10 +87,7 @@ impl Etcd {
         if own_pgrp {
             c.process_group(0);
         }
-        let desc = cmd::describe(&c);
-        let child = c
-            .spawn()
-            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
+        let child = cmd::spawn(&mut c)?;
         let etcd = Etcd {
             ns: ns.to_owned(),
             listen_ip,
@@ -124,7 +105,7 @@ impl Etcd {
 
     /// Its PID (that of the etcd process itself: `ip netns exec` execs).
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.child.pid()
     }
 
     /// Path of etcd's log file.
@@ -188,12 +169,5 @@ impl Etcd {
             what: format!("etcdctl del {key} output {out:?}"),
             reason: format!("{e}"),
         })
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }

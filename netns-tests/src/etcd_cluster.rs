@@ -5,13 +5,10 @@
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-use crate::cmd::{self, ip};
+use crate::cmd::{self, ip, ChildGuard};
 use crate::error::{HarnessError, Result};
 use crate::etcd::{etcd_command, EtcdArgs};
 use crate::netns::Netns;
@@ -28,7 +25,7 @@ struct Member {
     ip: Ipv4Addr,
     data: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
 }
 
 impl Member {
@@ -40,11 +37,9 @@ impl Member {
         format!("http://{}:{PEER_PORT}", self.ip)
     }
 
+    /// SIGKILLs and reaps the process (dropping its guard does).
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-            let _ = c.wait();
-        }
+        self.child = None;
     }
 }
 
@@ -119,10 +114,7 @@ impl EtcdCluster {
         if self.own_pgrp {
             c.process_group(0);
         }
-        let desc = cmd::describe(&c);
-        let child = c
-            .spawn()
-            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
+        let child = cmd::spawn(&mut c)?;
         if let Some(m) = self.members.get_mut(i) {
             m.child = Some(child);
         }
@@ -173,7 +165,7 @@ impl EtcdCluster {
         self.members
             .get(i)
             .and_then(|m| m.child.as_ref())
-            .map(|c| c.id() as i32)
+            .map(ChildGuard::pid)
     }
 
     /// SIGKILLs member `i` (its data dir stays for [`EtcdCluster::restart`]).
@@ -251,13 +243,5 @@ impl EtcdCluster {
             .map(|m| format!("--- etcd {} log ---\n{}", m.name, cmd::tail(&m.log, lines)))
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            m.stop();
-        }
     }
 }

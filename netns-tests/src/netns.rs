@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::cmd::{self, ip};
+use crate::cmd::{self, ip, ChildGuard};
 use crate::error::Result;
 
 /// Prefix every test namespace name starts with; `scripts/test.sh` looks
@@ -85,6 +85,14 @@ impl Netns {
         let mut c = ip(["netns", "exec", &self.name, program]);
         c.args(args);
         c
+    }
+
+    /// Starts `cmd` (one running inside this namespace) in the background,
+    /// its PID registered so the namespace's teardown kills it too.
+    pub(crate) fn spawn(&self, cmd: &mut Command) -> Result<ChildGuard> {
+        let child = cmd::spawn(cmd)?;
+        self.register_pid(child.pid());
+        Ok(child)
     }
 
     /// Runs `argv` inside the namespace; a non-zero exit is returned, not an

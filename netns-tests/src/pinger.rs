@@ -3,9 +3,9 @@
 //! went out and how many came back.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Stdio};
+use std::process::{Command, Stdio};
 
-use crate::cmd;
+use crate::cmd::ChildGuard;
 use crate::error::{HarnessError, Result};
 use crate::netns::Netns;
 
@@ -54,8 +54,7 @@ pub fn parse_ping_summary(out: &str) -> Result<PingSummary> {
 /// Dropping it unfinished kills it.
 #[derive(Debug)]
 pub struct Pinger {
-    child: Option<Child>,
-    desc: String,
+    child: ChildGuard,
 }
 
 impl Pinger {
@@ -63,7 +62,7 @@ impl Pinger {
     /// (intervals below 200 ms need root, which the netns tests have).
     pub fn start(ns: &Netns, target: Ipv4Addr, count: u32, interval_ms: u32) -> Result<Pinger> {
         let interval = format!("{}.{:03}", interval_ms / 1000, interval_ms % 1000);
-        let mut c = ns.command(
+        let c = ns.command(
             "ping",
             [
                 "-n",
@@ -77,25 +76,15 @@ impl Pinger {
                 &target.to_string(),
             ],
         );
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let desc = cmd::describe(&c);
-        let child = c.spawn().map_err(|source| HarnessError::Spawn {
-            cmd: desc.clone(),
-            source,
-        })?;
-        ns.register_pid(child.id() as i32);
         Ok(Pinger {
-            child: Some(child),
-            desc,
+            child: spawn_piped(ns, c)?,
         })
     }
 
     /// Waits for the ping to end and returns its counts (a run with losses
     /// exits non-zero; that is reported in the counts, not as an error).
-    pub fn finish(mut self) -> Result<PingSummary> {
-        let out = wait_output(self.child.take(), "running ping", &self.desc)?;
+    pub fn finish(self) -> Result<PingSummary> {
+        let out = self.child.wait_with_output()?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -105,34 +94,14 @@ impl Pinger {
     }
 }
 
-/// Waits for a background child started by this module or `probe` and
-/// collects its output; `kind` names it when it was already reaped.
-pub(crate) fn wait_output(
-    child: Option<Child>,
-    kind: &'static str,
-    desc: &str,
-) -> Result<std::process::Output> {
-    let Some(child) = child else {
-        return Err(HarnessError::Unknown {
-            kind,
-            name: desc.to_owned(),
-        });
-    };
-    child
-        .wait_with_output()
-        .map_err(|source| HarnessError::Spawn {
-            cmd: desc.to_owned(),
-            source,
-        })
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Starts `c` (a command inside `ns`, like the ping loops of this module and
+/// `probe`) in the background with its stdout and stderr piped, for
+/// [`ChildGuard::wait_with_output`].
+pub(crate) fn spawn_piped(ns: &Netns, mut c: Command) -> Result<ChildGuard> {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    ns.spawn(&mut c)
 }
 
 #[cfg(test)]

@@ -6,15 +6,14 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use crate::cmd;
+use crate::cmd::{self, ChildGuard};
 use crate::error::{HarnessError, Result};
 use crate::netns::Netns;
-use crate::pinger::{parse_ping_summary, wait_output, PingSummary};
+use crate::pinger::{parse_ping_summary, spawn_piped, PingSummary};
 
 /// Seconds an HTTP probe may take before `timeout` ends it.
 const HTTP_TIMEOUT_SECS: u32 = 10;
@@ -162,12 +161,13 @@ impl<'a> EchoCounters<'a> {
 
 /// A background loop of one-packet pings, each its own process and so its
 /// own ICMP id and conntrack entry, until [`FreshFlowPinger::finish`].
+/// Dropping it unfinished kills it.
 #[derive(Debug)]
 pub struct FreshFlowPinger {
-    child: Option<Child>,
+    // Before the dir: the loop goes first.
+    child: ChildGuard,
     stop_file: PathBuf,
     _dir: tempfile::TempDir,
-    desc: String,
 }
 
 impl FreshFlowPinger {
@@ -187,7 +187,7 @@ impl FreshFlowPinger {
         let script = "n=0; ok=0; while [ ! -e \"$1\" ]; do n=$((n+1)); \
              if ping -n -q -c1 -W1 \"$2\" >/dev/null 2>&1; then ok=$((ok+1)); fi; \
              sleep \"$3\"; done; echo \"$n packets transmitted, $ok received\"";
-        let mut c = ns.command(
+        let c = ns.command(
             "bash",
             [
                 "-c",
@@ -198,40 +198,21 @@ impl FreshFlowPinger {
                 &gap,
             ],
         );
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let desc = cmd::describe(&c);
-        let child = c.spawn().map_err(|source| HarnessError::Spawn {
-            cmd: desc.clone(),
-            source,
-        })?;
-        ns.register_pid(child.id() as i32);
         Ok(FreshFlowPinger {
-            child: Some(child),
+            child: spawn_piped(ns, c)?,
             stop_file,
             _dir: dir,
-            desc,
         })
     }
 
     /// Ends the loop after its current ping and returns the counts.
-    pub fn finish(mut self) -> Result<PingSummary> {
+    pub fn finish(self) -> Result<PingSummary> {
         std::fs::write(&self.stop_file, b"").map_err(|source| HarnessError::Io {
             path: self.stop_file.clone(),
             source,
         })?;
-        let out = wait_output(self.child.take(), "running ping loop", &self.desc)?;
+        let out = self.child.wait_with_output()?;
         parse_ping_summary(&String::from_utf8_lossy(&out.stdout))
-    }
-}
-
-impl Drop for FreshFlowPinger {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

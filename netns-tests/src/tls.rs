@@ -3,18 +3,14 @@
 //! client certificates inside a test namespace, and `twilld` processes
 //! started with whatever etcd flags a test wants.
 
-use std::fs::OpenOptions;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 use crate::bins;
 use crate::cluster::Host;
-use crate::cmd::{self, ip};
+use crate::cmd::{self, ip, ChildGuard};
 use crate::error::{HarnessError, Result};
 use crate::etcd::{etcd_command, EtcdArgs};
 use crate::netns::Netns;
@@ -33,6 +29,35 @@ impl TlsFiles {
     /// `dir` (created if needed). The server certificate is valid for
     /// `server_ip` only.
     pub fn generate(dir: &Path, server_ip: Ipv4Addr) -> Result<Self> {
+        let files = Self::with_ca(dir, "twill-test-ca")?;
+        files.leaf(
+            "server",
+            &format!(
+                "subjectAltName=IP:{server_ip}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )?;
+        files.leaf(
+            "client",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=clientAuth\n",
+        )?;
+        Ok(files)
+    }
+
+    /// Makes only a CA, `ca.pem` / `ca.key` with subject `CN=<cn>`, in `dir`
+    /// (created if needed) and returns the path of its certificate: a CA
+    /// that signed nothing, for a client that trusts the wrong one. Its `cn`
+    /// must differ from the right CA's (`twill-test-ca`), or TLS takes it
+    /// for the issuer and reports a bad signature, not an unknown issuer.
+    pub fn generate_ca(dir: &Path, cn: &str) -> Result<PathBuf> {
+        Ok(Self::with_ca(dir, cn)?.ca())
+    }
+
+    /// The files in `dir` (created if needed), so far only a new CA with
+    /// subject `CN=<cn>`.
+    fn with_ca(dir: &Path, cn: &str) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| HarnessError::Io {
             path: dir.to_path_buf(),
             source,
@@ -51,7 +76,7 @@ impl TlsFiles {
             "-days",
             "2",
             "-subj",
-            "/CN=twill-test-ca",
+            &format!("/CN={cn}"),
             "-keyout",
             "ca.key",
             "-out",
@@ -61,19 +86,6 @@ impl TlsFiles {
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ])?;
-        files.leaf(
-            "server",
-            &format!(
-                "subjectAltName=IP:{server_ip}\nbasicConstraints=CA:FALSE\n\
-                 keyUsage=critical,digitalSignature,keyEncipherment\n\
-                 extendedKeyUsage=serverAuth,clientAuth\n"
-            ),
-        )?;
-        files.leaf(
-            "client",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
-             extendedKeyUsage=clientAuth\n",
-        )?;
         Ok(files)
     }
 
@@ -143,6 +155,17 @@ impl TlsFiles {
     pub fn client_key(&self) -> PathBuf {
         self.dir.join("client.key")
     }
+
+    /// The flags that make etcd serve clients with the server certificate
+    /// and accept only those presenting a certificate signed by the CA.
+    pub fn etcd_server_flags(&self) -> Vec<String> {
+        vec![
+            format!("--cert-file={}", self.server_cert().display()),
+            format!("--key-file={}", self.server_key().display()),
+            format!("--trusted-ca-file={}", self.ca().display()),
+            "--client-cert-auth".to_owned(),
+        ]
+    }
 }
 
 /// An etcd that serves clients only over TLS and only with a client
@@ -154,7 +177,8 @@ pub struct TlsEtcd {
     ns: String,
     endpoint: String,
     files: TlsFiles,
-    child: Child,
+    /// Held for its drop, which kills etcd.
+    _child: ChildGuard,
     log: PathBuf,
 }
 
@@ -183,23 +207,13 @@ impl TlsEtcd {
             initial_cluster: &format!("twilltls={peer}"),
             log: &log,
         })?;
-        c.arg("--cert-file")
-            .arg(files.server_cert())
-            .arg("--key-file")
-            .arg(files.server_key())
-            .arg("--trusted-ca-file")
-            .arg(files.ca())
-            .arg("--client-cert-auth");
-        let desc = cmd::describe(&c);
-        let child = c
-            .spawn()
-            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
-        ns.register_pid(child.id() as i32);
+        c.args(files.etcd_server_flags());
+        let child = ns.spawn(&mut c)?;
         let etcd = TlsEtcd {
             ns: ns.name().to_owned(),
             endpoint,
             files: files.clone(),
-            child,
+            _child: child,
             log,
         };
         wait_for(
@@ -246,18 +260,11 @@ impl TlsEtcd {
     }
 }
 
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
 /// A `twilld` the test started itself (not through [`crate::Cluster`]), so
 /// it can be given any etcd flags; SIGKILLed and reaped on drop.
 #[derive(Debug)]
 pub struct AgentProcess {
-    child: Child,
+    child: ChildGuard,
 }
 
 impl AgentProcess {
@@ -266,54 +273,21 @@ impl AgentProcess {
     /// resync, debug log appended to the host's agent log) plus `etcd_args`.
     pub fn start(host: &Host, etcd_args: &[String]) -> Result<Self> {
         let bin = bins::twilld()?;
-        let log_path = host.agent_log_path();
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|source| HarnessError::Io {
-                    path: log_path.clone(),
-                    source,
-                })
-        };
-        let (out, err) = (open()?, open()?);
         let mut args: Vec<String> = vec![
-            "--iface".into(),
-            crate::cluster::IFNAME.into(),
-            "--subnet-file".into(),
-            host.subnet_file_path().to_string_lossy().into_owned(),
             "--resync-interval".into(),
             "2".into(),
             "--log-level".into(),
             "debug".into(),
         ];
         args.extend(etcd_args.iter().cloned());
-        let mut c = host.ns().command(&bin.to_string_lossy(), args);
-        // Settings from the caller's environment must not leak into the agent.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("TWILL_") {
-                c.env_remove(k);
-            }
-        }
-        c.stdin(Stdio::null()).stdout(out).stderr(err);
-        let desc = cmd::describe(&c);
-        let child = c
-            .spawn()
-            .map_err(|source| HarnessError::Spawn { cmd: desc, source })?;
-        host.ns().register_pid(child.id() as i32);
-        Ok(AgentProcess { child })
+        let mut c = host.agent_command(&bin, args)?;
+        Ok(AgentProcess {
+            child: host.ns().spawn(&mut c)?,
+        })
     }
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
+        self.child.running()
     }
 }

@@ -1,181 +1,65 @@
 //! `EtcdStore` against a real etcd that demands TLS client certificates, and
-//! one with username/password auth. Certificates are made per test by the
-//! `openssl` command in a temp dir. Needs `/usr/bin/etcd`, `etcdctl` and
-//! `openssl`: missing, the tests fail under `CI=true`, else print a loud
-//! notice and return.
+//! one with username/password auth. Certificates are made per test in a temp
+//! dir by the netns harness's [`TlsFiles`] (with the `openssl` command).
+//! Needs `/usr/bin/etcd`, `etcdctl` and `openssl`: missing, the tests fail
+//! under `CI=true`, else print a loud notice and return.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use common::contract::{vxlan, BASIC_CFG, TTL};
 use common::{etcdctl, have_etcd, Member, PATIENCE};
 use etcd_client::{Client, ConnectOptions};
-use subnet_allocator::{
-    EtcdOptions, EtcdStore, LeaseAttrs, LeaseStore, NetworkConfig, StoreError, VxlanData,
-};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`<name>.pem`, `<name>.key`).
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// A leaf certificate `<name>.pem` / `<name>.key` signed by CA `ca`.
-fn make_leaf(dir: &Path, ca: &str, name: &str, ext: &str) {
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &format!("{name}.pem"),
-            "-extfile",
-            &format!("{name}.ext"),
-        ],
-    );
-}
+use netns_tests::tls::TlsFiles;
+use subnet_allocator::{EtcdOptions, EtcdStore, LeaseStore, NetworkConfig, StoreError};
 
 struct TlsEtcd {
     member: Member,
-    dir: tempfile::TempDir,
+    /// The CA, server and client certificates the etcd is set up with.
+    certs: TlsFiles,
+    /// A CA (of another name) that did not sign the server certificate.
+    other_ca: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl TlsEtcd {
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    fn opts(&self, ca: Option<&str>, client: Option<&str>) -> EtcdOptions {
+    fn opts(&self, ca: Option<PathBuf>, client_cert: bool) -> EtcdOptions {
         EtcdOptions {
             endpoints: vec![self.member.client_url.clone()],
             prefix: "/twill-test/network".into(),
-            ca_file: ca.map(|c| self.path(&format!("{c}.pem"))),
-            cert_file: client.map(|c| self.path(&format!("{c}.pem"))),
-            key_file: client.map(|c| self.path(&format!("{c}.key"))),
+            ca_file: ca,
+            cert_file: client_cert.then(|| self.certs.client_cert()),
+            key_file: client_cert.then(|| self.certs.client_key()),
             ..EtcdOptions::default()
         }
     }
 }
 
-/// etcd on https://127.0.0.1:<random> requiring a client cert signed by
-/// `ca`; also makes `client` (signed by `ca`) and an unrelated `other-ca`.
+/// etcd on https://127.0.0.1:<random> requiring a client cert signed by the
+/// CA of `certs`; also makes the unrelated `other_ca`.
 fn start_tls_etcd() -> Option<TlsEtcd> {
     if !have_etcd(&["openssl"]) {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_ca(d, "ca");
-    make_ca(d, "other-ca");
-    make_leaf(
-        d,
-        "ca",
-        "server",
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth,clientAuth\n",
-    );
-    make_leaf(
-        d,
-        "ca",
-        "client",
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=clientAuth\n",
-    );
-    let mut member = Member::new(
-        d,
-        "tls",
-        "https",
-        vec![
-            format!("--cert-file={}", d.join("server.pem").display()),
-            format!("--key-file={}", d.join("server.key").display()),
-            format!("--trusted-ca-file={}", d.join("ca.pem").display()),
-            "--client-cert-auth".into(),
-        ],
-    );
+    let certs = TlsFiles::generate(&d.join("certs"), Ipv4Addr::LOCALHOST).unwrap();
+    let other_ca = TlsFiles::generate_ca(&d.join("other"), "other-ca").unwrap();
+    let mut member = Member::new(d, "tls", "https", certs.etcd_server_flags());
     let peer = member.peer_url.clone();
     member.add_args([format!("--initial-cluster=tls={peer}")]);
     member.start();
     member.wait_ready();
-    Some(TlsEtcd { member, dir })
-}
-
-fn attrs(i: u8) -> LeaseAttrs {
-    LeaseAttrs {
-        public_ip: std::net::Ipv4Addr::new(192, 0, 2, i),
-        backend_type: "vxlan".into(),
-        backend_data: Some(VxlanData {
-            vni: 1,
-            vtep_mac: format!("02:00:00:00:00:{i:02x}"),
-        }),
-        public_ipv6: None,
-        backend_v6_data: None,
-    }
+    Some(TlsEtcd {
+        member,
+        certs,
+        other_ca,
+        _dir: dir,
+    })
 }
 
 /// Connecting must end, with an error, well before the test's patience.
@@ -194,17 +78,13 @@ async fn connect_err(opts: EtcdOptions) -> StoreError {
 
 /// Exercises the store end to end: config, create, list, renew, watch.
 async fn store_works(store: &EtcdStore) {
-    let cfg = NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).unwrap();
+    let cfg = NetworkConfig::parse(BASIC_CFG.as_bytes()).unwrap();
     store.put_network_config(&cfg).await.unwrap();
     assert_eq!(store.get_network_config().await.unwrap(), cfg);
     let start = store.list_leases().await.unwrap().revision;
     let mut w = store.watch_leases(start).await.unwrap();
     let l = store
-        .create_lease(
-            "10.244.1.0/24".parse().unwrap(),
-            &attrs(1),
-            Duration::from_secs(60),
-        )
+        .create_lease("10.244.1.0/24".parse().unwrap(), &vxlan(1, 1), TTL)
         .await
         .unwrap();
     assert_eq!(store.list_leases().await.unwrap().leases.len(), 1);
@@ -222,13 +102,13 @@ async fn tls_with_client_cert_works_and_wrong_setups_are_refused() {
     let Some(etcd) = start_tls_etcd() else {
         return;
     };
-    let store = EtcdStore::connect(etcd.opts(Some("ca"), Some("client")))
+    let store = EtcdStore::connect(etcd.opts(Some(etcd.certs.ca()), true))
         .await
         .unwrap();
     store_works(&store).await;
 
     // The server demands a client certificate.
-    let e = connect_err(etcd.opts(Some("ca"), None)).await;
+    let e = connect_err(etcd.opts(Some(etcd.certs.ca()), false)).await;
     assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
     assert!(e.is_retryable());
     let msg = e.to_string().to_lowercase();
@@ -239,7 +119,7 @@ async fn tls_with_client_cert_works_and_wrong_setups_are_refused() {
     );
 
     // A CA that did not sign the server certificate.
-    let e = connect_err(etcd.opts(Some("other-ca"), Some("client"))).await;
+    let e = connect_err(etcd.opts(Some(etcd.other_ca.clone()), true)).await;
     assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
     let msg = e.to_string().to_lowercase();
     assert!(
@@ -248,7 +128,7 @@ async fn tls_with_client_cert_works_and_wrong_setups_are_refused() {
     );
 
     // Plain http to a TLS port does not work either (and does not hang).
-    let mut plain = etcd.opts(None, None);
+    let mut plain = etcd.opts(None, false);
     plain.endpoints = vec![etcd.member.client_url.replace("https://", "http://")];
     let e = connect_err(plain).await;
     assert!(e.is_retryable(), "{e}");
