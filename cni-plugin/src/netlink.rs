@@ -20,6 +20,10 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket as RawSocket};
 const RECV_BUF: usize = 64 * 1024;
 /// Extended ACK attribute carrying the kernel's error message.
 const NLMSGERR_ATTR_MSG: u16 = 1;
+/// How long a read waits for the kernel: it answers at once, so reaching
+/// this means something is badly wrong, and the call fails instead of
+/// hanging the runtime.
+const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Length of a netlink message header.
 const HEADER_LEN: usize = 16;
 
@@ -113,6 +117,7 @@ pub struct Socket {
     sock: RawSocket,
     seq: u32,
     buf: Vec<u8>,
+    timeout: std::time::Duration,
 }
 
 impl std::os::fd::AsRawFd for Socket {
@@ -130,11 +135,21 @@ impl Socket {
         // ACKs without a copy of the request, with the kernel's reason.
         sock.set_cap_ack(true)?;
         sock.set_ext_ack(true)?;
-        Ok(Socket {
+        let mut s = Socket {
             sock,
             seq: 0,
             buf: Vec::with_capacity(RECV_BUF),
-        })
+            timeout: RECV_TIMEOUT,
+        };
+        s.set_timeout(RECV_TIMEOUT)?;
+        Ok(s)
+    }
+
+    /// How long a read waits before the call fails (`SO_RCVTIMEO`).
+    pub fn set_timeout(&mut self, t: std::time::Duration) -> io::Result<()> {
+        set_recv_timeout(&self.sock, t)?;
+        self.timeout = t;
+        Ok(())
     }
 
     /// Writes all `reqs` in one datagram.
@@ -168,7 +183,17 @@ impl Socket {
         let mut open = p.count;
         while open > 0 {
             self.buf.clear();
-            self.sock.recv(&mut self.buf, 0)?;
+            let timeout = self.timeout;
+            self.sock.recv(&mut self.buf, 0).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from the kernel within {timeout:?}"),
+                    )
+                } else {
+                    e
+                }
+            })?;
             let mut off = 0;
             while off + HEADER_LEN <= self.buf.len() {
                 let frame = &self.buf[off..];
@@ -238,6 +263,31 @@ impl Socket {
     }
 }
 
+/// `SO_RCVTIMEO` on `sock`: a `recv` that waits longer fails with EAGAIN.
+fn set_recv_timeout(sock: &RawSocket, t: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(t.subsec_micros()),
+    };
+    // SAFETY: `tv` is a valid timeval for the duration of the call and its
+    // size is passed along.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// An `NLMSG_ERROR` message: an ACK (code 0) or a refusal with the errno
 /// and, with extended ACKs, the kernel's message.
 fn error_answer(msg: &[u8], flags: u16) -> Result<(), NlError> {
@@ -304,6 +354,23 @@ mod tests {
         assert!(e.to_string().contains("Nexthop has invalid gateway"), "{e}");
         let e = error_answer(&error_frame(-libc::ENODEV, &[]), 0).unwrap_err();
         assert!(e.is_not_found());
+    }
+
+    #[test]
+    fn a_read_without_answer_times_out() {
+        let mut s = Socket::open().unwrap();
+        s.set_timeout(std::time::Duration::from_millis(20)).unwrap();
+        // Nothing was sent, so nothing will come.
+        let p = Pending {
+            first_seq: 1,
+            count: 1,
+        };
+        let e = s.collect(p).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("no answer from the kernel within 20ms"),
+            "{e}"
+        );
     }
 
     #[test]
