@@ -563,13 +563,13 @@ impl EtcdStore {
     async fn put_if(
         &self,
         key: &str,
-        cmp: Compare,
+        cmp: impl Into<Vec<Compare>>,
         attrs: &LeaseAttrs,
         lease: Option<(i64, i64)>,
     ) -> Result<bool, StoreError> {
         let put = PutOptions::new().with_lease(lease.map_or(0, |l| l.0));
         let txn = Txn::new()
-            .when([cmp])
+            .when(cmp)
             .and_then([TxnOp::put(key, attrs.to_json(), Some(put))]);
         let r = self
             .call("txn", Retry::OnlyUnsent, |mut c| {
@@ -677,7 +677,15 @@ impl LeaseStore for EtcdStore {
     ) -> Result<Lease, StoreError> {
         let key = self.lease_key_with_ipv6(subnet, ipv6_subnet);
         let lease = self.grant(ttl).await?;
-        let cmp = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
+        // The subnet is free only if no lease holds it under any key form:
+        // neither the IPv4-only key nor `<v4>&<any v6>` (in a mixed-version
+        // upgrade both forms are written, and two keys must never share an
+        // IPv4 subnet).
+        let plain = self.lease_key(subnet);
+        let cmp = [
+            Compare::create_revision(plain.as_str(), CompareOp::Equal, 0),
+            Compare::create_revision(format!("{plain}&"), CompareOp::Equal, 0).with_prefix(),
+        ];
         if !self.put_if(&key, cmp, attrs, lease).await? {
             return Err(StoreError::AlreadyTaken(subnet));
         }
@@ -718,7 +726,7 @@ impl LeaseStore for EtcdStore {
             // etcd cannot change a lease's TTL: bind the key to a fresh lease.
             let granted = self.grant(ttl).await?;
             let cmp = Compare::mod_revision(key.as_str(), CompareOp::Equal, current.mod_revision());
-            if self.put_if(&key, cmp, attrs, granted).await? {
+            if self.put_if(&key, [cmp], attrs, granted).await? {
                 let old = current.lease();
                 if old != 0 && Some(old) != granted.map(|g| g.0) {
                     self.revoke_quietly(old).await;

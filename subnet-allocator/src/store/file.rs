@@ -301,7 +301,10 @@ impl LeaseStore for FileStore {
         let attrs = attrs.clone();
         self.with_state(move |s| {
             let key = lease_key_name(subnet, ipv6_subnet);
-            if s.leases.contains_key(&key) {
+            // Taken under any key form: IPv4-only or `<v4>&<any v6>`.
+            let plain = lease_key_name(subnet, None);
+            let dual = format!("{plain}&");
+            if s.leases.keys().any(|k| *k == plain || k.starts_with(&dual)) {
                 return Err(StoreError::AlreadyTaken(subnet));
             }
             let ttl = ttl_secs(ttl);

@@ -64,6 +64,7 @@ macro_rules! lease_store_contract {
             current_thread:
                 config_missing_malformed_and_round_trip,
                 create_conflict_list_and_delete,
+                a_subnet_held_under_one_key_form_is_taken_for_the_other,
                 acquire_reuses_own_lease_and_updates_attrs,
                 renew_extends_ttl_and_detects_deletion,
                 short_ttl_expires_and_renew_reports_gone,
@@ -300,6 +301,47 @@ pub async fn create_conflict_list_and_delete<H: Harness>(h: &H) {
     assert!(store.list_leases().await.unwrap().leases.is_empty());
     // Free again after deletion.
     store.create_lease(s, &vxlan(2, 2), TTL).await.unwrap();
+}
+
+pub async fn a_subnet_held_under_one_key_form_is_taken_for_the_other<H: Harness>(h: &H) {
+    // In a mixed-version upgrade an IPv4-only agent writes `<v4>` and a
+    // dual-stack one `<v4>&<v6>`: the two must never share an IPv4 subnet.
+    configure(h, BASIC_CFG).await;
+    let store = h.store();
+    let v6 = |s: &str| Some(s.parse::<ipnet::Ipv6Net>().unwrap());
+    let (a, b) = (net("10.244.7.0/24"), net("10.244.8.0/24"));
+    store
+        .create_lease_with_ipv6(a, None, &host_gw(1), TTL)
+        .await
+        .unwrap();
+    let e = store
+        .create_lease_with_ipv6(a, v6("fd00:10:244:7::/64"), &host_gw(2), TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AlreadyTaken(t) if t == a), "{e}");
+    store
+        .create_lease_with_ipv6(b, v6("fd00:10:244:8::/64"), &host_gw(3), TTL)
+        .await
+        .unwrap();
+    for other in [None, v6("fd00:10:244:99::/64")] {
+        let e = store
+            .create_lease_with_ipv6(b, other, &host_gw(4), TTL)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::AlreadyTaken(t) if t == b), "{e}");
+    }
+    let stored = h.stored_leases().await;
+    let keys: Vec<&String> = stored.keys().collect();
+    assert_eq!(
+        keys,
+        ["10.244.7.0-24", "10.244.8.0-24&fd00:10:244:8::-64"],
+        "{stored:?}"
+    );
+    // Other subnets stay free.
+    store
+        .create_lease_with_ipv6(net("10.244.70.0/24"), None, &host_gw(5), TTL)
+        .await
+        .unwrap();
 }
 
 pub async fn concurrent_acquires_never_share_a_subnet<H: Harness>(h: &H) {
