@@ -15,7 +15,7 @@ use rand::Rng;
 
 use crate::alloc::{allocate, AllocError, Allocation};
 use crate::config::{ConfigError, NetworkConfig};
-use crate::lease::{Lease, LeaseAttrs};
+use crate::lease::{parse_lease_key, Lease, LeaseAttrs};
 
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::FileStore;
@@ -216,6 +216,41 @@ impl LeaseWatch {
 pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
     let s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+/// A stored lease entry (its key name below the subnets prefix and its JSON
+/// value) as a lease, or `None`, logged, if the key or the value is
+/// malformed or the subnet lies outside `network`.
+pub(crate) fn decode_lease(
+    key: &str,
+    value: &[u8],
+    lease_id: i64,
+    ttl_remaining: Option<Duration>,
+    network: Option<Ipv4Net>,
+) -> Option<Lease> {
+    let Some((subnet, ipv6_subnet)) = parse_lease_key(key) else {
+        tracing::warn!(key, "skipping lease with malformed key");
+        return None;
+    };
+    if let Some(net) = network {
+        if !net.contains(&subnet) {
+            tracing::warn!(key, network = %net, "skipping lease outside the network");
+            return None;
+        }
+    }
+    match LeaseAttrs::parse(value) {
+        Ok(attrs) => Some(Lease {
+            subnet,
+            ipv6_subnet,
+            attrs,
+            lease_id: (lease_id != 0).then_some(lease_id),
+            ttl_remaining,
+        }),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "skipping lease with malformed value");
+            None
+        }
+    }
 }
 
 /// Gets this node a subnet lease: list, [`allocate`], then reuse (refresh

@@ -12,7 +12,10 @@ use etcd_client::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::{ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError, WatchInner};
+use super::{
+    decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
+    WatchInner,
+};
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, parse_lease_key, subnet_key, Lease, LeaseAttrs};
 
@@ -607,32 +610,11 @@ fn secs(ttl: i64) -> Option<Duration> {
 /// outside the known network.
 fn decode(subnets_prefix: &str, kv: &KeyValue, network: Option<Ipv4Net>) -> Option<Lease> {
     let key = String::from_utf8_lossy(kv.key());
-    let (subnet, ipv6_subnet) = match key.strip_prefix(subnets_prefix).and_then(parse_lease_key) {
-        Some(s) => s,
-        None => {
-            tracing::warn!(key = %key, "skipping lease with malformed key");
-            return None;
-        }
+    let Some(name) = key.strip_prefix(subnets_prefix) else {
+        tracing::warn!(key = %key, "skipping lease with malformed key");
+        return None;
     };
-    if let Some(net) = network {
-        if !net.contains(&subnet) {
-            tracing::warn!(key = %key, network = %net, "skipping lease outside the network");
-            return None;
-        }
-    }
-    match LeaseAttrs::parse(kv.value()) {
-        Ok(attrs) => Some(Lease {
-            subnet,
-            ipv6_subnet,
-            attrs,
-            lease_id: (kv.lease() != 0).then_some(kv.lease()),
-            ttl_remaining: None,
-        }),
-        Err(e) => {
-            tracing::warn!(key = %key, error = %e, "skipping lease with malformed value");
-            None
-        }
-    }
+    decode_lease(name, kv.value(), kv.lease(), None, network)
 }
 
 impl LeaseStore for EtcdStore {

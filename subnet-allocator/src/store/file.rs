@@ -13,7 +13,10 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::{ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError, WatchInner};
+use super::{
+    decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
+    WatchInner,
+};
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, parse_lease_key, subnet_key, Lease, LeaseAttrs};
 
@@ -148,30 +151,32 @@ impl State {
         self.next_lease_id
     }
 
+    /// Stores `attrs` for `(subnet, ipv6_subnet)` under a new store lease of
+    /// `ttl`, and returns the lease as stored.
+    fn put_lease(
+        &mut self,
+        subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: LeaseAttrs,
+        ttl: Duration,
+    ) -> Lease {
+        let key = lease_key_name(subnet, ipv6_subnet);
+        let ttl = ttl_secs(ttl);
+        let id = self.new_lease_id(ttl);
+        self.put(&key, attrs.to_json(), id, ttl);
+        Lease {
+            subnet,
+            ipv6_subnet,
+            ttl_remaining: self.remaining(&key),
+            attrs,
+            lease_id: (id != 0).then_some(id),
+        }
+    }
+
     fn remaining(&self, key: &str) -> Option<Duration> {
         let r = self.leases.get(key)?;
         r.expires_ms
             .map(|e| Duration::from_millis(e.saturating_sub(now_ms())))
-    }
-}
-
-fn to_lease(key: &str, value: &str, lease_id: i64, remaining: Option<Duration>) -> Option<Lease> {
-    let Some((subnet, ipv6_subnet)) = parse_lease_key(key) else {
-        tracing::warn!(key, "file store: skipping lease with malformed key");
-        return None;
-    };
-    match LeaseAttrs::parse(value.as_bytes()) {
-        Ok(attrs) => Some(Lease {
-            subnet,
-            ipv6_subnet,
-            attrs,
-            lease_id: (lease_id != 0).then_some(lease_id),
-            ttl_remaining: remaining,
-        }),
-        Err(e) => {
-            tracing::warn!(key, error = %e, "file store: skipping lease with malformed value");
-            None
-        }
     }
 }
 
@@ -281,7 +286,9 @@ impl LeaseStore for FileStore {
             let leases = s
                 .leases
                 .iter()
-                .filter_map(|(k, r)| to_lease(k, &r.value, r.lease_id, s.remaining(k)))
+                .filter_map(|(k, r)| {
+                    decode_lease(k, r.value.as_bytes(), r.lease_id, s.remaining(k), None)
+                })
                 .collect();
             Ok(LeaseSnapshot {
                 leases,
@@ -300,23 +307,13 @@ impl LeaseStore for FileStore {
     ) -> Result<Lease, StoreError> {
         let attrs = attrs.clone();
         self.with_state(move |s| {
-            let key = lease_key_name(subnet, ipv6_subnet);
             // Taken under any key form: IPv4-only or `<v4>&<any v6>`.
             let plain = lease_key_name(subnet, None);
             let dual = format!("{plain}&");
             if s.leases.keys().any(|k| *k == plain || k.starts_with(&dual)) {
                 return Err(StoreError::AlreadyTaken(subnet));
             }
-            let ttl = ttl_secs(ttl);
-            let id = s.new_lease_id(ttl);
-            s.put(&key, attrs.to_json(), id, ttl);
-            Ok(Lease {
-                subnet,
-                ipv6_subnet,
-                ttl_remaining: s.remaining(&key),
-                attrs,
-                lease_id: (id != 0).then_some(id),
-            })
+            Ok(s.put_lease(subnet, ipv6_subnet, attrs, ttl))
         })
         .await
     }
@@ -336,16 +333,7 @@ impl LeaseStore for FileStore {
                     return Err(StoreError::NotOwner(lease.subnet));
                 }
             }
-            let ttl = ttl_secs(ttl);
-            let id = s.new_lease_id(ttl);
-            s.put(&key, attrs.to_json(), id, ttl);
-            Ok(Lease {
-                subnet: lease.subnet,
-                ipv6_subnet: lease.ipv6_subnet,
-                ttl_remaining: s.remaining(&key),
-                attrs,
-                lease_id: (id != 0).then_some(id),
-            })
+            Ok(s.put_lease(lease.subnet, lease.ipv6_subnet, attrs, ttl))
         })
         .await
     }
@@ -374,16 +362,7 @@ impl LeaseStore for FileStore {
                 // Removal first, like the etcd store's transaction.
                 s.delete(&old_key);
             }
-            let ttl = ttl_secs(ttl);
-            let id = s.new_lease_id(ttl);
-            s.put(&new_key, attrs.to_json(), id, ttl);
-            Ok(Lease {
-                subnet: lease.subnet,
-                ipv6_subnet,
-                ttl_remaining: s.remaining(&new_key),
-                attrs,
-                lease_id: (id != 0).then_some(id),
-            })
+            Ok(s.put_lease(lease.subnet, ipv6_subnet, attrs, ttl))
         })
         .await
     }
@@ -468,7 +447,8 @@ impl FileWatch {
                 let events: Vec<LeaseEvent> = batch
                     .iter()
                     .filter_map(|e| match &e.value {
-                        Some(v) => to_lease(&e.key, v, e.lease_id, None).map(LeaseEvent::Added),
+                        Some(v) => decode_lease(&e.key, v.as_bytes(), e.lease_id, None, None)
+                            .map(LeaseEvent::Added),
                         None => parse_lease_key(&e.key).map(|(v4, _)| LeaseEvent::Removed(v4)),
                     })
                     .collect();
