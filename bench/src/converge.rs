@@ -289,30 +289,6 @@ fn observe(
     }
 }
 
-/// Loops `ping -c1 -W1` from `from_pod` to `ip` until it answers.
-fn ping_until(
-    c: &Cluster,
-    from_pod: &str,
-    ip: Ipv4Addr,
-    timeout: Duration,
-) -> anyhow::Result<Instant> {
-    let ns = c.ns_of(from_pod)?;
-    let start = Instant::now();
-    loop {
-        let ok = ns
-            .exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Ok(Instant::now());
-        }
-        anyhow::ensure!(
-            start.elapsed() < timeout,
-            "pod {from_pod} never reached {ip}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// The row of the pooled p99 of a join (`leave == false`) or a leave at
 /// size `n`.
 fn p99_figure(n: usize, leave: bool) -> String {
@@ -379,7 +355,15 @@ pub fn run(opts: &ConvergeOpts) -> anyhow::Result<BenchOutput> {
             let pod = format!("dst{rep}");
             c.wait_subnet_file(&new)?;
             let pod_ip = c.add_pod(&new, &pod)?;
-            let pinged = ping_until(&c, "src", pod_ip, Duration::from_secs(20))?;
+            c.ns_of("src")?;
+            let pinged = c
+                .ping_poll(
+                    "src",
+                    pod_ip,
+                    Duration::from_secs(20),
+                    Duration::from_millis(5),
+                )
+                .ok_or_else(|| anyhow::anyhow!("pod src never reached {pod_ip}"))?;
             out.push(
                 &format!("N={n} join: twilld start -> pod on h1 pings pod on new host"),
                 "ms",

@@ -895,21 +895,33 @@ impl Cluster {
 
     /// [`Cluster::ping`] with an explicit deadline.
     pub fn ping_within(&self, from: &str, ip: Ipv4Addr, deadline: Duration) -> bool {
-        let Ok(ns) = self.ns_of(from) else {
-            return false;
-        };
+        self.ping_poll(from, ip, deadline, Duration::from_millis(200))
+            .is_some()
+    }
+
+    /// Pings `ip` once (`ping -c1 -W1`) from the host or pod `from`, every
+    /// `interval` until it answers: the time of the answer, or `None` once
+    /// `deadline` has passed (or `from` is unknown).
+    pub fn ping_poll(
+        &self,
+        from: &str,
+        ip: Ipv4Addr,
+        deadline: Duration,
+        interval: Duration,
+    ) -> Option<Instant> {
+        let ns = self.ns_of(from).ok()?;
         let start = Instant::now();
         loop {
             let ok = ns
                 .exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
                 .is_ok_and(|o| o.status.success());
             if ok {
-                return true;
+                return Some(Instant::now());
             }
             if start.elapsed() >= deadline {
-                return false;
+                return None;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(interval);
         }
     }
 }
