@@ -8,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use subnet_allocator::{allocate, Lease, NetworkConfig};
-use twill::reconcile::{desired_state, diff, remote_nodes, KernelState, NodeIndex};
+use twill::reconcile::{desired_state, diff, remote_nodes, KernelState, Local, NodeIndex};
 use twill_bench::scale::{fake_lease, local_view};
 
 fn config() -> NetworkConfig {
@@ -28,6 +28,14 @@ fn leases(cfg: &NetworkConfig, n: u32) -> Vec<Lease> {
             Err(e) => panic!("fake lease {i}: {e}"),
         })
         .collect()
+}
+
+/// The benchmarking node itself (fake lease 0), as the agent sees itself.
+fn local(cfg: &NetworkConfig) -> Local {
+    match fake_lease(cfg.network, cfg.subnet_len, 0) {
+        Ok(l) => local_view(cfg.network, l.subnet, l.attrs.public_ip),
+        Err(e) => panic!("local lease: {e}"),
+    }
 }
 
 fn bench_allocate(c: &mut Criterion) {
@@ -50,20 +58,11 @@ fn bench_diff(c: &mut Criterion) {
     let mut g = c.benchmark_group("reconcile");
     for n in [1000u32, 5000] {
         let all = leases(&cfg, n);
-        let local = match fake_lease(cfg.network, cfg.subnet_len, 0) {
-            Ok(l) => l,
-            Err(e) => panic!("local lease: {e}"),
-        };
-        let (nodes, _) = remote_nodes(
-            &local_view(cfg.network, local.subnet, local.attrs.public_ip),
-            &all,
-        );
+        let me = local(&cfg);
+        let (nodes, _) = remote_nodes(&me, &all);
         let desired = desired_state(&nodes);
         // One node joined since the kernel was last programmed.
-        let (fewer, _) = remote_nodes(
-            &local_view(cfg.network, local.subnet, local.attrs.public_ip),
-            &all[1..],
-        );
+        let (fewer, _) = remote_nodes(&me, &all[1..]);
         let actual = desired_state(&fewer);
         g.bench_with_input(BenchmarkId::new("diff, one node joined", n), &n, |b, _| {
             b.iter(|| diff(black_box(&desired), black_box(&actual)))
@@ -76,10 +75,7 @@ fn bench_diff(c: &mut Criterion) {
             &n,
             |b, _| {
                 b.iter(|| {
-                    let (nodes, _) = remote_nodes(
-                        &local_view(cfg.network, local.subnet, local.attrs.public_ip),
-                        black_box(&all),
-                    );
+                    let (nodes, _) = remote_nodes(&me, black_box(&all));
                     desired_state(&nodes)
                 })
             },
@@ -98,14 +94,7 @@ fn bench_op_node(c: &mut Criterion) {
         .sampling_mode(criterion::SamplingMode::Flat);
     for n in [500u32, 1000, 2000] {
         let all = leases(&cfg, n);
-        let local = match fake_lease(cfg.network, cfg.subnet_len, 0) {
-            Ok(l) => l,
-            Err(e) => panic!("local lease: {e}"),
-        };
-        let (nodes, _) = remote_nodes(
-            &local_view(cfg.network, local.subnet, local.attrs.public_ip),
-            &all,
-        );
+        let (nodes, _) = remote_nodes(&local(&cfg), &all);
         let ops = diff(&desired_state(&nodes), &KernelState::default());
         g.bench_with_input(
             BenchmarkId::new("op_node for every op of a full sync", n),

@@ -93,6 +93,24 @@ async fn connect(endpoint: &str, prefix: &str) -> anyhow::Result<EtcdStore> {
     .map_err(|e| anyhow::anyhow!("connecting to etcd {endpoint}: {e}"))
 }
 
+/// A store under `prefix` holding a VXLAN network config of 10.244.0.0/16
+/// with subnets of `subnet_len`, and that config.
+async fn configured(
+    endpoint: &str,
+    prefix: &str,
+    subnet_len: u8,
+) -> anyhow::Result<(EtcdStore, NetworkConfig)> {
+    let store = connect(endpoint, prefix).await?;
+    let cfg = NetworkConfig::parse(
+        format!(
+            r#"{{"Network":"10.244.0.0/16","SubnetLen":{subnet_len},"Backend":{{"Type":"vxlan","VNI":1}}}}"#
+        )
+        .as_bytes(),
+    )?;
+    store.put_network_config(&cfg).await?;
+    Ok((store, cfg))
+}
+
 /// Options of the scale benchmark.
 #[derive(Debug, Clone)]
 pub struct ScaleOpts {
@@ -142,11 +160,7 @@ async fn run_async(opts: &ScaleOpts, endpoint: &str) -> anyhow::Result<BenchOutp
     );
     for &n in &opts.sizes {
         let prefix = format!("/twill-bench-{n}/network");
-        let store = connect(endpoint, &prefix).await?;
-        let cfg = NetworkConfig::parse(
-            br#"{"Network":"10.244.0.0/16","SubnetLen":29,"Backend":{"Type":"vxlan","VNI":1}}"#,
-        )?;
-        store.put_network_config(&cfg).await?;
+        let (store, _) = configured(endpoint, &prefix, 29).await?;
         let cfg = store.get_network_config().await?;
         let t = Instant::now();
         // Subnet 0 is the local node; fake nodes are 1..=n.
@@ -381,11 +395,7 @@ pub fn linearity_verdict(growth: f64) -> &'static str {
 /// Returns (seconds, distinct subnets, failed agents).
 async fn race(endpoint: &str, rep: usize, agents: u32) -> anyhow::Result<(f64, usize, usize)> {
     let prefix = format!("/twill-bench-race-{rep}/network");
-    let admin = connect(endpoint, &prefix).await?;
-    let cfg = NetworkConfig::parse(
-        br#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}"#,
-    )?;
-    admin.put_network_config(&cfg).await?;
+    let (admin, cfg) = configured(endpoint, &prefix, 24).await?;
     let mut stores = Vec::new();
     for _ in 0..agents {
         stores.push(Arc::new(connect(endpoint, &prefix).await?));

@@ -588,27 +588,47 @@ mod tests {
         assert_eq!(o.result.unwrap_err().code(), 50);
     }
 
+    /// A temp dir holding a subnet file with `subnet_env` and the IPAM store
+    /// of network "n", and the config of "n" using both.
+    struct Store {
+        dir: tempfile::TempDir,
+        conf: String,
+        ipam: Ipam,
+    }
+
+    impl Store {
+        fn new(subnet_env: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("subnet.env"), subnet_env).unwrap();
+            let data = dir.path().join("ipam");
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"twill","subnetFile":"{}","dataDir":"{}"}}"#,
+                dir.path().join("subnet.env").display(),
+                data.display()
+            );
+            let ipam = Ipam::open(&data, "n").unwrap();
+            Store { dir, conf, ipam }
+        }
+
+        fn status(&self) -> Result<Option<Value>, Error> {
+            call(&[("CNI_COMMAND", "STATUS")], &self.conf).result
+        }
+    }
+
     #[test]
     fn status_and_gc_on_a_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let sf = dir.path().join("subnet.env");
-        std::fs::write(&sf, "TWILL_SUBNET=10.244.3.1/30\n").unwrap();
-        let conf = format!(
-            r#"{{"cniVersion":"1.1.0","name":"n","type":"twill","subnetFile":"{}","dataDir":"{}"}}"#,
-            sf.display(),
-            dir.path().join("ipam").display()
-        );
-        let status = || call(&[("CNI_COMMAND", "STATUS")], &conf).result;
+        let st = Store::new("TWILL_SUBNET=10.244.3.1/30\n");
+        let (conf, ipam) = (&st.conf, &st.ipam);
+        let status = || st.status();
         assert!(status().unwrap().is_none());
         // A /30 has one pod address (.2): once taken, STATUS says unavailable.
-        let ipam = Ipam::open(&dir.path().join("ipam"), "n").unwrap();
         ipam.allocate("10.244.3.1/30".parse().unwrap(), "gone", "eth0", None)
             .unwrap();
         assert_eq!(status().unwrap_err().code(), 50);
         // GC without the list is refused before touching anything. (GC with
         // a list deletes host veths, so it is covered by the netns test.)
         assert_eq!(
-            call(&[("CNI_COMMAND", "GC")], &conf)
+            call(&[("CNI_COMMAND", "GC")], conf)
                 .result
                 .unwrap_err()
                 .code(),
@@ -698,22 +718,11 @@ mod tests {
 
     #[test]
     fn status_fails_when_the_v6_subnet_is_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let sf = dir.path().join("subnet.env");
         // /126: two v6 pod addresses.
-        std::fs::write(
-            &sf,
-            "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00::1/126\n",
-        )
-        .unwrap();
-        let conf = format!(
-            r#"{{"cniVersion":"1.1.0","name":"n","type":"twill","subnetFile":"{}","dataDir":"{}"}}"#,
-            sf.display(),
-            dir.path().join("ipam").display()
-        );
-        let status = || call(&[("CNI_COMMAND", "STATUS")], &conf).result;
+        let st = Store::new("TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00::1/126\n");
+        let (sf, ipam) = (st.dir.path().join("subnet.env"), &st.ipam);
+        let status = || st.status();
         assert!(status().unwrap().is_none());
-        let ipam = Ipam::open(&dir.path().join("ipam"), "n").unwrap();
         let gw6: IpNet = "fd00::1/126".parse().unwrap();
         ipam.allocate(gw6, "a", "eth0", None).unwrap();
         assert!(status().unwrap().is_none());

@@ -49,6 +49,18 @@ fn converged(b: ClusterBuilder) -> Cluster {
     c
 }
 
+/// Two converged hosts that lease below 10.244.200.0, so that no lease key a
+/// test writes above it can collide with a real node's subnet, with pod p1
+/// on h1 and p2 on h2. Returns the cluster and p2's address.
+fn two_hosts_below_200() -> (Cluster, std::net::Ipv4Addr) {
+    let mut c = converged(builder(2).network_config(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#,
+    ));
+    c.add_pod("h1", "p1").unwrap();
+    let ip2 = c.add_pod("h2", "p2").unwrap();
+    (c, ip2)
+}
+
 /// What `host` must own: an entry for every peer in `peers`.
 fn expect(c: &Cluster, host: &str, peers: &[&Peer], deadline: Duration, why: &str) {
     datapath::wait_owned(c, host, peers, deadline, why).unwrap();
@@ -276,13 +288,7 @@ fn restarting_an_agent_loses_no_packet_and_changes_nothing() {
     if !require_prereqs() {
         return;
     }
-    // Live hosts lease below 10.244.200.0, so no garbage key below can
-    // collide with a real node's subnet.
-    let mut c = converged(builder(2).network_config(
-        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#,
-    ));
-    c.add_pod("h1", "p1").unwrap();
-    let ip2 = c.add_pod("h2", "p2").unwrap();
+    let (mut c, ip2) = two_hosts_below_200();
     assert!(c.ping("p1", ip2), "p1 -> p2 before the restart");
     let before = c.subnet_file("h1").unwrap();
     let me = datapath::peer(&c, "h1").unwrap();
@@ -374,13 +380,7 @@ fn garbage_leases_are_ignored_and_a_later_join_still_works() {
     if !require_prereqs() {
         return;
     }
-    // Live hosts lease below 10.244.200.0, so no garbage key below can
-    // collide with a real node's subnet.
-    let mut c = converged(builder(2).network_config(
-        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#,
-    ));
-    c.add_pod("h1", "p1").unwrap();
-    let ip2 = c.add_pod("h2", "p2").unwrap();
+    let (mut c, ip2) = two_hosts_below_200();
     let p = peers(&c, &["h1", "h2"]);
     let lease = |ip: &str, mac: &str| {
         format!(
