@@ -1,0 +1,142 @@
+//! The agent's only door to the kernel: builds the bridge and VXLAN device,
+//! reads back routes, neighbours and FDB entries of the VXLAN device, and
+//! applies reconcile operations. rtnetlink only, never the `ip` command.
+//!
+//! `devices` creates and repairs the devices, `state` reads the kernel's
+//! entries back, `ops` turns reconcile operations into netlink messages and
+//! `events` watches links. Each keeps its parsing and message building in
+//! plain functions, so the netlink I/O is all that needs root to test.
+
+mod devices;
+mod events;
+mod ops;
+mod state;
+
+use ipnet::IpNet;
+use rtnetlink::Handle;
+
+pub use devices::{cleanup, vxlan_incompatibility, LinkInfoView, Underlay, VxlanSpec};
+pub use events::{classify_link_event, link_events, LinkSignal};
+pub use ops::op_message;
+pub use state::state_from_dump;
+
+/// Route protocol number that marks twill's routes, so that routes someone
+/// else put on the VXLAN device are never mistaken for ours.
+pub const TWILL_RTPROTO: u8 = 77;
+
+const EEXIST: i32 = libc::EEXIST;
+const ENOENT: i32 = libc::ENOENT;
+const ESRCH: i32 = libc::ESRCH;
+const ENODEV: i32 = libc::ENODEV;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot open a netlink socket")]
+    Connect(#[source] std::io::Error),
+    /// Shows the kernel's reason (the errno's text) itself, because the logs
+    /// print errors with `{}` only and "netlink: add route" alone says
+    /// nothing about why.
+    #[error("{what}: {}", detail(source))]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("interface {0} does not exist")]
+    NoSuchLink(String),
+    #[error("interface {0} has no IPv4 address; pass --public-ip")]
+    NoAddress(String),
+    #[error("no --iface given and no IPv4 default route to pick the underlay interface from")]
+    NoDefaultRoute,
+    #[error("route to {dst}: {reason}")]
+    Route { dst: IpNet, reason: String },
+    #[error("no vxlan device for a vxlan entry (host-gw mode)")]
+    NoVxlan,
+    #[error(
+        "interface {name} exists but is a {kind}, not a {want}; remove it or pick another name"
+    )]
+    WrongKind {
+        name: String,
+        kind: String,
+        want: &'static str,
+    },
+}
+
+type Result<T> = std::result::Result<T, KernelError>;
+
+/// The reason of a failed request: the errno's text when the kernel
+/// answered with one ("File exists (os error 17)"), else rtnetlink's text.
+fn detail(e: &rtnetlink::Error) -> String {
+    match errno(e) {
+        Some(n) if n > 0 => std::io::Error::from_raw_os_error(n).to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+    let what = what.into();
+    move |source| KernelError::Netlink { what, source }
+}
+
+/// The errno of a netlink error reply, if that is what `e` is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// The devices twill's entries live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevIndex {
+    /// The VXLAN device; `None` in host-gw mode.
+    pub vxlan: Option<u32>,
+    /// The VXLAN device over the IPv6 underlay, when there is one.
+    pub vxlan6: Option<u32>,
+    pub underlay: u32,
+}
+
+/// A netlink handle in the namespace the agent runs in.
+#[derive(Clone)]
+pub struct Kernel {
+    handle: Handle,
+}
+
+impl Kernel {
+    /// Opens the netlink socket and drives it on the current tokio runtime.
+    pub fn connect() -> Result<Kernel> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Kernel { handle })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::ErrorMessage;
+    use std::num::NonZeroI32;
+
+    fn kernel_error(code: i32) -> rtnetlink::Error {
+        let mut m = ErrorMessage::default();
+        m.code = NonZeroI32::new(-code);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn errno_reads_the_negated_code_of_an_error_reply() {
+        assert_eq!(errno(&kernel_error(libc::EEXIST)), Some(libc::EEXIST));
+        assert_eq!(errno(&rtnetlink::Error::RequestFailed), None);
+    }
+
+    #[test]
+    fn netlink_error_names_the_object_and_the_errno() {
+        let e = nl("create vxlan device twill.1")(kernel_error(libc::EEXIST));
+        assert_eq!(
+            e.to_string(),
+            "create vxlan device twill.1: File exists (os error 17)"
+        );
+        let e = nl("list links")(rtnetlink::Error::RequestFailed);
+        assert_eq!(e.to_string(), "list links: A netlink request failed");
+    }
+}
