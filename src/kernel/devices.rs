@@ -514,3 +514,336 @@ pub async fn cleanup(kernel: &Kernel, bridge: &str) -> Vec<KernelError> {
     }
     errors
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::route::RouteAddress;
+
+    const MAC: Mac = Mac([0x0e, 0x01, 192, 0, 2, 1]);
+
+    fn spec() -> VxlanSpec {
+        VxlanSpec {
+            name: "twill.1".into(),
+            vni: 1,
+            port: 8472,
+            local: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            underlay_index: 2,
+            mtu: 1450,
+            mac: MAC,
+            gbp: false,
+        }
+    }
+
+    /// A link message as the kernel dumps a VXLAN device, with `vxlan`
+    /// as its VXLAN attributes.
+    fn vxlan_link(index: u32, name: &str, vxlan: Vec<InfoVxlan>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up | LinkFlags::Broadcast;
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        m.attributes.push(LinkAttribute::Mtu(1450));
+        m.attributes.push(LinkAttribute::Address(MAC.0.to_vec()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vxlan)),
+        ]));
+        m
+    }
+
+    /// The attributes of a device made from `spec()`.
+    fn matching() -> Vec<InfoVxlan> {
+        vec![
+            InfoVxlan::Id(1),
+            InfoVxlan::Link(2),
+            InfoVxlan::Local(Ipv4Addr::new(192, 0, 2, 1)),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Port(8472),
+        ]
+    }
+
+    /// `matching()` with the attribute of the same kind as `a` swapped in.
+    fn with(a: InfoVxlan) -> LinkInfoView {
+        let mut attrs: Vec<InfoVxlan> = matching()
+            .into_iter()
+            .filter(|x| std::mem::discriminant(x) != std::mem::discriminant(&a))
+            .collect();
+        attrs.push(a);
+        LinkInfoView::from_message(&vxlan_link(7, "twill.1", attrs))
+    }
+
+    #[test]
+    fn link_view_reads_header_and_vxlan_attributes() {
+        let v = LinkInfoView::from_message(&vxlan_link(7, "twill.1", matching()));
+        assert_eq!(v.index, 7);
+        assert_eq!(v.name, "twill.1");
+        assert!(v.up);
+        assert_eq!(v.kind.as_deref(), Some("vxlan"));
+        assert_eq!(v.mtu, Some(1450));
+        assert_eq!(v.mac, Some(MAC));
+        assert_eq!(v.vxlan_id, Some(1));
+        assert_eq!(v.vxlan_link, Some(2));
+        assert_eq!(v.vxlan_port, Some(8472));
+        assert_eq!(v.vxlan_learning, Some(false));
+        assert_eq!(v.vxlan_local, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+        assert!(!v.vxlan_gbp);
+    }
+
+    #[test]
+    fn link_view_of_a_down_bridge() {
+        let mut m = LinkMessage::default();
+        m.header.index = 4;
+        m.attributes.push(LinkAttribute::IfName("twill0".into()));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        let v = LinkInfoView::from_message(&m);
+        assert!(!v.up);
+        assert_eq!(v.kind.as_deref(), Some("bridge"));
+        assert_eq!(v.vxlan_id, None);
+        assert_eq!(v.mtu, None);
+    }
+
+    #[test]
+    fn matching_vxlan_device_is_compatible() {
+        let v = LinkInfoView::from_message(&vxlan_link(7, "twill.1", matching()));
+        assert_eq!(vxlan_incompatibility(&v, &spec()), None);
+    }
+
+    #[test]
+    fn mtu_mac_and_state_are_not_incompatibilities() {
+        // These are fixed in place by ensure_vxlan, never by recreating.
+        let mut v = LinkInfoView::from_message(&vxlan_link(7, "twill.1", matching()));
+        v.up = false;
+        v.mtu = Some(9000);
+        v.mac = Some(Mac([2, 0, 0, 0, 0, 1]));
+        assert_eq!(vxlan_incompatibility(&v, &spec()), None);
+    }
+
+    #[test]
+    fn other_vni_is_incompatible() {
+        assert_eq!(
+            vxlan_incompatibility(&with(InfoVxlan::Id(2)), &spec()).as_deref(),
+            Some("VNI Some(2) != 1")
+        );
+    }
+
+    #[test]
+    fn other_port_is_incompatible() {
+        assert_eq!(
+            vxlan_incompatibility(&with(InfoVxlan::Port(4789)), &spec()).as_deref(),
+            Some("port Some(4789) != 8472")
+        );
+    }
+
+    #[test]
+    fn other_local_address_is_incompatible() {
+        let have = with(InfoVxlan::Local(Ipv4Addr::new(192, 0, 2, 9)));
+        assert_eq!(
+            vxlan_incompatibility(&have, &spec()).as_deref(),
+            Some("local Some(192.0.2.9) != 192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn other_underlay_index_is_incompatible() {
+        assert_eq!(
+            vxlan_incompatibility(&with(InfoVxlan::Link(3)), &spec()).as_deref(),
+            Some("underlay index Some(3) != 2")
+        );
+    }
+
+    #[test]
+    fn learning_on_or_unknown_is_incompatible() {
+        assert_eq!(
+            vxlan_incompatibility(&with(InfoVxlan::Learning(true)), &spec()).as_deref(),
+            Some("learning is on")
+        );
+        let mut v = with(InfoVxlan::Learning(false));
+        v.vxlan_learning = None;
+        assert_eq!(
+            vxlan_incompatibility(&v, &spec()).as_deref(),
+            Some("learning is on")
+        );
+    }
+
+    #[test]
+    fn gbp_must_match_both_ways() {
+        let mut attrs = matching();
+        attrs.push(InfoVxlan::Gbp);
+        let gbp = LinkInfoView::from_message(&vxlan_link(7, "twill.1", attrs));
+        assert_eq!(
+            vxlan_incompatibility(&gbp, &spec()).as_deref(),
+            Some("gbp true != false")
+        );
+        let want_gbp = VxlanSpec {
+            gbp: true,
+            ..spec()
+        };
+        assert_eq!(vxlan_incompatibility(&gbp, &want_gbp), None);
+        let plain = LinkInfoView::from_message(&vxlan_link(7, "twill.1", matching()));
+        assert_eq!(
+            vxlan_incompatibility(&plain, &want_gbp).as_deref(),
+            Some("gbp false != true")
+        );
+    }
+
+    #[test]
+    fn device_of_another_kind_is_incompatible() {
+        let mut v = LinkInfoView::from_message(&vxlan_link(7, "twill.1", matching()));
+        v.kind = Some("bridge".into());
+        assert_eq!(
+            vxlan_incompatibility(&v, &spec()).as_deref(),
+            Some("kind Some(\"bridge\")")
+        );
+    }
+
+    #[test]
+    fn ipv6_local_is_compared_as_an_address() {
+        let local6: Ipv6Addr = "fd00::1".parse().expect("literal");
+        let want = VxlanSpec {
+            local: local6.into(),
+            ..spec()
+        };
+        assert_eq!(
+            vxlan_incompatibility(&with(InfoVxlan::Local6(local6)), &want),
+            None
+        );
+        // An IPv4 local never matches an IPv6 spec.
+        assert!(
+            vxlan_incompatibility(&with(InfoVxlan::Local(Ipv4Addr::new(192, 0, 2, 1))), &want)
+                .is_some_and(|why| why.starts_with("local"))
+        );
+    }
+
+    #[test]
+    fn created_vxlan_device_is_compatible_with_its_spec() {
+        // What create_vxlan asks for must be what ensure_vxlan later accepts,
+        // or every restart would recreate the device.
+        for want in [
+            spec(),
+            VxlanSpec {
+                gbp: true,
+                ..spec()
+            },
+            VxlanSpec {
+                local: "fd00::1".parse::<Ipv6Addr>().expect("literal").into(),
+                ..spec()
+            },
+        ] {
+            let msg = vxlan_link_message(&want);
+            let v = LinkInfoView::from_message(&msg);
+            assert_eq!(v.name, "twill.1");
+            assert!(v.up);
+            assert_eq!(v.mtu, Some(1450));
+            assert_eq!(v.mac, Some(MAC));
+            assert_eq!(vxlan_incompatibility(&v, &want), None, "{want:?}");
+        }
+    }
+
+    fn address(family: AddressFamily, prefix: u8, attrs: Vec<AddressAttribute>) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.family = family;
+        m.header.prefix_len = prefix;
+        m.header.index = 2;
+        m.attributes = attrs;
+        m
+    }
+
+    #[test]
+    fn ipv4_address_prefers_the_local_address() {
+        // On a point-to-point link IFA_ADDRESS is the peer's.
+        let m = address(
+            AddressFamily::Inet,
+            32,
+            vec![
+                AddressAttribute::Address(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
+                AddressAttribute::Local(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+            ],
+        );
+        assert_eq!(
+            address_net(&m),
+            Some("10.0.0.1/32".parse().expect("literal"))
+        );
+        let m = address(
+            AddressFamily::Inet,
+            24,
+            vec![AddressAttribute::Address(IpAddr::V4(Ipv4Addr::new(
+                192, 0, 2, 1,
+            )))],
+        );
+        assert_eq!(
+            address_net(&m),
+            Some("192.0.2.1/24".parse().expect("literal"))
+        );
+    }
+
+    #[test]
+    fn ipv6_address_uses_ifa_address_and_other_families_none() {
+        let ip: IpAddr = "fd00::5".parse().expect("literal");
+        let m = address(
+            AddressFamily::Inet6,
+            64,
+            vec![AddressAttribute::Address(ip)],
+        );
+        assert_eq!(
+            address_net(&m),
+            Some("fd00::5/64".parse().expect("literal"))
+        );
+        let m = address(AddressFamily::Inet6, 64, vec![AddressAttribute::Local(ip)]);
+        assert_eq!(address_net(&m), None);
+        let m = address(
+            AddressFamily::Bridge,
+            64,
+            vec![AddressAttribute::Address(ip)],
+        );
+        assert_eq!(address_net(&m), None);
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let m = address(AddressFamily::Inet, 33, vec![AddressAttribute::Local(v4)]);
+        assert_eq!(address_net(&m), None, "prefix out of range");
+    }
+
+    fn route(prefix: u8, table: u8, oif: u32) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.destination_prefix_length = prefix;
+        r.header.table = table;
+        if prefix > 0 {
+            r.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                    Ipv4Addr::new(10, 0, 0, 0),
+                )));
+        }
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r
+    }
+
+    #[test]
+    fn default_route_interface_is_from_the_main_table() {
+        let routes = [
+            route(8, RouteHeader::RT_TABLE_MAIN, 3),
+            route(0, 100, 4),
+            route(0, RouteHeader::RT_TABLE_MAIN, 5),
+            route(0, RouteHeader::RT_TABLE_MAIN, 6),
+        ];
+        assert_eq!(default_oif(&routes), Some(5));
+        assert_eq!(default_oif(&routes[..2]), None);
+    }
+
+    #[test]
+    fn cleanup_takes_only_twill_devices() {
+        let view = |name: &str, kind: &str| LinkInfoView {
+            name: name.into(),
+            kind: Some(kind.into()),
+            ..Default::default()
+        };
+        assert!(is_twill_device(&view("twill0", "bridge"), "twill0"));
+        assert!(is_twill_device(&view("twill.1", "vxlan"), "twill0"));
+        assert!(is_twill_device(&view("twill6.1", "vxlan"), "twill0"));
+        assert!(!is_twill_device(&view("twill0", "veth"), "twill0"));
+        assert!(!is_twill_device(&view("cni0", "bridge"), "twill0"));
+        assert!(!is_twill_device(&view("twill.1", "bridge"), "twill0"));
+        assert!(!is_twill_device(&view("vxlan.1", "vxlan"), "twill0"));
+    }
+}

@@ -55,3 +55,78 @@ pub fn classify_link_event(
         _ => LinkSignal::Ignore,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::{DoneMessage, NetlinkHeader, NLMSG_OVERRUN};
+    use rtnetlink::packet_route::address::AddressMessage;
+    use rtnetlink::packet_route::link::LinkMessage;
+
+    const NAMES: &[&str] = &["twill0", "twill.1", "twill6.1"];
+
+    fn link(name: Option<&str>) -> LinkMessage {
+        let mut l = LinkMessage::default();
+        l.header.index = 9;
+        l.attributes.push(LinkAttribute::Mtu(1450));
+        if let Some(name) = name {
+            l.attributes.push(LinkAttribute::IfName(name.into()));
+        }
+        l
+    }
+
+    fn event(m: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+        NetlinkMessage::from(m)
+    }
+
+    #[test]
+    fn new_or_deleted_watched_link_is_a_change() {
+        for name in NAMES {
+            let new = event(RouteNetlinkMessage::NewLink(link(Some(name))));
+            let del = event(RouteNetlinkMessage::DelLink(link(Some(name))));
+            assert_eq!(classify_link_event(&new, NAMES), LinkSignal::Changed);
+            assert_eq!(classify_link_event(&del, NAMES), LinkSignal::Changed);
+        }
+    }
+
+    #[test]
+    fn other_links_are_ignored() {
+        for l in [link(Some("eth0")), link(Some("twill.2")), link(None)] {
+            let new = event(RouteNetlinkMessage::NewLink(l.clone()));
+            let del = event(RouteNetlinkMessage::DelLink(l));
+            assert_eq!(classify_link_event(&new, NAMES), LinkSignal::Ignore);
+            assert_eq!(classify_link_event(&del, NAMES), LinkSignal::Ignore);
+        }
+        // Nothing watched: nothing concerns twill.
+        let new = event(RouteNetlinkMessage::NewLink(link(Some("twill0"))));
+        assert_eq!(classify_link_event(&new, &[]), LinkSignal::Ignore);
+    }
+
+    #[test]
+    fn overrun_means_events_were_lost() {
+        // What netlink-proto hands over when the socket's recv fails with
+        // ENOBUFS.
+        let mut hdr = NetlinkHeader::default();
+        hdr.message_type = NLMSG_OVERRUN;
+        let msg = NetlinkMessage::new(hdr, NetlinkPayload::Overrun(Vec::new()));
+        assert_eq!(classify_link_event(&msg, NAMES), LinkSignal::Lost);
+    }
+
+    #[test]
+    fn other_message_types_are_ignored() {
+        let addr = event(RouteNetlinkMessage::NewAddress(AddressMessage::default()));
+        assert_eq!(classify_link_event(&addr, NAMES), LinkSignal::Ignore);
+        let get = event(RouteNetlinkMessage::GetLink(link(Some("twill0"))));
+        assert_eq!(classify_link_event(&get, NAMES), LinkSignal::Ignore);
+        let done = NetlinkMessage::<RouteNetlinkMessage>::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::Done(DoneMessage::default()),
+        );
+        assert_eq!(classify_link_event(&done, NAMES), LinkSignal::Ignore);
+        let noop = NetlinkMessage::<RouteNetlinkMessage>::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::Noop,
+        );
+        assert_eq!(classify_link_event(&noop, NAMES), LinkSignal::Ignore);
+    }
+}

@@ -194,3 +194,296 @@ impl Kernel {
             .map_err(nl("list IPv6 routes"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::neighbour::NeighbourFlags;
+    use rtnetlink::packet_route::route::RouteFlags;
+    use std::collections::BTreeSet;
+
+    const VXLAN: u32 = 10;
+    const VXLAN6: u32 = 11;
+    const UNDERLAY: u32 = 2;
+    const DEV: DevIndex = DevIndex {
+        vxlan: Some(VXLAN),
+        vxlan6: Some(VXLAN6),
+        underlay: UNDERLAY,
+    };
+    const MAC_A: Mac = Mac([0x0e, 1, 192, 0, 2, 2]);
+    const MAC_B: Mac = Mac([0x0e, 0x81, 1, 2, 3, 4]);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("literal")
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("literal")
+    }
+
+    fn route_addr(ip: IpAddr) -> RouteAddress {
+        match ip {
+            IpAddr::V4(v4) => RouteAddress::Inet(v4),
+            IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+        }
+    }
+
+    /// A route as the kernel dumps it: main table, twill's protocol.
+    fn route(dst: &str, gw: Option<&str>, oif: u32) -> RouteMessage {
+        let dst = net(dst);
+        let mut r = RouteMessage::default();
+        r.header.address_family = match dst {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        r.header.destination_prefix_length = dst.prefix_len();
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.protocol = RouteProtocol::Other(TWILL_RTPROTO);
+        r.attributes.push(RouteAttribute::Table(254));
+        r.attributes
+            .push(RouteAttribute::Destination(route_addr(dst.addr())));
+        if let Some(gw) = gw {
+            r.attributes
+                .push(RouteAttribute::Gateway(route_addr(ip(gw))));
+        }
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r
+    }
+
+    fn onlink(mut r: RouteMessage) -> RouteMessage {
+        r.header.flags = RouteFlags::Onlink;
+        r
+    }
+
+    fn neighbour(ifindex: u32, dst: &str, mac: Mac, state: NeighbourState) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        let dst = ip(dst);
+        n.header.family = match dst {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        n.header.ifindex = ifindex;
+        n.header.state = state;
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        n
+    }
+
+    /// An FDB entry as the bridge-family dump carries it: `NDA_DST` as raw
+    /// bytes, NTF_SELF set.
+    fn fdb(ifindex: u32, mac: Mac, dst: Option<&[u8]>) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Bridge;
+        n.header.ifindex = ifindex;
+        n.header.state = NeighbourState::Permanent;
+        n.header.flags = NeighbourFlags::Own;
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        if let Some(dst) = dst {
+            n.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Other(
+                    dst.to_vec(),
+                )));
+        }
+        n
+    }
+
+    fn target(gateway: &str, dev: Dev) -> RouteTarget {
+        RouteTarget {
+            gateway: ip(gateway),
+            dev,
+        }
+    }
+
+    #[test]
+    fn onlink_vxlan_route_and_underlay_route_are_ours() {
+        let routes = [
+            onlink(route("10.244.2.0/24", Some("10.244.2.0"), VXLAN)),
+            route("10.244.3.0/24", Some("192.0.2.3"), UNDERLAY),
+        ];
+        let s = state_from_dump(&DEV, &routes, &[], &[]);
+        assert_eq!(s.routes.len(), 2);
+        assert_eq!(
+            s.routes.get(&net("10.244.2.0/24")),
+            Some(&target("10.244.2.0", Dev::Vxlan))
+        );
+        assert_eq!(
+            s.routes.get(&net("10.244.3.0/24")),
+            Some(&target("192.0.2.3", Dev::Underlay))
+        );
+    }
+
+    #[test]
+    fn routes_of_other_protocols_tables_or_devices_are_not_ours() {
+        let mut kernel_route = route("10.244.4.0/24", Some("10.244.4.0"), VXLAN);
+        kernel_route.header.protocol = RouteProtocol::Kernel;
+        let mut static_route = route("10.244.5.0/24", Some("10.244.5.0"), VXLAN);
+        static_route.header.protocol = RouteProtocol::Static;
+        let mut other_table = route("10.244.6.0/24", Some("10.244.6.0"), VXLAN);
+        other_table.header.table = 100;
+        let other_dev = route("10.244.7.0/24", Some("10.244.7.0"), 42);
+        let no_oif = {
+            let mut r = route("10.244.8.0/24", Some("10.244.8.0"), VXLAN);
+            r.attributes
+                .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+            r
+        };
+        let routes = [kernel_route, static_route, other_table, other_dev, no_oif];
+        assert_eq!(state_from_dump(&DEV, &routes, &[], &[]).routes.len(), 0);
+    }
+
+    #[test]
+    fn route_without_gateway_is_not_ours() {
+        // twill only ever installs routes via a next hop; a device route
+        // with our protocol number is someone else's doing.
+        let routes = [route("10.244.2.0/24", None, VXLAN)];
+        assert!(state_from_dump(&DEV, &routes, &[], &[]).routes.is_empty());
+    }
+
+    #[test]
+    fn ipv6_routes_on_either_tunnel_and_the_underlay() {
+        let routes = [
+            // Inside the IPv4 tunnel when the remote has no IPv6 underlay.
+            onlink(route("fd00:10:244:2::/64", Some("fd00:10:244:2::"), VXLAN)),
+            onlink(route("fd00:10:244:3::/64", Some("fd00:10:244:3::"), VXLAN6)),
+            route("fd00:10:244:4::/64", Some("2001:db8::4"), UNDERLAY),
+        ];
+        let s = state_from_dump(&DEV, &routes, &[], &[]);
+        assert_eq!(
+            s.routes.get(&net("fd00:10:244:2::/64")),
+            Some(&target("fd00:10:244:2::", Dev::Vxlan))
+        );
+        assert_eq!(
+            s.routes.get(&net("fd00:10:244:3::/64")),
+            Some(&target("fd00:10:244:3::", Dev::Vxlan6))
+        );
+        assert_eq!(
+            s.routes.get(&net("fd00:10:244:4::/64")),
+            Some(&target("2001:db8::4", Dev::Underlay))
+        );
+    }
+
+    #[test]
+    fn host_gw_devices_see_only_underlay_routes() {
+        let dev = DevIndex {
+            vxlan: None,
+            vxlan6: None,
+            underlay: UNDERLAY,
+        };
+        let routes = [
+            route("10.244.2.0/24", Some("192.0.2.2"), UNDERLAY),
+            onlink(route("10.244.3.0/24", Some("10.244.3.0"), VXLAN)),
+        ];
+        let neighs = [neighbour(
+            VXLAN,
+            "10.244.3.0",
+            MAC_A,
+            NeighbourState::Permanent,
+        )];
+        let s = state_from_dump(&dev, &routes, &neighs, &[]);
+        assert_eq!(s.routes.keys().collect::<Vec<_>>(), [&net("10.244.2.0/24")]);
+        assert!(s.neighbours.is_empty());
+    }
+
+    #[test]
+    fn permanent_neighbours_of_the_tunnels_are_ours() {
+        let neighs = [
+            neighbour(VXLAN, "10.244.2.0", MAC_A, NeighbourState::Permanent),
+            neighbour(VXLAN6, "fd00:10:244:3::", MAC_B, NeighbourState::Permanent),
+            // Learnt or resolving entries belong to the kernel.
+            neighbour(VXLAN, "10.244.4.0", MAC_A, NeighbourState::Reachable),
+            neighbour(VXLAN, "10.244.5.0", MAC_A, NeighbourState::Stale),
+            // Entries on other devices are not ours.
+            neighbour(UNDERLAY, "192.0.2.9", MAC_A, NeighbourState::Permanent),
+            neighbour(42, "10.244.6.0", MAC_A, NeighbourState::Permanent),
+        ];
+        let s = state_from_dump(&DEV, &[], &neighs, &[]);
+        assert_eq!(s.neighbours.len(), 2);
+        assert_eq!(
+            s.neighbours.get(&(Dev::Vxlan, ip("10.244.2.0"))),
+            Some(&MAC_A)
+        );
+        assert_eq!(
+            s.neighbours.get(&(Dev::Vxlan6, ip("fd00:10:244:3::"))),
+            Some(&MAC_B)
+        );
+    }
+
+    #[test]
+    fn neighbour_without_lladdr_is_skipped() {
+        let mut n = neighbour(VXLAN, "10.244.2.0", MAC_A, NeighbourState::Permanent);
+        n.attributes
+            .retain(|a| !matches!(a, NeighbourAttribute::LinkLayerAddress(_)));
+        assert!(state_from_dump(&DEV, &[], &[n], &[]).neighbours.is_empty());
+    }
+
+    #[test]
+    fn fdb_destination_as_raw_bytes_of_either_family() {
+        let v6: Ipv6Addr = "2001:db8::3".parse().expect("literal");
+        let entries = [
+            fdb(VXLAN, MAC_A, Some(&[192, 0, 2, 2])),
+            // One MAC towards two remote VTEPs: both are kept.
+            fdb(VXLAN, MAC_A, Some(&[192, 0, 2, 3])),
+            fdb(VXLAN6, MAC_B, Some(&v6.octets())),
+        ];
+        let s = state_from_dump(&DEV, &[], &[], &entries);
+        assert_eq!(s.fdb.len(), 2);
+        assert_eq!(
+            s.fdb.get(&(Dev::Vxlan, MAC_A)),
+            Some(&BTreeSet::from([ip("192.0.2.2"), ip("192.0.2.3")]))
+        );
+        assert_eq!(
+            s.fdb.get(&(Dev::Vxlan6, MAC_B)),
+            Some(&BTreeSet::from([IpAddr::V6(v6)]))
+        );
+    }
+
+    #[test]
+    fn fdb_destination_as_typed_address_is_read_too() {
+        let mut n = fdb(VXLAN, MAC_A, None);
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip(
+                "192.0.2.7",
+            ))));
+        let s = state_from_dump(&DEV, &[], &[], &[n]);
+        assert_eq!(
+            s.fdb.get(&(Dev::Vxlan, MAC_A)),
+            Some(&BTreeSet::from([ip("192.0.2.7")]))
+        );
+    }
+
+    #[test]
+    fn fdb_without_remote_or_on_other_devices_is_skipped() {
+        let entries = [
+            // The device's own MAC and bridge-port entries have no NDA_DST.
+            fdb(VXLAN, MAC_A, None),
+            // A destination of neither 4 nor 16 bytes is no address.
+            fdb(VXLAN, MAC_B, Some(&[1, 2, 3])),
+            fdb(UNDERLAY, MAC_A, Some(&[192, 0, 2, 2])),
+            fdb(42, MAC_A, Some(&[192, 0, 2, 2])),
+        ];
+        assert!(state_from_dump(&DEV, &[], &[], &entries).fdb.is_empty());
+    }
+
+    #[test]
+    fn full_dump_parses_into_the_state_reconcile_builds() {
+        let routes = [onlink(route("10.244.2.0/24", Some("10.244.2.0"), VXLAN))];
+        let neighs = [neighbour(
+            VXLAN,
+            "10.244.2.0",
+            MAC_A,
+            NeighbourState::Permanent,
+        )];
+        let entries = [fdb(VXLAN, MAC_A, Some(&[192, 0, 2, 2]))];
+        let mut want = KernelState::default();
+        want.routes
+            .insert(net("10.244.2.0/24"), target("10.244.2.0", Dev::Vxlan));
+        want.neighbours
+            .insert((Dev::Vxlan, ip("10.244.2.0")), MAC_A);
+        want.fdb
+            .insert((Dev::Vxlan, MAC_A), BTreeSet::from([ip("192.0.2.2")]));
+        assert_eq!(state_from_dump(&DEV, &routes, &neighs, &entries), want);
+    }
+}
