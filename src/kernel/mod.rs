@@ -140,3 +140,37 @@ mod tests {
         assert_eq!(e.to_string(), "list links: A netlink request failed");
     }
 }
+
+/// Devices and literals the tests of every part share.
+#[cfg(test)]
+mod fixtures {
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+
+    use super::DevIndex;
+
+    pub const VXLAN: u32 = 10;
+    pub const VXLAN6: u32 = 11;
+    pub const UNDERLAY: u32 = 2;
+    /// Dual-stack vxlan mode: both tunnels.
+    pub const DEV: DevIndex = DevIndex {
+        vxlan: Some(VXLAN),
+        vxlan6: Some(VXLAN6),
+        underlay: UNDERLAY,
+    };
+    /// host-gw mode: no tunnel.
+    pub const HOST_GW: DevIndex = DevIndex {
+        vxlan: None,
+        vxlan6: None,
+        underlay: UNDERLAY,
+    };
+
+    pub fn ip(s: &str) -> IpAddr {
+        s.parse().expect("literal")
+    }
+
+    pub fn net(s: &str) -> IpNet {
+        s.parse().expect("literal")
+    }
+}

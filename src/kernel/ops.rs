@@ -185,29 +185,13 @@ mod tests {
     use rtnetlink::packet_route::route::RouteScope;
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader};
 
+    use crate::kernel::fixtures::{ip, net, DEV, HOST_GW, UNDERLAY, VXLAN, VXLAN6};
     use crate::reconcile::Mac;
 
-    const VXLAN: u32 = 10;
-    const VXLAN6: u32 = 11;
-    const UNDERLAY: u32 = 2;
-    const DEV: DevIndex = DevIndex {
-        vxlan: Some(VXLAN),
-        vxlan6: Some(VXLAN6),
-        underlay: UNDERLAY,
-    };
-    const HOST_GW: DevIndex = DevIndex {
-        vxlan: None,
-        vxlan6: None,
-        underlay: UNDERLAY,
-    };
     const MAC: Mac = Mac([0x0e, 1, 192, 0, 2, 2]);
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("literal")
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().expect("literal")
+    fn gateway(addr: &str) -> RouteAttribute {
+        RouteAttribute::Gateway(RouteAddress::from(ip(addr)))
     }
 
     fn build(dev: &DevIndex, op: &Op) -> NetlinkMessage<RouteNetlinkMessage> {
@@ -276,11 +260,7 @@ mod tests {
         let r = new_route(&msg);
         assert!(!r.header.flags.contains(RouteFlags::Onlink));
         assert!(r.attributes.contains(&RouteAttribute::Oif(UNDERLAY)));
-        assert!(r
-            .attributes
-            .contains(&RouteAttribute::Gateway(RouteAddress::Inet(
-                "192.0.2.3".parse().expect("ip")
-            ))));
+        assert!(r.attributes.contains(&gateway("192.0.2.3")));
     }
 
     #[test]
@@ -295,11 +275,7 @@ mod tests {
         assert_eq!(r.header.protocol, RouteProtocol::Other(TWILL_RTPROTO));
         assert_eq!(r.header.flags, RouteFlags::Onlink);
         assert!(r.attributes.contains(&RouteAttribute::Oif(VXLAN6)));
-        assert!(r
-            .attributes
-            .contains(&RouteAttribute::Gateway(RouteAddress::Inet6(
-                "fd00:10:244:3::".parse().expect("ip")
-            ))));
+        assert!(r.attributes.contains(&gateway("fd00:10:244:3::")));
     }
 
     #[test]

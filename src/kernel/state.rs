@@ -200,33 +200,12 @@ mod tests {
     use super::*;
     use rtnetlink::packet_route::neighbour::NeighbourFlags;
     use rtnetlink::packet_route::route::RouteFlags;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
-    const VXLAN: u32 = 10;
-    const VXLAN6: u32 = 11;
-    const UNDERLAY: u32 = 2;
-    const DEV: DevIndex = DevIndex {
-        vxlan: Some(VXLAN),
-        vxlan6: Some(VXLAN6),
-        underlay: UNDERLAY,
-    };
+    use crate::kernel::fixtures::{ip, net, DEV, HOST_GW, UNDERLAY, VXLAN, VXLAN6};
+
     const MAC_A: Mac = Mac([0x0e, 1, 192, 0, 2, 2]);
     const MAC_B: Mac = Mac([0x0e, 0x81, 1, 2, 3, 4]);
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("literal")
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().expect("literal")
-    }
-
-    fn route_addr(ip: IpAddr) -> RouteAddress {
-        match ip {
-            IpAddr::V4(v4) => RouteAddress::Inet(v4),
-            IpAddr::V6(v6) => RouteAddress::Inet6(v6),
-        }
-    }
 
     /// A route as the kernel dumps it: main table, twill's protocol.
     fn route(dst: &str, gw: Option<&str>, oif: u32) -> RouteMessage {
@@ -241,10 +220,10 @@ mod tests {
         r.header.protocol = RouteProtocol::Other(TWILL_RTPROTO);
         r.attributes.push(RouteAttribute::Table(254));
         r.attributes
-            .push(RouteAttribute::Destination(route_addr(dst.addr())));
+            .push(RouteAttribute::Destination(RouteAddress::from(dst.addr())));
         if let Some(gw) = gw {
             r.attributes
-                .push(RouteAttribute::Gateway(route_addr(ip(gw))));
+                .push(RouteAttribute::Gateway(RouteAddress::from(ip(gw))));
         }
         r.attributes.push(RouteAttribute::Oif(oif));
         r
@@ -290,11 +269,20 @@ mod tests {
         n
     }
 
-    fn target(gateway: &str, dev: Dev) -> RouteTarget {
-        RouteTarget {
-            gateway: ip(gateway),
-            dev,
-        }
+    /// The route map of a state, from (destination, gateway, device).
+    fn routes_of(entries: &[(&str, &str, Dev)]) -> BTreeMap<IpNet, RouteTarget> {
+        entries
+            .iter()
+            .map(|(dst, gateway, dev)| {
+                (
+                    net(dst),
+                    RouteTarget {
+                        gateway: ip(gateway),
+                        dev: *dev,
+                    },
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -303,15 +291,12 @@ mod tests {
             onlink(route("10.244.2.0/24", Some("10.244.2.0"), VXLAN)),
             route("10.244.3.0/24", Some("192.0.2.3"), UNDERLAY),
         ];
-        let s = state_from_dump(&DEV, &routes, &[], &[]);
-        assert_eq!(s.routes.len(), 2);
         assert_eq!(
-            s.routes.get(&net("10.244.2.0/24")),
-            Some(&target("10.244.2.0", Dev::Vxlan))
-        );
-        assert_eq!(
-            s.routes.get(&net("10.244.3.0/24")),
-            Some(&target("192.0.2.3", Dev::Underlay))
+            state_from_dump(&DEV, &routes, &[], &[]).routes,
+            routes_of(&[
+                ("10.244.2.0/24", "10.244.2.0", Dev::Vxlan),
+                ("10.244.3.0/24", "192.0.2.3", Dev::Underlay),
+            ])
         );
     }
 
@@ -350,28 +335,18 @@ mod tests {
             onlink(route("fd00:10:244:3::/64", Some("fd00:10:244:3::"), VXLAN6)),
             route("fd00:10:244:4::/64", Some("2001:db8::4"), UNDERLAY),
         ];
-        let s = state_from_dump(&DEV, &routes, &[], &[]);
         assert_eq!(
-            s.routes.get(&net("fd00:10:244:2::/64")),
-            Some(&target("fd00:10:244:2::", Dev::Vxlan))
-        );
-        assert_eq!(
-            s.routes.get(&net("fd00:10:244:3::/64")),
-            Some(&target("fd00:10:244:3::", Dev::Vxlan6))
-        );
-        assert_eq!(
-            s.routes.get(&net("fd00:10:244:4::/64")),
-            Some(&target("2001:db8::4", Dev::Underlay))
+            state_from_dump(&DEV, &routes, &[], &[]).routes,
+            routes_of(&[
+                ("fd00:10:244:2::/64", "fd00:10:244:2::", Dev::Vxlan),
+                ("fd00:10:244:3::/64", "fd00:10:244:3::", Dev::Vxlan6),
+                ("fd00:10:244:4::/64", "2001:db8::4", Dev::Underlay),
+            ])
         );
     }
 
     #[test]
     fn host_gw_devices_see_only_underlay_routes() {
-        let dev = DevIndex {
-            vxlan: None,
-            vxlan6: None,
-            underlay: UNDERLAY,
-        };
         let routes = [
             route("10.244.2.0/24", Some("192.0.2.2"), UNDERLAY),
             onlink(route("10.244.3.0/24", Some("10.244.3.0"), VXLAN)),
@@ -382,7 +357,7 @@ mod tests {
             MAC_A,
             NeighbourState::Permanent,
         )];
-        let s = state_from_dump(&dev, &routes, &neighs, &[]);
+        let s = state_from_dump(&HOST_GW, &routes, &neighs, &[]);
         assert_eq!(s.routes.keys().collect::<Vec<_>>(), [&net("10.244.2.0/24")]);
         assert!(s.neighbours.is_empty());
     }
@@ -478,8 +453,7 @@ mod tests {
         )];
         let entries = [fdb(VXLAN, MAC_A, Some(&[192, 0, 2, 2]))];
         let mut want = KernelState::default();
-        want.routes
-            .insert(net("10.244.2.0/24"), target("10.244.2.0", Dev::Vxlan));
+        want.routes = routes_of(&[("10.244.2.0/24", "10.244.2.0", Dev::Vxlan)]);
         want.neighbours
             .insert((Dev::Vxlan, ip("10.244.2.0")), MAC_A);
         want.fdb
