@@ -452,12 +452,11 @@ mod tests {
             NeighbourState::Permanent,
         )];
         let entries = [fdb(VXLAN, MAC_A, Some(&[192, 0, 2, 2]))];
-        let mut want = KernelState::default();
-        want.routes = routes_of(&[("10.244.2.0/24", "10.244.2.0", Dev::Vxlan)]);
-        want.neighbours
-            .insert((Dev::Vxlan, ip("10.244.2.0")), MAC_A);
-        want.fdb
-            .insert((Dev::Vxlan, MAC_A), BTreeSet::from([ip("192.0.2.2")]));
+        let want = KernelState {
+            routes: routes_of(&[("10.244.2.0/24", "10.244.2.0", Dev::Vxlan)]),
+            neighbours: BTreeMap::from([((Dev::Vxlan, ip("10.244.2.0")), MAC_A)]),
+            fdb: BTreeMap::from([((Dev::Vxlan, MAC_A), BTreeSet::from([ip("192.0.2.2")]))]),
+        };
         assert_eq!(state_from_dump(&DEV, &routes, &neighs, &entries), want);
     }
 }
