@@ -15,7 +15,9 @@ mod state;
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
-pub use devices::{cleanup, vxlan_incompatibility, LinkInfoView, Underlay, VxlanSpec};
+pub use devices::{
+    cleanup, vxlan_incompatibility, vxlan_link_message, LinkInfoView, Underlay, VxlanSpec,
+};
 pub use events::{classify_link_event, link_events, LinkSignal};
 pub use ops::op_message;
 pub use state::state_from_dump;
@@ -33,9 +35,9 @@ const ENODEV: i32 = libc::ENODEV;
 pub enum KernelError {
     #[error("cannot open a netlink socket")]
     Connect(#[source] std::io::Error),
-    /// Shows the kernel's reason (the errno's text) itself, because the logs
-    /// print errors with `{}` only and "netlink: add route" alone says
-    /// nothing about why.
+    /// The kernel's reason (the errno's text) is part of the message: the
+    /// logs print errors with `{}` only, where the failing object alone
+    /// does not say why. `source` stays for callers that want the errno.
     #[error("{what}: {}", detail(source))]
     Netlink {
         what: String,
