@@ -1,9 +1,11 @@
 //! twill subnet allocator: the cluster network config, per-node subnet
-//! leases, the pure allocation rule, and the lease stores (etcd, file).
+//! leases, the pure allocation rule, the lease stores (etcd, file, memory)
+//! and the one retry policy for store calls.
 
 pub mod alloc;
 pub mod config;
 pub mod lease;
+pub mod retry;
 pub mod store;
 
 pub use alloc::{allocate, AllocError, Allocation};
@@ -12,7 +14,8 @@ pub use lease::{
     lease_key_name, parse_lease_key, parse_subnet_key, subnet_key, Lease, LeaseAttrs, LeaseError,
     VxlanData,
 };
+pub use retry::{retry, Backoff};
 pub use store::{
     acquire_lease, EtcdOptions, EtcdStore, FileStore, LeaseEvent, LeaseSnapshot, LeaseStore,
-    LeaseWatch, StoreError,
+    LeaseWatch, MemoryStore, StoreError, WatchBatch, WatchStream,
 };

@@ -1,13 +1,16 @@
 //! The lease store: the `LeaseStore` trait the agent talks to, its errors,
 //! and `acquire_lease`, the race-safe loop of list, allocate, create.
-//! Implementations: [`EtcdStore`] (clusters) and [`FileStore`] (single node).
+//! Implementations: [`EtcdStore`] (clusters), [`FileStore`] (single node)
+//! and [`MemoryStore`] (tests, with fault injection).
 
 mod etcd;
 mod file;
+mod memory;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -19,6 +22,7 @@ use crate::lease::{parse_lease_key, Lease, LeaseAttrs};
 
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::FileStore;
+pub use memory::MemoryStore;
 
 /// How many lost races [`acquire_lease`] tolerates before giving up.
 pub const ACQUIRE_TRIES: u32 = 10;
@@ -110,6 +114,18 @@ impl StoreError {
                 | StoreError::TooManyConflicts { .. }
         )
     }
+
+    /// No retry of any store call can fix this: Alloc, BadConfig, TlsFile, Auth, Options.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Alloc(_)
+                | StoreError::BadConfig { .. }
+                | StoreError::TlsFile { .. }
+                | StoreError::Auth { .. }
+                | StoreError::Options(_)
+        )
+    }
 }
 
 /// One change to the set of leases.
@@ -189,25 +205,35 @@ pub trait LeaseStore: Send + Sync {
     ) -> impl Future<Output = Result<LeaseWatch, StoreError>> + Send;
 }
 
-/// A stream of lease event batches, in store order, none lost.
-pub struct LeaseWatch {
-    inner: WatchInner,
+/// One answer of a watch: the next batch and the revision it reaches,
+/// `None` when the stream ended.
+pub type WatchBatch = Result<Option<(Vec<LeaseEvent>, i64)>, StoreError>;
+
+/// What a store implements to hand out a [`LeaseWatch`]; see
+/// [`LeaseWatch::next`] for what each call must return.
+pub trait WatchStream: Send {
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>>;
 }
 
-enum WatchInner {
-    Etcd(Box<etcd::EtcdWatch>),
-    File(file::FileWatch),
+/// A stream of lease event batches, in store order, none lost.
+pub struct LeaseWatch {
+    inner: Box<dyn WatchStream>,
 }
 
 impl LeaseWatch {
+    /// Wraps any store's stream, so stores outside this crate can implement
+    /// [`LeaseStore`] too.
+    pub fn new(stream: impl WatchStream + 'static) -> Self {
+        LeaseWatch {
+            inner: Box::new(stream),
+        }
+    }
+
     /// The next non-empty batch and the store revision it brings the
     /// watcher up to (watch again from there to resume). `Ok(None)` when the
     /// store closed the stream; `Err(Compacted)` means relist.
     pub async fn next(&mut self) -> Result<Option<(Vec<LeaseEvent>, i64)>, StoreError> {
-        match &mut self.inner {
-            WatchInner::Etcd(w) => w.next().await,
-            WatchInner::File(w) => w.next().await,
-        }
+        self.inner.next().await
     }
 }
 
@@ -250,6 +276,26 @@ pub(crate) fn decode_lease(
             tracing::warn!(key, error = %e, "skipping lease with malformed value");
             None
         }
+    }
+}
+
+/// One stored change (key name below the subnets prefix; `None` value for
+/// a deletion) as a watch event, or `None`, logged, if it is malformed.
+pub(crate) fn decode_change(
+    key: &str,
+    value: Option<&[u8]>,
+    lease_id: i64,
+    network: Option<Ipv4Net>,
+) -> Option<LeaseEvent> {
+    match value {
+        Some(v) => decode_lease(key, v, lease_id, None, network).map(LeaseEvent::Added),
+        None => match parse_lease_key(key) {
+            Some((v4, _)) => Some(LeaseEvent::Removed(v4)),
+            None => {
+                tracing::warn!(key, "skipping delete of malformed key");
+                None
+            }
+        },
     }
 }
 
@@ -336,6 +382,55 @@ mod tests {
         is_send::<LeaseWatch>();
         is_send::<EtcdStore>();
         is_send::<FileStore>();
+        is_send::<MemoryStore>();
+    }
+
+    #[test]
+    fn final_errors_are_never_retryable() {
+        let net: Ipv4Net = "10.244.0.0/16".parse().expect("test net");
+        let io = || std::io::Error::other("test");
+        let cases = [
+            (StoreError::Options("x".into()), true),
+            (
+                StoreError::Auth {
+                    op: "get".into(),
+                    user: "twill".into(),
+                    reason: "bad password".into(),
+                },
+                true,
+            ),
+            (
+                StoreError::TlsFile {
+                    path: "/ca.pem".into(),
+                    source: io(),
+                },
+                true,
+            ),
+            (
+                StoreError::Alloc(AllocError::Exhausted {
+                    network: net,
+                    min: net,
+                    max: net,
+                    count: 0,
+                }),
+                true,
+            ),
+            (
+                StoreError::Unreachable {
+                    op: "get".into(),
+                    endpoints: "e".into(),
+                    reason: "refused".into(),
+                },
+                false,
+            ),
+            (StoreError::NoConfig { key: "k".into() }, false),
+            (StoreError::LeaseGone(net), false),
+            (StoreError::TooManyConflicts { tries: 3 }, false),
+        ];
+        for (e, is_final) in cases {
+            assert_eq!(e.is_final(), is_final, "{e}");
+            assert!(!(e.is_final() && e.is_retryable()), "{e}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
     decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
-    WatchInner,
+    WatchBatch,
 };
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, parse_lease_key, subnet_key, Lease, LeaseAttrs};
@@ -893,19 +893,17 @@ impl LeaseStore for EtcdStore {
                 async move { c.watch(prefix, Some(opts)).await }
             })
             .await?;
-        Ok(LeaseWatch {
-            inner: WatchInner::Etcd(Box::new(EtcdWatch {
-                _watcher: watcher,
-                stream,
-                prefix,
-                network: self.known_network(),
-                endpoints: self.endpoints.join(","),
-            })),
-        })
+        Ok(LeaseWatch::new(EtcdWatch {
+            _watcher: watcher,
+            stream,
+            prefix,
+            network: self.known_network(),
+            endpoints: self.endpoints.join(","),
+        }))
     }
 }
 
-pub(crate) struct EtcdWatch {
+struct EtcdWatch {
     // Dropping the watcher closes the request side of the stream.
     _watcher: Watcher,
     stream: WatchStream,
@@ -914,8 +912,14 @@ pub(crate) struct EtcdWatch {
     endpoints: String,
 }
 
+impl super::WatchStream for EtcdWatch {
+    fn next(&mut self) -> std::pin::Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>> {
+        Box::pin(self.next_batch())
+    }
+}
+
 impl EtcdWatch {
-    pub(crate) async fn next(&mut self) -> Result<Option<(Vec<LeaseEvent>, i64)>, StoreError> {
+    async fn next_batch(&mut self) -> WatchBatch {
         loop {
             let msg = self
                 .stream

@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -14,11 +16,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
-    WatchInner,
+    decode_change, decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch,
+    StoreError, WatchBatch, WatchStream,
 };
 use crate::config::NetworkConfig;
-use crate::lease::{lease_key_name, parse_lease_key, subnet_key, Lease, LeaseAttrs};
+use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
 
 /// Events kept for watchers; a watcher further behind gets `Compacted`.
 const EVENT_LOG_LEN: usize = 1000;
@@ -409,22 +411,26 @@ impl LeaseStore for FileStore {
     }
 
     async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
-        Ok(LeaseWatch {
-            inner: WatchInner::File(FileWatch {
-                store: self.clone(),
-                after: after_revision,
-            }),
-        })
+        Ok(LeaseWatch::new(FileWatch {
+            store: self.clone(),
+            after: after_revision,
+        }))
     }
 }
 
-pub(crate) struct FileWatch {
+struct FileWatch {
     store: FileStore,
     after: i64,
 }
 
+impl WatchStream for FileWatch {
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>> {
+        Box::pin(self.poll_events())
+    }
+}
+
 impl FileWatch {
-    pub(crate) async fn next(&mut self) -> Result<Option<(Vec<LeaseEvent>, i64)>, StoreError> {
+    async fn poll_events(&mut self) -> WatchBatch {
         loop {
             let after = self.after;
             let batch = self
@@ -446,10 +452,13 @@ impl FileWatch {
                 self.after = last.revision;
                 let events: Vec<LeaseEvent> = batch
                     .iter()
-                    .filter_map(|e| match &e.value {
-                        Some(v) => decode_lease(&e.key, v.as_bytes(), e.lease_id, None, None)
-                            .map(LeaseEvent::Added),
-                        None => parse_lease_key(&e.key).map(|(v4, _)| LeaseEvent::Removed(v4)),
+                    .filter_map(|e| {
+                        decode_change(
+                            &e.key,
+                            e.value.as_deref().map(str::as_bytes),
+                            e.lease_id,
+                            None,
+                        )
                     })
                     .collect();
                 if !events.is_empty() {

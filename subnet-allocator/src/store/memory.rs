@@ -1,0 +1,898 @@
+//! In-memory lease store with etcd's semantics (revisions, store leases
+//! with TTLs on tokio's clock, create-if-absent, ordered watches,
+//! compaction), plus the fault injection tests need: outages, compaction,
+//! expiry, another node's writes, and a count of every call made.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::etcd::DEFAULT_PREFIX;
+use super::{
+    decode_change, decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch,
+    StoreError, WatchBatch, WatchStream,
+};
+use crate::config::NetworkConfig;
+use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
+
+/// What `StoreError::Unreachable` names as the endpoint of this store.
+const ENDPOINT: &str = "memory";
+
+/// [`LeaseStore`] in memory. Clones share one state, as two handles on one
+/// etcd cluster do; changes made through the fault-injection methods are
+/// neither counted nor refused while the store is down.
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Bumped after every change, so waiting watches look again.
+    changed: watch::Sender<u64>,
+}
+
+struct State {
+    up: bool,
+    config: Option<Vec<u8>>,
+    revision: i64,
+    /// Watches from before this revision get `Compacted` (0: none).
+    compacted: i64,
+    next_lease_id: i64,
+    /// Key name below the subnets prefix (`10.244.3.0-24`, maybe with an
+    /// `&<ipv6>` part) to entry.
+    keys: BTreeMap<String, Entry>,
+    /// Store leases (etcd's), by id.
+    grants: BTreeMap<i64, Grant>,
+    /// Every change ever, in revision order; compaction only hides it from
+    /// new watches, so an open watch loses nothing.
+    history: Vec<Change>,
+    calls: BTreeMap<&'static str, usize>,
+}
+
+struct Entry {
+    value: String,
+    /// 0: bound to no store lease, never expires.
+    lease_id: i64,
+}
+
+struct Grant {
+    ttl_secs: i64,
+    expires: Instant,
+}
+
+struct Change {
+    revision: i64,
+    key: String,
+    /// `None` for a deletion.
+    value: Option<String>,
+    lease_id: i64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("MemoryStore")
+            .field("up", &s.up)
+            .field("revision", &s.revision)
+            .field("keys", &s.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn unreachable(op: &str) -> StoreError {
+    StoreError::Unreachable {
+        op: op.to_string(),
+        endpoints: ENDPOINT.to_string(),
+        reason: "the in-memory store is set unavailable".to_string(),
+    }
+}
+
+impl State {
+    /// A write of `key`; callers bump `revision` once per transaction.
+    fn put(&mut self, key: &str, value: String, lease_id: i64) {
+        self.keys.insert(
+            key.to_string(),
+            Entry {
+                value: value.clone(),
+                lease_id,
+            },
+        );
+        self.history.push(Change {
+            revision: self.revision,
+            key: key.to_string(),
+            value: Some(value),
+            lease_id,
+        });
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        if self.keys.remove(key).is_none() {
+            return false;
+        }
+        self.history.push(Change {
+            revision: self.revision,
+            key: key.to_string(),
+            value: None,
+            lease_id: 0,
+        });
+        true
+    }
+
+    /// A store lease of `ttl`: `(id, seconds)`, or `None` for no expiry.
+    fn grant(&mut self, ttl: Duration) -> Option<(i64, i64)> {
+        let secs = ttl_secs(ttl);
+        if secs == 0 {
+            return None;
+        }
+        self.next_lease_id += 1;
+        let id = self.next_lease_id;
+        let expires = Instant::now() + Duration::from_secs(secs.unsigned_abs());
+        self.grants.insert(
+            id,
+            Grant {
+                ttl_secs: secs,
+                expires,
+            },
+        );
+        Some((id, secs))
+    }
+
+    /// Like etcd's revoke: the lease and, in one revision, every key bound
+    /// to it.
+    fn revoke(&mut self, id: i64) {
+        if self.grants.remove(&id).is_none() {
+            return;
+        }
+        let bound: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, e)| e.lease_id == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !bound.is_empty() {
+            self.revision += 1;
+            for k in bound {
+                self.delete(&k);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let dead: Vec<i64> = self
+            .grants
+            .iter()
+            .filter(|(_, g)| g.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.revoke(id);
+        }
+    }
+
+    fn next_expiry(&self) -> Option<Instant> {
+        self.grants.values().map(|g| g.expires).min()
+    }
+
+    /// The IPv4-only key and every dual-stack key of `subnet` that exist.
+    fn keys_of(&self, subnet: Ipv4Net) -> Vec<String> {
+        let plain = subnet_key(subnet);
+        let dual = format!("{plain}&");
+        self.keys
+            .keys()
+            .filter(|k| **k == plain || k.starts_with(&dual))
+            .cloned()
+            .collect()
+    }
+
+    fn network(&self) -> Option<Ipv4Net> {
+        let raw = self.config.as_deref()?;
+        NetworkConfig::parse(raw).ok().map(|c| c.network)
+    }
+
+    /// "Ours", as the etcd store decides it: same store lease id, or the
+    /// same public IP in the stored value.
+    fn owned_by(&self, key: &str, lease: &Lease) -> Option<bool> {
+        let e = self.keys.get(key)?;
+        let same_lease = lease.lease_id.is_some_and(|id| id == e.lease_id);
+        let same_node = LeaseAttrs::parse(e.value.as_bytes())
+            .is_ok_and(|a| a.public_ip == lease.attrs.public_ip);
+        Some(same_lease || same_node)
+    }
+
+    /// Writes `attrs` under `(subnet, ipv6_subnet)` bound to a new store
+    /// lease of `ttl`, in the current revision; the lease as etcd's store
+    /// returns it.
+    fn put_lease(
+        &mut self,
+        subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Lease {
+        let granted = self.grant(ttl);
+        let key = lease_key_name(subnet, ipv6_subnet);
+        self.put(&key, attrs.to_json(), granted.map_or(0, |g| g.0));
+        Lease {
+            subnet,
+            ipv6_subnet,
+            attrs: attrs.clone(),
+            lease_id: granted.map(|g| g.0),
+            ttl_remaining: granted.map(|g| Duration::from_secs(g.1.unsigned_abs())),
+        }
+    }
+
+    fn create(
+        &mut self,
+        subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        // Free only if no key form holds the IPv4 subnet, as in etcd's txn.
+        if !self.keys_of(subnet).is_empty() {
+            return Err(StoreError::AlreadyTaken(subnet));
+        }
+        self.revision += 1;
+        Ok(self.put_lease(subnet, ipv6_subnet, attrs, ttl))
+    }
+
+    /// Re-binds our key to a fresh store lease and revokes the old one,
+    /// like the etcd store's compare-and-put.
+    fn update(
+        &mut self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let key = lease.key_name();
+        match self.owned_by(&key, lease) {
+            None => {
+                // Our key vanished (expired); take it again if still free.
+                return match self.create(lease.subnet, lease.ipv6_subnet, attrs, ttl) {
+                    Err(StoreError::AlreadyTaken(s)) => Err(StoreError::NotOwner(s)),
+                    other => other,
+                };
+            }
+            Some(false) => return Err(StoreError::NotOwner(lease.subnet)),
+            Some(true) => {}
+        }
+        let old = self.keys.get(&key).map_or(0, |e| e.lease_id);
+        self.revision += 1;
+        let new = self.put_lease(lease.subnet, lease.ipv6_subnet, attrs, ttl);
+        if old != 0 {
+            self.revoke(old);
+        }
+        Ok(new)
+    }
+
+    fn rekey(
+        &mut self,
+        lease: &Lease,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let old_key = lease.key_name();
+        let new_key = lease_key_name(lease.subnet, ipv6_subnet);
+        if old_key == new_key {
+            return self.update(lease, attrs, ttl);
+        }
+        match self.owned_by(&old_key, lease) {
+            None => return self.create(lease.subnet, ipv6_subnet, attrs, ttl),
+            Some(false) => return Err(StoreError::NotOwner(lease.subnet)),
+            Some(true) => {}
+        }
+        if self.keys.contains_key(&new_key) {
+            return Err(StoreError::AlreadyTaken(lease.subnet));
+        }
+        let old = self.keys.get(&old_key).map_or(0, |e| e.lease_id);
+        // One transaction: the removal first, then the new key, in one
+        // revision, as etcd reports the etcd store's txn.
+        self.revision += 1;
+        self.delete(&old_key);
+        let new = self.put_lease(lease.subnet, ipv6_subnet, attrs, ttl);
+        if old != 0 {
+            self.revoke(old);
+        }
+        Ok(new)
+    }
+
+    fn renew(&mut self, lease: &Lease) -> Result<Lease, StoreError> {
+        let gone = || StoreError::LeaseGone(lease.subnet);
+        let key = lease.key_name();
+        let Some(id) = lease.lease_id else {
+            return match self.keys.get(&key) {
+                Some(e) if e.lease_id == 0 => Ok(lease.clone()),
+                _ => Err(gone()),
+            };
+        };
+        // A keepalive: no new revision, no event.
+        let grant = self.grants.get_mut(&id).ok_or_else(gone)?;
+        grant.expires = Instant::now() + Duration::from_secs(grant.ttl_secs.unsigned_abs());
+        let ttl = grant.ttl_secs;
+        match self.keys.get(&key) {
+            Some(e) if e.lease_id == id => Ok(Lease {
+                ttl_remaining: Some(Duration::from_secs(ttl.unsigned_abs())),
+                ..lease.clone()
+            }),
+            _ => Err(gone()),
+        }
+    }
+
+    fn delete_subnet(&mut self, subnet: Ipv4Net) {
+        let keys = self.keys_of(subnet);
+        if keys.is_empty() {
+            return;
+        }
+        self.revision += 1;
+        let mut ids = Vec::new();
+        for k in keys {
+            if let Some(e) = self.keys.get(&k) {
+                ids.push(e.lease_id);
+            }
+            self.delete(&k);
+        }
+        for id in ids.into_iter().filter(|id| *id != 0) {
+            self.revoke(id);
+        }
+    }
+
+    fn decode(&self, key: &str, e: &Entry, network: Option<Ipv4Net>) -> Option<Lease> {
+        decode_lease(key, e.value.as_bytes(), e.lease_id, None, network)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store, up, without network config.
+    pub fn new() -> Self {
+        MemoryStore {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    up: true,
+                    config: None,
+                    revision: 1,
+                    compacted: 0,
+                    next_lease_id: 0,
+                    keys: BTreeMap::new(),
+                    grants: BTreeMap::new(),
+                    history: Vec::new(),
+                    calls: BTreeMap::new(),
+                }),
+                changed: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// An empty store holding `cfg` as its network config.
+    pub fn with_config(cfg: NetworkConfig) -> Self {
+        let store = MemoryStore::new();
+        store.set_config(&cfg);
+        store
+    }
+
+    /// The key [`StoreError::NoConfig`] and [`StoreError::BadConfig`] name.
+    pub fn config_key(&self) -> String {
+        format!("{DEFAULT_PREFIX}/config")
+    }
+
+    /// Replaces the network config.
+    pub fn set_config(&self, cfg: &NetworkConfig) {
+        self.set_raw_config(&cfg.to_json());
+    }
+
+    /// Stores `raw` verbatim as the network config, valid or not.
+    pub fn set_raw_config(&self, raw: &str) {
+        self.inspect(|s| {
+            s.revision += 1;
+            s.config = Some(raw.as_bytes().to_vec());
+        });
+    }
+
+    /// Takes the store down (`false`) or brings it back. While down every
+    /// call fails with [`StoreError::Unreachable`], and so does every open
+    /// watch, for good (a broken etcd stream): watch again once it is up.
+    pub fn set_available(&self, up: bool) {
+        self.inspect(|s| s.up = up);
+        // Waiting watches must notice the outage.
+        self.shared.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets history up to the current revision: a watch opened after
+    /// this from an older revision reports [`StoreError::Compacted`] (with
+    /// the current revision) on its first `next()`, as etcd does. Open
+    /// watches are unaffected.
+    pub fn compact(&self) {
+        self.inspect(|s| s.compacted = s.revision);
+    }
+
+    /// Revokes the store lease holding `subnet` (under any key form), as
+    /// when its TTL runs out: the key goes (watchers see `Removed`) and
+    /// renewing it reports `LeaseGone`. A key without a store lease is
+    /// deleted.
+    pub fn expire(&self, subnet: Ipv4Net) {
+        self.inspect(|s| {
+            for key in s.keys_of(subnet) {
+                match s.keys.get(&key).map(|e| e.lease_id) {
+                    Some(0) => {
+                        s.revision += 1;
+                        s.delete(&key);
+                    }
+                    Some(id) => s.revoke(id),
+                    None => {}
+                }
+            }
+        });
+    }
+
+    /// Writes `lease` unconditionally under its key, as another node (or
+    /// etcdctl) would, bound to a new store lease of `lease.ttl_remaining`
+    /// (none: no expiry); watchers see it as `Added`. Returns the lease as
+    /// stored, with its new store lease id.
+    pub fn put_lease_raw(&self, lease: Lease) -> Lease {
+        self.inspect(|s| {
+            s.revision += 1;
+            let ttl = lease.ttl_remaining.unwrap_or(Duration::ZERO);
+            s.put_lease(lease.subnet, lease.ipv6_subnet, &lease.attrs, ttl)
+        })
+    }
+
+    /// Writes `value` verbatim under the key name `key` (below the subnets
+    /// prefix), without a store lease: for malformed entries.
+    pub fn put_raw(&self, key: &str, value: &str) {
+        self.inspect(|s| {
+            s.revision += 1;
+            s.put(key, value.to_string(), 0);
+        });
+    }
+
+    /// The valid leases stored now, by subnet, with their time left.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.inspect(|s| {
+            let network = s.network();
+            let now = Instant::now();
+            let mut out: Vec<Lease> = s
+                .keys
+                .iter()
+                .filter_map(|(k, e)| {
+                    let mut l = s.decode(k, e, network)?;
+                    l.ttl_remaining = s.grants.get(&e.lease_id).map(|g| g.expires - now);
+                    Some(l)
+                })
+                .collect();
+            out.sort_by_key(|l| l.subnet);
+            out
+        })
+    }
+
+    /// Every stored entry as it is: key name to (value, store lease id).
+    pub fn raw_entries(&self) -> BTreeMap<String, (String, i64)> {
+        self.inspect(|s| {
+            s.keys
+                .iter()
+                .map(|(k, e)| (k.clone(), (e.value.clone(), e.lease_id)))
+                .collect()
+        })
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        self.inspect(|s| s.revision)
+    }
+
+    /// How often the [`LeaseStore`] method `method` (e.g. `"renew_lease"`,
+    /// `"watch_leases"`) was called, refused calls included.
+    pub fn calls(&self, method: &str) -> usize {
+        self.lock().calls.get(method).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not take every other handle down.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the state after expiring leases, and wakes watches if
+    /// the revision moved.
+    fn inspect<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let (out, moved) = {
+            let mut s = self.lock();
+            let before = s.revision;
+            s.expire(Instant::now());
+            let out = f(&mut s);
+            (out, s.revision != before)
+        };
+        if moved {
+            self.shared.changed.send_modify(|n| *n += 1);
+        }
+        out
+    }
+
+    /// One [`LeaseStore`] call: counted, refused while down.
+    fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl FnOnce(&mut State) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.inspect(|s| {
+            *s.calls.entry(method).or_default() += 1;
+            if !s.up {
+                return Err(unreachable(method));
+            }
+            f(s)
+        })
+    }
+}
+
+impl LeaseStore for MemoryStore {
+    async fn get_network_config(&self) -> Result<NetworkConfig, StoreError> {
+        let key = self.config_key();
+        let raw = self.call("get_network_config", |s| Ok(s.config.clone()))?;
+        let raw = raw.ok_or(StoreError::NoConfig { key: key.clone() })?;
+        NetworkConfig::parse(&raw).map_err(|source| StoreError::BadConfig { key, source })
+    }
+
+    async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
+        self.call("list_leases", |s| {
+            let network = s.network();
+            let leases = s
+                .keys
+                .iter()
+                .filter_map(|(k, e)| s.decode(k, e, network))
+                .collect();
+            Ok(LeaseSnapshot {
+                leases,
+                revision: s.revision,
+            })
+        })
+    }
+
+    async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.call("create_lease", |s| s.create(subnet, None, attrs, ttl))
+    }
+
+    async fn create_lease_with_ipv6(
+        &self,
+        subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.call("create_lease_with_ipv6", |s| {
+            s.create(subnet, ipv6_subnet, attrs, ttl)
+        })
+    }
+
+    async fn rekey_lease(
+        &self,
+        lease: &Lease,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.call("rekey_lease", |s| s.rekey(lease, ipv6_subnet, attrs, ttl))
+    }
+
+    async fn update_lease(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.call("update_lease", |s| s.update(lease, attrs, ttl))
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
+        self.call("renew_lease", |s| s.renew(lease))
+    }
+
+    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
+        self.call("delete_lease", |s| {
+            s.delete_subnet(subnet);
+            Ok(())
+        })
+    }
+
+    async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
+        let (compacted, network) = self.call("watch_leases", |s| {
+            let compacted = (after_revision < s.compacted).then_some(s.compacted);
+            Ok((compacted, s.network()))
+        })?;
+        Ok(LeaseWatch::new(MemoryWatch {
+            store: self.clone(),
+            changed: self.shared.changed.subscribe(),
+            after: after_revision,
+            compacted,
+            network,
+            broken: false,
+        }))
+    }
+}
+
+struct MemoryWatch {
+    store: MemoryStore,
+    changed: watch::Receiver<u64>,
+    after: i64,
+    /// Reported on the first `next()`, as etcd does.
+    compacted: Option<i64>,
+    network: Option<Ipv4Net>,
+    /// Set by an outage: the stream stays broken, like etcd's.
+    broken: bool,
+}
+
+impl WatchStream for MemoryWatch {
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>> {
+        Box::pin(self.next_batch())
+    }
+}
+
+impl MemoryWatch {
+    async fn next_batch(&mut self) -> WatchBatch {
+        if let Some(compact_revision) = self.compacted.take() {
+            return Err(StoreError::Compacted { compact_revision });
+        }
+        loop {
+            if self.broken {
+                return Err(unreachable("watch_leases"));
+            }
+            // Marked seen before looking, so a change after the look wakes us.
+            self.changed.borrow_and_update();
+            let after = self.after;
+            let network = self.network;
+            let (batch, wake) = self.store.inspect(|s| {
+                if !s.up {
+                    return (None, None);
+                }
+                let start = s.history.partition_point(|c| c.revision <= after);
+                let batch: Vec<LeaseEvent> = s.history[start..]
+                    .iter()
+                    .filter_map(|c| {
+                        let value = c.value.as_deref().map(str::as_bytes);
+                        decode_change(&c.key, value, c.lease_id, network)
+                    })
+                    .collect();
+                // Skipped malformed entries still move the watcher on.
+                let last = s.history.last().map_or(after, |c| c.revision.max(after));
+                (Some((batch, last)), s.next_expiry())
+            });
+            let Some((batch, last)) = batch else {
+                self.broken = true;
+                return Err(unreachable("watch_leases"));
+            };
+            self.after = last;
+            if !batch.is_empty() {
+                return Ok(Some((batch, last)));
+            }
+            let expiry = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.changed.changed() => {
+                    if r.is_err() {
+                        return Ok(None);
+                    }
+                }
+                () = expiry => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn attrs(i: u8) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::new(192, 0, 2, i),
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            public_ipv6: None,
+            backend_v6_data: None,
+        }
+    }
+
+    fn store() -> MemoryStore {
+        MemoryStore::with_config(NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).unwrap())
+    }
+
+    async fn next(w: &mut LeaseWatch) -> WatchBatch {
+        tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .expect("watch stalled")
+    }
+
+    #[tokio::test]
+    async fn an_outage_refuses_every_call_and_breaks_open_watches() {
+        let s = store();
+        let l = s
+            .create_lease(net("10.244.1.0/24"), &attrs(1), TTL)
+            .await
+            .unwrap();
+        let mut w = s.watch_leases(s.revision()).await.unwrap();
+        let waiting = tokio::spawn(async move { (next(&mut w).await, w) });
+        tokio::task::yield_now().await;
+        s.set_available(false);
+        let (r, mut w) = waiting.await.unwrap();
+        assert!(matches!(r, Err(StoreError::Unreachable { .. })), "{r:?}");
+
+        assert!(matches!(
+            s.get_network_config().await,
+            Err(StoreError::Unreachable { .. })
+        ));
+        assert!(s.list_leases().await.is_err());
+        let e = s.renew_lease(&l).await.unwrap_err();
+        assert!(e.is_retryable() && !e.is_final(), "{e}");
+        assert!(s.watch_leases(0).await.is_err());
+        assert_eq!(s.calls("renew_lease"), 1);
+        assert_eq!(s.calls("watch_leases"), 2);
+
+        s.set_available(true);
+        // The broken stream stays broken; a new watch resumes losslessly.
+        assert!(next(&mut w).await.is_err());
+        let rev = s.revision();
+        s.delete_lease(l.subnet).await.unwrap();
+        let mut w = s.watch_leases(rev).await.unwrap();
+        let (ev, _) = next(&mut w).await.unwrap().unwrap();
+        assert_eq!(ev, vec![LeaseEvent::Removed(l.subnet)]);
+    }
+
+    #[tokio::test]
+    async fn compaction_fails_new_watches_from_before_it_only() {
+        let s = store();
+        let old = s.revision();
+        let mut open = s.watch_leases(old).await.unwrap();
+        s.create_lease(net("10.244.1.0/24"), &attrs(1), TTL)
+            .await
+            .unwrap();
+        s.compact();
+        let now = s.revision();
+        let mut stale = s.watch_leases(old).await.unwrap();
+        let e = next(&mut stale).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Compacted { compact_revision } if compact_revision == now),
+            "{e}"
+        );
+        // The watch opened before the compaction still gets everything.
+        let (ev, rev) = next(&mut open).await.unwrap().unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(rev, now);
+        // From the current revision on, nothing is missing.
+        let mut fresh = s.watch_leases(now).await.unwrap();
+        s.delete_lease(net("10.244.1.0/24")).await.unwrap();
+        let (ev, _) = next(&mut fresh).await.unwrap().unwrap();
+        assert_eq!(ev, vec![LeaseEvent::Removed(net("10.244.1.0/24"))]);
+    }
+
+    #[tokio::test]
+    async fn expire_removes_the_key_and_renew_reports_gone() {
+        let s = store();
+        let l = s
+            .create_lease(net("10.244.2.0/24"), &attrs(2), TTL)
+            .await
+            .unwrap();
+        let mut w = s.watch_leases(s.revision()).await.unwrap();
+        s.expire(l.subnet);
+        let (ev, _) = next(&mut w).await.unwrap().unwrap();
+        assert_eq!(ev, vec![LeaseEvent::Removed(l.subnet)]);
+        let e = s.renew_lease(&l).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::LeaseGone(n) if n == l.subnet),
+            "{e}"
+        );
+        assert!(s.leases().is_empty());
+        // Free again: the same node gets the same subnet back.
+        let again = s.update_lease(&l, &attrs(2), TTL).await.unwrap();
+        assert_eq!(again.subnet, l.subnet);
+        assert_ne!(again.lease_id, l.lease_id);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttls_run_on_tokio_time_and_watchers_see_the_expiry() {
+        let s = store();
+        let l = s
+            .create_lease(net("10.244.3.0/24"), &attrs(3), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut w = s.watch_leases(s.revision()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        s.renew_lease(&l).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(s.leases().len(), 1);
+        // Nobody touches the store: the watch itself notices the expiry.
+        let (ev, _) = next(&mut w).await.unwrap().unwrap();
+        assert_eq!(ev, vec![LeaseEvent::Removed(l.subnet)]);
+        assert!(s.renew_lease(&l).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn another_nodes_write_is_seen_and_takes_the_subnet() {
+        let s = store();
+        let mine = s
+            .create_lease(net("10.244.4.0/24"), &attrs(4), TTL)
+            .await
+            .unwrap();
+        let mut w = s.watch_leases(s.revision()).await.unwrap();
+        let theirs = s.put_lease_raw(Lease {
+            attrs: attrs(5),
+            ttl_remaining: Some(TTL),
+            ..mine.clone()
+        });
+        assert_ne!(theirs.lease_id, mine.lease_id);
+        let (ev, _) = next(&mut w).await.unwrap().unwrap();
+        assert_eq!(
+            ev,
+            vec![LeaseEvent::Added(Lease {
+                ttl_remaining: None,
+                ..theirs.clone()
+            })]
+        );
+        let e = s.renew_lease(&mine).await.unwrap_err();
+        assert!(matches!(e, StoreError::LeaseGone(_)), "{e}");
+        let e = s.update_lease(&mine, &attrs(4), TTL).await.unwrap_err();
+        assert!(matches!(e, StoreError::NotOwner(_)), "{e}");
+        assert_eq!(s.leases()[0].attrs, attrs(5));
+        assert_eq!(s.calls("update_lease"), 1);
+        assert_eq!(s.calls("create_lease"), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_entries_are_skipped_but_advance_the_watch() {
+        let s = store();
+        let rev = s.revision();
+        let mut w = s.watch_leases(rev).await.unwrap();
+        s.put_raw("10.244.9.0-24", "{garbage");
+        s.put_raw("not-a-subnet", &attrs(1).to_json());
+        s.create_lease(net("10.244.1.0/24"), &attrs(1), TTL)
+            .await
+            .unwrap();
+        let (ev, last) = next(&mut w).await.unwrap().unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(last, s.revision());
+        assert_eq!(s.list_leases().await.unwrap().leases.len(), 1);
+        assert_eq!(s.raw_entries().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_state() {
+        let a = MemoryStore::new();
+        let b = a.clone();
+        let e = b.get_network_config().await.unwrap_err();
+        assert!(matches!(e, StoreError::NoConfig { .. }), "{e}");
+        a.set_config(&NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).unwrap());
+        assert!(b.get_network_config().await.is_ok());
+        a.set_available(false);
+        assert!(b.list_leases().await.is_err());
+        assert_eq!(a.calls("list_leases"), 1);
+    }
+}
