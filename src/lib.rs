@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod datapath;
 pub mod health;
 pub mod install;
 pub mod kernel;

@@ -186,7 +186,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         telemetry,
         ip_masq: args.ip_masq,
     };
-    let agent = match Agent::start(store, opts, &mut stop).await {
+    let datapath = twill::datapath::NetlinkDatapath::connect().context("opening netlink")?;
+    let agent = match Agent::start(store, datapath, opts, &mut stop).await {
         Ok(a) => a,
         Err(twill::agent::AgentError::Interrupted) => return Ok(()),
         Err(e) => return Err(e).context("starting the agent"),

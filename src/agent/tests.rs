@@ -1,0 +1,868 @@
+//! The agent's lifecycle, end to end but without root: the real agent loop
+//! against the in-memory lease store and a recording fake of the data path.
+//! Time is tokio's paused clock, so TTLs and backoffs pass instantly.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use subnet_allocator::{
+    Lease, LeaseAttrs, LeaseSnapshot, LeaseStore, LeaseWatch, MemoryStore, NetworkConfig,
+    StoreError, VxlanData,
+};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::datapath::{Datapath, DeviceSpec};
+use crate::kernel::{DevIndex, KernelError, LinkSignal, Underlay};
+use crate::masq::{MasqError, Networks};
+use crate::reconcile::{Dev, KernelState, Mac, Op};
+
+const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const TTL: Duration = Duration::from_secs(60);
+const RESYNC: Duration = Duration::from_secs(3600);
+
+/// What the fake kernel holds and what it was asked to do.
+#[derive(Default)]
+struct FakeKernel {
+    state: KernelState,
+    devices: Option<DeviceSpec>,
+    ensure_calls: usize,
+    applied: Vec<Op>,
+    /// The next this many `apply` calls fail.
+    fail_applies: usize,
+    masq: Vec<Networks>,
+    links: Option<futures::channel::mpsc::UnboundedSender<LinkSignal>>,
+}
+
+/// A data path that keeps twill's entries in memory and records every call.
+#[derive(Clone, Default)]
+struct FakeDatapath(Arc<Mutex<FakeKernel>>);
+
+impl FakeDatapath {
+    fn lock(&self) -> MutexGuard<'_, FakeKernel> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn routes(&self) -> Vec<IpNet> {
+        self.lock().state.routes.keys().copied().collect()
+    }
+
+    fn has_route(&self, subnet: &str) -> bool {
+        let net: IpNet = subnet.parse().unwrap();
+        self.lock().state.routes.contains_key(&net)
+    }
+
+    fn signal(&self, s: LinkSignal) {
+        let k = self.lock();
+        k.links.as_ref().unwrap().unbounded_send(s).unwrap();
+    }
+
+    /// Loses every entry, as when the VXLAN device is deleted.
+    fn wipe(&self) {
+        self.lock().state = KernelState::default();
+    }
+
+    fn gateway(&self) -> Option<Ipv4Net> {
+        self.lock().devices.as_ref().map(|d| d.gateway)
+    }
+}
+
+fn underlay() -> Underlay {
+    Underlay {
+        name: "eth0".into(),
+        index: 2,
+        mtu: 1500,
+        ip: OUR_IP,
+        net: "192.0.2.10/24".parse().unwrap(),
+    }
+}
+
+impl Datapath for FakeDatapath {
+    async fn underlay(
+        &self,
+        _iface: Option<&str>,
+        _public_ip: Option<Ipv4Addr>,
+    ) -> Result<Underlay, KernelError> {
+        Ok(underlay())
+    }
+
+    async fn global_ipv6(&self, _index: u32) -> Result<Option<std::net::Ipv6Addr>, KernelError> {
+        Ok(None)
+    }
+
+    async fn ensure_devices(&self, spec: &DeviceSpec) -> Result<DevIndex, KernelError> {
+        let mut k = self.lock();
+        k.ensure_calls += 1;
+        k.devices = Some(spec.clone());
+        Ok(DevIndex {
+            vxlan: spec.vxlan.as_ref().map(|_| 10),
+            vxlan6: spec.vxlan6.as_ref().map(|_| 11),
+            underlay: spec.underlay_index,
+        })
+    }
+
+    async fn read_state(&self, _dev: &DevIndex) -> Result<KernelState, KernelError> {
+        Ok(self.lock().state.clone())
+    }
+
+    async fn apply(&self, _dev: &DevIndex, op: &Op) -> Result<(), KernelError> {
+        let mut k = self.lock();
+        k.applied.push(op.clone());
+        if k.fail_applies > 0 {
+            k.fail_applies -= 1;
+            return Err(KernelError::NoSuchLink(format!("injected failure of {op}")));
+        }
+        let s = &mut k.state;
+        match op.clone() {
+            Op::DelRoute { dst } => {
+                s.routes.remove(&dst);
+            }
+            Op::SetRoute { dst, target } => {
+                s.routes.insert(dst, target);
+            }
+            Op::DelNeighbour { dev, ip } => {
+                s.neighbours.remove(&(dev, ip));
+            }
+            Op::SetNeighbour { dev, ip, mac } => {
+                s.neighbours.insert((dev, ip), mac);
+            }
+            Op::AddFdb { dev, mac, dst } => {
+                s.fdb.entry((dev, mac)).or_default().insert(dst);
+            }
+            Op::DelFdb { dev, mac, dst } => {
+                if let Some(set) = s.fdb.get_mut(&(dev, mac)) {
+                    set.remove(&dst);
+                    if set.is_empty() {
+                        s.fdb.remove(&(dev, mac));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_masq(&self, networks: &Networks) -> Result<bool, MasqError> {
+        let mut k = self.lock();
+        let changed = k.masq.last() != Some(networks);
+        k.masq.push(*networks);
+        Ok(changed)
+    }
+
+    fn link_signals(
+        &self,
+        _names: Vec<String>,
+    ) -> Result<BoxStream<'static, LinkSignal>, KernelError> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.lock().links = Some(tx);
+        Ok(rx.boxed())
+    }
+}
+
+/// A store in front of a [`MemoryStore`] whose calls can be made to hang,
+/// as calls to an etcd that is away do until their timeout.
+#[derive(Clone)]
+struct Gate {
+    inner: MemoryStore,
+    closed: Arc<AtomicBool>,
+    opened: Arc<Notify>,
+    /// Calls that found the gate closed and wait.
+    held: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    fn new(inner: MemoryStore) -> Self {
+        Gate {
+            inner,
+            closed: Arc::new(AtomicBool::new(false)),
+            opened: Arc::new(Notify::new()),
+            held: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    async fn pass(&self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let opened = self.opened.notified();
+            if !self.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            opened.await;
+        }
+        self.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl LeaseStore for Gate {
+    async fn get_network_config(&self) -> Result<NetworkConfig, StoreError> {
+        self.pass().await;
+        self.inner.get_network_config().await
+    }
+    async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
+        self.pass().await;
+        self.inner.list_leases().await
+    }
+    async fn create_lease_with_ipv6(
+        &self,
+        subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.pass().await;
+        self.inner
+            .create_lease_with_ipv6(subnet, ipv6_subnet, attrs, ttl)
+            .await
+    }
+    async fn rekey_lease(
+        &self,
+        lease: &Lease,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.pass().await;
+        self.inner.rekey_lease(lease, ipv6_subnet, attrs, ttl).await
+    }
+    async fn update_lease(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.pass().await;
+        self.inner.update_lease(lease, attrs, ttl).await
+    }
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
+        self.pass().await;
+        self.inner.renew_lease(lease).await
+    }
+    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
+        self.pass().await;
+        self.inner.delete_lease(subnet).await
+    }
+    async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
+        self.pass().await;
+        self.inner.watch_leases(after_revision).await
+    }
+}
+
+fn config() -> NetworkConfig {
+    NetworkConfig::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap()
+}
+
+/// The lease another node (`192.0.2.<host>`) holds.
+fn peer_attrs(host: u8) -> LeaseAttrs {
+    let ip = Ipv4Addr::new(192, 0, 2, host);
+    LeaseAttrs {
+        public_ip: ip,
+        public_ipv6: None,
+        backend_type: "vxlan".into(),
+        backend_data: Some(VxlanData {
+            vni: 1,
+            vtep_mac: Mac::for_vtep(ip, 1).to_string(),
+        }),
+        backend_v6_data: None,
+    }
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+/// An agent under test: its store, data path, subnet file, status and stop.
+struct Rig {
+    store: MemoryStore,
+    gate: Gate,
+    dp: FakeDatapath,
+    _dir: tempfile::TempDir,
+    subnet_file: PathBuf,
+    telemetry: Arc<Telemetry>,
+    status: tokio::sync::watch::Receiver<AgentStatus>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), AgentError>>>,
+}
+
+fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
+    AgentConfig {
+        iface: None,
+        public_ip: None,
+        subnet_file: dir.join("subnet.env"),
+        lease_ttl: TTL,
+        resync_interval: RESYNC,
+        bridge: "twill0".into(),
+        telemetry,
+        ip_masq: true,
+    }
+}
+
+impl Rig {
+    /// Starts an agent on `store` and runs it.
+    async fn start(store: MemoryStore) -> Rig {
+        Rig::start_with(store, |_| {}).await
+    }
+
+    async fn start_with(store: MemoryStore, prepare: impl FnOnce(&std::path::Path)) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
+        let telemetry = Arc::new(Telemetry::new());
+        let gate = Gate::new(store.clone());
+        let dp = FakeDatapath::default();
+        let opts = opts(dir.path(), telemetry.clone());
+        let never = std::future::pending::<()>();
+        let mut never = std::pin::pin!(never);
+        let agent = Agent::start(gate.clone(), dp.clone(), opts, &mut never)
+            .await
+            .unwrap();
+        let status = agent.status();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(Box::pin(async move {
+            let _ = rx.await;
+        })));
+        let mut rig = Rig {
+            store,
+            gate,
+            dp,
+            subnet_file: dir.path().join("subnet.env"),
+            _dir: dir,
+            telemetry,
+            status,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        rig.wait("the watch is open", |s| s.watch == "watching")
+            .await;
+        rig
+    }
+
+    /// Waits (in paused time, so timers fire at once) until `cond` holds.
+    async fn wait(&mut self, what: &str, cond: impl Fn(&AgentStatus) -> bool) -> AgentStatus {
+        let r = tokio::time::timeout(Duration::from_secs(600), self.status.wait_for(&cond))
+            .await
+            .map(|r| r.map(|s| s.clone()));
+        match r {
+            Ok(Ok(s)) => s,
+            _ => panic!(
+                "agent never reached: {what}; last status {:?}",
+                *self.status.borrow()
+            ),
+        }
+    }
+
+    /// Waits until a condition outside the status holds, checking after
+    /// every step the agent takes.
+    async fn until(&mut self, what: &str, cond: impl Fn(&Rig) -> bool) {
+        for _ in 0..2000 {
+            if cond(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never true: {what}; status {:?}", *self.status.borrow());
+    }
+
+    fn subnet_in_file(&self) -> Option<Ipv4Net> {
+        crate::subnet_file::read_previous_subnet(&self.subnet_file)
+    }
+
+    /// Stops the agent and checks it ended cleanly and promptly.
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("agent did not stop within a second")
+            .unwrap();
+        assert!(r.is_ok(), "agent ended with {r:?}");
+    }
+}
+
+/// Another node's lease, without expiry: these tests let hours pass.
+async fn peer(store: &MemoryStore, subnet: &str, host: u8) -> Lease {
+    store
+        .create_lease(net(subnet), &peer_attrs(host), Duration::ZERO)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_programs_peers_and_publishes_the_subnet() {
+    let store = MemoryStore::with_config(config());
+    peer(&store, "10.244.5.0/24", 21).await;
+    let rig = Rig::start(store).await;
+    let subnet = rig.status.borrow().subnet;
+    assert_eq!(rig.subnet_in_file(), Some(subnet));
+    assert_eq!(
+        rig.dp.gateway(),
+        Some(Ipv4Net::new(crate::subnet_file::gateway_of(subnet), 24).unwrap())
+    );
+    assert!(rig.dp.has_route("10.244.5.0/24"), "{:?}", rig.dp.routes());
+    {
+        let k = rig.dp.lock();
+        let mac = Mac::for_vtep(Ipv4Addr::new(192, 0, 2, 21), 1);
+        let vtep_ip = "10.244.5.0".parse().unwrap();
+        assert_eq!(k.state.neighbours.get(&(Dev::Vxlan, vtep_ip)), Some(&mac));
+        assert!(k.state.fdb.contains_key(&(Dev::Vxlan, mac)));
+        // Checked at start and on every resync, always for the cluster network.
+        let v4: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        assert!(!k.masq.is_empty());
+        assert!(k.masq.iter().all(|n| n.v4 == v4 && n.v6.is_none()));
+    }
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_reuses_the_lease_of_our_public_ip() {
+    let store = MemoryStore::with_config(config());
+    // Ours from an earlier life, with a VTEP MAC that is no longer right.
+    let mut ours = Plan::new(&config(), &underlay(), None).unwrap().attrs;
+    let fresh = ours.clone();
+    if let Some(d) = ours.backend_data.as_mut() {
+        d.vtep_mac = "0a:00:00:00:00:01".into();
+    }
+    let held = store
+        .create_lease(net("10.244.77.0/24"), &ours, TTL)
+        .await
+        .unwrap();
+    let rig = Rig::start(store).await;
+    assert_eq!(rig.status.borrow().subnet, held.subnet);
+    assert_eq!(rig.subnet_in_file(), Some(held.subnet));
+    // Reused with today's attributes, not a second lease.
+    let leases = rig.store.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].attrs, fresh);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_prefers_the_subnet_in_the_subnet_file() {
+    let store = MemoryStore::with_config(config());
+    let rig = Rig::start_with(store, |dir| {
+        std::fs::write(
+            dir.join("subnet.env"),
+            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.42.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=true\n",
+        )
+        .unwrap();
+    })
+    .await;
+    assert_eq!(rig.status.borrow().subnet, net("10.244.42.0/24"));
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_batches_add_and_remove_peers() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    peer(&rig.store, "10.244.6.0/24", 22).await;
+    rig.until("the new peer is routed", |r| {
+        r.dp.has_route("10.244.6.0/24")
+    })
+    .await;
+    rig.store.delete_lease(net("10.244.6.0/24")).await.unwrap();
+    rig.until("the gone peer is unrouted", |r| {
+        !r.dp.has_route("10.244.6.0/24")
+    })
+    .await;
+    {
+        let k = rig.dp.lock();
+        assert!(k.state.neighbours.is_empty() && k.state.fdb.is_empty());
+    }
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_lease_comes_back_as_the_same_subnet() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    let subnet = rig.status.borrow().subnet;
+    let renewals = rig.store.calls("create_lease_with_ipv6") + rig.store.calls("update_lease");
+    rig.store.expire(subnet);
+    rig.until("our lease is back in the store", |r| {
+        r.store
+            .leases()
+            .iter()
+            .any(|l| l.subnet == subnet && l.attrs.public_ip == OUR_IP)
+    })
+    .await;
+    let s = rig
+        .wait("the lease is held again", |s| s.lease == "held")
+        .await;
+    assert_eq!(s.subnet, subnet);
+    assert_eq!(rig.subnet_in_file(), Some(subnet));
+    assert!(
+        rig.store.calls("create_lease_with_ipv6") + rig.store.calls("update_lease") > renewals,
+        "the lease was written again"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_lease_taken_by_another_node_moves_to_a_new_subnet() {
+    let store = MemoryStore::with_config(config());
+    peer(&store, "10.244.5.0/24", 21).await;
+    let mut rig = Rig::start(store).await;
+    let old = rig.status.borrow().subnet;
+    // The key goes and another node takes the subnet before we can.
+    rig.store.expire(old);
+    rig.store.put_lease_raw(Lease {
+        subnet: old,
+        ipv6_subnet: None,
+        attrs: peer_attrs(23),
+        lease_id: None,
+        ttl_remaining: Some(TTL),
+    });
+    let s = rig
+        .wait("a new subnet is held", |s| {
+            s.subnet != old && s.lease == "held"
+        })
+        .await;
+    assert_eq!(
+        rig.subnet_in_file(),
+        Some(s.subnet),
+        "subnet file rewritten"
+    );
+    assert_eq!(
+        rig.dp.gateway(),
+        Some(Ipv4Net::new(crate::subnet_file::gateway_of(s.subnet), 24).unwrap()),
+        "bridge moved to the new gateway"
+    );
+    // The node that took our old subnet is now a peer like any other.
+    rig.until("the old subnet is routed to its new holder", |r| {
+        r.dp.has_route(&old.to_string())
+    })
+    .await;
+    assert!(rig.dp.has_route("10.244.5.0/24"));
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_keeps_the_lease_alive() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    let subnet = rig.status.borrow().subnet;
+    // Three TTLs pass: without renewals the lease would have expired.
+    tokio::time::sleep(TTL * 3).await;
+    assert!(
+        rig.store.calls("renew_lease") >= 6,
+        "renewed every third of the TTL"
+    );
+    assert!(rig.store.leases().iter().any(|l| l.subnet == subnet));
+    assert_eq!(rig.wait("held", |s| s.lease == "held").await.subnet, subnet);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn compacted_watch_is_relisted_and_converges() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    // etcd goes away: the watch breaks and is retried with backoff.
+    rig.store.set_available(false);
+    rig.wait("the watch waits to retry", |s| s.watch == "rewatch")
+        .await;
+    // Meanwhile a node joins, one leaves, and history is compacted.
+    let before = rig.store.revision();
+    rig.store.put_lease_raw(Lease {
+        subnet: net("10.244.8.0/24"),
+        ipv6_subnet: None,
+        attrs: peer_attrs(24),
+        lease_id: None,
+        ttl_remaining: Some(TTL),
+    });
+    rig.store.compact();
+    assert!(rig.store.revision() > before);
+    rig.store.set_available(true);
+    rig.until("the peer seen only through the relist is routed", |r| {
+        r.dp.has_route("10.244.8.0/24")
+    })
+    .await;
+    let s = rig.wait("watching again", |s| s.watch == "watching").await;
+    assert!(rig.store.calls("list_leases") >= 2, "relisted");
+    assert!(s.revision >= rig.store.revision() - 1);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_op_is_retried_on_the_next_resync() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    rig.dp.lock().fail_applies = 3;
+    let errors = rig.telemetry.reconcile_errors.get();
+    peer(&rig.store, "10.244.9.0/24", 25).await;
+    rig.until("the pass ran and failed its ops", |r| {
+        r.dp.lock().applied.len() >= 3
+    })
+    .await;
+    assert!(!rig.dp.has_route("10.244.9.0/24"));
+    assert!(rig.telemetry.reconcile_errors.get() > errors);
+    let passes = rig.status.borrow().passes;
+    // Nothing else happens until the resync tick repairs it.
+    tokio::time::sleep(RESYNC + Duration::from_secs(1)).await;
+    assert!(
+        rig.dp.has_route("10.244.9.0/24"),
+        "passes {} -> {}, applied {:?}",
+        passes,
+        rig.status.borrow().passes,
+        rig.dp.lock().applied
+    );
+    assert!(rig.status.borrow().passes > passes);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn link_event_is_repaired_without_waiting_for_the_resync() {
+    let store = MemoryStore::with_config(config());
+    peer(&store, "10.244.5.0/24", 21).await;
+    let mut rig = Rig::start(store).await;
+    let ensures = rig.dp.lock().ensure_calls;
+    rig.dp.wipe();
+    rig.dp.signal(LinkSignal::Changed);
+    rig.until("the lost entries are back", |r| {
+        r.dp.has_route("10.244.5.0/24")
+    })
+    .await;
+    assert!(rig.dp.lock().ensure_calls > ensures, "devices re-ensured");
+    // Lost events force a pass as well.
+    rig.dp.wipe();
+    rig.dp.signal(LinkSignal::Lost);
+    rig.until("repaired after lost events", |r| {
+        r.dp.has_route("10.244.5.0/24")
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_link_events_costs_one_pass() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    let passes = rig.status.borrow().passes;
+    for _ in 0..50 {
+        rig.dp.signal(LinkSignal::Changed);
+    }
+    let s = rig.wait("a pass ran", |s| s.passes > passes).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        rig.status.borrow().passes,
+        s.passes,
+        "one pass for the burst"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn repairs_keep_running_while_a_reacquire_hangs() {
+    let store = MemoryStore::with_config(config());
+    peer(&store, "10.244.5.0/24", 21).await;
+    let mut rig = Rig::start(store).await;
+    let subnet = rig.status.borrow().subnet;
+    // etcd stops answering; then our lease vanishes.
+    rig.gate.close();
+    rig.store.expire(subnet);
+    rig.wait("re-acquiring", |s| s.lease == "reacquiring").await;
+    rig.until("the re-acquire is stuck in the store", |r| {
+        r.gate.held.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    // A device is lost meanwhile: repaired all the same.
+    rig.dp.wipe();
+    rig.dp.signal(LinkSignal::Changed);
+    rig.until("repaired during the re-acquire", |r| {
+        r.dp.has_route("10.244.5.0/24")
+    })
+    .await;
+    assert_eq!(rig.status.borrow().lease, "reacquiring");
+    // etcd answers again: the same subnet is ours again.
+    rig.gate.open();
+    let s = rig.wait("held again", |s| s.lease == "held").await;
+    assert_eq!(s.subnet, subnet);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reacquire_failing_while_etcd_is_down_is_retried_on_a_schedule() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    let subnet = rig.status.borrow().subnet;
+    rig.store.expire(subnet);
+    rig.store.set_available(false);
+    // Whether the watch or the renewal notices first, the agent ends up
+    // trying to re-acquire against a store that refuses.
+    tokio::time::sleep(TTL).await;
+    let s = rig.status.borrow().clone();
+    assert!(
+        matches!(s.lease, "lost" | "reacquiring" | "held" | "renewing"),
+        "{s:?}"
+    );
+    let tries = rig.store.calls("list_leases");
+    tokio::time::sleep(TTL).await;
+    assert!(rig.store.calls("list_leases") + rig.store.calls("renew_lease") > tries);
+    rig.store.set_available(true);
+    let s = rig
+        .wait("held again", |s| s.lease == "held" && s.watch == "watching")
+        .await;
+    assert_eq!(s.subnet, subnet);
+    rig.until("our lease is in the store again", |r| {
+        r.store.leases().iter().any(|l| l.subnet == subnet)
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stops_promptly_in_every_state() {
+    // Held and watching.
+    let rig = Rig::start(MemoryStore::with_config(config())).await;
+    rig.stop().await;
+
+    // Renewing, with the renewal hanging.
+    let mut rig = Rig::start(MemoryStore::with_config(config())).await;
+    rig.gate.close();
+    rig.wait("renewing", |s| s.lease == "renewing").await;
+    rig.stop().await;
+
+    // Re-acquiring, with the re-acquire hanging.
+    let mut rig = Rig::start(MemoryStore::with_config(config())).await;
+    let subnet = rig.status.borrow().subnet;
+    rig.gate.close();
+    rig.store.expire(subnet);
+    rig.wait("reacquiring", |s| s.lease == "reacquiring").await;
+    rig.stop().await;
+
+    // Lost, waiting to retry, and the watch waiting to re-watch.
+    let mut rig = Rig::start(MemoryStore::with_config(config())).await;
+    let subnet = rig.status.borrow().subnet;
+    rig.store.expire(subnet);
+    rig.store.set_available(false);
+    rig.wait("lost and rewatch", |s| {
+        s.lease == "lost" || s.watch == "rewatch"
+    })
+    .await;
+    rig.stop().await;
+
+    // Relisting, with the list hanging.
+    let mut rig = Rig::start(MemoryStore::with_config(config())).await;
+    rig.store.set_available(false);
+    rig.wait("rewatch", |s| s.watch == "rewatch").await;
+    rig.store.compact();
+    rig.gate.close();
+    rig.store.set_available(true);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_waits_for_the_network_config_and_can_be_stopped() {
+    let store = MemoryStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_opts = opts(dir.path(), Arc::new(Telemetry::new()));
+    let (tx, rx) = oneshot::channel::<()>();
+    let mut stop = Box::pin(async move {
+        let _ = rx.await;
+    });
+    let writer = store.clone();
+    let started = tokio::spawn(async move {
+        Agent::start(writer, FakeDatapath::default(), agent_opts, &mut stop)
+            .await
+            .map(|a| a.lease().subnet)
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!started.is_finished(), "no config yet: still waiting");
+    assert!(store.calls("get_network_config") >= 2, "retried");
+    store.set_config(&config());
+    let subnet = started.await.unwrap().unwrap();
+    assert!(net("10.244.0.0/16").contains(&subnet));
+
+    // Stopped while still waiting: a clean Interrupted, nothing leased.
+    let store = MemoryStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_opts = opts(dir.path(), Arc::new(Telemetry::new()));
+    let mut stop = Box::pin(tokio::time::sleep(Duration::from_secs(3)));
+    let r = Agent::start(
+        store.clone(),
+        FakeDatapath::default(),
+        agent_opts,
+        &mut stop,
+    )
+    .await;
+    assert!(matches!(r, Err(AgentError::Interrupted)), "{:?}", r.err());
+    assert!(store.leases().is_empty());
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_config_is_refused_at_start() {
+    let store = MemoryStore::new();
+    store.set_raw_config(r#"{"Network":"10.244.0.0/33"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let agent_opts = opts(dir.path(), Arc::new(Telemetry::new()));
+    let mut never = std::pin::pin!(std::future::pending::<()>());
+    let r = Agent::start(store, FakeDatapath::default(), agent_opts, &mut never).await;
+    match r {
+        Err(AgentError::Store(e @ StoreError::BadConfig { .. })) => {
+            assert!(e.to_string().contains("config"), "{e}")
+        }
+        other => panic!("expected a bad-config error, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn fake_kernel_round_trips_every_op() {
+    // The fake must apply ops the way the diff expects, or the lifecycle
+    // tests above would converge for the wrong reason.
+    let dp = FakeDatapath::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dev = DevIndex {
+        vxlan: Some(10),
+        vxlan6: None,
+        underlay: 2,
+    };
+    let leases = vec![Lease {
+        subnet: net("10.244.5.0/24"),
+        ipv6_subnet: None,
+        attrs: peer_attrs(21),
+        lease_id: None,
+        ttl_remaining: None,
+    }];
+    let local = Local {
+        network: net("10.244.0.0/16"),
+        subnet: net("10.244.1.0/24"),
+        subnet6: None,
+        underlay: "192.0.2.10/24".parse().unwrap(),
+        mode: crate::reconcile::Mode::Vxlan {
+            direct_routing: false,
+        },
+        v6_tunnel: false,
+    };
+    let desired = desired_state(&remote_nodes(&local, &leases).0);
+    rt.block_on(async {
+        for op in diff(&desired, &dp.read_state(&dev).await.unwrap()) {
+            dp.apply(&dev, &op).await.unwrap();
+        }
+        assert_eq!(dp.read_state(&dev).await.unwrap(), desired);
+        for op in diff(&KernelState::default(), &desired) {
+            dp.apply(&dev, &op).await.unwrap();
+        }
+        assert_eq!(dp.read_state(&dev).await.unwrap(), KernelState::default());
+    });
+}

@@ -1,0 +1,187 @@
+//! The seam between the agent and the node's data path: what the agent asks
+//! of the kernel (find the underlay, ensure the devices, read and change
+//! twill's entries, keep the masquerade rules, report link events), as one
+//! trait. [`NetlinkDatapath`] is the real one; tests use a recording fake.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::kernel::{
+    classify_link_event, link_events, DevIndex, Kernel, KernelError, LinkSignal, Underlay,
+    VxlanSpec,
+};
+use crate::masq::{MasqError, Networks};
+use crate::reconcile::{KernelState, Op};
+
+/// Every device twill keeps on a node and the addresses they carry, as the
+/// plan and the lease imply (see `agent::plan::Plan::devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The pod bridge, its gateway address (`<subnet>.1/len`) and MTU.
+    pub bridge: String,
+    pub gateway: Ipv4Net,
+    pub mtu: u32,
+    /// The bridge's IPv6 gateway address and the cluster's IPv6 network, in
+    /// a dual-stack cluster.
+    pub gateway6: Option<(Ipv6Net, Ipv6Net)>,
+    /// The VXLAN device and its VTEP address (`<subnet>.0/32`); `None` in
+    /// host-gw mode.
+    pub vxlan: Option<(VxlanSpec, Ipv4Net)>,
+    /// The VXLAN device over the IPv6 underlay, when this node has one.
+    pub vxlan6: Option<VxlanSpec>,
+    /// The IPv6 VTEP address (`<subnet6>::/128`) and the IPv6 network; it
+    /// lives on `vxlan6` when there is one, else on `vxlan`.
+    pub vtep6: Option<(Ipv6Net, Ipv6Net)>,
+    pub underlay_index: u32,
+}
+
+impl DeviceSpec {
+    /// The names of the devices twill keeps: link events on them trigger a
+    /// repair.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec![self.bridge.clone()];
+        names.extend(self.vxlan.iter().map(|(v, _)| v.name.clone()));
+        names.extend(self.vxlan6.iter().map(|v| v.name.clone()));
+        names
+    }
+}
+
+/// The node's data path as the agent drives it. Each call is idempotent:
+/// asking twice for the same state changes nothing the second time.
+pub trait Datapath: Send + Sync {
+    /// The underlay interface: `iface` by name, else the one holding
+    /// `public_ip`, else the one of the IPv4 default route.
+    fn underlay(
+        &self,
+        iface: Option<&str>,
+        public_ip: Option<Ipv4Addr>,
+    ) -> impl Future<Output = Result<Underlay, KernelError>> + Send;
+    /// A global IPv6 address of the underlay interface, if it has one.
+    fn global_ipv6(
+        &self,
+        underlay_index: u32,
+    ) -> impl Future<Output = Result<Option<Ipv6Addr>, KernelError>> + Send;
+    /// Creates or repairs every device in `spec`; returns their indexes.
+    fn ensure_devices(
+        &self,
+        spec: &DeviceSpec,
+    ) -> impl Future<Output = Result<DevIndex, KernelError>> + Send;
+    /// twill's routes, neighbours and FDB entries as the kernel has them.
+    fn read_state(
+        &self,
+        dev: &DevIndex,
+    ) -> impl Future<Output = Result<KernelState, KernelError>> + Send;
+    /// Applies one change.
+    fn apply(
+        &self,
+        dev: &DevIndex,
+        op: &Op,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Makes the masquerade rules for `networks` be in place; `Ok(true)`
+    /// when they had to be (re)installed.
+    fn ensure_masq(
+        &self,
+        networks: &Networks,
+    ) -> impl Future<Output = Result<bool, MasqError>> + Send;
+    /// Events on the devices named `names` (and lost events), from now on.
+    fn link_signals(
+        &self,
+        names: Vec<String>,
+    ) -> Result<BoxStream<'static, LinkSignal>, KernelError>;
+}
+
+/// The real data path: rtnetlink for devices and entries, nftables for
+/// masquerading.
+pub struct NetlinkDatapath {
+    kernel: Kernel,
+}
+
+impl NetlinkDatapath {
+    /// Opens a netlink socket in the current network namespace.
+    pub fn connect() -> Result<Self, KernelError> {
+        Ok(NetlinkDatapath {
+            kernel: Kernel::connect()?,
+        })
+    }
+}
+
+impl Datapath for NetlinkDatapath {
+    async fn underlay(
+        &self,
+        iface: Option<&str>,
+        public_ip: Option<Ipv4Addr>,
+    ) -> Result<Underlay, KernelError> {
+        self.kernel.underlay(iface, public_ip).await
+    }
+
+    async fn global_ipv6(&self, underlay_index: u32) -> Result<Option<Ipv6Addr>, KernelError> {
+        self.kernel.global_ipv6(underlay_index).await
+    }
+
+    async fn ensure_devices(&self, spec: &DeviceSpec) -> Result<DevIndex, KernelError> {
+        let k = &self.kernel;
+        let bridge = k
+            .ensure_bridge(&spec.bridge, spec.gateway, spec.mtu)
+            .await?;
+        if let Some((gw6, network6)) = spec.gateway6 {
+            k.ensure_address6(bridge, gw6, network6, &spec.bridge)
+                .await?;
+        }
+        let vxlan = match &spec.vxlan {
+            Some((v, vtep)) => Some(k.ensure_vxlan(v, Some(*vtep)).await?),
+            None => None,
+        };
+        let vxlan6 = match &spec.vxlan6 {
+            Some(v6) => Some(k.ensure_vxlan(v6, None).await?),
+            None => None,
+        };
+        if let Some((vtep6, network6)) = spec.vtep6 {
+            let on = match (vxlan6, &spec.vxlan6, vxlan, &spec.vxlan) {
+                (Some(i6), Some(v6), _, _) => Some((i6, v6.name.as_str())),
+                (_, _, Some(i), Some((v, _))) => Some((i, v.name.as_str())),
+                _ => None,
+            };
+            if let Some((index, name)) = on {
+                k.ensure_address6(index, vtep6, network6, name).await?;
+            }
+        }
+        Ok(DevIndex {
+            vxlan,
+            vxlan6,
+            underlay: spec.underlay_index,
+        })
+    }
+
+    async fn read_state(&self, dev: &DevIndex) -> Result<KernelState, KernelError> {
+        self.kernel.read_state(dev).await
+    }
+
+    async fn apply(&self, dev: &DevIndex, op: &Op) -> Result<(), KernelError> {
+        self.kernel.apply(dev, op).await
+    }
+
+    async fn ensure_masq(&self, networks: &Networks) -> Result<bool, MasqError> {
+        if crate::masq::in_place(networks).await {
+            return Ok(false);
+        }
+        crate::masq::apply(networks).await.map(|()| true)
+    }
+
+    fn link_signals(
+        &self,
+        names: Vec<String>,
+    ) -> Result<BoxStream<'static, LinkSignal>, KernelError> {
+        let events = link_events()?;
+        Ok(events
+            .filter_map(move |(msg, _)| {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let signal = classify_link_event(&msg, &refs);
+                std::future::ready((signal != LinkSignal::Ignore).then_some(signal))
+            })
+            .boxed())
+    }
+}
