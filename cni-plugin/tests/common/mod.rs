@@ -26,7 +26,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(role: &str) -> Self {
-        let name = format!("{}-{role}", netns_tests::run_prefix());
+        let name = format!("{}-{role}", twill_harness::run_prefix());
         let st = Command::new("ip")
             .args(["netns", "add", &name])
             .status()

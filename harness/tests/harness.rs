@@ -10,8 +10,8 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{namespaces_with_prefix, ETCD_PREFIX, UNDERLAY_IP};
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::cluster::{namespaces_with_prefix, ETCD_PREFIX, UNDERLAY_IP};
+use twill_harness::{require_prereqs, Cluster};
 
 #[test]
 fn hosts_reach_each_other_and_etcd_over_the_underlay() {

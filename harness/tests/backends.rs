@@ -15,12 +15,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{IFNAME, VXLAN_DEV};
-use netns_tests::datapath::{self, Owned, Peer};
-use netns_tests::routed::{self, OwnedRoute, SEGMENT_A};
-use netns_tests::wait::{wait_for, DEFAULT_TIMEOUT};
-use netns_tests::{require_prereqs, Cluster, HarnessError};
 use serde_json::Value;
+use twill_harness::cluster::{IFNAME, VXLAN_DEV};
+use twill_harness::datapath::{self, Owned, Peer};
+use twill_harness::routed::{self, OwnedRoute, SEGMENT_A};
+use twill_harness::wait::{wait_for, DEFAULT_TIMEOUT};
+use twill_harness::{require_prereqs, Cluster, HarnessError};
 
 const RESYNC_SECS: u64 = 2;
 

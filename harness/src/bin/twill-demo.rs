@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use netns_tests::cluster::namespaces_with_prefix;
-use netns_tests::{check_prereqs, Cluster};
 use nix::sys::signal::{SigSet, Signal};
+use twill_harness::cluster::namespaces_with_prefix;
+use twill_harness::{check_prereqs, Cluster};
 
 /// Fixed so `scripts/demo.sh --down` can find leftovers.
 const PREFIX: &str = "twdemo";

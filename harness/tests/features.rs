@@ -16,12 +16,12 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::VXLAN_DEV;
-use netns_tests::datapath::{self, Peer};
-use netns_tests::prereq::{ci_strict, which};
-use netns_tests::probe::{http_get, metric_values, EchoCounters, FreshFlowPinger};
-use netns_tests::wait::wait_for;
-use netns_tests::{bins, Cluster, Netns};
+use twill_harness::cluster::VXLAN_DEV;
+use twill_harness::datapath::{self, Peer};
+use twill_harness::prereq::{ci_strict, which};
+use twill_harness::probe::{http_get, metric_values, EchoCounters, FreshFlowPinger};
+use twill_harness::wait::wait_for;
+use twill_harness::{bins, Cluster, Netns};
 
 /// Resync interval of every agent here.
 const RESYNC_SECS: u64 = 2;
@@ -34,7 +34,7 @@ const EXTRA_TOOLS: &[&str] = &["nft", "bridge", "bash", "timeout"];
 /// The harness gate plus [`EXTRA_TOOLS`]: `false` means skipped (loudly),
 /// and under `CI=true` a missing tool fails instead.
 fn require_prereqs() -> bool {
-    if !netns_tests::require_prereqs() {
+    if !twill_harness::require_prereqs() {
         return false;
     }
     let missing: Vec<&str> = EXTRA_TOOLS
@@ -445,7 +445,7 @@ fn get(
     c: &Cluster,
     host: &str,
     path: &str,
-) -> netns_tests::Result<netns_tests::probe::HttpResponse> {
+) -> twill_harness::Result<twill_harness::probe::HttpResponse> {
     http_get(c.ns_of(host)?, Ipv4Addr::LOCALHOST, HEALTH_PORT, path)
 }
 
@@ -543,7 +543,7 @@ fn health_readiness_and_metrics_are_served() {
 }
 
 fn cmd_tail(p: &std::path::Path) -> String {
-    netns_tests::cmd::tail(p, 20)
+    twill_harness::cmd::tail(p, 20)
 }
 
 /// Runs `twilld <global..> status <sub..>` in `host`, bounded by `timeout`.

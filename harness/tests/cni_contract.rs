@@ -11,7 +11,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::{require_prereqs, Cluster};
 
 #[test]
 fn harness_invokes_the_plugin_in_the_host_namespace_per_cni_contract() {

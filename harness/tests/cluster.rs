@@ -12,8 +12,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{BRIDGE_DEV, VXLAN_DEV};
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::cluster::{BRIDGE_DEV, VXLAN_DEV};
+use twill_harness::{require_prereqs, Cluster};
 
 /// A cluster with `hosts` hosts, all agents running and routes converged.
 fn converged(hosts: usize) -> Cluster {
@@ -138,9 +138,9 @@ fn deleting_a_lease_removes_its_route_neighbour_and_fdb_entry() {
         let ns = c.ns_of(host).unwrap();
         let gone = format!("\"{}\"", s[2].network());
         let fdb_gone = format!("\"{mac3}\"");
-        netns_tests::wait::wait_for(
+        twill_harness::wait::wait_for(
             &format!("neighbour {gone} and fdb {fdb_gone} gone from {host}"),
-            netns_tests::wait::DEFAULT_TIMEOUT,
+            twill_harness::wait::DEFAULT_TIMEOUT,
             || {
                 let neigh = ns.ip(["-j", "neigh", "show", "dev", VXLAN_DEV])?;
                 let fdb = ns.exec_ok(&["bridge", "-j", "fdb", "show", "dev", VXLAN_DEV])?;

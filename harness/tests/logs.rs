@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::{require_prereqs, Cluster};
 
 #[test]
 fn json_logs_name_the_node_of_every_change() {

@@ -930,7 +930,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "netns-tests: cluster {} torn down after a failure; agent logs:\n{}\n--- etcd log ---\n{}",
+                "twill-harness: cluster {} torn down after a failure; agent logs:\n{}\n--- etcd log ---\n{}",
                 self.prefix,
                 self.diagnostics(),
                 cmd::tail(self.etcd.log_path(), 15)

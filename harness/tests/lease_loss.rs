@@ -14,8 +14,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::wait::wait_for;
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::wait::wait_for;
+use twill_harness::{require_prereqs, Cluster};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 

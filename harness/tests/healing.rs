@@ -14,11 +14,11 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{BRIDGE_DEV, ETCD_PREFIX, VXLAN_DEV};
-use netns_tests::datapath::{self, Peer, VxlanState};
-use netns_tests::pinger::Pinger;
-use netns_tests::wait::wait_for;
-use netns_tests::{require_prereqs, Cluster, ClusterBuilder};
+use twill_harness::cluster::{BRIDGE_DEV, ETCD_PREFIX, VXLAN_DEV};
+use twill_harness::datapath::{self, Peer, VxlanState};
+use twill_harness::pinger::Pinger;
+use twill_harness::wait::wait_for;
+use twill_harness::{require_prereqs, Cluster, ClusterBuilder};
 
 /// Resync interval of every agent here.
 const RESYNC_SECS: u64 = 2;
@@ -210,12 +210,12 @@ fn reconcile_restores_entries_removes_stale_ones_and_spares_foreign_routes() {
 
 /// Devices of `host` as the agent must keep them: VXLAN device up with the
 /// lease's MAC and MTU 1450, bridge up with the gateway address.
-fn devices_ok(c: &Cluster, host: &Peer, name: &str) -> netns_tests::Result<Option<()>> {
+fn devices_ok(c: &Cluster, host: &Peer, name: &str) -> twill_harness::Result<Option<()>> {
     let ns = c.host(name)?.ns();
-    let link = |dev: &str| -> netns_tests::Result<serde_json::Value> {
+    let link = |dev: &str| -> twill_harness::Result<serde_json::Value> {
         let out = ns.ip(["-j", "link", "show", dev])?;
         let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| netns_tests::HarnessError::Parse {
+            serde_json::from_str(&out).map_err(|e| twill_harness::HarnessError::Parse {
                 what: format!("ip -j link show {dev}"),
                 reason: e.to_string(),
             })?;
@@ -489,7 +489,7 @@ fn sigterm_keeps_the_data_path_and_cleanup_removes_it() {
     );
     assert!(c.ping("h2", gateway(p[0].subnet)), "h2 -> h1's bridge");
 
-    let twilld = netns_tests::bins::twilld().unwrap();
+    let twilld = twill_harness::bins::twilld().unwrap();
     let subnet_file = c.host("h1").unwrap().subnet_file_path();
     let out = ns
         .exec(&[

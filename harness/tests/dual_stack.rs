@@ -12,8 +12,8 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv6Net;
-use netns_tests::netns::Netns;
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::netns::Netns;
+use twill_harness::{require_prereqs, Cluster};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
 

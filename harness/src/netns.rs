@@ -144,7 +144,7 @@ impl Drop for Netns {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
         if let Err(e) = cmd::run_ok(&mut ip(["netns", "del", &self.name])) {
-            eprintln!("netns-tests: cannot delete netns {}: {e}", self.name);
+            eprintln!("twill-harness: cannot delete netns {}: {e}", self.name);
         }
     }
 }

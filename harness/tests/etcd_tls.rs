@@ -12,12 +12,12 @@
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{DEFAULT_NETWORK_CONFIG, ETCD_PREFIX, UNDERLAY_IP};
-use netns_tests::parse::parse_lease_key;
-use netns_tests::prereq::{ci_strict, which};
-use netns_tests::tls::{AgentProcess, TlsEtcd, TlsFiles};
-use netns_tests::wait::{wait_for, DEFAULT_TIMEOUT};
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::cluster::{DEFAULT_NETWORK_CONFIG, ETCD_PREFIX, UNDERLAY_IP};
+use twill_harness::parse::parse_lease_key;
+use twill_harness::prereq::{ci_strict, which};
+use twill_harness::tls::{AgentProcess, TlsEtcd, TlsFiles};
+use twill_harness::wait::{wait_for, DEFAULT_TIMEOUT};
+use twill_harness::{require_prereqs, Cluster};
 
 /// Beside the cluster's plain etcd (2379/2380) in the underlay namespace.
 const TLS_CLIENT_PORT: u16 = 2479;
