@@ -912,10 +912,7 @@ impl Cluster {
         let ns = self.ns_of(from).ok()?;
         let start = Instant::now();
         loop {
-            let ok = ns
-                .exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
-                .is_ok_and(|o| o.status.success());
-            if ok {
+            if ns.ping_once(&ip.to_string(), 1) {
                 return Some(Instant::now());
             }
             if start.elapsed() >= deadline {

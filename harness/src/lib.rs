@@ -29,4 +29,4 @@ pub use error::{HarnessError, Result};
 pub use etcd::Etcd;
 pub use etcd_cluster::EtcdCluster;
 pub use netns::{run_prefix, Netns};
-pub use prereq::{check_prereqs, require_prereqs};
+pub use prereq::{require, require_cluster, Prereqs, CLUSTER_TOOLS};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use twill_harness::cluster::{BRIDGE_DEV, VXLAN_DEV};
-use twill_harness::{require_prereqs, Cluster};
+use twill_harness::{require_cluster, Cluster};
 
 /// A cluster with `hosts` hosts, all agents running and routes converged.
 fn converged(hosts: usize) -> Cluster {
@@ -63,7 +63,7 @@ fn host_names(c: &Cluster) -> Vec<String> {
 
 #[test]
 fn every_pod_and_host_reaches_every_pod() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = converged(3);
@@ -89,7 +89,7 @@ fn every_pod_and_host_reaches_every_pod() {
 
 #[test]
 fn a_host_joining_later_becomes_reachable() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = converged(3);
@@ -114,7 +114,7 @@ fn a_host_joining_later_becomes_reachable() {
 
 #[test]
 fn deleting_a_lease_removes_its_route_neighbour_and_fdb_entry() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = converged(3);
@@ -157,7 +157,7 @@ fn deleting_a_lease_removes_its_route_neighbour_and_fdb_entry() {
 
 #[test]
 fn each_host_has_a_distinct_subnet_matching_its_lease() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let c = converged(3);

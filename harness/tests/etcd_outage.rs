@@ -14,7 +14,7 @@ use std::time::Duration;
 use twill_harness::datapath::{self, Peer};
 use twill_harness::pinger::Pinger;
 use twill_harness::wait::wait_for;
-use twill_harness::{require_prereqs, Cluster, EtcdCluster, HarnessError};
+use twill_harness::{require_cluster, Cluster, EtcdCluster, HarnessError};
 
 const TTL: u64 = 10;
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -92,7 +92,7 @@ fn wait_renewed(c: &Cluster, key: &str) {
 
 #[test]
 fn agents_ride_out_losing_one_and_all_etcd_members() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder()
