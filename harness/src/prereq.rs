@@ -3,6 +3,7 @@
 //! Something missing fails the test under `CI=true` and otherwise skips it
 //! loudly, naming every missing piece.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::bins;
@@ -141,8 +142,8 @@ impl Prereqs {
     }
 
     /// The gate: `true` means go ahead. When something is missing this
-    /// panics under `CI=true` and otherwise prints a loud SKIP to stderr and
-    /// returns `false`; the test must then return at once (it did not pass,
+    /// panics under `CI=true` and otherwise prints a loud SKIP to stderr (not
+    /// captured by libtest) and returns `false`; the test must then return at once (it did not pass,
     /// it did not run).
     pub fn require(&self) -> bool {
         let missing = self.missing();
@@ -150,7 +151,10 @@ impl Prereqs {
             Verdict::Run => true,
             Verdict::Fail(msg) => panic!("{msg}"),
             Verdict::Skip(msg) => {
-                eprintln!("\n*** {msg} ***\n");
+                // Straight to the stderr handle, not `eprintln!`: libtest
+                // captures the macro's output of a passing test, and cargo
+                // reports a skipped test as passing.
+                let _ = writeln!(std::io::stderr(), "\n*** {msg} ***\n");
                 false
             }
         }
