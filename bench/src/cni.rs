@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use netns_tests::{run_prefix, Netns};
+use twill_harness::{run_prefix, Netns};
 
 use crate::nsthread;
 use crate::results::{BenchOutput, Target};

@@ -13,8 +13,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{Cluster, ETCD_PREFIX, VXLAN_DEV};
-use netns_tests::parse::base64_decode;
+use twill_harness::cluster::{Cluster, ETCD_PREFIX, VXLAN_DEV};
+use twill_harness::parse::base64_decode;
 
 use crate::results::{BenchOutput, Target};
 use crate::stats::{ms, quantile};

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use netns_tests::{Cluster, Netns};
+use twill_harness::{Cluster, Netns};
 
 use crate::results::{BenchOutput, Target};
 

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use netns_tests::Cluster;
 use subnet_allocator::{EtcdOptions, EtcdStore, LeaseStore};
+use twill_harness::Cluster;
 
 use crate::nsthread;
 use crate::results::{BenchOutput, Target};
@@ -131,7 +131,7 @@ pub fn run(opts: &FootprintOpts) -> anyhow::Result<BenchOutput> {
             rt.block_on(async {
                 let store = EtcdStore::connect(EtcdOptions {
                     endpoints: vec!["http://127.0.0.1:2379".to_owned()],
-                    prefix: netns_tests::cluster::ETCD_PREFIX.to_owned(),
+                    prefix: twill_harness::cluster::ETCD_PREFIX.to_owned(),
                     ..EtcdOptions::default()
                 })
                 .await?;

@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{bytes, fails_with, succeeds, veths, Netns, Rig, Setup, SUBNET_V4};
+use common::{bytes, fails_with, netns, succeeds, veths, Netns, Rig, Setup, SUBNET_V4};
 use serde_json::{json, Value};
 
 const GW6: &str = "fd00:10:244:3::1";
@@ -35,7 +35,7 @@ fn addr_of(r: &Value, v6: bool) -> String {
 
 fn ping6(from: &Netns, to: &str) -> (bool, String) {
     let out = Command::new("ip")
-        .args(["netns", "exec", &from.name, "ping", "-6", "-c1", "-W1", to])
+        .args(["netns", "exec", from.name(), "ping", "-6", "-c1", "-W1", to])
         .output()
         .unwrap();
     (
@@ -46,15 +46,15 @@ fn ping6(from: &Netns, to: &str) -> (bool, String) {
 
 fn sysctl(ns: &Netns, key_value: &str) {
     let st = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sysctl", "-qw", key_value])
+        .args(["netns", "exec", ns.name(), "sysctl", "-qw", key_value])
         .status()
         .unwrap();
-    assert!(st.success(), "sysctl {key_value} in {}", ns.name);
+    assert!(st.success(), "sysctl {key_value} in {}", ns.name());
 }
 
 fn read_sysctl(ns: &Netns, key: &str) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sysctl", "-n", key])
+        .args(["netns", "exec", ns.name(), "sysctl", "-n", key])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -65,8 +65,8 @@ fn dual_stack_add_ping6_check_del_gc() {
     let Some(rig) = Rig::with_subnet_file(&dual_stack_file(&format!("{GW6}/64"))) else {
         return;
     };
-    let pod1 = Netns::new("pod1");
-    let pod2 = Netns::new("pod2");
+    let pod1 = netns("pod1");
+    let pod2 = netns("pod2");
     let (host, s) = (&rig.host, &rig.s);
     // New interfaces in these namespaces start with IPv6 disabled: the
     // plugin must turn it on for the bridge and the pod interface, from the
@@ -105,14 +105,14 @@ fn dual_stack_add_ping6_check_del_gc() {
     // The kernel agrees: IPv6 enabled, address not tentative, default route.
     for (pod, addr) in [(&pod1, &v6a), (&pod2, &v6b)] {
         assert_eq!(read_sysctl(pod, "net.ipv6.conf.eth0.disable_ipv6"), "0");
-        let (_, a) = pod.ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
+        let (_, a) = pod.try_ip(["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
         assert!(a.contains(&format!("{addr}/64")), "{a}");
         assert!(!a.contains("tentative"), "NODAD not honoured: {a}");
-        let (_, route) = pod.ip(&["-6", "route", "show", "default"]);
+        let (_, route) = pod.try_ip(["-6", "route", "show", "default"]);
         assert!(route.contains(&format!("via {GW6}")), "{route}");
     }
     assert_eq!(read_sysctl(host, "net.ipv6.conf.twill0.disable_ipv6"), "0");
-    let (_, br) = host.ip(&[
+    let (_, br) = host.try_ip([
         "-6", "-o", "addr", "show", "dev", "twill0", "scope", "global",
     ]);
     assert!(br.contains(&format!("{GW6}/64")), "{br}");
@@ -123,11 +123,11 @@ fn dual_stack_add_ping6_check_del_gc() {
     assert!(ok, "pod1 -> pod2 ping -6 failed: {out}");
     let (ok, out) = ping6(&pod2, GW6);
     assert!(ok, "pod2 -> gateway ping -6 failed: {out}");
-    assert!(pod1.ping(&addr_of(&r2, false)), "pod1 -> pod2 IPv4");
+    assert!(pod1.ping_once(&addr_of(&r2, false), 2), "pod1 -> pod2 IPv4");
 
     // CHECK sees both families; a missing v6 default route fails it.
     succeeds(rig.check("c1", &p1, &r1), "CHECK");
-    let (ok, _) = pod1.ip(&["-6", "route", "del", "default"]);
+    let (ok, _) = pod1.try_ip(["-6", "route", "del", "default"]);
     assert!(ok);
     let out = fails_with(rig.check("c1", &p1, &r1), 106);
     assert!(out["details"].as_str().unwrap().contains(GW6), "{out}");
@@ -169,7 +169,7 @@ fn v6_exhaustion_and_bad_v6_input_leave_nothing() {
     let Some(rig) = Rig::with_subnet_file(&dual_stack_file("fd00:10:244:3::1/126")) else {
         return;
     };
-    let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("x{i}"))).collect();
+    let pods: Vec<Netns> = (0..3).map(|i| netns(&format!("x{i}"))).collect();
     let s = &rig.s;
     for (i, pod) in pods.iter().take(2).enumerate() {
         rig.add(&format!("c{i}"), &pod.path());
@@ -180,7 +180,7 @@ fn v6_exhaustion_and_bad_v6_input_leave_nothing() {
     fails_with(rig.call("ADD", "c2", &p3, &rig.conf), 100);
     assert_eq!(s.reservations(), before);
     assert_eq!(veths(&rig.host).len(), 2);
-    assert!(!pods[2].link_names().contains(&"eth0".to_string()));
+    assert!(!pods[2].link_names().unwrap().contains(&"eth0".to_string()));
 
     fails_with(rig.global("STATUS", &rig.conf), 50);
 

@@ -9,16 +9,16 @@ mod common;
 use std::process::Command;
 
 use common::{
-    all_at_once, attach_env, cni, distinct_ips, fails_with, host_veth, result_ip, succeeds, veths,
-    Netns, Rig,
+    all_at_once, attach_env, cni, distinct_ips, fails_with, host_veth, netns, result_ip, succeeds,
+    veths, Netns, Rig,
 };
 use serde_json::json;
 
 #[test]
 fn add_ping_check_del_gc() {
     let Some(rig) = Rig::new() else { return };
-    let pod1 = Netns::new("pod1");
-    let pod2 = Netns::new("pod2");
+    let pod1 = netns("pod1");
+    let pod2 = netns("pod2");
     let (host, s) = (&rig.host, &rig.s);
     let (p1, p2) = (pod1.path(), pod2.path());
 
@@ -46,24 +46,24 @@ fn add_ping_check_del_gc() {
     assert!(!["10.244.3.0", "10.244.3.1", "10.244.3.255"].contains(&ip1.as_str()));
 
     // The kernel agrees with the result.
-    let (_, link) = pod1.ip(&["-o", "link", "show", "eth0"]);
+    let (_, link) = pod1.try_ip(["-o", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1450"), "{link}");
     let host_veth1 = host_veth(&r1);
-    let (_, hl) = host.ip(&["-o", "link", "show", &host_veth1]);
+    let (_, hl) = host.try_ip(["-o", "link", "show", &host_veth1]);
     assert!(
         hl.contains("master twill0") && hl.contains("mtu 1450"),
         "{hl}"
     );
-    let (_, br) = host.ip(&["-o", "link", "show", "twill0"]);
+    let (_, br) = host.try_ip(["-o", "link", "show", "twill0"]);
     assert!(
         br.contains("0a:58:0a:f4:03:01"),
         "bridge MAC not fixed: {br}"
     );
-    let (_, route) = pod1.ip(&["route", "show", "default"]);
+    let (_, route) = pod1.try_ip(["route", "show", "default"]);
     assert!(route.contains("via 10.244.3.1"), "{route}");
 
     let ping = Command::new("ip")
-        .args(["netns", "exec", &pod1.name, "ping", "-c1", "-W1", &ip2])
+        .args(["netns", "exec", pod1.name(), "ping", "-c1", "-W1", &ip2])
         .output()
         .unwrap();
     assert!(
@@ -82,8 +82,8 @@ fn add_ping_check_del_gc() {
     for _ in 0..2 {
         rig.del("c1", &p1);
     }
-    assert!(!pod1.link_names().contains(&"eth0".to_string()));
-    assert!(!host.link_names().contains(&host_veth1));
+    assert!(!pod1.link_names().unwrap().contains(&"eth0".to_string()));
+    assert!(!host.link_names().unwrap().contains(&host_veth1));
     assert_eq!(s.reservations(), vec![ip2.clone()]);
 
     // DEL of a container never added, with its netns gone, succeeds.
@@ -94,8 +94,8 @@ fn add_ping_check_del_gc() {
     // GC with pod2 not in the valid list releases it and removes its veth.
     rig.gc(json!([{"containerID": "other", "ifname": "eth0"}]));
     assert!(s.reservations().is_empty(), "{:?}", s.reservations());
-    assert!(!host.link_names().contains(&pod2_veth));
-    let (_, br) = host.ip(&["-o", "link", "show", "twill0"]);
+    assert!(!host.link_names().unwrap().contains(&pod2_veth));
+    let (_, br) = host.try_ip(["-o", "link", "show", "twill0"]);
     assert!(
         br.contains("0a:58:0a:f4:03:01"),
         "bridge lost its MAC: {br}"
@@ -110,7 +110,7 @@ fn add_ping_check_del_gc() {
 #[test]
 fn errors_have_codes_and_leave_nothing() {
     let Some(rig) = Rig::new() else { return };
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let (host, s) = (&rig.host, &rig.s);
     let p = pod.path();
 
@@ -134,7 +134,7 @@ fn errors_have_codes_and_leave_nothing() {
 
     // Failure after the address was reserved and the veth created: the
     // "bridge" is really a veth, so enslaving fails and ADD must undo.
-    let (ok, _) = host.ip(&[
+    let (ok, _) = host.try_ip([
         "link", "add", "notbr", "type", "veth", "peer", "name", "notbrp",
     ]);
     assert!(ok);
@@ -200,7 +200,7 @@ fn errors_have_codes_and_leave_nothing() {
 #[test]
 fn concurrent_adds_get_distinct_addresses() {
     let Some(rig) = Rig::new() else { return };
-    let pods: Vec<Netns> = (0..6).map(|i| Netns::new(&format!("cp{i}"))).collect();
+    let pods: Vec<Netns> = (0..6).map(|i| netns(&format!("cp{i}"))).collect();
     let cid = |i: usize| format!("cc{i}");
     // All ADDs race, including on creating the bridge.
     let results = all_at_once(pods.len(), |i| {
@@ -220,20 +220,20 @@ fn concurrent_adds_get_distinct_addresses() {
 #[test]
 fn veth_attributes_hairpin_and_del_fallback() {
     let Some(rig) = Rig::new() else { return };
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let host = &rig.host;
     let p = pod.path();
     let conf = rig.conf_with(json!({"hairpinMode": true}));
     let r = rig.add_with("h1", &p, &conf);
     let veth = host_veth(&r);
-    let (ok, detail) = host.ip(&["-d", "link", "show", &veth]);
+    let (ok, detail) = host.try_ip(["-d", "link", "show", &veth]);
     assert!(ok, "{veth} missing");
     let mac = r["interfaces"][0]["mac"].as_str().unwrap();
     assert!(detail.contains(&format!("link/ether {mac}")), "{detail}");
     assert!(detail.contains("master twill0"), "{detail}");
     assert!(detail.contains(",UP"), "{detail}");
     assert!(detail.contains("hairpin on"), "{detail}");
-    let (_, pod_link) = pod.ip(&["link", "show", "eth0"]);
+    let (_, pod_link) = pod.try_ip(["link", "show", "eth0"]);
     assert!(pod_link.contains(",UP"), "{pod_link}");
     let pod_mac = r["interfaces"][1]["mac"].as_str().unwrap();
     assert!(
@@ -242,28 +242,28 @@ fn veth_attributes_hairpin_and_del_fallback() {
     );
     // One queue each way on both ends, stated at creation (a veth left to
     // the default gets a queue per CPU, cut back under the RTNL lock).
-    let (_, pod_detail) = pod.ip(&["-d", "link", "show", "eth0"]);
+    let (_, pod_detail) = pod.try_ip(["-d", "link", "show", "eth0"]);
     for d in [&detail, &pod_detail] {
         assert!(d.contains("numtxqueues 1 numrxqueues 1"), "{d}");
     }
 
     // hairpinMode false (the default is true) leaves the port's kernel
     // default: off.
-    let pod2 = Netns::new("pod2");
+    let pod2 = netns("pod2");
     let plain = rig.conf_with(json!({"hairpinMode": false}));
     let r2 = rig.add_with("h2", &pod2.path(), &plain);
-    let (_, detail2) = host.ip(&["-d", "link", "show", &host_veth(&r2)]);
+    let (_, detail2) = host.try_ip(["-d", "link", "show", &host_veth(&r2)]);
     assert!(detail2.contains("hairpin off"), "{detail2}");
 
     // The host end is gone (deleted by hand, taking the pod end) and the pod
     // has some other eth0: DEL removes it from the pod side and succeeds.
-    assert!(host.ip(&["link", "del", &veth]).0);
+    assert!(host.try_ip(["link", "del", &veth]).0);
     assert!(
-        pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"])
+        pod.try_ip(["link", "add", "eth0", "type", "veth", "peer", "name", "x0"])
             .0
     );
     rig.del_with("h1", &p, &conf);
-    let names = pod.link_names();
+    let names = pod.link_names().unwrap();
     assert!(!names.iter().any(|n| n == "eth0"), "{names:?}");
     rig.del_with("h2", &pod2.path(), &plain);
     rig.assert_empty("after DEL");

@@ -17,31 +17,23 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{bin, is_root, require, runs, veths, Netns};
+use common::{bin, netns, veths, Netns};
+use twill_harness::Prereqs;
 
 const NETWORK: &str = "twillpod";
 const BUSYBOX: &str = "/bin/busybox";
 
 fn prerequisites() -> bool {
-    let root = is_root();
-    let ip = runs("ip", &["-V"]);
-    let podman = runs("podman", &["--version"]);
-    let runc = runs("runc", &["--version"]);
-    let nsenter = runs("nsenter", &["--version"]);
-    let unshare = runs("unshare", &["--version"]);
     // A static busybox runs in a rootfs with no libraries.
     let busybox = std::fs::read(BUSYBOX)
         .map(|b| is_static_elf64(&b))
         .unwrap_or(false);
-    require(
-        "podman test",
-        root && ip && podman && runc && nsenter && unshare && busybox,
-        &format!(
-            "root, iproute2, podman, runc, util-linux, busybox-static \
-             (root={root} ip={ip} podman={podman} runc={runc} nsenter={nsenter} \
-             unshare={unshare} static busybox={busybox})"
-        ),
-    )
+    Prereqs::new()
+        .root()
+        .tools(&["ip", "podman", "runc", "nsenter", "unshare"])
+        .condition(format!("a static busybox at {BUSYBOX}"), busybox)
+        .hint("Debian: iproute2 podman runc util-linux busybox-static")
+        .require()
 }
 
 /// A little-endian ELF64 executable without a PT_INTERP program header
@@ -294,7 +286,7 @@ fn podman_containers_get_twill_addresses_and_ping() {
     if !prerequisites() {
         return;
     }
-    let host = Netns::new("podhost");
+    let host = netns("podhost");
     let state = tempfile::tempdir().unwrap();
     let subnet_file: PathBuf = state.path().join("subnet.env");
     std::fs::write(

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{all_at_once, attach_env, distinct_ips, spawn_cni, veths, Netns, Rig};
+use common::{all_at_once, attach_env, distinct_ips, netns, spawn_cni, veths, Netns, Rig};
 use serde_json::{json, Value};
 
 const PODS: usize = 100;
@@ -16,7 +16,7 @@ const PODS: usize = 100;
 #[test]
 fn hundred_concurrent_adds_then_dels() {
     let Some(rig) = Rig::new() else { return };
-    let pods: Vec<Netns> = (0..PODS).map(|i| Netns::new(&format!("p{i}"))).collect();
+    let pods: Vec<Netns> = (0..PODS).map(|i| netns(&format!("p{i}"))).collect();
     let (host, s) = (&rig.host, &rig.s);
     let cid = |i: usize| format!("stress{i}");
 
@@ -38,7 +38,7 @@ fn hundred_concurrent_adds_then_dels() {
     let unreachable: Vec<String> = all_at_once(10, |t| {
         (t..PODS)
             .step_by(10)
-            .filter(|&i| !host.ping(&ips[i]) || !pods[(i + 1) % PODS].ping(&ips[i]))
+            .filter(|&i| !host.ping_once(&ips[i], 2) || !pods[(i + 1) % PODS].ping_once(&ips[i], 2))
             .map(|i| ips[i].clone())
             .collect::<Vec<_>>()
     })
@@ -56,9 +56,9 @@ fn hundred_concurrent_adds_then_dels() {
     rig.assert_empty("after DELs");
     for pod in &pods {
         assert!(
-            !pod.link_names().contains(&"eth0".to_string()),
+            !pod.link_names().unwrap().contains(&"eth0".to_string()),
             "{}",
-            pod.name
+            pod.name()
         );
     }
 }
@@ -79,7 +79,7 @@ fn killed_add(host: &Netns, pod: &Netns, cid: &str, conf: &[u8], delay: Duration
 #[test]
 fn adds_killed_midway_are_cleaned_by_del_and_gc() {
     let Some(rig) = Rig::new() else { return };
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let (host, s) = (&rig.host, &rig.s);
     let path = pod.path();
 
@@ -111,7 +111,7 @@ fn adds_killed_midway_are_cleaned_by_del_and_gc() {
     // The same, but nobody calls DEL: GC with an empty valid list cleans up.
     for step in 0..8u64 {
         // One pod namespace per killed ADD: eth0 must not collide.
-        let p = Netns::new(&format!("gc{step}"));
+        let p = netns(&format!("gc{step}"));
         killed_add(
             host,
             &p,

@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::contract::{vxlan, BASIC_CFG, TTL};
 use common::{etcdctl, have_etcd, Member, PATIENCE};
 use etcd_client::{Client, ConnectOptions};
-use netns_tests::tls::TlsFiles;
 use subnet_allocator::{EtcdOptions, EtcdStore, LeaseStore, NetworkConfig, StoreError};
+use twill_harness::tls::TlsFiles;
 
 struct TlsEtcd {
     member: Member,

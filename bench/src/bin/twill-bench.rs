@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| cli.bin_dir.join("twill"));
     // The harness looks for the binaries here.
-    std::env::set_var(netns_tests::bins::BIN_DIR_ENV, &cli.bin_dir);
+    std::env::set_var(twill_harness::bins::BIN_DIR_ENV, &cli.bin_dir);
     let out: BenchOutput = match &cli.cmd {
         Cmd::Cni => cni::run(&cni::CniOpts {
             twill_bin: cni_bin,

@@ -1,6 +1,6 @@
-//! Helpers shared by the root integration tests: per-run namespaces, the
-//! prerequisite check, a subnet file + IPAM dir, and running the real `twill`
-//! binary the way a runtime does (env + stdin).
+//! Helpers shared by the root integration tests: the harness's per-run
+//! namespaces and prerequisite gate, a subnet file + IPAM dir, and running
+//! the real `twill` binary the way a runtime does (env + stdin).
 
 #![allow(dead_code)] // each test crate uses a different subset
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -18,110 +18,18 @@ pub fn bin() -> String {
     std::env::var("TWILL_CNI_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_twill").to_string())
 }
 
-/// A network namespace named with the harness's per-run prefix (so the leak
-/// check of scripts/test.sh sees it), deleted on drop.
-pub struct Netns {
-    pub name: String,
+pub use twill_harness::Netns;
+
+/// A namespace `<per-run prefix>-<role>`, as scripts/test.sh's leak check
+/// expects, deleted on drop.
+pub fn netns(role: &str) -> Netns {
+    Netns::unique(role).unwrap()
 }
 
-impl Netns {
-    pub fn new(role: &str) -> Self {
-        let name = format!("{}-{role}", netns_tests::run_prefix());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// `ip -n <ns> args...`, returning (success, stdout).
-    pub fn ip(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-
-    pub fn link_names(&self) -> Vec<String> {
-        let (_, out) = self.ip(&["-o", "link", "show"]);
-        out.lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .collect()
-    }
-
-    /// `ping -c1` from inside this namespace.
-    pub fn ping(&self, ip: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "ping", "-c1", "-W2", ip])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Whether `cmd args` runs and exits 0.
-pub fn runs(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Reports a missing prerequisite: panics under `CI=true`, else prints
-/// SKIPPED and returns false so the test can return early.
-pub fn require(what: &str, ok: bool, detail: &str) -> bool {
-    if ok {
-        return true;
-    }
-    let msg = format!("{what} needs {detail}");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED (not passed): {msg}");
-    false
-}
-
-/// Returns false (or panics under CI=true) when root or `ip` is missing.
+/// Root and `ip`: `false` (a loud skip) or, under `CI=true`, a panic when
+/// either is missing.
 pub fn prerequisites() -> bool {
-    let root = is_root();
-    let ip = runs("ip", &["-V"]);
-    require(
-        "this test",
-        root && ip,
-        &format!("root and iproute2 (root={root}, ip={ip})"),
-    )
+    twill_harness::require(&["ip"])
 }
 
 /// A subnet file + data dir for one test.
@@ -211,7 +119,7 @@ pub fn cni(host: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> (bool, Value) {
 /// plugin's own (`ip netns exec` execs without forking).
 pub fn spawn_cni(host: &Netns, env: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &host.name, &bin()])
+    cmd.args(["netns", "exec", host.name(), &bin()])
         .env_remove("CNI_COMMAND")
         .env_remove("CNI_CONTAINERID")
         .env_remove("CNI_NETNS")
@@ -247,6 +155,7 @@ pub fn bytes(v: &Value) -> Vec<u8> {
 
 pub fn veths(host: &Netns) -> Vec<String> {
     host.link_names()
+        .unwrap()
         .into_iter()
         .filter(|n| n.starts_with("veth"))
         .collect()
@@ -352,7 +261,7 @@ impl Rig {
         if !prerequisites() {
             return None;
         }
-        let host = Netns::new("host");
+        let host = netns("host");
         let s = Setup::with_subnet_file(text);
         let conf = bytes(&s.conf(json!({})));
         Some(Rig { host, s, conf })
@@ -435,7 +344,7 @@ impl Rig {
         Leftovers {
             files: self.s.reservations(),
             veths: veths(&self.host),
-            pod_eth0: pod.link_names().contains(&"eth0".to_string()),
+            pod_eth0: pod.link_names().unwrap().contains(&"eth0".to_string()),
         }
     }
 

@@ -16,32 +16,15 @@ pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 /// Guard against a hang, not a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// True when the etcd binaries are there. Missing: panics under `CI=true`,
-/// else prints a loud notice so the skip is never mistaken for a pass.
+/// True when the etcd binaries and `extra` tools are there (no root
+/// needed); the harness's gate: missing, it panics under `CI=true`, else
+/// prints a loud SKIP so the skip is never mistaken for a pass.
 pub fn have_etcd(extra: &[&str]) -> bool {
-    let mut missing: Vec<&str> = [ETCD, ETCDCTL]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    for tool in extra {
-        let found = Command::new(tool)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{missing:?} missing and CI=true: etcd integration tests cannot run");
-    }
-    eprintln!("\n!!!!! SKIPPED: {missing:?} not found; etcd integration test did NOT run !!!!!\n");
-    false
+    twill_harness::Prereqs::new()
+        .tools(&[ETCD, ETCDCTL])
+        .tools(extra)
+        .hint("Debian: etcd-server etcd-client")
+        .require()
 }
 
 pub fn free_port() -> u16 {

@@ -6,11 +6,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::{require_cluster, Cluster};
 
 #[test]
 fn json_logs_name_the_node_of_every_change() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder()

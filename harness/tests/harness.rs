@@ -10,12 +10,12 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{namespaces_with_prefix, ETCD_PREFIX, UNDERLAY_IP};
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::cluster::{namespaces_with_prefix, ETCD_PREFIX, UNDERLAY_IP};
+use twill_harness::{require_cluster, Cluster};
 
 #[test]
 fn hosts_reach_each_other_and_etcd_over_the_underlay() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let c = Cluster::builder().hosts(3).build().unwrap();
@@ -59,7 +59,7 @@ fn hosts_reach_each_other_and_etcd_over_the_underlay() {
 
 #[test]
 fn etcd_helpers_round_trip() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let c = Cluster::builder().hosts(0).build().unwrap();
@@ -83,7 +83,7 @@ fn etcd_helpers_round_trip() {
 
 #[test]
 fn namespaces_are_removed_on_drop_and_on_panic() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let c = Cluster::builder().hosts(2).build().unwrap();
@@ -119,7 +119,7 @@ fn namespaces_are_removed_on_drop_and_on_panic() {
 /// prepared by hand (no agent): subnet file + bridge `twill0`.
 #[test]
 fn cni_plugin_wires_pods_to_a_hand_made_bridge() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder().hosts(1).build().unwrap();

@@ -11,10 +11,10 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use netns_tests::datapath::{self, Peer};
-use netns_tests::pinger::Pinger;
-use netns_tests::wait::wait_for;
-use netns_tests::{require_prereqs, Cluster, EtcdCluster, HarnessError};
+use twill_harness::datapath::{self, Peer};
+use twill_harness::pinger::Pinger;
+use twill_harness::wait::wait_for;
+use twill_harness::{require_cluster, Cluster, EtcdCluster, HarnessError};
 
 const TTL: u64 = 10;
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -50,7 +50,7 @@ fn lossy_pairs(c: &Cluster) -> Vec<String> {
 }
 
 /// Seconds left on the etcd lease attached to `key`.
-fn ttl_left(ec: &EtcdCluster, key: &str) -> netns_tests::Result<i64> {
+fn ttl_left(ec: &EtcdCluster, key: &str) -> twill_harness::Result<i64> {
     let bad = |what: &str, out: &str| HarnessError::Parse {
         what: what.to_owned(),
         reason: out.to_owned(),
@@ -92,7 +92,7 @@ fn wait_renewed(c: &Cluster, key: &str) {
 
 #[test]
 fn agents_ride_out_losing_one_and_all_etcd_members() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder()

@@ -1,6 +1,9 @@
-//! netns-tests: builds real multi-host twill clusters out of network
-//! namespaces on one machine (underlay bridge, hosts, etcd, agents, pods) for
-//! the end-to-end tests and the demo.
+//! twill-harness, the cluster-in-namespaces harness: builds real
+//! multi-host twill clusters out of network namespaces on one machine
+//! (underlay bridge, hosts, etcd, agents, pods). It is the library of the
+//! end-to-end tests (`harness/tests/`), the bench (`twill-bench`) and the
+//! demo (`twill-demo`), and the test kit of every crate's root tests: the
+//! prerequisite gate ([`prereq`]) and the namespace guard ([`Netns`]).
 
 // Unit tests unwrap freely; library code never does.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -26,4 +29,4 @@ pub use error::{HarnessError, Result};
 pub use etcd::Etcd;
 pub use etcd_cluster::EtcdCluster;
 pub use netns::{run_prefix, Netns};
-pub use prereq::{check_prereqs, require_prereqs};
+pub use prereq::{require, require_cluster, Prereqs, CLUSTER_TOOLS};

@@ -11,11 +11,11 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::{require_cluster, Cluster};
 
 #[test]
 fn harness_invokes_the_plugin_in_the_host_namespace_per_cni_contract() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let bins = tempfile::tempdir().unwrap();

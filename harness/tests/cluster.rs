@@ -12,8 +12,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{BRIDGE_DEV, VXLAN_DEV};
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::cluster::{BRIDGE_DEV, VXLAN_DEV};
+use twill_harness::{require_cluster, Cluster};
 
 /// A cluster with `hosts` hosts, all agents running and routes converged.
 fn converged(hosts: usize) -> Cluster {
@@ -63,7 +63,7 @@ fn host_names(c: &Cluster) -> Vec<String> {
 
 #[test]
 fn every_pod_and_host_reaches_every_pod() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = converged(3);
@@ -89,7 +89,7 @@ fn every_pod_and_host_reaches_every_pod() {
 
 #[test]
 fn a_host_joining_later_becomes_reachable() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = converged(3);
@@ -114,7 +114,7 @@ fn a_host_joining_later_becomes_reachable() {
 
 #[test]
 fn deleting_a_lease_removes_its_route_neighbour_and_fdb_entry() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = converged(3);
@@ -138,9 +138,9 @@ fn deleting_a_lease_removes_its_route_neighbour_and_fdb_entry() {
         let ns = c.ns_of(host).unwrap();
         let gone = format!("\"{}\"", s[2].network());
         let fdb_gone = format!("\"{mac3}\"");
-        netns_tests::wait::wait_for(
+        twill_harness::wait::wait_for(
             &format!("neighbour {gone} and fdb {fdb_gone} gone from {host}"),
-            netns_tests::wait::DEFAULT_TIMEOUT,
+            twill_harness::wait::DEFAULT_TIMEOUT,
             || {
                 let neigh = ns.ip(["-j", "neigh", "show", "dev", VXLAN_DEV])?;
                 let fdb = ns.exec_ok(&["bridge", "-j", "fdb", "show", "dev", VXLAN_DEV])?;
@@ -157,7 +157,7 @@ fn deleting_a_lease_removes_its_route_neighbour_and_fdb_entry() {
 
 #[test]
 fn each_host_has_a_distinct_subnet_matching_its_lease() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let c = converged(3);

@@ -15,12 +15,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{IFNAME, VXLAN_DEV};
-use netns_tests::datapath::{self, Owned, Peer};
-use netns_tests::routed::{self, OwnedRoute, SEGMENT_A};
-use netns_tests::wait::{wait_for, DEFAULT_TIMEOUT};
-use netns_tests::{require_prereqs, Cluster, HarnessError};
 use serde_json::Value;
+use twill_harness::cluster::{IFNAME, VXLAN_DEV};
+use twill_harness::datapath::{self, Owned, Peer};
+use twill_harness::routed::{self, OwnedRoute, SEGMENT_A};
+use twill_harness::wait::{wait_for, DEFAULT_TIMEOUT};
+use twill_harness::{require_cluster, Cluster, HarnessError};
 
 const RESYNC_SECS: u64 = 2;
 
@@ -143,7 +143,7 @@ fn free_subnet(taken: &BTreeSet<Ipv4Net>) -> Ipv4Net {
 
 #[test]
 fn host_gw_routes_via_peers_and_skips_nodes_off_the_segment() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder()
@@ -258,7 +258,7 @@ fn host_gw_routes_via_peers_and_skips_nodes_off_the_segment() {
 
 #[test]
 fn direct_routing_routes_same_segment_peers_directly_and_tunnels_the_rest() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let builder = Cluster::builder()
@@ -307,7 +307,7 @@ fn direct_routing_routes_same_segment_peers_directly_and_tunnels_the_rest() {
 
 #[test]
 fn vxlan_options_reach_the_device_and_the_subnet_file() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let dev = "twill.42";

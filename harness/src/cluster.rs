@@ -912,10 +912,7 @@ impl Cluster {
         let ns = self.ns_of(from).ok()?;
         let start = Instant::now();
         loop {
-            let ok = ns
-                .exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
-                .is_ok_and(|o| o.status.success());
-            if ok {
+            if ns.ping_once(&ip.to_string(), 1) {
                 return Some(Instant::now());
             }
             if start.elapsed() >= deadline {
@@ -930,7 +927,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "netns-tests: cluster {} torn down after a failure; agent logs:\n{}\n--- etcd log ---\n{}",
+                "twill-harness: cluster {} torn down after a failure; agent logs:\n{}\n--- etcd log ---\n{}",
                 self.prefix,
                 self.diagnostics(),
                 cmd::tail(self.etcd.log_path(), 15)

@@ -12,25 +12,15 @@
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{DEFAULT_NETWORK_CONFIG, ETCD_PREFIX, UNDERLAY_IP};
-use netns_tests::parse::parse_lease_key;
-use netns_tests::prereq::{ci_strict, which};
-use netns_tests::tls::{AgentProcess, TlsEtcd, TlsFiles};
-use netns_tests::wait::{wait_for, DEFAULT_TIMEOUT};
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::cluster::{DEFAULT_NETWORK_CONFIG, ETCD_PREFIX, UNDERLAY_IP};
+use twill_harness::parse::parse_lease_key;
+use twill_harness::tls::{AgentProcess, TlsEtcd, TlsFiles};
+use twill_harness::wait::{wait_for, DEFAULT_TIMEOUT};
+use twill_harness::{Cluster, Prereqs, CLUSTER_TOOLS};
 
 /// Beside the cluster's plain etcd (2379/2380) in the underlay namespace.
 const TLS_CLIENT_PORT: u16 = 2479;
 const TLS_PEER_PORT: u16 = 2480;
-
-fn have_openssl() -> bool {
-    if which("openssl").is_some() {
-        return true;
-    }
-    assert!(!ci_strict(), "CI=true and `openssl` is not in PATH");
-    eprintln!("\n*** SKIPPED (NOT PASSED): `openssl` not in PATH; this test did not run. ***\n");
-    false
-}
 
 fn tls_args(etcd: &TlsEtcd, files: &TlsFiles, client_cert: bool) -> Vec<String> {
     let mut a = vec![
@@ -62,7 +52,12 @@ fn tls_leases(etcd: &TlsEtcd) -> BTreeSet<Ipv4Net> {
 
 #[test]
 fn client_cert_agents_get_leases_and_connect_pods_and_certless_agent_is_refused() {
-    if !require_prereqs() || !have_openssl() {
+    if !Prereqs::new()
+        .root()
+        .tools(CLUSTER_TOOLS)
+        .tools(&["openssl"])
+        .require()
+    {
         return;
     }
     // Drop order is the reverse of this: agents, then etcd, then cluster.

@@ -12,8 +12,8 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv6Net;
-use netns_tests::netns::Netns;
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::netns::Netns;
+use twill_harness::{require_cluster, Cluster};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
 
@@ -58,7 +58,7 @@ fn ping6_within(ns: &Netns, ip: Ipv6Addr, deadline: Duration) -> bool {
 
 #[test]
 fn ipv6_pods_reach_each_other_across_hosts() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder()
@@ -152,7 +152,7 @@ fn ipv6_pods_reach_each_other_across_hosts() {
 
 #[test]
 fn ipv6_rides_an_ipv6_underlay_tunnel_when_hosts_have_ipv6() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder()
@@ -238,7 +238,7 @@ fn ipv6_rides_an_ipv6_underlay_tunnel_when_hosts_have_ipv6() {
 
 #[test]
 fn ipv6_pod_traffic_leaving_the_cluster_is_masqueraded() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = Cluster::builder()

@@ -14,11 +14,11 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::{BRIDGE_DEV, ETCD_PREFIX, VXLAN_DEV};
-use netns_tests::datapath::{self, Peer, VxlanState};
-use netns_tests::pinger::Pinger;
-use netns_tests::wait::wait_for;
-use netns_tests::{require_prereqs, Cluster, ClusterBuilder};
+use twill_harness::cluster::{BRIDGE_DEV, ETCD_PREFIX, VXLAN_DEV};
+use twill_harness::datapath::{self, Peer, VxlanState};
+use twill_harness::pinger::Pinger;
+use twill_harness::wait::wait_for;
+use twill_harness::{require_cluster, Cluster, ClusterBuilder};
 
 /// Resync interval of every agent here.
 const RESYNC_SECS: u64 = 2;
@@ -86,7 +86,7 @@ fn change_lines(log: &str) -> Vec<&str> {
 
 #[test]
 fn reconcile_restores_entries_removes_stale_ones_and_spares_foreign_routes() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let c = converged(builder(2));
@@ -210,12 +210,12 @@ fn reconcile_restores_entries_removes_stale_ones_and_spares_foreign_routes() {
 
 /// Devices of `host` as the agent must keep them: VXLAN device up with the
 /// lease's MAC and MTU 1450, bridge up with the gateway address.
-fn devices_ok(c: &Cluster, host: &Peer, name: &str) -> netns_tests::Result<Option<()>> {
+fn devices_ok(c: &Cluster, host: &Peer, name: &str) -> twill_harness::Result<Option<()>> {
     let ns = c.host(name)?.ns();
-    let link = |dev: &str| -> netns_tests::Result<serde_json::Value> {
+    let link = |dev: &str| -> twill_harness::Result<serde_json::Value> {
         let out = ns.ip(["-j", "link", "show", dev])?;
         let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| netns_tests::HarnessError::Parse {
+            serde_json::from_str(&out).map_err(|e| twill_harness::HarnessError::Parse {
                 what: format!("ip -j link show {dev}"),
                 reason: e.to_string(),
             })?;
@@ -249,7 +249,7 @@ fn wait_devices(c: &Cluster, me: &Peer, name: &str, why: &str) {
 
 #[test]
 fn deleted_downed_or_changed_devices_are_rebuilt() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let c = converged(builder(2));
@@ -285,7 +285,7 @@ fn deleted_downed_or_changed_devices_are_rebuilt() {
 
 #[test]
 fn restarting_an_agent_loses_no_packet_and_changes_nothing() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let (mut c, ip2) = two_hosts_below_200();
@@ -342,7 +342,7 @@ fn restarting_an_agent_loses_no_packet_and_changes_nothing() {
 
 #[test]
 fn a_killed_node_is_forgotten_within_its_lease_ttl_and_a_resync() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     const TTL: u64 = 10;
@@ -377,7 +377,7 @@ fn a_killed_node_is_forgotten_within_its_lease_ttl_and_a_resync() {
 
 #[test]
 fn garbage_leases_are_ignored_and_a_later_join_still_works() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let (mut c, ip2) = two_hosts_below_200();
@@ -468,7 +468,7 @@ fn garbage_leases_are_ignored_and_a_later_join_still_works() {
 
 #[test]
 fn sigterm_keeps_the_data_path_and_cleanup_removes_it() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let mut c = converged(builder(2));
@@ -489,7 +489,7 @@ fn sigterm_keeps_the_data_path_and_cleanup_removes_it() {
     );
     assert!(c.ping("h2", gateway(p[0].subnet)), "h2 -> h1's bridge");
 
-    let twilld = netns_tests::bins::twilld().unwrap();
+    let twilld = twill_harness::bins::twilld().unwrap();
     let subnet_file = c.host("h1").unwrap().subnet_file_path();
     let out = ns
         .exec(&[

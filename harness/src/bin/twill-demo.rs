@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use netns_tests::cluster::namespaces_with_prefix;
-use netns_tests::{check_prereqs, Cluster};
 use nix::sys::signal::{SigSet, Signal};
+use twill_harness::cluster::namespaces_with_prefix;
+use twill_harness::{Cluster, Prereqs, CLUSTER_TOOLS};
 
 /// Fixed so `scripts/demo.sh --down` can find leftovers.
 const PREFIX: &str = "twdemo";
@@ -73,7 +73,12 @@ fn interrupted() -> Result<()> {
 /// Returns whether every ping succeeded. The cluster is torn down when it
 /// goes out of scope, whichever way this returns.
 fn run(keep: bool) -> Result<bool> {
-    check_prereqs()?;
+    Prereqs::new()
+        .root()
+        .tools(CLUSTER_TOOLS)
+        .built(&["twilld", "twill"])
+        .hint("scripts/demo.sh installs and builds them")
+        .check()?;
     let leftovers = namespaces_with_prefix(&format!("{PREFIX}-"))?;
     if !leftovers.is_empty() {
         bail!("demo namespaces already exist ({leftovers:?}): another demo is running, or run `scripts/demo.sh --down`");

@@ -16,12 +16,11 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::cluster::VXLAN_DEV;
-use netns_tests::datapath::{self, Peer};
-use netns_tests::prereq::{ci_strict, which};
-use netns_tests::probe::{http_get, metric_values, EchoCounters, FreshFlowPinger};
-use netns_tests::wait::wait_for;
-use netns_tests::{bins, Cluster, Netns};
+use twill_harness::cluster::VXLAN_DEV;
+use twill_harness::datapath::{self, Peer};
+use twill_harness::probe::{http_get, metric_values, EchoCounters, FreshFlowPinger};
+use twill_harness::wait::wait_for;
+use twill_harness::{bins, Cluster, Netns, Prereqs, CLUSTER_TOOLS};
 
 /// Resync interval of every agent here.
 const RESYNC_SECS: u64 = 2;
@@ -31,23 +30,14 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// Tools used here beyond what every netns test needs.
 const EXTRA_TOOLS: &[&str] = &["nft", "bridge", "bash", "timeout"];
 
-/// The harness gate plus [`EXTRA_TOOLS`]: `false` means skipped (loudly),
-/// and under `CI=true` a missing tool fails instead.
+/// The cluster's tools plus [`EXTRA_TOOLS`], as root; `false` means
+/// skipped (loudly), and under `CI=true` a missing piece fails instead.
 fn require_prereqs() -> bool {
-    if !netns_tests::require_prereqs() {
-        return false;
-    }
-    let missing: Vec<&str> = EXTRA_TOOLS
-        .iter()
-        .copied()
-        .filter(|t| which(t).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(!ci_strict(), "CI=true and missing tools: {missing:?}");
-    eprintln!("\n*** SKIPPED (NOT PASSED): missing tools {missing:?}. ***\n");
-    false
+    Prereqs::new()
+        .root()
+        .tools(CLUSTER_TOOLS)
+        .tools(EXTRA_TOOLS)
+        .require()
 }
 
 fn net(s: &str) -> Ipv4Net {
@@ -65,12 +55,6 @@ fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
 /// Whether table `ip twill` exists in `ns`.
 fn masq_table(ns: &Netns) -> bool {
     ns.exec(&["nft", "list", "table", "ip", "twill"])
-        .is_ok_and(|o| o.status.success())
-}
-
-/// One ping from a fresh process (new ICMP id, new conntrack entry).
-fn ping_once(ns: &Netns, ip: Ipv4Addr) -> bool {
-    ns.exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
         .is_ok_and(|o| o.status.success())
 }
 
@@ -155,7 +139,7 @@ fn ip_masq_hides_pods_from_the_outside_only_and_survives_restarts() {
     h1.exec_ok(&["nft", "delete", "table", "ip", "twill"])
         .unwrap();
     assert!(
-        !ping_once(c.pod("p1").unwrap().ns(), outside),
+        !c.pod("p1").unwrap().ns().ping_once(&outside.to_string(), 1),
         "p1 reached the outside without masquerading"
     );
     let offset = c.agent_log("h1").unwrap().len();
@@ -213,7 +197,7 @@ fn ip_masq_hides_pods_from_the_outside_only_and_survives_restarts() {
     let reached = wait_for(
         "the outside to reach p1",
         Duration::from_secs(5),
-        || Ok(ping_once(&inet, ip1).then_some(())),
+        || Ok(inet.ping_once(&ip1.to_string(), 1).then_some(())),
         String::new,
     );
     assert!(reached.is_ok(), "outside -> p1 ({ip1})");
@@ -445,7 +429,7 @@ fn get(
     c: &Cluster,
     host: &str,
     path: &str,
-) -> netns_tests::Result<netns_tests::probe::HttpResponse> {
+) -> twill_harness::Result<twill_harness::probe::HttpResponse> {
     http_get(c.ns_of(host)?, Ipv4Addr::LOCALHOST, HEALTH_PORT, path)
 }
 
@@ -543,7 +527,7 @@ fn health_readiness_and_metrics_are_served() {
 }
 
 fn cmd_tail(p: &std::path::Path) -> String {
-    netns_tests::cmd::tail(p, 20)
+    twill_harness::cmd::tail(p, 20)
 }
 
 /// Runs `twilld <global..> status <sub..>` in `host`, bounded by `timeout`.

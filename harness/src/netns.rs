@@ -1,5 +1,6 @@
-//! Network namespace guards with per-run unique names: created on `new`,
-//! their processes killed and the namespace deleted on drop (also on panic).
+//! The one network namespace guard of every crate's root tests, the bench
+//! and the demo: per-run unique names, created on `new`, their processes
+//! killed and the namespace deleted on drop (also when a test panics).
 
 use std::ffi::OsStr;
 use std::process::{Command, Output};
@@ -59,6 +60,12 @@ impl Netns {
         Ok(ns)
     }
 
+    /// `<run prefix>-<role>` (see [`run_prefix`]): the name of a namespace
+    /// that `scripts/test.sh`'s leak check looks for.
+    pub fn unique(role: &str) -> Result<Self> {
+        Self::new(format!("{}-{role}", run_prefix()))
+    }
+
     /// The namespace's name (as in `/run/netns/<name>`).
     pub fn name(&self) -> &str {
         &self.name
@@ -115,9 +122,51 @@ impl Netns {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        cmd::run_ok(&mut self.ip_command(args))
+    }
+
+    /// `ip -n <ns> <args..>` for a test that expects it may fail: whether it
+    /// exited 0, and its stdout (empty when it could not run).
+    pub fn try_ip<I, S>(&self, args: I) -> (bool, String)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        match cmd::run(&mut self.ip_command(args)) {
+            Ok(out) => (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ),
+            Err(_) => (false, String::new()),
+        }
+    }
+
+    fn ip_command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut c = ip(["-n", &self.name]);
         c.args(args);
-        cmd::run_ok(&mut c)
+        c
+    }
+
+    /// The names of the links in the namespace (`eth0`, not `eth0@if7`).
+    pub fn link_names(&self) -> Result<Vec<String>> {
+        let out = self.ip(["-o", "link", "show"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect())
+    }
+
+    /// Whether one ping to `ip` from inside the namespace is answered within
+    /// `wait_secs`. Each call is a fresh process: a new ICMP id, so a new
+    /// conntrack entry.
+    pub fn ping_once(&self, ip: &str, wait_secs: u32) -> bool {
+        self.exec(&["ping", "-n", "-q", "-c1", &format!("-W{wait_secs}"), ip])
+            .is_ok_and(|o| o.status.success())
     }
 }
 
@@ -144,7 +193,7 @@ impl Drop for Netns {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
         if let Err(e) = cmd::run_ok(&mut ip(["netns", "del", &self.name])) {
-            eprintln!("netns-tests: cannot delete netns {}: {e}", self.name);
+            eprintln!("twill-harness: cannot delete netns {}: {e}", self.name);
         }
     }
 }

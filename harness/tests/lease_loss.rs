@@ -14,8 +14,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use netns_tests::wait::wait_for;
-use netns_tests::{require_prereqs, Cluster};
+use twill_harness::wait::wait_for;
+use twill_harness::{require_cluster, Cluster};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -57,7 +57,7 @@ fn still_working(c: &mut Cluster, ip2: Ipv4Addr) {
 
 #[test]
 fn a_deleted_lease_is_taken_back_with_the_same_subnet() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let (mut c, s1, ip2) = setup();
@@ -72,7 +72,7 @@ fn a_deleted_lease_is_taken_back_with_the_same_subnet() {
 
 #[test]
 fn a_revoked_lease_is_taken_back_with_the_same_subnet() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let (mut c, s1, ip2) = setup();
@@ -97,7 +97,7 @@ fn a_revoked_lease_is_taken_back_with_the_same_subnet() {
 
 #[test]
 fn a_subnet_taken_by_another_node_moves_us_to_a_new_one_loudly() {
-    if !require_prereqs() {
+    if !require_cluster() {
         return;
     }
     let (mut c, s1, _) = setup();
