@@ -333,7 +333,7 @@ struct MemoryWatch {
     store: MemoryStore,
     changed: watch::Receiver<u64>,
     after: i64,
-    /// Reported on the first `next()`, as etcd does.
+    /// Reported by every `next()`: etcd cancels such a watch.
     compacted: Option<i64>,
     network: Option<Ipv4Net>,
     /// Set by an outage: the stream stays broken, like etcd's.
@@ -348,7 +348,7 @@ impl WatchStream for MemoryWatch {
 
 impl MemoryWatch {
     async fn next_batch(&mut self) -> WatchBatch {
-        if let Some(compact_revision) = self.compacted.take() {
+        if let Some(compact_revision) = self.compacted {
             return Err(StoreError::Compacted { compact_revision });
         }
         loop {
@@ -484,6 +484,10 @@ mod tests {
             matches!(e, StoreError::Compacted { compact_revision } if compact_revision == now),
             "{e}"
         );
+        assert!(matches!(
+            next(&mut stale).await,
+            Err(StoreError::Compacted { .. })
+        ));
         // The watch opened before the compaction still gets everything.
         let (ev, rev) = next(&mut open).await.unwrap().unwrap();
         assert_eq!(ev.len(), 1);
