@@ -1,5 +1,7 @@
-//! The store's one retry policy: a doubling [`Backoff`] and [`retry`], which
-//! repeats a store call until it succeeds or fails with a final error.
+//! The store's one retry policy: which errors are worth another try
+//! ([`StoreError::is_retryable`], [`StoreError::is_final`]), a doubling
+//! [`Backoff`], and [`retry`], which repeats a store call until it succeeds
+//! or fails with a final error.
 
 use std::future::Future;
 use std::time::Duration;
@@ -42,6 +44,36 @@ impl Backoff {
     /// Back to the first delay, after a success.
     pub fn reset(&mut self) {
         self.current = self.first;
+    }
+}
+
+/// The one classification of store errors the policy acts on; every
+/// store maps its own failures into these variants (the etcd store's
+/// `Failure::error` is tested against it).
+impl StoreError {
+    /// True for errors where trying the same call again later may succeed
+    /// (transport trouble), false for answers (taken, gone, bad data).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Etcd { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::Timeout { .. }
+                | StoreError::WatchCanceled { .. }
+                | StoreError::TooManyConflicts { .. }
+        )
+    }
+
+    /// No retry of any store call can fix this: Alloc, BadConfig, TlsFile, Auth, Options.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Alloc(_)
+                | StoreError::BadConfig { .. }
+                | StoreError::TlsFile { .. }
+                | StoreError::Auth { .. }
+                | StoreError::Options(_)
+        )
     }
 }
 
@@ -195,5 +227,53 @@ mod tests {
         assert!(matches!(e, StoreError::Alloc(_)), "{e}");
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(seen[0].contains("/twill/network/config"), "{seen:?}");
+    }
+
+    #[test]
+    fn final_errors_are_never_retryable() {
+        let net = net("10.244.0.0/16");
+        let io = || std::io::Error::other("test");
+        let cases = [
+            (StoreError::Options("x".into()), true),
+            (
+                StoreError::Auth {
+                    op: "get".into(),
+                    user: "twill".into(),
+                    reason: "bad password".into(),
+                },
+                true,
+            ),
+            (
+                StoreError::TlsFile {
+                    path: "/ca.pem".into(),
+                    source: io(),
+                },
+                true,
+            ),
+            (
+                StoreError::Alloc(AllocError::Exhausted {
+                    network: net,
+                    min: net,
+                    max: net,
+                    count: 0,
+                }),
+                true,
+            ),
+            (
+                StoreError::Unreachable {
+                    op: "get".into(),
+                    endpoints: "e".into(),
+                    reason: "refused".into(),
+                },
+                false,
+            ),
+            (StoreError::NoConfig { key: "k".into() }, false),
+            (StoreError::LeaseGone(net), false),
+            (StoreError::TooManyConflicts { tries: 3 }, false),
+        ];
+        for (e, is_final) in cases {
+            assert_eq!(e.is_final(), is_final, "{e}");
+            assert!(!(e.is_final() && e.is_retryable()), "{e}");
+        }
     }
 }

@@ -101,33 +101,6 @@ pub enum StoreError {
     Options(String),
 }
 
-impl StoreError {
-    /// True for errors where trying the same call again later may succeed
-    /// (transport trouble), false for answers (taken, gone, bad data).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Etcd { .. }
-                | StoreError::Unreachable { .. }
-                | StoreError::Timeout { .. }
-                | StoreError::WatchCanceled { .. }
-                | StoreError::TooManyConflicts { .. }
-        )
-    }
-
-    /// No retry of any store call can fix this: Alloc, BadConfig, TlsFile, Auth, Options.
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Alloc(_)
-                | StoreError::BadConfig { .. }
-                | StoreError::TlsFile { .. }
-                | StoreError::Auth { .. }
-                | StoreError::Options(_)
-        )
-    }
-}
-
 /// One change to the set of leases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseEvent {
@@ -383,54 +356,6 @@ mod tests {
         is_send::<EtcdStore>();
         is_send::<FileStore>();
         is_send::<MemoryStore>();
-    }
-
-    #[test]
-    fn final_errors_are_never_retryable() {
-        let net: Ipv4Net = "10.244.0.0/16".parse().expect("test net");
-        let io = || std::io::Error::other("test");
-        let cases = [
-            (StoreError::Options("x".into()), true),
-            (
-                StoreError::Auth {
-                    op: "get".into(),
-                    user: "twill".into(),
-                    reason: "bad password".into(),
-                },
-                true,
-            ),
-            (
-                StoreError::TlsFile {
-                    path: "/ca.pem".into(),
-                    source: io(),
-                },
-                true,
-            ),
-            (
-                StoreError::Alloc(AllocError::Exhausted {
-                    network: net,
-                    min: net,
-                    max: net,
-                    count: 0,
-                }),
-                true,
-            ),
-            (
-                StoreError::Unreachable {
-                    op: "get".into(),
-                    endpoints: "e".into(),
-                    reason: "refused".into(),
-                },
-                false,
-            ),
-            (StoreError::NoConfig { key: "k".into() }, false),
-            (StoreError::LeaseGone(net), false),
-            (StoreError::TooManyConflicts { tries: 3 }, false),
-        ];
-        for (e, is_final) in cases {
-            assert_eq!(e.is_final(), is_final, "{e}");
-            assert!(!(e.is_final() && e.is_retryable()), "{e}");
-        }
     }
 
     #[test]
