@@ -69,13 +69,7 @@ mod tests {
     use super::*;
 
     fn env() -> SubnetEnv {
-        SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            mtu: 1450,
-            ip_masq: false,
-            ipv6: None,
-        }
+        SubnetEnv::parse("TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\n").unwrap()
     }
 
     #[test]
