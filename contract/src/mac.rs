@@ -15,7 +15,8 @@ impl Mac {
         let mut parts = s.split(':');
         for byte in out.iter_mut() {
             let part = parts.next()?;
-            if part.len() != 2 {
+            // from_str_radix alone would take a sign ("+a").
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return None;
             }
             *byte = u8::from_str_radix(part, 16).ok()?;
@@ -107,6 +108,8 @@ mod tests {
         assert_eq!(Mac::parse("0e:01:c0:00:02:0a:0b"), None);
         assert_eq!(Mac::parse("0e:01:c0:00:02:zz"), None);
         assert_eq!(Mac::parse("0e:1:c0:00:02:0a"), None);
+        assert_eq!(Mac::parse("+e:01:c0:00:02:0a"), None);
+        assert_eq!(Mac::parse(""), None);
         assert_eq!(Mac::from_slice(&[1, 2, 3]), None);
     }
 

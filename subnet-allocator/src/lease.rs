@@ -8,6 +8,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use twill_contract::Mac;
+
 // The key format is shared with the harness: it lives in the contract crate.
 pub use twill_contract::lease_key::{
     lease_key_name, parse_lease_key, parse_subnet_key, subnet_key,
@@ -99,17 +101,10 @@ struct RawVxlan {
     vtep_mac: String,
 }
 
-/// Normalizes a MAC to lowercase colon form, or `None` if it is not one.
+/// Normalizes a MAC to lowercase colon form, or `None` if it is not one;
+/// the agent reads it back with the same [`Mac`].
 pub fn normalize_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6
-        || !parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return None;
-    }
-    Some(s.to_ascii_lowercase())
+    Mac::parse(s).map(|m| m.to_string())
 }
 
 impl LeaseAttrs {
