@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use twill_contract::defaults;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -35,7 +36,7 @@ pub struct Args {
     #[arg(
         long,
         env = "TWILL_ETCD_PREFIX",
-        default_value = "/twill/network",
+        default_value = defaults::ETCD_PREFIX,
         global = true
     )]
     pub etcd_prefix: String,
@@ -77,7 +78,7 @@ pub struct Args {
     #[arg(
         long,
         env = "TWILL_SUBNET_FILE",
-        default_value = "/run/twill/subnet.env",
+        default_value = defaults::SUBNET_FILE,
         global = true
     )]
     pub subnet_file: PathBuf,
@@ -99,7 +100,7 @@ pub struct Args {
     pub healthz_addr: Option<SocketAddr>,
 
     /// name of the pod bridge
-    #[arg(long, env = "TWILL_BRIDGE", default_value = "twill0", global = true)]
+    #[arg(long, env = "TWILL_BRIDGE", default_value = defaults::BRIDGE, global = true)]
     pub bridge: String,
 
     /// log output format
@@ -138,10 +139,10 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct InstallCniArgs {
     /// where container runtimes look for CNI plugin binaries
-    #[arg(long, default_value = "/opt/cni/bin")]
+    #[arg(long, default_value = defaults::CNI_BIN_DIR)]
     pub bin_dir: PathBuf,
     /// where container runtimes look for CNI network configs
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    #[arg(long, default_value = defaults::CNI_CONF_DIR)]
     pub conf_dir: PathBuf,
     /// the plugin binary to install (default: `twill` beside this twilld)
     #[arg(long)]

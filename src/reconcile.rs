@@ -9,88 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet_allocator::Lease;
 
-/// A MAC address, as the kernel and the lease JSON know it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive).
-    pub fn parse(s: &str) -> Option<Mac> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in out.iter_mut() {
-            let part = parts.next()?;
-            if part.len() != 2 {
-                return None;
-            }
-            *byte = u8::from_str_radix(part, 16).ok()?;
-        }
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(Mac(out))
-    }
-
-    /// Takes the first six bytes of a netlink attribute, if there are six.
-    pub fn from_slice(bytes: &[u8]) -> Option<Mac> {
-        let arr: [u8; 6] = bytes.get(..6)?.try_into().ok()?;
-        Some(Mac(arr))
-    }
-
-    /// A stable, locally administered unicast MAC for the VTEP of a node, so
-    /// that recreating the device keeps the address the other nodes know.
-    pub fn for_vtep(public_ip: Ipv4Addr, vni: u32) -> Mac {
-        let ip = public_ip.octets();
-        // 0x0e: locally administered, unicast. The VNI's low byte keeps two
-        // VTEPs of one node on different VNIs apart.
-        Mac([0x0e, (vni & 0xff) as u8, ip[0], ip[1], ip[2], ip[3]])
-    }
-
-    /// The same for the VTEP on the IPv6 underlay: the address folded into
-    /// four bytes, and a second byte that keeps it apart from `for_vtep`.
-    pub fn for_vtep6(public_ipv6: Ipv6Addr, vni: u32) -> Mac {
-        let o = public_ipv6.octets();
-        let mut folded = [0u8; 4];
-        for (i, b) in o.iter().enumerate() {
-            folded[i % 4] ^= b;
-        }
-        Mac([
-            0x0e,
-            0x80 | (vni & 0x7f) as u8,
-            folded[0],
-            folded[1],
-            folded[2],
-            folded[3],
-        ])
-    }
-
-    /// A stable MAC for a node's bridge, derived from its gateway address.
-    pub fn for_bridge(gateway: Ipv4Addr) -> Mac {
-        let ip = gateway.octets();
-        Mac([0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]])
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 6]
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+// The MAC rules (bridge, VTEP) are shared with the CNI plugin.
+pub use twill_contract::Mac;
 
 /// How this node reaches the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -647,26 +567,6 @@ mod tests {
     }
 
     #[test]
-    fn mac_parse_and_display_round_trip() {
-        let m = Mac::parse("0E:01:c0:00:02:0a").unwrap();
-        assert_eq!(m.to_string(), "0e:01:c0:00:02:0a");
-        assert_eq!(Mac::parse("0e:01:c0:00:02"), None);
-        assert_eq!(Mac::parse("0e:01:c0:00:02:0a:0b"), None);
-        assert_eq!(Mac::parse("0e:01:c0:00:02:zz"), None);
-        assert_eq!(Mac::parse("0e:1:c0:00:02:0a"), None);
-        assert_eq!(Mac::from_slice(&[1, 2, 3]), None);
-    }
-
-    #[test]
-    fn vtep_mac_is_unicast_local_and_stable() {
-        let a = Mac::for_vtep(ip("192.0.2.7"), 1);
-        assert_eq!(a, Mac::for_vtep(ip("192.0.2.7"), 1));
-        assert_ne!(a, Mac::for_vtep(ip("192.0.2.8"), 1));
-        assert_eq!(a.0[0] & 1, 0, "unicast");
-        assert_eq!(a.0[0] & 2, 2, "locally administered");
-    }
-
-    #[test]
     fn own_lease_is_left_out() {
         let (n, s) = nodes(&[
             lease(LOCAL, "192.0.2.1", "0e:01:c0:00:02:01"),
@@ -1084,15 +984,6 @@ mod tests {
         let d = desired_state(&n);
         assert!(d.routes.values().all(|r| r.dev == Dev::Vxlan));
         assert!(d.fdb.keys().all(|(dev, _)| *dev == Dev::Vxlan));
-    }
-
-    #[test]
-    fn vtep6_mac_is_unicast_local_and_differs_from_the_ipv4_one() {
-        let m = Mac::for_vtep6("2001:db8::7".parse().unwrap(), 1);
-        assert_eq!(m.0[0] & 1, 0);
-        assert_eq!(m.0[0] & 2, 2);
-        assert_ne!(m, Mac::for_vtep6("2001:db8::8".parse().unwrap(), 1));
-        assert_ne!(m, Mac::for_vtep(ip("192.0.2.7"), 1));
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! never reads half a file; read back at start to keep the same subnet.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
+// The format and the gateway rule are the plugin's too: they live in the
+// contract crate, and stay reachable here for the agent.
+pub use twill_contract::subnet_file::{NodeSubnet, ParseError, SubnetEnv};
+pub use twill_contract::{gateway6_of, gateway_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetFileError {
@@ -16,52 +19,6 @@ pub enum SubnetFileError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// What the agent tells the CNI plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetEnv {
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
-    pub mtu: u32,
-    pub ip_masq: bool,
-    /// The cluster's and this node's IPv6 networks, when dual-stack.
-    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
-}
-
-impl SubnetEnv {
-    /// The gateway (bridge) address of the node subnet: its first host.
-    pub fn gateway(&self) -> Ipv4Addr {
-        gateway_of(self.subnet)
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = format!(
-            "TWILL_NETWORK={}\nTWILL_SUBNET={}/{}\nTWILL_MTU={}\nTWILL_IPMASQ={}\n",
-            self.network,
-            self.gateway(),
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ip_masq
-        );
-        if let Some((network6, subnet6)) = self.ipv6 {
-            out.push_str(&format!(
-                "TWILL_IPV6_NETWORK={network6}\nTWILL_IPV6_SUBNET={}/{}\n",
-                gateway6_of(subnet6),
-                subnet6.prefix_len()
-            ));
-        }
-        out
-    }
-}
-
-/// The IPv6 gateway (bridge) address of a node's IPv6 subnet: `<net>::1`.
-pub fn gateway6_of(subnet: Ipv6Net) -> Ipv6Addr {
-    Ipv6Addr::from(u128::from(subnet.network()).saturating_add(1))
-}
-
-pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
 }
 
 /// Writes the file atomically: a temp file in the same directory, fsync,
@@ -101,15 +58,10 @@ pub fn read_previous_subnet(path: &Path) -> Option<Ipv4Net> {
     parse_previous_subnet(&text)
 }
 
+/// The node subnet of a subnet file's text; `None` when the file does not
+/// parse, since a preference is only a hint.
 pub fn parse_previous_subnet(text: &str) -> Option<Ipv4Net> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once('=')?;
-        if k.trim() != "TWILL_SUBNET" && k.trim() != "FLANNEL_SUBNET" {
-            return None;
-        }
-        let net: Ipv4Net = v.trim().parse().ok()?;
-        Some(net.trunc())
-    })
+    NodeSubnet::parse(text).ok().map(|s| s.subnet())
 }
 
 #[cfg(test)]
@@ -117,33 +69,7 @@ mod tests {
     use super::*;
 
     fn env() -> SubnetEnv {
-        SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            mtu: 1450,
-            ip_masq: false,
-            ipv6: None,
-        }
-    }
-
-    #[test]
-    fn dual_stack_adds_the_ipv6_keys() {
-        let mut e = env();
-        e.ipv6 = Some((
-            "fd00:10:244::/48".parse().unwrap(),
-            "fd00:10:244:3::/64".parse().unwrap(),
-        ));
-        assert!(e.render().ends_with(
-            "TWILL_IPMASQ=false\nTWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\n"
-        ));
-    }
-
-    #[test]
-    fn renders_the_documented_keys() {
-        assert_eq!(
-            env().render(),
-            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=false\n"
-        );
+        SubnetEnv::parse("TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\n").unwrap()
     }
 
     #[test]

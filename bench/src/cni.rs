@@ -18,7 +18,6 @@ use crate::stats::{ms, quantile};
 /// Where Debian's containernetworking-plugins live.
 pub const REF_CNI_PATH: &str = "/usr/lib/cni";
 const SUBNET: &str = "10.244.50.0/24";
-const GATEWAY: &str = "10.244.50.1/24";
 
 #[derive(Debug, Clone)]
 pub struct CniOpts {
@@ -39,10 +38,14 @@ struct Plugin {
 
 fn plugins(twill_bin: &Path, dir: &Path) -> anyhow::Result<Vec<Plugin>> {
     let subnet_file = dir.join("subnet.env");
-    std::fs::write(
-        &subnet_file,
-        format!("TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET={GATEWAY}\nTWILL_MTU=1450\nTWILL_IPMASQ=false\n"),
-    )?;
+    let env = twill::subnet_file::SubnetEnv {
+        network: "10.244.0.0/16".parse()?,
+        subnet: SUBNET.parse()?,
+        mtu: 1450,
+        ip_masq: false,
+        ipv6: None,
+    };
+    std::fs::write(&subnet_file, env.render())?;
     let twill = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "bench-twill",

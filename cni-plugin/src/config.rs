@@ -15,9 +15,10 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1
 /// Version used when nothing else is known (e.g. undecodable stdin).
 pub const DEFAULT_VERSION: &str = "1.1.0";
 
-pub const DEFAULT_SUBNET_FILE: &str = "/run/twill/subnet.env";
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill/ipam";
-pub const DEFAULT_BRIDGE: &str = "twill0";
+// Shared with the agent and its installer, so they live in the contract crate.
+pub use twill_contract::defaults::{
+    BRIDGE as DEFAULT_BRIDGE, IPAM_DATA_DIR as DEFAULT_DATA_DIR, SUBNET_FILE as DEFAULT_SUBNET_FILE,
+};
 /// Longest file name the kernel accepts.
 const NAME_MAX: usize = 255;
 

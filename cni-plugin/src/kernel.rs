@@ -309,11 +309,11 @@ pub fn delete_link(s: &mut Socket, name: &str) -> Result<bool, Error> {
     deleted(&format!("delete link {name}"), s.one(delete_link_req(name)))
 }
 
-/// The fixed bridge MAC: locally administered `0a:58` + the gateway address,
-/// so the bridge never falls back to 00:00:.. when its last port leaves.
+/// The fixed bridge MAC, so the bridge never falls back to 00:00:.. when
+/// its last port leaves; the agent's rule, so it does not matter which of
+/// the two creates the bridge.
 pub fn bridge_mac(gateway: Ipv4Addr) -> Vec<u8> {
-    let o = gateway.octets();
-    vec![0x0a, 0x58, o[0], o[1], o[2], o[3]]
+    twill_contract::Mac::for_bridge(gateway).0.to_vec()
 }
 
 /// Makes sure IPv6 is not disabled on `ifname` in the calling thread's

@@ -265,27 +265,12 @@ impl Socket {
 
 /// `SO_RCVTIMEO` on `sock`: a `recv` that waits longer fails with EAGAIN.
 fn set_recv_timeout(sock: &RawSocket, t: std::time::Duration) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(t.subsec_micros()),
-    };
-    // SAFETY: `tv` is a valid timeval for the duration of the call and its
-    // size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    let tv = nix::sys::time::TimeVal::new(
+        libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        libc::suseconds_t::from(t.subsec_micros()),
+    );
+    setsockopt(sock, ReceiveTimeout, &tv).map_err(io::Error::from)
 }
 
 /// An `NLMSG_ERROR` message: an ACK (code 0) or a refusal with the errno

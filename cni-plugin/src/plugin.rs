@@ -640,7 +640,7 @@ mod tests {
     }
 
     fn node(text: &str) -> NodeSubnet {
-        subnet::parse(text).unwrap()
+        NodeSubnet::parse(text).unwrap()
     }
 
     const DUAL: &str = "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\n";

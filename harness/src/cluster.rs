@@ -25,15 +25,15 @@ use crate::wait::{wait_for, DEFAULT_TIMEOUT};
 
 /// Address of the underlay bridge `ul0`, where etcd listens.
 pub const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
-/// The etcd prefix the agents use.
-pub const ETCD_PREFIX: &str = "/twill/network";
+/// The etcd prefix the agents use: their default.
+pub const ETCD_PREFIX: &str = twill_contract::defaults::ETCD_PREFIX;
 /// The network config written to `<prefix>/config` unless overridden.
 pub const DEFAULT_NETWORK_CONFIG: &str =
     r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
 /// Name of the VXLAN device the agent creates (VNI 1).
 pub const VXLAN_DEV: &str = "twill.1";
-/// Name of the node bridge the agent creates.
-pub const BRIDGE_DEV: &str = "twill0";
+/// Name of the node bridge the agent creates: its default.
+pub const BRIDGE_DEV: &str = twill_contract::defaults::BRIDGE;
 /// Interface name of a pod's / host's link.
 pub const IFNAME: &str = "eth0";
 /// Most members a multi-member etcd may have (`192.0.2.251..=253`).
@@ -681,19 +681,17 @@ impl Cluster {
     /// The etcd key of the lease for `subnet` under this cluster's prefix.
     pub fn lease_key_in(&self, subnet: Ipv4Net) -> String {
         format!(
-            "{}/subnets/{}-{}",
+            "{}/subnets/{}",
             self.etcd_prefix,
-            subnet.network(),
-            subnet.prefix_len()
+            twill_contract::subnet_key(subnet)
         )
     }
 
     /// The etcd key of the lease for `subnet` under the default prefix.
     pub fn lease_key(subnet: Ipv4Net) -> String {
         format!(
-            "{ETCD_PREFIX}/subnets/{}-{}",
-            subnet.network(),
-            subnet.prefix_len()
+            "{ETCD_PREFIX}/subnets/{}",
+            twill_contract::subnet_key(subnet)
         )
     }
 

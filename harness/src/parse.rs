@@ -1,11 +1,11 @@
 //! Pure parsers for what the harness reads back: subnet files, lease keys
 //! and values, `etcdctl -w json` output, `ip -j route` output, CNI results.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
+use twill_contract::{NodeSubnet, SubnetEnv};
 
 use crate::error::{HarnessError, Result};
 
@@ -16,7 +16,7 @@ fn perr(what: impl Into<String>, reason: impl ToString) -> HarnessError {
     }
 }
 
-/// The agent's subnet file (`TWILL_*` lines).
+/// The agent's subnet file (`TWILL_*` lines), parsed by the contract crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetFile {
     /// `TWILL_NETWORK`, the whole cluster network.
@@ -25,6 +25,9 @@ pub struct SubnetFile {
     pub subnet: Ipv4Net,
     pub mtu: u32,
     pub ipmasq: bool,
+    /// `TWILL_IPV6_SUBNET` of a dual-stack node: gateway address with the
+    /// node's IPv6 subnet's prefix length.
+    pub subnet6: Option<Ipv6Net>,
 }
 
 impl SubnetFile {
@@ -32,37 +35,25 @@ impl SubnetFile {
     pub fn node_subnet(&self) -> Ipv4Net {
         self.subnet.trunc()
     }
+
+    /// The node's IPv6 subnet with host bits cleared, when dual-stack.
+    pub fn node_subnet6(&self) -> Option<Ipv6Net> {
+        self.subnet6.map(|s| s.trunc())
+    }
 }
 
-/// Parses `KEY=VALUE` lines; unknown keys and comments are ignored.
+/// Parses the subnet file as the plugin does, and also insists on the
+/// cluster networks, which the agent always writes.
 pub fn parse_subnet_file(text: &str) -> Result<SubnetFile> {
-    let mut kv = BTreeMap::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            kv.insert(k.trim(), v.trim().trim_matches('"'));
-        }
-    }
-    let get = |k: &str| {
-        kv.get(k)
-            .copied()
-            .ok_or_else(|| perr("subnet file", format!("missing {k}")))
-    };
+    let node = NodeSubnet::parse(text).map_err(|e| perr("subnet file", e))?;
+    // Keeps the written gateway, not a derived one, so tests can check it.
+    let env = SubnetEnv::try_from(node.clone()).map_err(|e| perr("subnet file", e))?;
     Ok(SubnetFile {
-        network: get("TWILL_NETWORK")?
-            .parse()
-            .map_err(|e| perr("TWILL_NETWORK", e))?,
-        subnet: get("TWILL_SUBNET")?
-            .parse()
-            .map_err(|e| perr("TWILL_SUBNET", e))?,
-        mtu: get("TWILL_MTU")?
-            .parse()
-            .map_err(|e| perr("TWILL_MTU", e))?,
-        ipmasq: get("TWILL_IPMASQ")?
-            .parse()
-            .map_err(|e| perr("TWILL_IPMASQ", e))?,
+        network: env.network,
+        subnet: node.gateway_net,
+        mtu: node.mtu,
+        ipmasq: node.ipmasq,
+        subnet6: node.ipv6.map(|v6| v6.gateway_net),
     })
 }
 
@@ -101,19 +92,19 @@ pub fn parse_lease(key: &str, value: &[u8]) -> Result<Lease> {
     serde_json::from_slice(value).map_err(|e| perr(format!("lease value of {key}"), e))
 }
 
-/// `.../subnets/10.244.3.0-24` -> `10.244.3.0/24`.
+/// `.../subnets/10.244.3.0-24`, or dual-stack
+/// `.../subnets/10.244.3.0-24&fd00:10:244:3::-64`, -> `10.244.3.0/24`.
 pub fn parse_lease_key(key: &str) -> Result<Ipv4Net> {
+    // The IPv6 half has no '/', so the last '/' ends the prefix.
     let last = key.rsplit('/').next().unwrap_or(key);
-    let (addr, len) = last
-        .split_once('-')
-        .ok_or_else(|| perr(format!("lease key {key}"), "no '-' before prefix length"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|e| perr(format!("lease key {key}"), e))?;
-    let len: u8 = len
-        .parse()
-        .map_err(|e| perr(format!("lease key {key}"), e))?;
-    Ipv4Net::new(addr, len).map_err(|e| perr(format!("lease key {key}"), e))
+    twill_contract::parse_lease_key(last)
+        .map(|(v4, _)| v4)
+        .ok_or_else(|| {
+            perr(
+                format!("lease key {key}"),
+                "not <a.b.c.d>-<len> or <a.b.c.d>-<len>&<ipv6>-<len>",
+            )
+        })
 }
 
 /// Decodes standard base64 (with or without padding), as `etcdctl -w json`
@@ -239,6 +230,16 @@ mod tests {
         assert_eq!(f.node_subnet(), "10.244.3.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(f.mtu, 1450);
         assert!(!f.ipmasq);
+        assert_eq!(f.node_subnet6(), None);
+        let f = parse_subnet_file(
+            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=true\nTWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\n",
+        )
+        .unwrap();
+        assert!(f.ipmasq);
+        assert_eq!(
+            f.node_subnet6(),
+            Some("fd00:10:244:3::/64".parse::<Ipv6Net>().unwrap())
+        );
     }
 
     #[test]
@@ -256,6 +257,10 @@ mod tests {
             "10.244.7.0/24".parse::<Ipv4Net>().unwrap()
         );
         assert!(parse_lease_key("/twill/network/subnets/garbage").is_err());
+        assert_eq!(
+            parse_lease_key("/twill/network/subnets/10.244.7.0-24&fd00:10:244:7::-64").unwrap(),
+            "10.244.7.0/24".parse::<Ipv4Net>().unwrap()
+        );
         let l = parse_lease(
             "k",
             br#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"AA:bb:cc:dd:ee:01"}}"#,

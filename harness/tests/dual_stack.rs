@@ -34,12 +34,9 @@ fn pod_ipv6(ns: &Netns) -> Ipv6Addr {
 
 /// The node's IPv6 subnet from its subnet file.
 fn node_subnet6(c: &Cluster, host: &str) -> Ipv6Net {
-    let text = std::fs::read_to_string(c.host(host).unwrap().subnet_file_path()).unwrap();
-    let gw = text
-        .lines()
-        .find_map(|l| l.strip_prefix("TWILL_IPV6_SUBNET="))
-        .unwrap_or_else(|| panic!("no TWILL_IPV6_SUBNET in the subnet file of {host}:\n{text}"));
-    gw.parse::<Ipv6Net>().unwrap().trunc()
+    let file = c.subnet_file(host).unwrap();
+    file.node_subnet6()
+        .unwrap_or_else(|| panic!("no TWILL_IPV6_SUBNET in the subnet file of {host}: {file:?}"))
 }
 
 fn ping6_within(ns: &Netns, ip: Ipv6Addr, deadline: Duration) -> bool {

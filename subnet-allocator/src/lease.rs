@@ -8,6 +8,13 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use twill_contract::Mac;
+
+// The key format is shared with the harness: it lives in the contract crate.
+pub use twill_contract::lease_key::{
+    lease_key_name, parse_lease_key, parse_subnet_key, subnet_key,
+};
+
 /// Errors of [`LeaseAttrs::parse`].
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -65,66 +72,11 @@ pub struct Lease {
     pub ttl_remaining: Option<Duration>,
 }
 
-/// Store key suffix for a subnet: `10.244.3.0-24`.
-pub fn subnet_key(subnet: Ipv4Net) -> String {
-    format!("{}-{}", subnet.network(), subnet.prefix_len())
-}
-
-/// Store key suffix for a lease: `10.244.3.0-24`, or flannel's dual-stack
-/// form `10.244.3.0-24&fd00:10:244:3::-64`.
-pub fn lease_key_name(v4: Ipv4Net, v6: Option<Ipv6Net>) -> String {
-    match v6 {
-        None => subnet_key(v4),
-        Some(v6) => format!("{}&{}-{}", subnet_key(v4), v6.network(), v6.prefix_len()),
-    }
-}
-
-/// Inverse of [`lease_key_name`]. Only the canonical spelling is accepted
-/// (what `lease_key_name` writes for the parsed subnets), because renewing
-/// or deleting a lease rebuilds its key from the subnets.
-pub fn parse_lease_key(s: &str) -> Option<(Ipv4Net, Option<Ipv6Net>)> {
-    let (v4_part, v6_part) = match s.split_once('&') {
-        Some((a, b)) => (a, Some(b)),
-        None => (s, None),
-    };
-    let v4 = parse_subnet_key(v4_part)?;
-    let v6 = match v6_part {
-        None => None,
-        Some(p) => {
-            let (addr, len) = p.rsplit_once('-')?;
-            let addr: Ipv6Addr = addr.parse().ok()?;
-            if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let net = Ipv6Net::new(addr, len.parse().ok()?).ok()?;
-            if net != net.trunc() {
-                return None;
-            }
-            Some(net)
-        }
-    };
-    (lease_key_name(v4, v6) == s).then_some((v4, v6))
-}
-
 impl Lease {
     /// The store key suffix this lease lives under.
     pub fn key_name(&self) -> String {
         lease_key_name(self.subnet, self.ipv6_subnet)
     }
-}
-
-/// Inverse of [`subnet_key`]. Accepts flannel's dual-stack form
-/// `10.244.3.0-24&fd00::-64` (keeps the IPv4 part). Rejects keys with host
-/// bits set, since no allocator writes those.
-pub fn parse_subnet_key(s: &str) -> Option<Ipv4Net> {
-    let v4 = s.split('&').next()?;
-    let (addr, len) = v4.split_once('-')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let net = Ipv4Net::new(addr, len.parse().ok()?).ok()?;
-    (net == net.trunc()).then_some(net)
 }
 
 #[derive(Deserialize)]
@@ -149,17 +101,10 @@ struct RawVxlan {
     vtep_mac: String,
 }
 
-/// Normalizes a MAC to lowercase colon form, or `None` if it is not one.
+/// Normalizes a MAC to lowercase colon form, or `None` if it is not one;
+/// the agent reads it back with the same [`Mac`].
 pub fn normalize_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6
-        || !parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return None;
-    }
-    Some(s.to_ascii_lowercase())
+    Mac::parse(s).map(|m| m.to_string())
 }
 
 impl LeaseAttrs {
@@ -252,44 +197,6 @@ mod tests {
     const FLANNEL_SAMPLE: &str = r#"{"PublicIP":"192.0.2.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#;
 
     #[test]
-    fn key_round_trip() {
-        for s in [
-            "10.244.3.0/24",
-            "10.244.0.128/25",
-            "0.0.0.0/0",
-            "192.0.2.4/30",
-        ] {
-            let n: Ipv4Net = s.parse().unwrap();
-            assert_eq!(parse_subnet_key(&subnet_key(n)), Some(n), "{s}");
-        }
-        assert_eq!(
-            subnet_key("10.244.3.0/24".parse().unwrap()),
-            "10.244.3.0-24"
-        );
-    }
-
-    #[test]
-    fn key_dual_stack_and_garbage() {
-        assert_eq!(
-            parse_subnet_key("10.244.3.0-24&fd00::-64"),
-            Some("10.244.3.0/24".parse().unwrap())
-        );
-        for bad in [
-            "",
-            "10.244.3.0",
-            "10.244.3.0-",
-            "10.244.3.0-33",
-            "10.244.3.5-24",
-            "x-24",
-            "10.244.3.0-+4",
-            "10.244.3.0/24",
-            "fd00::-64",
-        ] {
-            assert_eq!(parse_subnet_key(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn flannel_sample_parses_and_serializes_identically() {
         let a = LeaseAttrs::parse(FLANNEL_SAMPLE.as_bytes()).unwrap();
         assert_eq!(
@@ -358,66 +265,8 @@ mod tests {
 
     /// A dual-stack vxlan lease as flannel (>= v0.22, etcd registry) writes
     /// it: its Go `LeaseAttrs` field order, IPv6 VTEP data in
-    /// `BackendV6Data`, key `<v4>-<len>&<v6>-<len>`.
-    const FLANNEL_DUAL_KEY: &str = "10.5.52.0-24&fc00:0:0:34::-64";
+    /// `BackendV6Data` (its key is in the contract crate's tests).
     const FLANNEL_DUAL_SAMPLE: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"ce:35:60:a1:2f:07"}}"#;
-
-    #[test]
-    fn lease_key_round_trip_both_forms() {
-        let v4: Ipv4Net = "10.244.3.0/24".parse().unwrap();
-        let v6: Ipv6Net = "fd00:10:244:3::/64".parse().unwrap();
-        assert_eq!(lease_key_name(v4, None), "10.244.3.0-24");
-        assert_eq!(
-            lease_key_name(v4, Some(v6)),
-            "10.244.3.0-24&fd00:10:244:3::-64"
-        );
-        for (a, b) in [
-            ("10.244.3.0/24", None),
-            ("10.244.3.0/24", Some("fd00:10:244:3::/64")),
-            ("10.244.0.128/25", Some("fd00::/120")),
-            ("0.0.0.0/0", Some("::/0")),
-            ("192.0.2.4/30", Some("2001:db8:0:1::/64")),
-        ] {
-            let v4: Ipv4Net = a.parse().unwrap();
-            let v6: Option<Ipv6Net> = b.map(|b| b.parse().unwrap());
-            let k = lease_key_name(v4, v6);
-            assert_eq!(parse_lease_key(&k), Some((v4, v6)), "{k}");
-            // The old IPv4 parser still reads the IPv4 part of both forms.
-            assert_eq!(parse_subnet_key(&k), Some(v4), "{k}");
-        }
-        assert_eq!(
-            parse_lease_key(FLANNEL_DUAL_KEY),
-            Some((
-                "10.5.52.0/24".parse().unwrap(),
-                Some("fc00:0:0:34::/64".parse().unwrap())
-            ))
-        );
-    }
-
-    #[test]
-    fn lease_key_garbage() {
-        for bad in [
-            "",
-            "10.244.3.0-24&",
-            "10.244.3.0-24&fd00::",
-            "10.244.3.0-24&fd00::-",
-            "10.244.3.0-24&fd00::-129",
-            "10.244.3.0-24&fd00::1-64",
-            "10.244.3.0-24&10.0.0.0-8",
-            "10.244.3.0-24&fd00::-64&fd01::-64",
-            "10.244.3.0-24&fd00::-+4",
-            "10.244.3.5-24&fd00::-64",
-            "fd00::-64",
-            "10.244.3.0-24&fd00::/64",
-            // Non-canonical spellings: the key could not be rebuilt.
-            "10.244.3.0-24&FD00::-64",
-            "10.244.3.0-24&fd00:0::-64",
-            "10.244.3.0-24&fd00::-064",
-            "10.244.3.0-024",
-        ] {
-            assert_eq!(parse_lease_key(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn flannel_dual_stack_sample_parses_and_serializes_identically() {

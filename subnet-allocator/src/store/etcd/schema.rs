@@ -14,7 +14,7 @@ use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
 use crate::store::{decode_change, decode_lease, LeaseEvent};
 
 /// Default key prefix.
-pub const DEFAULT_PREFIX: &str = "/twill/network";
+pub const DEFAULT_PREFIX: &str = twill_contract::defaults::ETCD_PREFIX;
 
 /// A store lease as granted: `(id, TTL seconds)`; `None` for no expiry.
 pub(super) type Granted = Option<(i64, i64)>;
