@@ -3,18 +3,16 @@
 //! Time is tokio's paused clock, so TTLs and backoffs pass instantly.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net};
 use subnet_allocator::{
-    Lease, LeaseAttrs, LeaseSnapshot, LeaseStore, LeaseWatch, MemoryStore, NetworkConfig,
-    StoreError, VxlanData,
+    Lease, LeaseAttrs, LeaseStore, MemoryStore, NetworkConfig, StoreError, VxlanData,
 };
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::*;
@@ -164,106 +162,6 @@ impl Datapath for FakeDatapath {
     }
 }
 
-/// A store in front of a [`MemoryStore`] whose calls can be made to hang,
-/// as calls to an etcd that is away do until their timeout.
-#[derive(Clone)]
-struct Gate {
-    inner: MemoryStore,
-    closed: Arc<AtomicBool>,
-    opened: Arc<Notify>,
-    /// Calls that found the gate closed and wait.
-    held: Arc<AtomicUsize>,
-}
-
-impl Gate {
-    fn new(inner: MemoryStore) -> Self {
-        Gate {
-            inner,
-            closed: Arc::new(AtomicBool::new(false)),
-            opened: Arc::new(Notify::new()),
-            held: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-    }
-
-    fn open(&self) {
-        self.closed.store(false, Ordering::SeqCst);
-        self.opened.notify_waiters();
-    }
-
-    async fn pass(&self) {
-        if !self.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        self.held.fetch_add(1, Ordering::SeqCst);
-        loop {
-            let opened = self.opened.notified();
-            if !self.closed.load(Ordering::SeqCst) {
-                break;
-            }
-            opened.await;
-        }
-        self.held.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl LeaseStore for Gate {
-    async fn get_network_config(&self) -> Result<NetworkConfig, StoreError> {
-        self.pass().await;
-        self.inner.get_network_config().await
-    }
-    async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
-        self.pass().await;
-        self.inner.list_leases().await
-    }
-    async fn create_lease_with_ipv6(
-        &self,
-        subnet: Ipv4Net,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.pass().await;
-        self.inner
-            .create_lease_with_ipv6(subnet, ipv6_subnet, attrs, ttl)
-            .await
-    }
-    async fn rekey_lease(
-        &self,
-        lease: &Lease,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.pass().await;
-        self.inner.rekey_lease(lease, ipv6_subnet, attrs, ttl).await
-    }
-    async fn update_lease(
-        &self,
-        lease: &Lease,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.pass().await;
-        self.inner.update_lease(lease, attrs, ttl).await
-    }
-    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
-        self.pass().await;
-        self.inner.renew_lease(lease).await
-    }
-    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
-        self.pass().await;
-        self.inner.delete_lease(subnet).await
-    }
-    async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
-        self.pass().await;
-        self.inner.watch_leases(after_revision).await
-    }
-}
-
 fn config() -> NetworkConfig {
     NetworkConfig::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap()
 }
@@ -290,7 +188,6 @@ fn net(s: &str) -> Ipv4Net {
 /// An agent under test: its store, data path, subnet file, status and stop.
 struct Rig {
     store: MemoryStore,
-    gate: Gate,
     dp: FakeDatapath,
     _dir: tempfile::TempDir,
     subnet_file: PathBuf,
@@ -323,12 +220,11 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
         let telemetry = Arc::new(Telemetry::new());
-        let gate = Gate::new(store.clone());
         let dp = FakeDatapath::default();
         let opts = opts(dir.path(), telemetry.clone());
         let never = std::future::pending::<()>();
         let mut never = std::pin::pin!(never);
-        let agent = Agent::start(gate.clone(), dp.clone(), opts, &mut never)
+        let agent = Agent::start(store.clone(), dp.clone(), opts, &mut never)
             .await
             .unwrap();
         let status = agent.status();
@@ -338,7 +234,6 @@ impl Rig {
         })));
         let mut rig = Rig {
             store,
-            gate,
             dp,
             subnet_file: dir.path().join("subnet.env"),
             _dir: dir,
@@ -675,11 +570,11 @@ async fn repairs_keep_running_while_a_reacquire_hangs() {
     let mut rig = Rig::start(store).await;
     let subnet = rig.status.borrow().subnet;
     // etcd stops answering; then our lease vanishes.
-    rig.gate.close();
+    rig.store.set_silent(true);
     rig.store.expire(subnet);
     rig.wait("re-acquiring", |s| s.lease == "reacquiring").await;
     rig.until("the re-acquire is stuck in the store", |r| {
-        r.gate.held.load(Ordering::SeqCst) > 0
+        r.store.waiting() > 0
     })
     .await;
     // A device is lost meanwhile: repaired all the same.
@@ -691,7 +586,7 @@ async fn repairs_keep_running_while_a_reacquire_hangs() {
     .await;
     assert_eq!(rig.status.borrow().lease, "reacquiring");
     // etcd answers again: the same subnet is ours again.
-    rig.gate.open();
+    rig.store.set_silent(false);
     let s = rig.wait("held again", |s| s.lease == "held").await;
     assert_eq!(s.subnet, subnet);
     rig.stop().await;
@@ -735,14 +630,14 @@ async fn stops_promptly_in_every_state() {
 
     // Renewing, with the renewal hanging.
     let mut rig = Rig::start(MemoryStore::with_config(config())).await;
-    rig.gate.close();
+    rig.store.set_silent(true);
     rig.wait("renewing", |s| s.lease == "renewing").await;
     rig.stop().await;
 
     // Re-acquiring, with the re-acquire hanging.
     let mut rig = Rig::start(MemoryStore::with_config(config())).await;
     let subnet = rig.status.borrow().subnet;
-    rig.gate.close();
+    rig.store.set_silent(true);
     rig.store.expire(subnet);
     rig.wait("reacquiring", |s| s.lease == "reacquiring").await;
     rig.stop().await;
@@ -763,7 +658,7 @@ async fn stops_promptly_in_every_state() {
     rig.store.set_available(false);
     rig.wait("rewatch", |s| s.watch == "rewatch").await;
     rig.store.compact();
-    rig.gate.close();
+    rig.store.set_silent(true);
     rig.store.set_available(true);
     tokio::time::sleep(Duration::from_secs(60)).await;
     rig.stop().await;

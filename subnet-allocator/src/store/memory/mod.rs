@@ -111,6 +111,19 @@ impl MemoryStore {
         self.shared.changed.send_modify(|n| *n += 1);
     }
 
+    /// Makes every call wait for an answer (`true`) until it is given again
+    /// (`false`), as calls to an etcd that stopped answering do until their
+    /// timeout. Open watches keep delivering.
+    pub fn set_silent(&self, silent: bool) {
+        self.inspect(|s| s.silent = silent);
+        self.shared.changed.send_modify(|n| *n += 1);
+    }
+
+    /// How many calls are waiting for an answer now.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
     /// Forgets history up to the current revision: a watch opened after
     /// this from an older revision reports [`StoreError::Compacted`] (with
     /// the current revision) on its first `next()`, as etcd does. Open
@@ -223,26 +236,52 @@ impl MemoryStore {
         out
     }
 
-    /// One [`LeaseStore`] call: counted, refused while down.
-    fn call<T>(
+    /// One [`LeaseStore`] call: counted, held while silent, refused while
+    /// down.
+    async fn call<T>(
         &self,
         method: &'static str,
         f: impl FnOnce(&mut State) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.inspect(|s| *s.calls.entry(method).or_default() += 1);
+        self.answer().await;
         self.inspect(|s| {
-            *s.calls.entry(method).or_default() += 1;
             if !s.up {
                 return Err(unreachable(method));
             }
             f(s)
         })
     }
+
+    /// Returns once the store answers calls.
+    async fn answer(&self) {
+        let mut changed = self.shared.changed.subscribe();
+        if !self.lock().silent {
+            return;
+        }
+        /// Counts the call as waiting, also when it is dropped meanwhile.
+        struct Waiting<'a>(&'a MemoryStore);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.inspect(|s| s.waiting -= 1);
+            }
+        }
+        self.inspect(|s| s.waiting += 1);
+        let _waiting = Waiting(self);
+        while self.lock().silent {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl LeaseStore for MemoryStore {
     async fn get_network_config(&self) -> Result<NetworkConfig, StoreError> {
         let key = self.config_key();
-        let raw = self.call("get_network_config", |s| Ok(s.config.clone()))?;
+        let raw = self
+            .call("get_network_config", |s| Ok(s.config.clone()))
+            .await?;
         let raw = raw.ok_or(StoreError::NoConfig { key: key.clone() })?;
         NetworkConfig::parse(&raw).map_err(|source| StoreError::BadConfig { key, source })
     }
@@ -260,6 +299,7 @@ impl LeaseStore for MemoryStore {
                 revision: s.revision,
             })
         })
+        .await
     }
 
     async fn create_lease(
@@ -269,6 +309,7 @@ impl LeaseStore for MemoryStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         self.call("create_lease", |s| s.create(subnet, None, attrs, ttl))
+            .await
     }
 
     async fn create_lease_with_ipv6(
@@ -281,6 +322,7 @@ impl LeaseStore for MemoryStore {
         self.call("create_lease_with_ipv6", |s| {
             s.create(subnet, ipv6_subnet, attrs, ttl)
         })
+        .await
     }
 
     async fn rekey_lease(
@@ -291,6 +333,7 @@ impl LeaseStore for MemoryStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         self.call("rekey_lease", |s| s.rekey(lease, ipv6_subnet, attrs, ttl))
+            .await
     }
 
     async fn update_lease(
@@ -300,10 +343,11 @@ impl LeaseStore for MemoryStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         self.call("update_lease", |s| s.update(lease, attrs, ttl))
+            .await
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
-        self.call("renew_lease", |s| s.renew(lease))
+        self.call("renew_lease", |s| s.renew(lease)).await
     }
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
@@ -311,13 +355,16 @@ impl LeaseStore for MemoryStore {
             s.delete_subnet(subnet);
             Ok(())
         })
+        .await
     }
 
     async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
-        let (compacted, network) = self.call("watch_leases", |s| {
-            let compacted = (after_revision < s.compacted).then_some(s.compacted);
-            Ok((compacted, s.network()))
-        })?;
+        let (compacted, network) = self
+            .call("watch_leases", |s| {
+                let compacted = (after_revision < s.compacted).then_some(s.compacted);
+                Ok((compacted, s.network()))
+            })
+            .await?;
         Ok(LeaseWatch::new(MemoryWatch {
             store: self.clone(),
             changed: self.shared.changed.subscribe(),
@@ -466,6 +513,52 @@ mod tests {
         let mut w = s.watch_leases(rev).await.unwrap();
         let (ev, _) = next(&mut w).await.unwrap().unwrap();
         assert_eq!(ev, vec![LeaseEvent::Removed(l.subnet)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_store_holds_calls_until_it_answers() {
+        let s = store();
+        let l = s
+            .create_lease(net("10.244.1.0/24"), &attrs(1), TTL)
+            .await
+            .unwrap();
+        let mut w = s.watch_leases(s.revision()).await.unwrap();
+        s.set_silent(true);
+        let renewing = tokio::spawn({
+            let s = s.clone();
+            let l = l.clone();
+            async move { s.renew_lease(&l).await }
+        });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!renewing.is_finished(), "no answer while silent");
+        assert_eq!((s.waiting(), s.calls("renew_lease")), (1, 1));
+        // A call given up on (a client timeout) stops waiting.
+        let given_up = tokio::time::timeout(Duration::from_secs(1), s.list_leases()).await;
+        assert!(given_up.is_err());
+        assert_eq!(s.waiting(), 1);
+        // Open watches still deliver.
+        s.put_lease_raw(Lease {
+            subnet: net("10.244.2.0/24"),
+            ipv6_subnet: None,
+            attrs: attrs(2),
+            lease_id: None,
+            ttl_remaining: None,
+        });
+        // (The first lease's expiry comes first: an hour passed.)
+        let mut seen = Vec::new();
+        while !seen
+            .iter()
+            .any(|e| matches!(e, LeaseEvent::Added(x) if x.subnet == net("10.244.2.0/24")))
+        {
+            let (ev, _) = next(&mut w).await.unwrap().unwrap();
+            seen.extend(ev);
+        }
+        assert_eq!(seen[0], LeaseEvent::Removed(l.subnet));
+        s.set_silent(false);
+        let renewed = renewing.await.unwrap();
+        assert!(renewed.is_err(), "the lease ran out while etcd was silent");
+        assert_eq!(s.waiting(), 0);
+        assert!(s.list_leases().await.is_ok());
     }
 
     #[tokio::test]

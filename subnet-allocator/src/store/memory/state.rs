@@ -14,6 +14,10 @@ use crate::store::{decode_lease, ttl_secs, StoreError};
 
 pub(super) struct State {
     pub(super) up: bool,
+    /// Calls get no answer until this is cleared.
+    pub(super) silent: bool,
+    /// Calls waiting for an answer while silent.
+    pub(super) waiting: usize,
     pub(super) config: Option<Vec<u8>>,
     pub(super) revision: i64,
     /// Watches from before this revision get `Compacted` (0: none).
@@ -54,6 +58,8 @@ impl State {
     pub(super) fn new() -> State {
         State {
             up: true,
+            silent: false,
+            waiting: 0,
             config: None,
             revision: 1,
             compacted: 0,
