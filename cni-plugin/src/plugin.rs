@@ -171,7 +171,17 @@ impl PodAddresses {
     }
 }
 
-fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
+/// What ADD and CHECK read first, in this order: the attachment, the
+/// pod's namespace, the node's subnet file and the pod MTU.
+struct Pod<'a> {
+    cid: &'a str,
+    ifname: &'a str,
+    netns_path: &'a std::path::Path,
+    node: NodeSubnet,
+    mtu: u32,
+}
+
+fn pod<'a>(env: &'a Env, conf: &NetConf) -> Result<Pod<'a>, Error> {
     let (cid, ifname) = attachment(env)?;
     let netns_path = env
         .netns
@@ -179,6 +189,23 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         .ok_or_else(|| Error::env("CNI_NETNS", "is not set"))?;
     let node = subnet::load(&conf.subnet_file)?;
     let mtu = conf.mtu.unwrap_or(node.mtu);
+    Ok(Pod {
+        cid,
+        ifname,
+        netns_path,
+        node,
+        mtu,
+    })
+}
+
+fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
+    let Pod {
+        cid,
+        ifname,
+        netns_path,
+        node,
+        mtu,
+    } = pod(env, conf)?;
     let requests = address_requests(env, conf, &node)?;
     let ns = kernel::open_netns(netns_path)?;
     let mut host = kernel::socket()?;
@@ -372,13 +399,13 @@ fn check_failed(what: impl Into<String>) -> Error {
 }
 
 fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
-    let (cid, ifname) = attachment(env)?;
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| Error::env("CNI_NETNS", "is not set"))?;
-    let node = subnet::load(&conf.subnet_file)?;
-    let mtu = conf.mtu.unwrap_or(node.mtu);
+    let Pod {
+        cid,
+        ifname,
+        netns_path,
+        node,
+        mtu,
+    } = pod(env, conf)?;
     let ipam = Ipam::open(&conf.data_dir, &conf.name)?;
     let reserved = ipam.find(cid, ifname)?;
     if reserved.is_empty() {

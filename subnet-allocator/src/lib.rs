@@ -17,5 +17,5 @@ pub use lease::{
 pub use retry::{retry, Backoff};
 pub use store::{
     acquire_lease, EtcdOptions, EtcdStore, FileStore, LeaseEvent, LeaseSnapshot, LeaseStore,
-    LeaseWatch, MemoryStore, StoreError, WatchBatch, WatchStream,
+    LeaseWatch, MemoryStore, StoreError, WatchBatch,
 };

@@ -10,9 +10,9 @@ mod memory;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::Duration;
 
+use futures::stream::{BoxStream, Stream, StreamExt};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
@@ -182,31 +182,40 @@ pub trait LeaseStore: Send + Sync {
 /// `None` when the stream ended.
 pub type WatchBatch = Result<Option<(Vec<LeaseEvent>, i64)>, StoreError>;
 
-/// What a store implements to hand out a [`LeaseWatch`]; see
-/// [`LeaseWatch::next`] for what each call must return.
-pub trait WatchStream: Send {
-    fn next(&mut self) -> Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>>;
-}
-
 /// A stream of lease event batches, in store order, none lost.
 pub struct LeaseWatch {
-    inner: Box<dyn WatchStream>,
+    inner: BoxStream<'static, WatchBatch>,
 }
 
 impl LeaseWatch {
-    /// Wraps any store's stream, so stores outside this crate can implement
-    /// [`LeaseStore`] too.
-    pub fn new(stream: impl WatchStream + 'static) -> Self {
+    /// Wraps any store's stream of batches (each item what
+    /// [`LeaseWatch::next`] returns), so stores outside this crate can
+    /// implement [`LeaseStore`] too.
+    pub fn new(batches: impl Stream<Item = WatchBatch> + Send + 'static) -> Self {
         LeaseWatch {
-            inner: Box::new(stream),
+            inner: batches.boxed(),
         }
+    }
+
+    /// A watch whose batches come from `next_batch` on `state`, called
+    /// once per [`LeaseWatch::next`].
+    pub(crate) fn from_state<W, F, Fut>(state: W, mut next_batch: F) -> Self
+    where
+        W: Send + 'static,
+        F: FnMut(W) -> Fut + Send + 'static,
+        Fut: Future<Output = (WatchBatch, W)> + Send + 'static,
+    {
+        LeaseWatch::new(futures::stream::unfold(state, move |w| {
+            let batch = next_batch(w);
+            async move { Some(batch.await) }
+        }))
     }
 
     /// The next non-empty batch and the store revision it brings the
     /// watcher up to (watch again from there to resume). `Ok(None)` when the
     /// store closed the stream; `Err(Compacted)` means relist.
     pub async fn next(&mut self) -> Result<Option<(Vec<LeaseEvent>, i64)>, StoreError> {
-        self.inner.next().await
+        self.inner.next().await.unwrap_or(Ok(None))
     }
 }
 

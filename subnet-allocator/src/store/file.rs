@@ -5,10 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -17,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     decode_change, decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch,
-    StoreError, WatchBatch, WatchStream,
+    StoreError, WatchBatch,
 };
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
@@ -326,18 +324,8 @@ impl LeaseStore for FileStore {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let lease = lease.clone();
-        let attrs = attrs.clone();
-        self.with_state(move |s| {
-            let key = lease.key_name();
-            if let Some(cur) = s.leases.get(&key) {
-                if !owned_by(cur, &lease) {
-                    return Err(StoreError::NotOwner(lease.subnet));
-                }
-            }
-            Ok(s.put_lease(lease.subnet, lease.ipv6_subnet, attrs, ttl))
-        })
-        .await
+        // A re-key to the key it already has: owner check, then put.
+        self.rekey_lease(lease, lease.ipv6_subnet, attrs, ttl).await
     }
 
     async fn rekey_lease(
@@ -411,9 +399,12 @@ impl LeaseStore for FileStore {
     }
 
     async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
-        Ok(LeaseWatch::new(FileWatch {
+        let w = FileWatch {
             store: self.clone(),
             after: after_revision,
+        };
+        Ok(LeaseWatch::from_state(w, |mut w| async move {
+            (w.poll_events().await, w)
         }))
     }
 }
@@ -421,12 +412,6 @@ impl LeaseStore for FileStore {
 struct FileWatch {
     store: FileStore,
     after: i64,
-}
-
-impl WatchStream for FileWatch {
-    fn next(&mut self) -> Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>> {
-        Box::pin(self.poll_events())
-    }
 }
 
 impl FileWatch {

@@ -374,12 +374,15 @@ impl LeaseStore for EtcdStore {
                 async move { c.watch(prefix, Some(opts)).await }
             })
             .await?;
-        Ok(LeaseWatch::new(watch::EtcdWatch::new(
+        let w = watch::EtcdWatch::new(
             watcher,
             stream,
             prefix,
             self.known_network(),
             &self.conn.peer,
-        )))
+        );
+        Ok(LeaseWatch::from_state(w, |mut w| async move {
+            (w.next_batch().await, w)
+        }))
     }
 }

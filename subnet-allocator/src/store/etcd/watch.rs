@@ -1,15 +1,12 @@
 //! The etcd watch on the subnets prefix as a [`WatchStream`]: batches of
 //! lease events, compaction and cancellation reported as errors.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use etcd_client::{WatchStream as EtcdStream, Watcher};
 use ipnet::Ipv4Net;
 
 use super::client::{Failure, Peer};
 use super::schema::decode_event;
-use crate::store::{StoreError, WatchBatch, WatchStream};
+use crate::store::{StoreError, WatchBatch};
 
 pub(super) struct EtcdWatch {
     // Dropping the watcher closes the request side of the stream.
@@ -37,7 +34,7 @@ impl EtcdWatch {
         }
     }
 
-    async fn next_batch(&mut self) -> WatchBatch {
+    pub(super) async fn next_batch(&mut self) -> WatchBatch {
         loop {
             let msg = self
                 .stream
@@ -71,11 +68,5 @@ impl EtcdWatch {
                 return Ok(Some((events, revision)));
             }
         }
-    }
-}
-
-impl WatchStream for EtcdWatch {
-    fn next(&mut self) -> Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>> {
-        Box::pin(self.next_batch())
     }
 }

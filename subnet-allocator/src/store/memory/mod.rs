@@ -4,8 +4,6 @@
 //! expiry, another node's writes, and a count of every call made.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,7 +14,6 @@ use tokio::time::Instant;
 use super::etcd::DEFAULT_PREFIX;
 use super::{
     decode_change, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError, WatchBatch,
-    WatchStream,
 };
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs};
@@ -365,13 +362,16 @@ impl LeaseStore for MemoryStore {
                 Ok((compacted, s.network()))
             })
             .await?;
-        Ok(LeaseWatch::new(MemoryWatch {
+        let w = MemoryWatch {
             store: self.clone(),
             changed: self.shared.changed.subscribe(),
             after: after_revision,
             compacted,
             network,
             broken: false,
+        };
+        Ok(LeaseWatch::from_state(w, |mut w| async move {
+            (w.next_batch().await, w)
         }))
     }
 }
@@ -385,12 +385,6 @@ struct MemoryWatch {
     network: Option<Ipv4Net>,
     /// Set by an outage: the stream stays broken, like etcd's.
     broken: bool,
-}
-
-impl WatchStream for MemoryWatch {
-    fn next(&mut self) -> Pin<Box<dyn Future<Output = WatchBatch> + Send + '_>> {
-        Box::pin(self.next_batch())
-    }
 }
 
 impl MemoryWatch {
