@@ -171,17 +171,13 @@ impl PodAddresses {
     }
 }
 
-/// What ADD and CHECK read first, in this order: the attachment, the
-/// pod's namespace, the node's subnet file and the pod MTU.
-struct Pod<'a> {
-    cid: &'a str,
-    ifname: &'a str,
-    netns_path: &'a std::path::Path,
-    node: NodeSubnet,
-    mtu: u32,
-}
-
-fn pod<'a>(env: &'a Env, conf: &NetConf) -> Result<Pod<'a>, Error> {
+/// What ADD and CHECK read first, in this order: the attachment
+/// (container ID, interface name), the pod's namespace path, the node's
+/// subnet file and the pod MTU.
+fn pod<'a>(
+    env: &'a Env,
+    conf: &NetConf,
+) -> Result<(&'a str, &'a str, &'a std::path::Path, NodeSubnet, u32), Error> {
     let (cid, ifname) = attachment(env)?;
     let netns_path = env
         .netns
@@ -189,23 +185,11 @@ fn pod<'a>(env: &'a Env, conf: &NetConf) -> Result<Pod<'a>, Error> {
         .ok_or_else(|| Error::env("CNI_NETNS", "is not set"))?;
     let node = subnet::load(&conf.subnet_file)?;
     let mtu = conf.mtu.unwrap_or(node.mtu);
-    Ok(Pod {
-        cid,
-        ifname,
-        netns_path,
-        node,
-        mtu,
-    })
+    Ok((cid, ifname, netns_path, node, mtu))
 }
 
 fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
-    let Pod {
-        cid,
-        ifname,
-        netns_path,
-        node,
-        mtu,
-    } = pod(env, conf)?;
+    let (cid, ifname, netns_path, node, mtu) = pod(env, conf)?;
     let requests = address_requests(env, conf, &node)?;
     let ns = kernel::open_netns(netns_path)?;
     let mut host = kernel::socket()?;
@@ -399,13 +383,7 @@ fn check_failed(what: impl Into<String>) -> Error {
 }
 
 fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
-    let Pod {
-        cid,
-        ifname,
-        netns_path,
-        node,
-        mtu,
-    } = pod(env, conf)?;
+    let (cid, ifname, netns_path, node, mtu) = pod(env, conf)?;
     let ipam = Ipam::open(&conf.data_dir, &conf.name)?;
     let reserved = ipam.find(cid, ifname)?;
     if reserved.is_empty() {

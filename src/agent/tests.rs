@@ -389,7 +389,7 @@ async fn lost_lease_comes_back_as_the_same_subnet() {
     let store = MemoryStore::with_config(config());
     let mut rig = Rig::start(store).await;
     let subnet = rig.status.borrow().subnet;
-    let renewals = rig.store.calls("create_lease_with_ipv6") + rig.store.calls("update_lease");
+    let renewals = rig.store.calls("create_lease_with_ipv6") + rig.store.calls("rewrite_lease");
     rig.store.expire(subnet);
     rig.until("our lease is back in the store", |r| {
         r.store
@@ -404,7 +404,7 @@ async fn lost_lease_comes_back_as_the_same_subnet() {
     assert_eq!(s.subnet, subnet);
     assert_eq!(rig.subnet_in_file(), Some(subnet));
     assert!(
-        rig.store.calls("create_lease_with_ipv6") + rig.store.calls("update_lease") > renewals,
+        rig.store.calls("create_lease_with_ipv6") + rig.store.calls("rewrite_lease") > renewals,
         "the lease was written again"
     );
     rig.stop().await;

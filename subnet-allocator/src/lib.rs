@@ -16,6 +16,6 @@ pub use lease::{
 };
 pub use retry::{retry, Backoff};
 pub use store::{
-    acquire_lease, EtcdOptions, EtcdStore, FileStore, LeaseEvent, LeaseSnapshot, LeaseStore,
-    LeaseWatch, MemoryStore, StoreError, WatchBatch,
+    acquire_lease, EtcdOptions, EtcdStore, FileStore, LeaseEvent, LeaseRequest, LeaseSnapshot,
+    LeaseStore, LeaseWatch, MemoryStore, StoreError, WatchBatch,
 };

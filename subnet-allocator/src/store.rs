@@ -128,42 +128,30 @@ pub trait LeaseStore: Send + Sync {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> impl Future<Output = Result<Lease, StoreError>> + Send {
-        self.create_lease_with_ipv6(subnet, None, attrs, ttl)
+        self.create_lease_with_ipv6(LeaseRequest::new(subnet, None, attrs, ttl))
     }
-    /// Create-if-absent under [`crate::lease_key_name`]`(subnet,
-    /// ipv6_subnet)`; `Err(StoreError::AlreadyTaken(subnet))` if that key
-    /// exists. Uniqueness rests on the key, so callers must derive
+    /// Create-if-absent under [`LeaseRequest::key_name`], provided no key
+    /// form holds the IPv4 subnet; `Err(StoreError::AlreadyTaken(subnet))`
+    /// otherwise. Uniqueness rests on the key, so callers must derive
     /// `ipv6_subnet` from the config ([`NetworkConfig::ipv6_subnet_for`]),
     /// as [`acquire_lease`] does, for every node to use the same key for one
     /// IPv4 subnet.
     fn create_lease_with_ipv6(
         &self,
-        subnet: Ipv4Net,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
+        req: LeaseRequest<'_>,
     ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
-    /// Moves our own lease to the key of `(lease.subnet, ipv6_subnet)` with
-    /// new attrs and a fresh TTL, atomically (watchers see the old key's
-    /// removal before the new key's creation); used when the config gained
-    /// or lost IPv6. `NotOwner` if another node holds the old key,
-    /// `AlreadyTaken` if the new key exists.
-    fn rekey_lease(
+    /// Writes our own lease `own` again as `to`, whose subnet is the lease's
+    /// (`NotOwner(to.subnet)` otherwise): new attrs and a fresh TTL. Under
+    /// the same key ([`LeaseRequest::same_key`]) it is re-put, and
+    /// recreated if it vanished; under another key (the config gained or
+    /// lost IPv6) it moves atomically: watchers see the old key's removal
+    /// before the new key's creation, and `AlreadyTaken` if the new key
+    /// exists. `NotOwner` if another node's value is under the old key.
+    /// "Ours" means same store lease id or same public IP as `own`.
+    fn rewrite_lease(
         &self,
-        lease: &Lease,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
-    /// Re-put our own lease (new attrs and/or fresh TTL) under its key
-    /// ([`Lease::key_name`]); `NotOwner` if
-    /// another node's value is there now. "Ours" means same store lease id
-    /// or same public IP as `lease`. Recreates the key if it vanished.
-    fn update_lease(
-        &self,
-        lease: &Lease,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
+        own: &Lease,
+        to: LeaseRequest<'_>,
     ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
     /// Extend the TTL; `LeaseGone(subnet)` if the lease expired, was revoked
     /// or the key was deleted or taken over.
@@ -176,6 +164,53 @@ pub trait LeaseStore: Send + Sync {
         &self,
         after_revision: i64,
     ) -> impl Future<Output = Result<LeaseWatch, StoreError>> + Send;
+}
+
+/// One write of a lease: its key (the IPv4 subnet and, in a dual-stack
+/// cluster, the IPv6 subnet paired with it), its value and how long it
+/// lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRequest<'a> {
+    pub subnet: Ipv4Net,
+    pub ipv6_subnet: Option<Ipv6Net>,
+    pub attrs: &'a LeaseAttrs,
+    pub ttl: Duration,
+}
+
+impl<'a> LeaseRequest<'a> {
+    pub fn new(
+        subnet: Ipv4Net,
+        ipv6_subnet: Option<Ipv6Net>,
+        attrs: &'a LeaseAttrs,
+        ttl: Duration,
+    ) -> Self {
+        LeaseRequest {
+            subnet,
+            ipv6_subnet,
+            attrs,
+            ttl,
+        }
+    }
+
+    /// `lease`'s own key, with `attrs` and a fresh `ttl`.
+    pub fn same_key(lease: &Lease, attrs: &'a LeaseAttrs, ttl: Duration) -> Self {
+        LeaseRequest::new(lease.subnet, lease.ipv6_subnet, attrs, ttl)
+    }
+
+    /// Refuses a rewrite of `lease` into another IPv4 subnet: a subnet is
+    /// only ever taken by a create, which checks every key form.
+    pub fn rewrites(&self, lease: &Lease) -> Result<(), StoreError> {
+        if self.subnet == lease.subnet {
+            Ok(())
+        } else {
+            Err(StoreError::NotOwner(self.subnet))
+        }
+    }
+
+    /// The key name below the subnets prefix.
+    pub fn key_name(&self) -> String {
+        crate::lease::lease_key_name(self.subnet, self.ipv6_subnet)
+    }
 }
 
 /// One answer of a watch: the next batch and the revision it reaches,
@@ -306,18 +341,18 @@ pub async fn acquire_lease<S: LeaseStore>(
         let result = match &choice {
             Allocation::Reuse(old) => {
                 let want6 = cfg.ipv6_subnet_for(old.subnet);
-                if old.ipv6_subnet == want6 {
-                    store.update_lease(old, attrs, ttl).await
-                } else {
+                if old.ipv6_subnet != want6 {
                     // IPv6 was switched on or off, or another writer paired
                     // differently: move to the key this config implies.
                     tracing::info!(subnet = %old.subnet, old_ipv6 = ?old.ipv6_subnet, new_ipv6 = ?want6, "re-keying own lease for the current IPv6 config");
-                    store.rekey_lease(old, want6, attrs, ttl).await
                 }
+                let to = LeaseRequest::new(old.subnet, want6, attrs, ttl);
+                store.rewrite_lease(old, to).await
             }
             Allocation::New(subnet) => {
                 let v6 = cfg.ipv6_subnet_for(*subnet);
-                store.create_lease_with_ipv6(*subnet, v6, attrs, ttl).await
+                let req = LeaseRequest::new(*subnet, v6, attrs, ttl);
+                store.create_lease_with_ipv6(req).await
             }
         };
         match result {

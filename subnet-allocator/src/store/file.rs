@@ -14,8 +14,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_change, decode_lease, ttl_secs, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch,
-    StoreError, WatchBatch,
+    decode_change, decode_lease, ttl_secs, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore,
+    LeaseWatch, StoreError, WatchBatch,
 };
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
@@ -298,14 +298,9 @@ impl LeaseStore for FileStore {
         .await
     }
 
-    async fn create_lease_with_ipv6(
-        &self,
-        subnet: Ipv4Net,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let attrs = attrs.clone();
+    async fn create_lease_with_ipv6(&self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        let (subnet, ipv6_subnet, ttl) = (req.subnet, req.ipv6_subnet, req.ttl);
+        let attrs = req.attrs.clone();
         self.with_state(move |s| {
             // Taken under any key form: IPv4-only or `<v4>&<any v6>`.
             let plain = lease_key_name(subnet, None);
@@ -318,41 +313,27 @@ impl LeaseStore for FileStore {
         .await
     }
 
-    async fn update_lease(
-        &self,
-        lease: &Lease,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        // A re-key to the key it already has: owner check, then put.
-        self.rekey_lease(lease, lease.ipv6_subnet, attrs, ttl).await
-    }
-
-    async fn rekey_lease(
-        &self,
-        lease: &Lease,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let lease = lease.clone();
-        let attrs = attrs.clone();
+    async fn rewrite_lease(&self, own: &Lease, to: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        to.rewrites(own)?;
+        let (ipv6_subnet, ttl) = (to.ipv6_subnet, to.ttl);
+        let own = own.clone();
+        let attrs = to.attrs.clone();
         self.with_state(move |s| {
-            let old_key = lease.key_name();
-            let new_key = lease_key_name(lease.subnet, ipv6_subnet);
+            let old_key = own.key_name();
+            let new_key = lease_key_name(own.subnet, ipv6_subnet);
             if let Some(cur) = s.leases.get(&old_key) {
-                if !owned_by(cur, &lease) {
-                    return Err(StoreError::NotOwner(lease.subnet));
+                if !owned_by(cur, &own) {
+                    return Err(StoreError::NotOwner(own.subnet));
                 }
             }
             if old_key != new_key {
                 if s.leases.contains_key(&new_key) {
-                    return Err(StoreError::AlreadyTaken(lease.subnet));
+                    return Err(StoreError::AlreadyTaken(own.subnet));
                 }
                 // Removal first, like the etcd store's transaction.
                 s.delete(&old_key);
             }
-            Ok(s.put_lease(lease.subnet, ipv6_subnet, attrs, ttl))
+            Ok(s.put_lease(own.subnet, ipv6_subnet, attrs, ttl))
         })
         .await
     }

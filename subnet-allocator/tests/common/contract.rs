@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use subnet_allocator::{
     acquire_lease, lease_key_name, subnet_key, AllocError, Lease, LeaseAttrs, LeaseEvent,
-    LeaseStore, LeaseWatch, NetworkConfig, StoreError, VxlanData,
+    LeaseRequest, LeaseStore, LeaseWatch, NetworkConfig, StoreError, VxlanData,
 };
 
 use super::PATIENCE;
@@ -311,21 +311,31 @@ pub async fn a_subnet_held_under_one_key_form_is_taken_for_the_other<H: Harness>
     let v6 = |s: &str| Some(s.parse::<ipnet::Ipv6Net>().unwrap());
     let (a, b) = (net("10.244.7.0/24"), net("10.244.8.0/24"));
     store
-        .create_lease_with_ipv6(a, None, &host_gw(1), TTL)
+        .create_lease_with_ipv6(LeaseRequest::new(a, None, &host_gw(1), TTL))
         .await
         .unwrap();
     let e = store
-        .create_lease_with_ipv6(a, v6("fd00:10:244:7::/64"), &host_gw(2), TTL)
+        .create_lease_with_ipv6(LeaseRequest::new(
+            a,
+            v6("fd00:10:244:7::/64"),
+            &host_gw(2),
+            TTL,
+        ))
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::AlreadyTaken(t) if t == a), "{e}");
     store
-        .create_lease_with_ipv6(b, v6("fd00:10:244:8::/64"), &host_gw(3), TTL)
+        .create_lease_with_ipv6(LeaseRequest::new(
+            b,
+            v6("fd00:10:244:8::/64"),
+            &host_gw(3),
+            TTL,
+        ))
         .await
         .unwrap();
     for other in [None, v6("fd00:10:244:99::/64")] {
         let e = store
-            .create_lease_with_ipv6(b, other, &host_gw(4), TTL)
+            .create_lease_with_ipv6(LeaseRequest::new(b, other, &host_gw(4), TTL))
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::AlreadyTaken(t) if t == b), "{e}");
@@ -339,7 +349,12 @@ pub async fn a_subnet_held_under_one_key_form_is_taken_for_the_other<H: Harness>
     );
     // Other subnets stay free.
     store
-        .create_lease_with_ipv6(net("10.244.70.0/24"), None, &host_gw(5), TTL)
+        .create_lease_with_ipv6(LeaseRequest::new(
+            net("10.244.70.0/24"),
+            None,
+            &host_gw(5),
+            TTL,
+        ))
         .await
         .unwrap();
 }
@@ -403,7 +418,10 @@ pub async fn acquire_reuses_own_lease_and_updates_attrs<H: Harness>(h: &H) {
         ..second.clone()
     };
     let e = store
-        .update_lease(&intruder, &vxlan(2, 2), TTL)
+        .rewrite_lease(
+            &intruder,
+            LeaseRequest::same_key(&intruder, &vxlan(2, 2), TTL),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -477,7 +495,10 @@ pub async fn watch_sees_every_change_in_order<H: Harness>(h: &H) {
         .await
         .unwrap();
     store.delete_lease(a.subnet).await.unwrap();
-    let b2 = store.update_lease(&b, &vxlan(2, 0x22), TTL).await.unwrap();
+    let b2 = store
+        .rewrite_lease(&b, LeaseRequest::same_key(&b, &vxlan(2, 0x22), TTL))
+        .await
+        .unwrap();
     // Many nodes joining close together: nothing may be lost.
     let joined: Vec<Ipv4Net> = (10..40u8)
         .map(|i| net(&format!("10.244.{i}.0/24")))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, GetOptions, KeyValue, Txn, WatchOptions};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::{ttl_secs, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError};
+use super::{ttl_secs, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs};
 use client::{Conn, Retry};
@@ -214,89 +214,28 @@ impl LeaseStore for EtcdStore {
         Ok(LeaseSnapshot { leases, revision })
     }
 
-    async fn create_lease_with_ipv6(
-        &self,
-        subnet: Ipv4Net,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let key = self.lease_key_with_ipv6(subnet, ipv6_subnet);
-        let granted = self.grant(ttl).await?;
-        let cmp = schema::free_under_every_form(&self.lease_key(subnet));
-        if !self.put_if(&key, cmp, attrs, granted).await? {
-            return Err(StoreError::AlreadyTaken(subnet));
+    async fn create_lease_with_ipv6(&self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        let granted = self.grant(req.ttl).await?;
+        let cmp = schema::free_under_every_form(&self.lease_key(req.subnet));
+        let key = self.lease_key_with_ipv6(req.subnet, req.ipv6_subnet);
+        if !self.put_if(&key, cmp, req.attrs, granted).await? {
+            return Err(StoreError::AlreadyTaken(req.subnet));
         }
-        Ok(schema::written(subnet, ipv6_subnet, attrs, granted))
+        Ok(schema::written(
+            req.subnet,
+            req.ipv6_subnet,
+            req.attrs,
+            granted,
+        ))
     }
 
-    async fn update_lease(
-        &self,
-        lease: &Lease,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let subnet = lease.subnet;
-        let key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
-        for _ in 0..UPDATE_TRIES {
-            let Some(current) = self.get_key(&key).await? else {
-                // Our key vanished (expired); take it again if still free.
-                return match self
-                    .create_lease_with_ipv6(subnet, lease.ipv6_subnet, attrs, ttl)
-                    .await
-                {
-                    Err(StoreError::AlreadyTaken(s)) => Err(StoreError::NotOwner(s)),
-                    other => other,
-                };
-            };
-            if !schema::owned_by(&current, lease) {
-                return Err(StoreError::NotOwner(subnet));
-            }
-            // etcd cannot change a lease's TTL: bind the key to a fresh lease.
-            let granted = self.grant(ttl).await?;
-            let cmp = schema::unchanged(&key, current.mod_revision());
-            if self.put_if(&key, [cmp], attrs, granted).await? {
-                self.revoke_replaced(current.lease(), granted).await;
-                return Ok(schema::written(subnet, lease.ipv6_subnet, attrs, granted));
-            }
+    async fn rewrite_lease(&self, own: &Lease, to: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        to.rewrites(own)?;
+        if to.ipv6_subnet == own.ipv6_subnet {
+            self.update_in_place(own, to).await
+        } else {
+            self.rekey(own, to).await
         }
-        Err(StoreError::NotOwner(subnet))
-    }
-
-    async fn rekey_lease(
-        &self,
-        lease: &Lease,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let subnet = lease.subnet;
-        let old_key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
-        let new_key = self.lease_key_with_ipv6(subnet, ipv6_subnet);
-        if old_key == new_key {
-            return self.update_lease(lease, attrs, ttl).await;
-        }
-        for _ in 0..UPDATE_TRIES {
-            let Some(current) = self.get_key(&old_key).await? else {
-                // The old key is gone already: a plain create of the new one.
-                return self
-                    .create_lease_with_ipv6(subnet, ipv6_subnet, attrs, ttl)
-                    .await;
-            };
-            if !schema::owned_by(&current, lease) {
-                return Err(StoreError::NotOwner(subnet));
-            }
-            let granted = self.grant(ttl).await?;
-            let txn = schema::rekey(&old_key, current.mod_revision(), &new_key, attrs, granted);
-            if self.txn("rekey txn", txn, granted).await? {
-                self.revoke_replaced(current.lease(), granted).await;
-                return Ok(schema::written(subnet, ipv6_subnet, attrs, granted));
-            }
-            if self.get_key(&new_key).await?.is_some() {
-                return Err(StoreError::AlreadyTaken(subnet));
-            }
-        }
-        Err(StoreError::NotOwner(subnet))
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
@@ -384,5 +323,71 @@ impl LeaseStore for EtcdStore {
         Ok(LeaseWatch::from_state(w, |mut w| async move {
             (w.next_batch().await, w)
         }))
+    }
+}
+
+impl EtcdStore {
+    /// Re-puts our lease under its own key, bound to a fresh etcd lease:
+    /// a compare-and-put against the value we read, retried a few times.
+    async fn update_in_place(
+        &self,
+        lease: &Lease,
+        to: LeaseRequest<'_>,
+    ) -> Result<Lease, StoreError> {
+        let LeaseRequest {
+            subnet, attrs, ttl, ..
+        } = to;
+        let key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
+        for _ in 0..UPDATE_TRIES {
+            let Some(current) = self.get_key(&key).await? else {
+                // Our key vanished (expired); take it again if still free.
+                return match self.create_lease_with_ipv6(to).await {
+                    Err(StoreError::AlreadyTaken(s)) => Err(StoreError::NotOwner(s)),
+                    other => other,
+                };
+            };
+            if !schema::owned_by(&current, lease) {
+                return Err(StoreError::NotOwner(subnet));
+            }
+            // etcd cannot change a lease's TTL: bind the key to a fresh lease.
+            let granted = self.grant(ttl).await?;
+            let cmp = schema::unchanged(&key, current.mod_revision());
+            if self.put_if(&key, [cmp], attrs, granted).await? {
+                self.revoke_replaced(current.lease(), granted).await;
+                return Ok(schema::written(subnet, lease.ipv6_subnet, attrs, granted));
+            }
+        }
+        Err(StoreError::NotOwner(subnet))
+    }
+
+    /// Moves our lease to the key of `to` in one transaction.
+    async fn rekey(&self, lease: &Lease, to: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        let LeaseRequest {
+            subnet,
+            ipv6_subnet,
+            attrs,
+            ttl,
+        } = to;
+        let old_key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
+        let new_key = self.lease_key_with_ipv6(subnet, ipv6_subnet);
+        for _ in 0..UPDATE_TRIES {
+            let Some(current) = self.get_key(&old_key).await? else {
+                // The old key is gone already: a plain create of the new one.
+                return self.create_lease_with_ipv6(to).await;
+            };
+            if !schema::owned_by(&current, lease) {
+                return Err(StoreError::NotOwner(subnet));
+            }
+            let granted = self.grant(ttl).await?;
+            let txn = schema::rekey(&old_key, current.mod_revision(), &new_key, attrs, granted);
+            if self.txn("rekey txn", txn, granted).await? {
+                self.revoke_replaced(current.lease(), granted).await;
+                return Ok(schema::written(subnet, ipv6_subnet, attrs, granted));
+            }
+            if self.get_key(&new_key).await?.is_some() {
+                return Err(StoreError::AlreadyTaken(subnet));
+            }
+        }
+        Err(StoreError::NotOwner(subnet))
     }
 }

@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::etcd::DEFAULT_PREFIX;
 use super::{
-    decode_change, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError, WatchBatch,
+    decode_change, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
+    WatchBatch,
 };
 use crate::config::NetworkConfig;
-use crate::lease::{Lease, LeaseAttrs};
+use crate::lease::Lease;
 use state::State;
 
 mod state;
@@ -284,63 +285,16 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
-        self.call("list_leases", |s| {
-            let network = s.network();
-            let leases = s
-                .keys
-                .iter()
-                .filter_map(|(k, e)| s.decode(k, e, network))
-                .collect();
-            Ok(LeaseSnapshot {
-                leases,
-                revision: s.revision,
-            })
-        })
-        .await
+        self.call("list_leases", |s| Ok(s.snapshot())).await
     }
 
-    async fn create_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.call("create_lease", |s| s.create(subnet, None, attrs, ttl))
-            .await
+    async fn create_lease_with_ipv6(&self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        self.call("create_lease_with_ipv6", |s| s.create(req)).await
     }
 
-    async fn create_lease_with_ipv6(
-        &self,
-        subnet: Ipv4Net,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.call("create_lease_with_ipv6", |s| {
-            s.create(subnet, ipv6_subnet, attrs, ttl)
-        })
-        .await
-    }
-
-    async fn rekey_lease(
-        &self,
-        lease: &Lease,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.call("rekey_lease", |s| s.rekey(lease, ipv6_subnet, attrs, ttl))
-            .await
-    }
-
-    async fn update_lease(
-        &self,
-        lease: &Lease,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.call("update_lease", |s| s.update(lease, attrs, ttl))
-            .await
+    async fn rewrite_lease(&self, own: &Lease, to: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        to.rewrites(own)?;
+        self.call("rewrite_lease", |s| s.rewrite(own, to)).await
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
@@ -446,6 +400,7 @@ impl MemoryWatch {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::lease::LeaseAttrs;
     use std::net::Ipv4Addr;
 
     const TTL: Duration = Duration::from_secs(60);
@@ -468,6 +423,13 @@ mod tests {
         MemoryStore::with_config(NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).unwrap())
     }
 
+    /// A store holding one lease, of `subnet`, for the node `192.0.2.<i>`.
+    async fn store_with(subnet: &str, i: u8) -> (MemoryStore, Lease) {
+        let s = store();
+        let l = s.create_lease(net(subnet), &attrs(i), TTL).await.unwrap();
+        (s, l)
+    }
+
     async fn next(w: &mut LeaseWatch) -> WatchBatch {
         tokio::time::timeout(Duration::from_secs(5), w.next())
             .await
@@ -476,11 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_outage_refuses_every_call_and_breaks_open_watches() {
-        let s = store();
-        let l = s
-            .create_lease(net("10.244.1.0/24"), &attrs(1), TTL)
-            .await
-            .unwrap();
+        let (s, l) = store_with("10.244.1.0/24", 1).await;
         let mut w = s.watch_leases(s.revision()).await.unwrap();
         let waiting = tokio::spawn(async move { (next(&mut w).await, w) });
         tokio::task::yield_now().await;
@@ -511,11 +469,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_store_holds_calls_until_it_answers() {
-        let s = store();
-        let l = s
-            .create_lease(net("10.244.1.0/24"), &attrs(1), TTL)
-            .await
-            .unwrap();
+        let (s, l) = store_with("10.244.1.0/24", 1).await;
         let mut w = s.watch_leases(s.revision()).await.unwrap();
         s.set_silent(true);
         let renewing = tokio::spawn({
@@ -588,11 +542,7 @@ mod tests {
 
     #[tokio::test]
     async fn expire_removes_the_key_and_renew_reports_gone() {
-        let s = store();
-        let l = s
-            .create_lease(net("10.244.2.0/24"), &attrs(2), TTL)
-            .await
-            .unwrap();
+        let (s, l) = store_with("10.244.2.0/24", 2).await;
         let mut w = s.watch_leases(s.revision()).await.unwrap();
         s.expire(l.subnet);
         let (ev, _) = next(&mut w).await.unwrap().unwrap();
@@ -604,7 +554,10 @@ mod tests {
         );
         assert!(s.leases().is_empty());
         // Free again: the same node gets the same subnet back.
-        let again = s.update_lease(&l, &attrs(2), TTL).await.unwrap();
+        let again = s
+            .rewrite_lease(&l, LeaseRequest::same_key(&l, &attrs(2), TTL))
+            .await
+            .unwrap();
         assert_eq!(again.subnet, l.subnet);
         assert_ne!(again.lease_id, l.lease_id);
     }
@@ -629,11 +582,7 @@ mod tests {
 
     #[tokio::test]
     async fn another_nodes_write_is_seen_and_takes_the_subnet() {
-        let s = store();
-        let mine = s
-            .create_lease(net("10.244.4.0/24"), &attrs(4), TTL)
-            .await
-            .unwrap();
+        let (s, mine) = store_with("10.244.4.0/24", 4).await;
         let mut w = s.watch_leases(s.revision()).await.unwrap();
         let theirs = s.put_lease_raw(Lease {
             attrs: attrs(5),
@@ -651,11 +600,14 @@ mod tests {
         );
         let e = s.renew_lease(&mine).await.unwrap_err();
         assert!(matches!(e, StoreError::LeaseGone(_)), "{e}");
-        let e = s.update_lease(&mine, &attrs(4), TTL).await.unwrap_err();
+        let e = s
+            .rewrite_lease(&mine, LeaseRequest::same_key(&mine, &attrs(4), TTL))
+            .await
+            .unwrap_err();
         assert!(matches!(e, StoreError::NotOwner(_)), "{e}");
         assert_eq!(s.leases()[0].attrs, attrs(5));
-        assert_eq!(s.calls("update_lease"), 1);
-        assert_eq!(s.calls("create_lease"), 1);
+        assert_eq!(s.calls("rewrite_lease"), 1);
+        assert_eq!(s.calls("create_lease_with_ipv6"), 1);
     }
 
     #[tokio::test]

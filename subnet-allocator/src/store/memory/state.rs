@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
-use crate::store::{decode_lease, ttl_secs, StoreError};
+use crate::store::{decode_lease, ttl_secs, LeaseRequest, LeaseSnapshot, StoreError};
 
 pub(super) struct State {
     pub(super) up: bool,
@@ -204,34 +204,38 @@ impl State {
         }
     }
 
-    pub(super) fn create(
-        &mut self,
-        subnet: Ipv4Net,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
+    /// Every valid lease, at the current revision.
+    pub(super) fn snapshot(&self) -> LeaseSnapshot {
+        let network = self.network();
+        let leases = self
+            .keys
+            .iter()
+            .filter_map(|(k, e)| self.decode(k, e, network))
+            .collect();
+        LeaseSnapshot {
+            leases,
+            revision: self.revision,
+        }
+    }
+
+    pub(super) fn create(&mut self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {
         // Free only if no key form holds the IPv4 subnet, as in etcd's txn.
-        if !self.keys_of(subnet).is_empty() {
-            return Err(StoreError::AlreadyTaken(subnet));
+        if !self.keys_of(req.subnet).is_empty() {
+            return Err(StoreError::AlreadyTaken(req.subnet));
         }
         self.revision += 1;
-        Ok(self.put_lease(subnet, ipv6_subnet, attrs, ttl))
+        Ok(self.put_lease(req.subnet, req.ipv6_subnet, req.attrs, req.ttl))
     }
 
     /// Re-binds our key to a fresh store lease and revokes the old one,
     /// like the etcd store's compare-and-put.
-    pub(super) fn update(
-        &mut self,
-        lease: &Lease,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
+    fn update(&mut self, lease: &Lease, to: LeaseRequest<'_>) -> Result<Lease, StoreError> {
+        let LeaseRequest { attrs, ttl, .. } = to;
         let key = lease.key_name();
         match self.owned_by(&key, lease) {
             None => {
                 // Our key vanished (expired); take it again if still free.
-                return match self.create(lease.subnet, lease.ipv6_subnet, attrs, ttl) {
+                return match self.create(to) {
                     Err(StoreError::AlreadyTaken(s)) => Err(StoreError::NotOwner(s)),
                     other => other,
                 };
@@ -248,20 +252,25 @@ impl State {
         Ok(new)
     }
 
-    pub(super) fn rekey(
+    /// Our key re-put in place, or moved to the key of `to`.
+    pub(super) fn rewrite(
         &mut self,
         lease: &Lease,
-        ipv6_subnet: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
+        to: LeaseRequest<'_>,
     ) -> Result<Lease, StoreError> {
+        let LeaseRequest {
+            ipv6_subnet,
+            attrs,
+            ttl,
+            ..
+        } = to;
         let old_key = lease.key_name();
-        let new_key = lease_key_name(lease.subnet, ipv6_subnet);
+        let new_key = to.key_name();
         if old_key == new_key {
-            return self.update(lease, attrs, ttl);
+            return self.update(lease, to);
         }
         match self.owned_by(&old_key, lease) {
-            None => return self.create(lease.subnet, ipv6_subnet, attrs, ttl),
+            None => return self.create(to),
             Some(false) => return Err(StoreError::NotOwner(lease.subnet)),
             Some(true) => {}
         }
