@@ -411,7 +411,7 @@ pub async fn acquire_reuses_own_lease_and_updates_attrs<H: Harness>(h: &H) {
     store.renew_lease(&second).await.unwrap();
     assert_gone(store, &first).await;
 
-    // Another node cannot take it over through update_lease.
+    // Another node cannot take it over through rewrite_lease.
     let intruder = Lease {
         attrs: vxlan(2, 2),
         lease_id: None,

@@ -21,7 +21,7 @@ use schema::{Granted, Keys};
 pub use client::EtcdOptions;
 pub use schema::DEFAULT_PREFIX;
 
-/// Attempts for the read-compare-write of `update_lease` before declaring
+/// Attempts for the read-compare-write of a rewrite before declaring
 /// someone else the owner.
 const UPDATE_TRIES: u32 = 3;
 

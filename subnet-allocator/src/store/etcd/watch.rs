@@ -1,5 +1,6 @@
-//! The etcd watch on the subnets prefix as a [`WatchStream`]: batches of
-//! lease events, compaction and cancellation reported as errors.
+//! The etcd watch on the subnets prefix, the stream behind a
+//! [`crate::LeaseWatch`]: batches of lease events, compaction and
+//! cancellation reported as errors.
 
 use etcd_client::{WatchStream as EtcdStream, Watcher};
 use ipnet::Ipv4Net;
