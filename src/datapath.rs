@@ -87,6 +87,8 @@ pub trait Datapath: Send + Sync {
         &self,
         networks: &Networks,
     ) -> impl Future<Output = Result<bool, MasqError>> + Send;
+    /// Removes twill's masquerade tables; `Ok(true)` when there were any.
+    fn remove_masq(&self) -> impl Future<Output = Result<bool, MasqError>> + Send;
     /// Events on the devices named `names` (and lost events), from now on.
     fn link_signals(
         &self,
@@ -94,8 +96,8 @@ pub trait Datapath: Send + Sync {
     ) -> Result<BoxStream<'static, LinkSignal>, KernelError>;
 }
 
-/// The real data path: rtnetlink for devices and entries, nftables for
-/// masquerading.
+/// The real data path: rtnetlink for devices and entries, nf_tables
+/// netlink for masquerading.
 pub struct NetlinkDatapath {
     kernel: Kernel,
 }
@@ -165,10 +167,18 @@ impl Datapath for NetlinkDatapath {
     }
 
     async fn ensure_masq(&self, networks: &Networks) -> Result<bool, MasqError> {
-        if crate::masq::in_place(networks).await {
-            return Ok(false);
+        match crate::masq::in_place(networks).await {
+            Ok(true) => return Ok(false),
+            Ok(false) => {}
+            // Installing tells whether nf_tables works at all; its error is
+            // the one to report.
+            Err(e) => tracing::debug!(error = %e, "cannot read the ip-masq rules back"),
         }
         crate::masq::apply(networks).await.map(|()| true)
+    }
+
+    async fn remove_masq(&self) -> Result<bool, MasqError> {
+        crate::masq::remove().await
     }
 
     fn link_signals(

@@ -126,8 +126,10 @@ async fn cleanup(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|e| e.to_string())
         .collect();
-    if let Err(e) = twill::masq::remove().await {
-        errors.push(format!("removing the ip-masq table: {e}"));
+    match twill::masq::remove().await {
+        Ok(true) => tracing::info!("removed the ip-masq tables"),
+        Ok(false) => {}
+        Err(e) => errors.push(format!("removing the ip-masq tables: {e}")),
     }
     match std::fs::remove_file(&args.subnet_file) {
         Ok(()) => tracing::info!(path = %args.subnet_file.display(), "removed subnet file"),

@@ -37,6 +37,7 @@ pub struct Telemetry {
     lease_held: AtomicBool,
     subnet_file_written: AtomicBool,
     converged: AtomicBool,
+    masq_failed: AtomicBool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -120,6 +121,7 @@ impl Telemetry {
             lease_held: AtomicBool::new(false),
             subnet_file_written: AtomicBool::new(false),
             converged: AtomicBool::new(false),
+            masq_failed: AtomicBool::new(false),
         }
     }
 
@@ -160,12 +162,19 @@ impl Telemetry {
         }
     }
 
+    /// Records whether `--ip-masq`'s rules could be installed.
+    pub fn set_masq_failed(&self, v: bool) {
+        self.masq_failed.store(v, Ordering::Relaxed);
+    }
+
     /// `None` when ready, else what is missing.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
         if !self.lease_held.load(Ordering::Relaxed) {
             Some("no subnet lease yet")
         } else if !self.subnet_file_written.load(Ordering::Relaxed) {
             Some("subnet file not written")
+        } else if self.masq_failed.load(Ordering::Relaxed) {
+            Some("ip-masq rules cannot be installed (see the log)")
         } else if !self.converged.load(Ordering::Relaxed) {
             Some("data path not converged")
         } else {
@@ -199,6 +208,21 @@ mod tests {
         assert_eq!(t.not_ready_reason(), None);
         t.set_converged(false);
         assert!(t.not_ready_reason().is_some());
+    }
+
+    #[test]
+    fn failed_ip_masq_rules_make_the_node_unready() {
+        let t = Telemetry::new();
+        t.set_lease_held(true);
+        t.set_subnet_file_written(true);
+        t.set_converged(true);
+        t.set_masq_failed(true);
+        assert_eq!(
+            t.not_ready_reason(),
+            Some("ip-masq rules cannot be installed (see the log)")
+        );
+        t.set_masq_failed(false);
+        assert_eq!(t.not_ready_reason(), None);
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct Agent<S, D> {
     warned: HashSet<String>,
     passes: u64,
     status: tokio::sync::watch::Sender<AgentStatus>,
+    /// Whether the masquerade rules are in place, as the subnet file says;
+    /// `None` before the first attempt.
+    masq_installed: Option<bool>,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -197,9 +200,11 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             warned: HashSet::new(),
             passes: 0,
             status,
+            masq_installed: None,
         };
-        agent.publish().await?;
+        // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;
+        agent.publish().await?;
         let snapshot = retrying("listing leases", &t, stop, || agent.store.list_leases()).await?;
         agent.watch = WatchState::after(snapshot.revision);
         agent.load(snapshot.leases, snapshot.revision);
@@ -243,7 +248,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// addresses: done at start and whenever the lease's subnet changes.
     async fn publish(&mut self) -> Result<(), AgentError> {
         let lease = &self.lease.lease;
-        let env = self.plan.subnet_env(&self.cfg, self.opts.ip_masq, lease);
+        let env = self.plan.subnet_env(&self.cfg, self.masq_claim(), lease);
         self.dp.ensure_devices(&self.devices()).await?;
         subnet_file::write(&self.opts.subnet_file, &env)?;
         self.opts.telemetry.set_subnet_file_written(true);
@@ -251,22 +256,64 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         Ok(())
     }
 
+    /// What the subnet file says about masquerading: on only when the
+    /// rules are in place.
+    fn masq_claim(&self) -> bool {
+        self.opts.ip_masq && self.masq_installed == Some(true)
+    }
+
     /// Keeps the masquerade rules in place when `--ip-masq` is on: replaced
-    /// atomically when missing or incomplete, left alone when right.
-    async fn ensure_masq(&self) {
+    /// atomically when missing or incomplete, left alone when right. When
+    /// they cannot be installed the node is unready and the subnet file says
+    /// so; when they come back, both follow. Without the flag, a first call
+    /// removes the tables an earlier run with it left.
+    async fn ensure_masq(&mut self) {
         if !self.opts.ip_masq {
+            if self.masq_installed.is_none() {
+                self.masq_installed = Some(false);
+                match self.dp.remove_masq().await {
+                    Ok(true) => tracing::info!(
+                        "removed the ip-masq tables of an earlier run (--ip-masq is off)"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot remove the ip-masq tables of an earlier run")
+                    }
+                }
+            }
             return;
         }
         let networks = crate::masq::Networks {
             v4: self.cfg.network,
             v6: self.cfg.ipv6.as_ref().map(|c| c.network),
         };
-        match self.dp.ensure_masq(&networks).await {
-            Ok(false) => {}
+        let installed = match self.dp.ensure_masq(&networks).await {
+            Ok(false) => true,
             Ok(true) => {
-                tracing::info!(network = %self.cfg.network, network6 = ?networks.v6, "installed ip-masq rules")
+                tracing::info!(network = %self.cfg.network, network6 = ?networks.v6, "installed ip-masq rules");
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "cannot install ip-masq rules"),
+            Err(e) => {
+                if self.masq_installed != Some(false) {
+                    tracing::warn!(error = %e, "cannot install ip-masq rules: the node stays unready and the subnet file says TWILL_IPMASQ=false");
+                } else {
+                    tracing::debug!(error = %e, "still cannot install ip-masq rules");
+                }
+                false
+            }
+        };
+        self.opts.telemetry.set_masq_failed(!installed);
+        let before = self.masq_installed.replace(installed);
+        if before.is_some() && before != Some(installed) {
+            let env = self
+                .plan
+                .subnet_env(&self.cfg, installed, &self.lease.lease);
+            match subnet_file::write(&self.opts.subnet_file, &env) {
+                Ok(()) => {
+                    tracing::info!(path = %self.opts.subnet_file.display(), ip_masq = installed, "rewrote subnet file")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot rewrite the subnet file"),
+            }
         }
     }
 

@@ -35,6 +35,11 @@ struct FakeKernel {
     /// The next this many `apply` calls fail.
     fail_applies: usize,
     masq: Vec<Networks>,
+    /// While set, `ensure_masq` fails as a kernel without nf_tables would.
+    fail_masq: bool,
+    /// The tables `ensure_masq` installed and `remove_masq` has not removed.
+    masq_tables: bool,
+    masq_removals: usize,
     links: Option<futures::channel::mpsc::UnboundedSender<LinkSignal>>,
 }
 
@@ -147,9 +152,21 @@ impl Datapath for FakeDatapath {
 
     async fn ensure_masq(&self, networks: &Networks) -> Result<bool, MasqError> {
         let mut k = self.lock();
-        let changed = k.masq.last() != Some(networks);
+        if k.fail_masq {
+            return Err(MasqError::Open(std::io::Error::from_raw_os_error(
+                libc::EPROTONOSUPPORT,
+            )));
+        }
+        let changed = k.masq.last() != Some(networks) || !k.masq_tables;
         k.masq.push(*networks);
+        k.masq_tables = true;
         Ok(changed)
+    }
+
+    async fn remove_masq(&self) -> Result<bool, MasqError> {
+        let mut k = self.lock();
+        k.masq_removals += 1;
+        Ok(std::mem::take(&mut k.masq_tables))
     }
 
     fn link_signals(
@@ -760,4 +777,110 @@ fn fake_kernel_round_trips_every_op() {
         }
         assert_eq!(dp.read_state(&dev).await.unwrap(), KernelState::default());
     });
+}
+
+/// An agent on `dp` with `--ip-masq` as given, running until the returned
+/// sender fires; also its subnet file's directory and its telemetry.
+async fn run_masq_agent(
+    store: MemoryStore,
+    dp: FakeDatapath,
+    ip_masq: bool,
+) -> (
+    tempfile::TempDir,
+    Arc<Telemetry>,
+    oneshot::Sender<()>,
+    JoinHandle<Result<(), AgentError>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = Arc::new(Telemetry::new());
+    let agent_opts = AgentConfig {
+        ip_masq,
+        ..opts(dir.path(), telemetry.clone())
+    };
+    let mut never = std::pin::pin!(std::future::pending::<()>());
+    let agent = Agent::start(store, dp, agent_opts, &mut never)
+        .await
+        .unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(Box::pin(async move {
+        let _ = rx.await;
+    })));
+    (dir, telemetry, tx, task)
+}
+
+fn ipmasq_line(dir: &tempfile::TempDir) -> String {
+    let text = std::fs::read_to_string(dir.path().join("subnet.env")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("TWILL_IPMASQ="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn masquerade_that_cannot_be_installed_is_unready_and_not_claimed() {
+    let store = MemoryStore::with_config(config());
+    let dp = FakeDatapath::default();
+    dp.lock().fail_masq = true;
+    let (dir, telemetry, stop, task) = run_masq_agent(store, dp.clone(), true).await;
+    assert_eq!(ipmasq_line(&dir), "TWILL_IPMASQ=false");
+    assert_eq!(
+        telemetry.not_ready_reason(),
+        Some("ip-masq rules cannot be installed (see the log)")
+    );
+
+    // Positive control: once nf_tables works, the next resync installs the
+    // rules, the file claims them and the node is ready.
+    dp.lock().fail_masq = false;
+    tokio::time::sleep(RESYNC + Duration::from_secs(1)).await;
+    for _ in 0..2000 {
+        if ipmasq_line(&dir) == "TWILL_IPMASQ=true" && telemetry.not_ready_reason().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(ipmasq_line(&dir), "TWILL_IPMASQ=true");
+    assert_eq!(telemetry.not_ready_reason(), None);
+    assert!(dp.lock().masq_tables);
+
+    // And when they break again, both follow.
+    dp.lock().fail_masq = true;
+    tokio::time::sleep(RESYNC + Duration::from_secs(1)).await;
+    for _ in 0..2000 {
+        if ipmasq_line(&dir) == "TWILL_IPMASQ=false" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(ipmasq_line(&dir), "TWILL_IPMASQ=false");
+    assert!(telemetry.not_ready_reason().is_some());
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_without_ip_masq_removes_the_tables_of_an_earlier_run() {
+    let store = MemoryStore::with_config(config());
+    let dp = FakeDatapath::default();
+    // With the flag: tables installed, nothing removed.
+    let (dir, telemetry, stop, task) = run_masq_agent(store.clone(), dp.clone(), true).await;
+    assert_eq!(ipmasq_line(&dir), "TWILL_IPMASQ=true");
+    assert_eq!(telemetry.not_ready_reason(), None);
+    assert!(dp.lock().masq_tables);
+    assert_eq!(dp.lock().masq_removals, 0);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
+    // Restarted without it: the tables go, once.
+    let (dir, telemetry, stop, task) = run_masq_agent(store, dp.clone(), false).await;
+    assert!(
+        !dp.lock().masq_tables,
+        "the tables of the earlier run stayed"
+    );
+    assert_eq!(dp.lock().masq_removals, 1);
+    assert_eq!(ipmasq_line(&dir), "TWILL_IPMASQ=false");
+    assert_eq!(telemetry.not_ready_reason(), None);
+    tokio::time::sleep(RESYNC * 2 + Duration::from_secs(1)).await;
+    assert_eq!(dp.lock().masq_removals, 1, "removed again at a resync");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
 }

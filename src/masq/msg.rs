@@ -1,0 +1,1046 @@
+//! nf_tables netlink messages, built and parsed without I/O: the batch that
+//! replaces twill's tables, the requests that read them back, and the
+//! decoding of the kernel's replies. The layouts are the kernel's UAPI
+//! (`linux/netfilter/nf_tables.h`, `linux/netfilter/nfnetlink.h`); numbers
+//! are big-endian inside nf_tables attributes and native in netlink headers.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// `NFNL_SUBSYS_NFTABLES`: the high byte of every nf_tables message type.
+const SUBSYS_NFTABLES: u16 = 10;
+const BATCH_BEGIN: u16 = 0x10;
+const BATCH_END: u16 = 0x11;
+
+const MSG_NEWTABLE: u16 = 0;
+const MSG_GETTABLE: u16 = 1;
+const MSG_DELTABLE: u16 = 2;
+const MSG_NEWCHAIN: u16 = 3;
+const MSG_GETCHAIN: u16 = 4;
+const MSG_NEWRULE: u16 = 6;
+const MSG_GETRULE: u16 = 7;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const TABLE_NAME: u16 = 1;
+const CHAIN_TABLE: u16 = 1;
+const CHAIN_NAME: u16 = 3;
+const CHAIN_HOOK: u16 = 4;
+const CHAIN_POLICY: u16 = 5;
+const CHAIN_TYPE: u16 = 7;
+const HOOK_HOOKNUM: u16 = 1;
+const HOOK_PRIORITY: u16 = 2;
+const RULE_TABLE: u16 = 1;
+const RULE_CHAIN: u16 = 2;
+const RULE_EXPRESSIONS: u16 = 4;
+const LIST_ELEM: u16 = 1;
+const EXPR_NAME: u16 = 1;
+const EXPR_DATA: u16 = 2;
+const DATA_VALUE: u16 = 1;
+const DATA_VERDICT: u16 = 2;
+const VERDICT_CODE: u16 = 1;
+
+/// `NF_INET_POST_ROUTING`.
+const HOOK_POSTROUTING: u32 = 4;
+/// The priority nft calls `srcnat`.
+const PRIO_SRCNAT: i32 = 100;
+const NF_ACCEPT: u32 = 1;
+/// `NFT_REG_1`, the one data register the rules use; `NFT_REG_VERDICT` is 0.
+const REG_1: u32 = 1;
+const REG_VERDICT: u32 = 0;
+/// `NFT_PAYLOAD_NETWORK_HEADER`.
+pub const BASE_NETWORK: u32 = 1;
+/// `NFT_RETURN`.
+pub const VERDICT_RETURN: i32 = -5;
+/// `NF_NAT_RANGE_PROTO_RANDOM_FULLY`.
+pub const MASQ_RANDOM_FULLY: u32 = 0x10;
+
+/// The nftables table twill owns, in each family it uses.
+pub const TABLE: &str = "twill";
+/// Its one chain, a nat base chain on the postrouting hook.
+pub const CHAIN: &str = "postrouting";
+const CHAIN_KIND: &str = "nat";
+
+/// An nftables address family twill keeps a table in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ip,
+    Ip6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ip, Family::Ip6];
+
+    /// `NFPROTO_IPV4` / `NFPROTO_IPV6`.
+    fn proto(self) -> u8 {
+        match self {
+            Family::Ip => 2,
+            Family::Ip6 => 10,
+        }
+    }
+
+    /// The name nft uses (`ip twill`, `ip6 twill`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+
+    pub fn of(net: IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::Ip,
+            IpNet::V6(_) => Family::Ip6,
+        }
+    }
+}
+
+/// `NFT_CMP_EQ` / `NFT_CMP_NEQ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Neq,
+}
+
+impl CmpOp {
+    fn code(self) -> u32 {
+        match self {
+            CmpOp::Eq => 0,
+            CmpOp::Neq => 1,
+        }
+    }
+}
+
+/// One expression of a rule, as twill writes it and as the kernel lists it
+/// back (registers left out: every rule uses `NFT_REG_1` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
+    Bitwise {
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Cmp {
+        op: u32,
+        data: Vec<u8>,
+    },
+    Counter,
+    Masq {
+        flags: u32,
+    },
+    Verdict(i32),
+    /// An expression twill never writes, by its name.
+    Other(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Saddr,
+    Daddr,
+}
+
+/// `ip saddr`/`ip daddr`/`ip6 ...` compared with `net`, the way nft itself
+/// encodes a prefix (so that `nft list` shows it as one): a whole-byte
+/// prefix loads just its bytes and compares them; any other loads the whole
+/// address and masks it first.
+fn prefix_match(field: Field, op: CmpOp, net: IpNet) -> Vec<Expr> {
+    let (offset, addr): (u32, Vec<u8>) = match (net.network(), field) {
+        (IpAddr::V4(a), Field::Saddr) => (12, a.octets().to_vec()),
+        (IpAddr::V4(a), Field::Daddr) => (16, a.octets().to_vec()),
+        (IpAddr::V6(a), Field::Saddr) => (8, a.octets().to_vec()),
+        (IpAddr::V6(a), Field::Daddr) => (24, a.octets().to_vec()),
+    };
+    let bits = usize::from(net.prefix_len());
+    let whole_bytes = bits % 8 == 0 && bits > 0;
+    let len = if whole_bytes { bits / 8 } else { addr.len() };
+    let mut exprs = vec![Expr::Payload {
+        base: BASE_NETWORK,
+        offset,
+        len: len as u32,
+    }];
+    let mask: Vec<u8> = (0..len)
+        .map(|i| {
+            let left = bits.saturating_sub(i * 8).min(8);
+            // `left` is 0..=8; a u16 shift keeps 8 in range.
+            (0xff00u16 >> left) as u8
+        })
+        .collect();
+    if !whole_bytes {
+        exprs.push(Expr::Bitwise {
+            mask: mask.clone(),
+            xor: vec![0; len],
+        });
+    }
+    let data = addr[..len].iter().zip(&mask).map(|(a, m)| a & m).collect();
+    exprs.push(Expr::Cmp {
+        op: op.code(),
+        data,
+    });
+    exprs
+}
+
+/// The rules of the table for `network`, in order: pod to pod anywhere in
+/// the cluster keeps its address; pod to the outside world (multicast
+/// excepted) leaves with the node's address.
+pub fn rules(network: IpNet) -> Vec<Vec<Expr>> {
+    let multicast: IpNet = match network {
+        IpNet::V4(_) => IpNet::V4(ipnet::Ipv4Net::new_assert([224, 0, 0, 0].into(), 4)),
+        IpNet::V6(_) => IpNet::V6(ipnet::Ipv6Net::new_assert(
+            [0xff00, 0, 0, 0, 0, 0, 0, 0].into(),
+            8,
+        )),
+    };
+    let mut pod_to_pod = prefix_match(Field::Saddr, CmpOp::Eq, network);
+    pod_to_pod.extend(prefix_match(Field::Daddr, CmpOp::Eq, network));
+    pod_to_pod.push(Expr::Verdict(VERDICT_RETURN));
+    let mut outside = prefix_match(Field::Saddr, CmpOp::Eq, network);
+    outside.extend(prefix_match(Field::Daddr, CmpOp::Neq, multicast));
+    outside.push(Expr::Counter);
+    outside.push(Expr::Masq {
+        flags: MASQ_RANDOM_FULLY,
+    });
+    vec![pod_to_pod, outside]
+}
+
+/// Netlink attributes being written.
+#[derive(Default)]
+struct Attrs(Vec<u8>);
+
+impl Attrs {
+    fn put(&mut self, ty: u16, value: &[u8]) -> &mut Self {
+        let len = 4 + value.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&ty.to_ne_bytes());
+        self.0.extend_from_slice(value);
+        self.0.resize(self.0.len().next_multiple_of(4), 0);
+        self
+    }
+
+    fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.put(ty, &v.to_be_bytes())
+    }
+
+    fn u64(&mut self, ty: u16, v: u64) -> &mut Self {
+        self.put(ty, &v.to_be_bytes())
+    }
+
+    fn str(&mut self, ty: u16, s: &str) -> &mut Self {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put(ty, &b)
+    }
+
+    fn nested(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
+        let mut inner = Attrs::default();
+        f(&mut inner);
+        self.put(ty | NLA_F_NESTED, &inner.0)
+    }
+
+    fn data(&mut self, ty: u16, value: &[u8]) -> &mut Self {
+        self.nested(ty, |a| {
+            a.put(DATA_VALUE, value);
+        })
+    }
+}
+
+fn encode_expr(a: &mut Attrs, e: &Expr) {
+    let (name, data): (&str, Attrs) = match e {
+        Expr::Payload { base, offset, len } => {
+            let mut d = Attrs::default();
+            d.u32(1, REG_1).u32(2, *base).u32(3, *offset).u32(4, *len);
+            ("payload", d)
+        }
+        Expr::Bitwise { mask, xor } => {
+            let mut d = Attrs::default();
+            d.u32(1, REG_1)
+                .u32(2, REG_1)
+                .u32(3, mask.len() as u32)
+                .data(4, mask)
+                .data(5, xor);
+            ("bitwise", d)
+        }
+        Expr::Cmp { op, data } => {
+            let mut d = Attrs::default();
+            d.u32(1, REG_1).u32(2, *op).data(3, data);
+            ("cmp", d)
+        }
+        Expr::Counter => {
+            let mut d = Attrs::default();
+            d.u64(1, 0).u64(2, 0);
+            ("counter", d)
+        }
+        Expr::Masq { flags } => {
+            let mut d = Attrs::default();
+            if *flags != 0 {
+                d.u32(1, *flags);
+            }
+            ("masq", d)
+        }
+        Expr::Verdict(code) => {
+            let mut d = Attrs::default();
+            d.u32(1, REG_VERDICT).nested(2, |v| {
+                v.nested(DATA_VERDICT, |c| {
+                    c.u32(VERDICT_CODE, *code as u32);
+                });
+            });
+            ("immediate", d)
+        }
+        Expr::Other(name) => (name.as_str(), Attrs::default()),
+    };
+    a.nested(LIST_ELEM, |el| {
+        el.str(EXPR_NAME, name);
+        el.put(EXPR_DATA | NLA_F_NESTED, &data.0);
+    });
+}
+
+/// Netlink messages being written, numbered from `first_seq`.
+pub struct Messages {
+    buf: Vec<u8>,
+    next_seq: u32,
+    /// The sequence number of every message that asked for an ack, and what
+    /// it did, to name the message the kernel refused.
+    acked: Vec<(u32, String)>,
+}
+
+impl Messages {
+    pub fn new(first_seq: u32) -> Self {
+        Messages {
+            buf: Vec::new(),
+            next_seq: first_seq,
+            acked: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, ty: u16, flags: u16, family: u8, res_id: u16, attrs: Attrs) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let len = 16 + 4 + attrs.0.len();
+        self.buf.extend_from_slice(&(len as u32).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: family, NFNETLINK_V0, res_id (big-endian).
+        self.buf.push(family);
+        self.buf.push(0);
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        self.buf.extend_from_slice(&attrs.0);
+        seq
+    }
+
+    fn nft(&mut self, cmd: u16, flags: u16, family: Family, attrs: Attrs, what: String) -> u32 {
+        let seq = self.push(
+            (SUBSYS_NFTABLES << 8) | cmd,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            family.proto(),
+            0,
+            attrs,
+        );
+        self.acked.push((seq, what));
+        seq
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Every message that asked for an ack, with what it did.
+    pub fn acked(&self) -> &[(u32, String)] {
+        &self.acked
+    }
+}
+
+fn table_attrs() -> Attrs {
+    let mut a = Attrs::default();
+    a.str(TABLE_NAME, TABLE);
+    a
+}
+
+/// One transaction: the kernel applies every message between begin and end,
+/// or none of them.
+pub struct Batch(Messages);
+
+impl Batch {
+    pub fn new(first_seq: u32) -> Self {
+        let mut m = Messages::new(first_seq);
+        m.push(
+            BATCH_BEGIN,
+            NLM_F_REQUEST,
+            0,
+            SUBSYS_NFTABLES,
+            Attrs::default(),
+        );
+        Batch(m)
+    }
+
+    /// Adds `family`'s table, or nothing when it exists.
+    fn new_table(&mut self, family: Family) {
+        let what = format!("adding table {} {TABLE}", family.name());
+        self.0
+            .nft(MSG_NEWTABLE, NLM_F_CREATE, family, table_attrs(), what);
+    }
+
+    /// Deletes `family`'s table whether or not it exists: adding a table
+    /// that exists is no error, so add then delete always succeeds.
+    pub fn clear_table(&mut self, family: Family) {
+        let f = family.name();
+        self.new_table(family);
+        self.0.nft(
+            MSG_DELTABLE,
+            0,
+            family,
+            table_attrs(),
+            format!("deleting table {f} {TABLE}"),
+        );
+    }
+
+    /// Adds the table for `network`, its chain and its rules.
+    pub fn add_table(&mut self, network: IpNet) {
+        let family = Family::of(network);
+        let f = family.name();
+        self.new_table(family);
+        let mut chain = Attrs::default();
+        chain
+            .str(CHAIN_TABLE, TABLE)
+            .str(CHAIN_NAME, CHAIN)
+            .nested(CHAIN_HOOK, |h| {
+                h.u32(HOOK_HOOKNUM, HOOK_POSTROUTING)
+                    .u32(HOOK_PRIORITY, PRIO_SRCNAT as u32);
+            })
+            .u32(CHAIN_POLICY, NF_ACCEPT)
+            .str(CHAIN_TYPE, CHAIN_KIND);
+        self.0.nft(
+            MSG_NEWCHAIN,
+            NLM_F_CREATE,
+            family,
+            chain,
+            format!("adding chain {f} {TABLE} {CHAIN}"),
+        );
+        for (i, rule) in rules(network).iter().enumerate() {
+            let mut a = Attrs::default();
+            a.str(RULE_TABLE, TABLE)
+                .str(RULE_CHAIN, CHAIN)
+                .nested(RULE_EXPRESSIONS, |list| {
+                    for e in rule {
+                        encode_expr(list, e);
+                    }
+                });
+            self.0.nft(
+                MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND,
+                family,
+                a,
+                format!("adding rule {} of {f} {TABLE} {CHAIN}", i + 1),
+            );
+        }
+    }
+
+    pub fn finish(mut self) -> Messages {
+        self.0.push(
+            BATCH_END,
+            NLM_F_REQUEST,
+            0,
+            SUBSYS_NFTABLES,
+            Attrs::default(),
+        );
+        self.0
+    }
+}
+
+/// The batch that replaces both families' tables with those for
+/// `networks`: a table of a family no longer in use goes too.
+pub fn replace(networks: &[IpNet], first_seq: u32) -> Messages {
+    let mut b = Batch::new(first_seq);
+    for f in Family::ALL {
+        b.clear_table(f);
+    }
+    for net in networks {
+        b.add_table(*net);
+    }
+    b.finish()
+}
+
+/// The batch that deletes the tables of `families`.
+pub fn removal(families: &[Family], first_seq: u32) -> Messages {
+    let mut b = Batch::new(first_seq);
+    for f in families {
+        b.clear_table(*f);
+    }
+    b.finish()
+}
+
+/// One request `cmd` that asks for an ack, numbered `seq`.
+fn request(cmd: u16, family: Family, attrs: Attrs, what: String, seq: u32) -> Messages {
+    let mut m = Messages::new(seq);
+    m.nft(cmd, 0, family, attrs, what);
+    m
+}
+
+/// Asks for `family`'s table (answered with the table or `ENOENT`).
+pub fn get_table(family: Family, seq: u32) -> Messages {
+    let what = format!("reading table {} {TABLE}", family.name());
+    request(MSG_GETTABLE, family, table_attrs(), what, seq)
+}
+
+/// Asks for the chain of `family`'s table.
+pub fn get_chain(family: Family, seq: u32) -> Messages {
+    let mut a = Attrs::default();
+    a.str(CHAIN_TABLE, TABLE).str(CHAIN_NAME, CHAIN);
+    let what = format!("reading chain {} {TABLE} {CHAIN}", family.name());
+    request(MSG_GETCHAIN, family, a, what, seq)
+}
+
+/// Asks for every rule of the chain of `family`'s table (a dump).
+pub fn dump_rules(family: Family, seq: u32) -> Messages {
+    let mut a = Attrs::default();
+    a.str(RULE_TABLE, TABLE).str(RULE_CHAIN, CHAIN);
+    let mut m = Messages::new(seq);
+    m.push(
+        (SUBSYS_NFTABLES << 8) | MSG_GETRULE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        family.proto(),
+        0,
+        a,
+    );
+    m
+}
+
+/// One netlink message of a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// An nf_tables message: its command and its attributes (after the
+    /// nfgenmsg header).
+    Data { seq: u32, cmd: u16, attrs: Vec<u8> },
+    /// `NLMSG_ERROR` with 0: the ack of `seq`.
+    Ack { seq: u32 },
+    /// `NLMSG_ERROR` with an errno (positive).
+    Error { seq: u32, errno: i32 },
+    /// `NLMSG_DONE`: the end of a dump.
+    Done { seq: u32 },
+    /// A message of another type (`NLMSG_NOOP`, ...).
+    Other { seq: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed nftables netlink reply: {0}")]
+pub struct Malformed(pub &'static str);
+
+fn ne_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn ne_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Splits one datagram from the kernel into its messages.
+pub fn parse_replies(mut buf: &[u8]) -> Result<Vec<Reply>, Malformed> {
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
+        let len = ne_u32(buf, 0).ok_or(Malformed("short header"))? as usize;
+        if len < 16 || len > buf.len() {
+            return Err(Malformed("message length out of range"));
+        }
+        let ty = ne_u16(buf, 4).ok_or(Malformed("short header"))?;
+        let seq = ne_u32(buf, 8).ok_or(Malformed("short header"))?;
+        let body = &buf[16..len];
+        out.push(match ty {
+            NLMSG_ERROR => {
+                let code = ne_u32(body, 0).ok_or(Malformed("short error message"))? as i32;
+                if code == 0 {
+                    Reply::Ack { seq }
+                } else {
+                    Reply::Error {
+                        seq,
+                        errno: code.saturating_neg(),
+                    }
+                }
+            }
+            NLMSG_DONE => Reply::Done { seq },
+            t if t >> 8 == SUBSYS_NFTABLES => Reply::Data {
+                seq,
+                cmd: t & 0xff,
+                attrs: body.get(4..).ok_or(Malformed("short nfgenmsg"))?.to_vec(),
+            },
+            _ => Reply::Other { seq },
+        });
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+    }
+    Ok(out)
+}
+
+/// The attributes in `buf`, as (type without flags, value).
+fn attrs(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, Malformed> {
+    let mut out = Vec::new();
+    while buf.len() >= 4 {
+        let len = usize::from(ne_u16(buf, 0).ok_or(Malformed("short attribute"))?);
+        let ty = ne_u16(buf, 2).ok_or(Malformed("short attribute"))? & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return Err(Malformed("attribute length out of range"));
+        }
+        out.push((ty, &buf[4..len]));
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+    }
+    Ok(out)
+}
+
+fn attr<'a>(list: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
+    list.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v)
+}
+
+fn be_u32(v: Option<&[u8]>) -> Option<u32> {
+    Some(u32::from_be_bytes(v?.try_into().ok()?))
+}
+
+fn string(v: Option<&[u8]>) -> Option<&str> {
+    let v = v?;
+    std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok()
+}
+
+fn data_value(v: Option<&[u8]>) -> Result<Vec<u8>, Malformed> {
+    let inner = attrs(v.ok_or(Malformed("expression without its data"))?)?;
+    attr(&inner, DATA_VALUE)
+        .map(<[u8]>::to_vec)
+        .ok_or(Malformed("data without a value"))
+}
+
+fn decode_expr(elem: &[u8]) -> Result<Expr, Malformed> {
+    let a = attrs(elem)?;
+    let name = string(attr(&a, EXPR_NAME)).ok_or(Malformed("expression without a name"))?;
+    let d = attrs(attr(&a, EXPR_DATA).unwrap_or_default())?;
+    let get = |ty| be_u32(attr(&d, ty)).ok_or(Malformed("expression attribute missing"));
+    Ok(match name {
+        "payload" => Expr::Payload {
+            base: get(2)?,
+            offset: get(3)?,
+            len: get(4)?,
+        },
+        "bitwise" => Expr::Bitwise {
+            mask: data_value(attr(&d, 4))?,
+            xor: data_value(attr(&d, 5))?,
+        },
+        "cmp" => Expr::Cmp {
+            op: get(2)?,
+            data: data_value(attr(&d, 3))?,
+        },
+        "counter" => Expr::Counter,
+        "masq" => Expr::Masq {
+            flags: be_u32(attr(&d, 1)).unwrap_or(0),
+        },
+        "immediate" if get(1)? == REG_VERDICT => {
+            let data = attrs(attr(&d, 2).ok_or(Malformed("immediate without data"))?)?;
+            let verdict = attrs(attr(&data, DATA_VERDICT).ok_or(Malformed("not a verdict"))?)?;
+            Expr::Verdict(
+                be_u32(attr(&verdict, VERDICT_CODE)).ok_or(Malformed("no verdict code"))? as i32,
+            )
+        }
+        other => Expr::Other(other.to_string()),
+    })
+}
+
+/// The expressions of a rule the kernel listed (`NFT_MSG_NEWRULE` attributes).
+pub fn decode_rule(rule: &[u8]) -> Result<Vec<Expr>, Malformed> {
+    let a = attrs(rule)?;
+    let Some(list) = attr(&a, RULE_EXPRESSIONS) else {
+        return Ok(Vec::new());
+    };
+    attrs(list)?
+        .into_iter()
+        .filter(|(t, _)| *t == LIST_ELEM)
+        .map(|(_, e)| decode_expr(e))
+        .collect()
+}
+
+/// The expressions of a rule the kernel listed, if it is in twill's table
+/// and chain (a kernel that ignores the dump's filter lists others too).
+pub fn our_rule(rule: &[u8]) -> Result<Option<Vec<Expr>>, Malformed> {
+    let a = attrs(rule)?;
+    if string(attr(&a, RULE_TABLE)) != Some(TABLE) || string(attr(&a, RULE_CHAIN)) != Some(CHAIN) {
+        return Ok(None);
+    }
+    decode_rule(rule).map(Some)
+}
+
+/// Whether a chain the kernel listed (`NFT_MSG_NEWCHAIN` attributes) is a
+/// nat chain on the postrouting hook, as twill makes it.
+pub fn is_our_chain(chain: &[u8]) -> Result<bool, Malformed> {
+    let a = attrs(chain)?;
+    let hook = match attr(&a, CHAIN_HOOK) {
+        Some(h) => attrs(h)?,
+        None => return Ok(false),
+    };
+    Ok(string(attr(&a, CHAIN_NAME)) == Some(CHAIN)
+        && string(attr(&a, CHAIN_TYPE)) == Some(CHAIN_KIND)
+        && be_u32(attr(&hook, HOOK_HOOKNUM)) == Some(HOOK_POSTROUTING))
+}
+
+/// Is this reply one of the nf_tables commands `NEWRULE` / `NEWCHAIN`?
+pub fn is_rule(cmd: u16) -> bool {
+    cmd == MSG_NEWRULE
+}
+
+pub fn is_chain(cmd: u16) -> bool {
+    cmd == MSG_NEWCHAIN
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    /// The messages of `m`: (type, flags, seq, family, attributes).
+    fn split(m: &Messages) -> Vec<(u16, u16, u32, u8, Vec<u8>)> {
+        let mut b = m.bytes();
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let len = ne_u32(b, 0).unwrap() as usize;
+            assert_eq!(len % 4, 0, "message length not aligned");
+            out.push((
+                ne_u16(b, 4).unwrap(),
+                ne_u16(b, 6).unwrap(),
+                ne_u32(b, 8).unwrap(),
+                b[16],
+                b[20..len].to_vec(),
+            ));
+            b = &b[len..];
+        }
+        out
+    }
+
+    #[test]
+    fn a_slash_16_loads_two_bytes_and_compares_them() {
+        assert_eq!(
+            prefix_match(Field::Saddr, CmpOp::Eq, net("10.244.0.0/16")),
+            vec![
+                Expr::Payload {
+                    base: BASE_NETWORK,
+                    offset: 12,
+                    len: 2
+                },
+                Expr::Cmp {
+                    op: 0,
+                    data: vec![10, 244]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_partial_prefix_loads_the_whole_address_and_masks_it() {
+        assert_eq!(
+            prefix_match(Field::Daddr, CmpOp::Neq, net("224.0.0.0/4")),
+            vec![
+                Expr::Payload {
+                    base: BASE_NETWORK,
+                    offset: 16,
+                    len: 4
+                },
+                Expr::Bitwise {
+                    mask: vec![0xf0, 0, 0, 0],
+                    xor: vec![0; 4]
+                },
+                Expr::Cmp {
+                    op: 1,
+                    data: vec![0xe0, 0, 0, 0]
+                },
+            ]
+        );
+        // 10.240.0.0/12 given as 10.244.0.0/12: the host bits are masked off.
+        let m = prefix_match(Field::Saddr, CmpOp::Eq, net("10.244.0.0/12"));
+        assert_eq!(
+            m[1],
+            Expr::Bitwise {
+                mask: vec![0xff, 0xf0, 0, 0],
+                xor: vec![0; 4]
+            }
+        );
+        assert_eq!(
+            m[2],
+            Expr::Cmp {
+                op: 0,
+                data: vec![10, 0xf0, 0, 0]
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_sit_at_their_own_offsets() {
+        let m = prefix_match(Field::Daddr, CmpOp::Eq, net("fd00:10:244::/48"));
+        assert_eq!(
+            m[0],
+            Expr::Payload {
+                base: BASE_NETWORK,
+                offset: 24,
+                len: 6
+            }
+        );
+        assert_eq!(
+            m[1],
+            Expr::Cmp {
+                op: 0,
+                data: vec![0xfd, 0, 0, 0x10, 0x02, 0x44]
+            }
+        );
+        let s = prefix_match(Field::Saddr, CmpOp::Eq, net("fd00::/8"));
+        assert_eq!(
+            s[0],
+            Expr::Payload {
+                base: BASE_NETWORK,
+                offset: 8,
+                len: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_slash_0_masks_the_whole_address() {
+        let m = prefix_match(Field::Saddr, CmpOp::Eq, net("0.0.0.0/0"));
+        assert_eq!(
+            m,
+            vec![
+                Expr::Payload {
+                    base: BASE_NETWORK,
+                    offset: 12,
+                    len: 4
+                },
+                Expr::Bitwise {
+                    mask: vec![0; 4],
+                    xor: vec![0; 4]
+                },
+                Expr::Cmp {
+                    op: 0,
+                    data: vec![0; 4]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_to_pod_returns_and_the_rest_is_masqueraded_but_multicast() {
+        let r = rules(net("10.244.0.0/16"));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].last(), Some(&Expr::Verdict(VERDICT_RETURN)));
+        // saddr in the network, daddr in the network.
+        assert!(matches!(r[0][0], Expr::Payload { offset: 12, .. }));
+        assert!(matches!(r[0][2], Expr::Payload { offset: 16, .. }));
+        assert_eq!(
+            &r[1][r[1].len() - 2..],
+            &[
+                Expr::Counter,
+                Expr::Masq {
+                    flags: MASQ_RANDOM_FULLY
+                }
+            ]
+        );
+        assert!(r[1].contains(&Expr::Cmp {
+            op: 1,
+            data: vec![0xe0, 0, 0, 0]
+        }));
+        let r6 = rules(net("fd00:10:244::/48"));
+        assert!(r6[1].contains(&Expr::Cmp {
+            op: 1,
+            data: vec![0xff]
+        }));
+    }
+
+    #[test]
+    fn the_replacing_batch_clears_both_families_then_builds_in_one_transaction() {
+        let m = replace(&[net("10.244.0.0/16")], 7);
+        let msgs = split(&m);
+        let types: Vec<u16> = msgs.iter().map(|x| x.0).collect();
+        let nft = |c: u16| (SUBSYS_NFTABLES << 8) | c;
+        assert_eq!(
+            types,
+            vec![
+                BATCH_BEGIN,
+                nft(MSG_NEWTABLE),
+                nft(MSG_DELTABLE),
+                nft(MSG_NEWTABLE),
+                nft(MSG_DELTABLE),
+                nft(MSG_NEWTABLE),
+                nft(MSG_NEWCHAIN),
+                nft(MSG_NEWRULE),
+                nft(MSG_NEWRULE),
+                BATCH_END,
+            ]
+        );
+        let families: Vec<u8> = msgs.iter().map(|x| x.3).collect();
+        assert_eq!(families, vec![0, 2, 2, 10, 10, 2, 2, 2, 2, 0]);
+        let seqs: Vec<u32> = msgs.iter().map(|x| x.2).collect();
+        assert_eq!(seqs, (7..17).collect::<Vec<_>>());
+        // Begin and end carry the subsystem and ask for no ack; every
+        // command asks for one and is named.
+        assert_eq!(msgs[0].1, NLM_F_REQUEST);
+        assert_eq!(&m.bytes()[18..20], &SUBSYS_NFTABLES.to_be_bytes());
+        assert!(msgs[1..9].iter().all(|x| x.1 & NLM_F_ACK != 0));
+        assert_eq!(m.acked().len(), 8);
+        assert_eq!(m.acked()[5].1, "adding chain ip twill postrouting");
+        assert_eq!(msgs[7].1 & NLM_F_APPEND, NLM_F_APPEND);
+        // The chain: table, name, hook postrouting at priority 100, nat.
+        let chain = &msgs[6].4;
+        assert!(is_our_chain(chain).unwrap());
+        let a = attrs(chain).unwrap();
+        let hook = attrs(attr(&a, CHAIN_HOOK).unwrap()).unwrap();
+        assert_eq!(be_u32(attr(&hook, HOOK_PRIORITY)), Some(100));
+        assert_eq!(be_u32(attr(&a, CHAIN_POLICY)), Some(NF_ACCEPT));
+        assert_eq!(string(attr(&a, CHAIN_TABLE)), Some("twill"));
+    }
+
+    #[test]
+    fn rules_read_back_as_they_were_written() {
+        for network in ["10.244.0.0/16", "10.96.0.0/12", "fd00:10:244::/48"] {
+            let n = net(network);
+            let m = replace(&[n], 1);
+            let written: Vec<Vec<Expr>> = split(&m)
+                .iter()
+                .filter(|x| x.0 == (SUBSYS_NFTABLES << 8) | MSG_NEWRULE)
+                .map(|x| our_rule(&x.4).unwrap().unwrap())
+                .collect();
+            assert_eq!(written, rules(n), "{network}");
+        }
+    }
+
+    #[test]
+    fn dual_stack_builds_both_tables() {
+        let m = replace(&[net("10.244.0.0/16"), net("fd00:10:244::/48")], 1);
+        let msgs = split(&m);
+        let rules6: Vec<_> = msgs
+            .iter()
+            .filter(|x| x.0 == (SUBSYS_NFTABLES << 8) | MSG_NEWRULE && x.3 == 10)
+            .collect();
+        assert_eq!(rules6.len(), 2);
+        assert_eq!(
+            decode_rule(&rules6[1].4).unwrap(),
+            rules(net("fd00:10:244::/48"))[1]
+        );
+    }
+
+    #[test]
+    fn removal_clears_only_the_families_given() {
+        let m = removal(&[Family::Ip6], 1);
+        let msgs = split(&m);
+        assert_eq!(msgs.len(), 4);
+        assert!(msgs[1..3].iter().all(|x| x.3 == 10));
+        assert_eq!(msgs[2].0, (SUBSYS_NFTABLES << 8) | MSG_DELTABLE);
+    }
+
+    #[test]
+    fn requests_name_table_and_chain() {
+        let m = dump_rules(Family::Ip, 3);
+        let msgs = split(&m);
+        assert_eq!(msgs[0].1, NLM_F_REQUEST | NLM_F_DUMP);
+        let a = attrs(&msgs[0].4).unwrap();
+        assert_eq!(string(attr(&a, RULE_TABLE)), Some("twill"));
+        assert_eq!(string(attr(&a, RULE_CHAIN)), Some("postrouting"));
+        let g = get_chain(Family::Ip6, 4);
+        assert_eq!(split(&g)[0].3, 10);
+        assert_eq!(g.acked()[0].0, 4);
+        let t = get_table(Family::Ip, 5);
+        assert_eq!(t.acked()[0].1, "reading table ip twill");
+    }
+
+    /// A kernel reply: header, then `body`.
+    fn reply(ty: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        b.extend_from_slice(&ty.to_ne_bytes());
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(body);
+        b.resize(b.len().next_multiple_of(4), 0);
+        b
+    }
+
+    fn error_body(code: i32) -> Vec<u8> {
+        let mut b = code.to_ne_bytes().to_vec();
+        b.extend_from_slice(&[0; 16]);
+        b
+    }
+
+    #[test]
+    fn replies_split_into_acks_errors_data_and_done() {
+        let mut dgram = reply(NLMSG_ERROR, 5, &error_body(0));
+        dgram.extend(reply(NLMSG_ERROR, 6, &error_body(-2)));
+        let mut rule = vec![2, 0, 0, 0];
+        let mut a = Attrs::default();
+        a.str(RULE_TABLE, "twill");
+        rule.extend_from_slice(&a.0);
+        dgram.extend(reply((SUBSYS_NFTABLES << 8) | MSG_NEWRULE, 7, &rule));
+        dgram.extend(reply(NLMSG_DONE, 7, &[0; 4]));
+        let r = parse_replies(&dgram).unwrap();
+        assert_eq!(r[0], Reply::Ack { seq: 5 });
+        assert_eq!(r[1], Reply::Error { seq: 6, errno: 2 });
+        assert!(
+            matches!(&r[2], Reply::Data { seq: 7, cmd, attrs } if is_rule(*cmd) && attrs == &a.0)
+        );
+        assert_eq!(r[3], Reply::Done { seq: 7 });
+    }
+
+    #[test]
+    fn truncated_replies_are_errors_not_panics() {
+        let dgram = reply(NLMSG_ERROR, 5, &error_body(0));
+        for cut in 1..dgram.len() {
+            let _ = parse_replies(&dgram[..cut]);
+        }
+        let mut bad = dgram.clone();
+        bad[0] = 200;
+        assert!(parse_replies(&bad).is_err());
+        assert!(decode_rule(&[8, 0, 4, 0, 1]).is_err());
+        assert!(decode_rule(&[255, 0, 4, 0]).is_err());
+    }
+
+    #[test]
+    fn rules_of_other_chains_are_not_ours() {
+        let mut a = Attrs::default();
+        a.str(RULE_TABLE, TABLE).str(RULE_CHAIN, "input");
+        assert_eq!(our_rule(&a.0).unwrap(), None);
+        let mut b = Attrs::default();
+        b.str(RULE_TABLE, "nat").str(RULE_CHAIN, CHAIN);
+        assert_eq!(our_rule(&b.0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_foreign_expression_reads_back_as_other() {
+        let mut a = Attrs::default();
+        a.nested(RULE_EXPRESSIONS, |l| {
+            encode_expr(l, &Expr::Other("log".into()));
+            encode_expr(l, &Expr::Counter);
+        });
+        assert_eq!(
+            decode_rule(&a.0).unwrap(),
+            vec![Expr::Other("log".into()), Expr::Counter]
+        );
+    }
+
+    #[test]
+    fn a_chain_on_another_hook_is_not_ours() {
+        let mut a = Attrs::default();
+        a.str(CHAIN_NAME, CHAIN)
+            .str(CHAIN_TYPE, "nat")
+            .nested(CHAIN_HOOK, |h| {
+                h.u32(HOOK_HOOKNUM, 0);
+            });
+        assert!(!is_our_chain(&a.0).unwrap());
+        let mut regular = Attrs::default();
+        regular.str(CHAIN_NAME, CHAIN);
+        assert!(!is_our_chain(&regular.0).unwrap());
+    }
+}
