@@ -88,7 +88,7 @@ async fn with_socket<T: Send + 'static>(
 pub async fn apply(networks: &Networks) -> Result<(), MasqError> {
     let nets = networks.all();
     with_socket(move |s| {
-        let m = msg::replace(&nets, 1);
+        let m = msg::replace(&nets, s.next_seq());
         let ex = s.exchange(&m, Exchange::acks(&m))?;
         ex.refused.map_or(Ok(()), |r| Err(MasqError::refused(r)))
     })
@@ -97,7 +97,7 @@ pub async fn apply(networks: &Networks) -> Result<(), MasqError> {
 
 /// Whether `family`'s table exists.
 fn table_exists(s: &NftSocket, family: Family) -> Result<bool, MasqError> {
-    let m = msg::get_table(family, 1);
+    let m = msg::get_table(family, s.next_seq());
     match s.exchange(&m, Exchange::acks(&m))?.refused {
         None => Ok(true),
         Some((_, ENOENT)) => Ok(false),
@@ -108,7 +108,7 @@ fn table_exists(s: &NftSocket, family: Family) -> Result<bool, MasqError> {
 /// Whether `family`'s table holds exactly the chain and rules twill writes
 /// for `network`.
 fn table_in_place(s: &NftSocket, family: Family, network: IpNet) -> Result<bool, MasqError> {
-    let m = msg::get_chain(family, 1);
+    let m = msg::get_chain(family, s.next_seq());
     let ex = s.exchange(&m, Exchange::acks(&m))?;
     match ex.refused {
         None => {}
@@ -122,9 +122,10 @@ fn table_in_place(s: &NftSocket, family: Family, network: IpNet) -> Result<bool,
     if !ours {
         return Ok(false);
     }
-    let m = msg::dump_rules(family, 2);
+    let seq = s.next_seq();
+    let m = msg::dump_rules(family, seq);
     let what = format!("listing the rules of {} {TABLE}", family.name());
-    let ex = s.exchange(&m, Exchange::dump(2, what))?;
+    let ex = s.exchange(&m, Exchange::dump(seq, what))?;
     match ex.refused {
         None => {}
         Some((_, ENOENT)) => return Ok(false),
@@ -173,7 +174,7 @@ pub async fn remove() -> Result<bool, MasqError> {
         if present.is_empty() {
             return Ok(false);
         }
-        let m = msg::removal(&present, 10);
+        let m = msg::removal(&present, s.next_seq());
         let ex = s.exchange(&m, Exchange::acks(&m))?;
         ex.refused.map_or(Ok(true), |r| Err(MasqError::refused(r)))
     })

@@ -357,6 +357,11 @@ impl Messages {
         &self.buf
     }
 
+    /// The sequence number after the last message's.
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+
     /// Every message that asked for an ack, with what it did.
     pub fn acked(&self) -> &[(u32, String)] {
         &self.acked

@@ -2,6 +2,7 @@
 //! socket that sends prepared messages and collects the replies. What a
 //! request waits for is decided by [`Exchange`], which is pure.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io;
 use std::time::Duration;
@@ -90,8 +91,13 @@ impl Exchange {
     }
 }
 
-/// An nftables netlink socket in the caller's network namespace.
-pub struct NftSocket(Socket);
+/// An nftables netlink socket in the caller's network namespace. Every
+/// request on it gets sequence numbers of its own, so a late reply to an
+/// earlier one can never pass for an answer.
+pub struct NftSocket {
+    sock: Socket,
+    next_seq: Cell<u32>,
+}
 
 impl NftSocket {
     pub fn open() -> Result<Self, MasqError> {
@@ -100,12 +106,21 @@ impl NftSocket {
         let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as i64, 0);
         setsockopt(&s, ReceiveTimeout, &timeout)
             .map_err(|e| MasqError::Open(io::Error::from(e)))?;
-        Ok(NftSocket(s))
+        Ok(NftSocket {
+            sock: s,
+            next_seq: Cell::new(1),
+        })
+    }
+
+    /// The first sequence number for the next request.
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq.get()
     }
 
     /// Sends `m` and reads replies until `ex` has all it waits for.
     pub fn exchange(&self, m: &Messages, mut ex: Exchange) -> Result<Exchange, MasqError> {
-        let sent = self.0.send(m.bytes(), 0).map_err(MasqError::Io)?;
+        self.next_seq.set(m.next_seq());
+        let sent = self.sock.send(m.bytes(), 0).map_err(MasqError::Io)?;
         if sent != m.bytes().len() {
             return Err(MasqError::Io(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -115,7 +130,7 @@ impl NftSocket {
         let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
         loop {
             buf.clear();
-            let n = match self.0.recv(&mut buf, 0) {
+            let n = match self.sock.recv(&mut buf, 0) {
                 Ok(n) => n,
                 Err(e)
                     if matches!(
