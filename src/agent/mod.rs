@@ -312,7 +312,11 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 Ok(()) => {
                     tracing::info!(path = %self.opts.subnet_file.display(), ip_masq = installed, "rewrote subnet file")
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot rewrite the subnet file"),
+                Err(e) => {
+                    // The file still says the old state: retried next resync.
+                    self.masq_installed = before;
+                    tracing::warn!(error = %e, "cannot rewrite the subnet file");
+                }
             }
         }
     }
