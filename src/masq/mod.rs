@@ -5,10 +5,14 @@
 //! nf_tables transaction (add, delete, recreate), so a restart never leaves
 //! a moment without rules.
 //!
-//! twill speaks nf_tables netlink itself ([`msg`] builds and parses the
-//! messages, [`socket`] sends them): the node image has no `nft` binary, and
-//! the C bindings (libnftnl) would add shared libraries to it.
+//! twill speaks nf_tables netlink itself: the node image has no `nft`
+//! binary, and the C bindings (libnftnl) would add shared libraries to it.
+//! `expr` says what the rules are, `msg` builds the messages and parses the
+//! replies (over `attr`, the attribute encoding), all pure; `socket` is the
+//! one place that talks to the kernel.
 
+mod attr;
+mod expr;
 mod msg;
 mod socket;
 
@@ -37,7 +41,7 @@ pub enum MasqError {
         source: io::Error,
     },
     #[error(transparent)]
-    Malformed(#[from] msg::Malformed),
+    Malformed(#[from] attr::Malformed),
     #[error("nftables netlink ran in a task that failed: {0}")]
     Join(String),
 }
@@ -139,7 +143,7 @@ fn table_in_place(s: &NftSocket, family: Family, network: IpNet) -> Result<bool,
             }
         }
     }
-    Ok(listed == msg::rules(network))
+    Ok(listed == expr::rules(network))
 }
 
 /// True when every table twill needs is there with exactly its rules, and
