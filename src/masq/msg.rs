@@ -382,11 +382,12 @@ pub fn is_our_chain(chain: &[u8]) -> Result<bool, Malformed> {
         && be_u32(attr(&hook, HOOK_HOOKNUM)) == Some(HOOK_POSTROUTING))
 }
 
-/// Is this reply one of the nf_tables commands `NEWRULE` / `NEWCHAIN`?
+/// Whether a reply's command is a rule (what a rule dump lists).
 pub fn is_rule(cmd: u16) -> bool {
     cmd == MSG_NEWRULE
 }
 
+/// Whether a reply's command is a chain (what a chain request answers).
 pub fn is_chain(cmd: u16) -> bool {
     cmd == MSG_NEWCHAIN
 }
