@@ -288,3 +288,54 @@ fn a_lowered_bridge_mtu_is_put_back() {
     let log = c.agent_log("h1").unwrap();
     assert!(log.contains("fixing bridge MTU"), "{log}");
 }
+
+/// Issue 17 item 7: the log says what happened. The `underlay` line shows
+/// the underlay's MTU (the harness's veths: 1500), not the tunnel's; a
+/// subnet taken back from the subnet file after the lease was lost is
+/// `reused=true`.
+#[test]
+fn log_fields_show_the_underlay_mtu_and_a_subnet_reused_from_the_file() {
+    if !require_cluster() {
+        return;
+    }
+    let mut c = Cluster::builder().hosts(1).build().unwrap();
+    c.start_agent("h1").unwrap();
+    let before = c.wait_subnet_file("h1").unwrap();
+    let log = c.agent_log("h1").unwrap();
+    let underlay = log
+        .lines()
+        .find(|l| l.contains(" underlay "))
+        .unwrap_or_else(|| panic!("no underlay line:\n{log}"));
+    assert!(
+        underlay.contains("mtu=1500") && underlay.contains("tunnel_mtu=1450"),
+        "{underlay}"
+    );
+
+    c.stop_agent("h1").unwrap();
+    let prefix = format!("{}/subnets/", c.etcd_prefix());
+    for (key, _) in c.etcd().get_prefix(&prefix).unwrap() {
+        c.etcd().del(&key).unwrap();
+    }
+    c.start_agent("h1").unwrap();
+    let log = wait_for(
+        "a second lease acquired",
+        Duration::from_secs(30),
+        || {
+            let log = c.agent_log("h1")?;
+            Ok((log.matches("acquired subnet lease").count() >= 2).then_some(log))
+        },
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("acquired subnet lease"))
+        .nth(1)
+        .unwrap();
+    let subnet = before.subnet.trunc().to_string();
+    assert!(line.contains(&format!("subnet={subnet}")), "{line}");
+    assert!(
+        line.contains("reused=true") && line.contains("from=\"subnet file\""),
+        "{line}"
+    );
+}
