@@ -1,6 +1,7 @@
 //! The seam between the agent and the node's data path: what the agent asks
-//! of the kernel (find the underlay, ensure the devices, read and change
-//! twill's entries, keep the masquerade rules, report link events), as one
+//! of the kernel (find the underlay, check before start that the devices can
+//! be made, turn forwarding on, ensure the devices, read and change twill's
+//! entries, keep the masquerade rules, report link events), as one
 //! trait. [`NetlinkDatapath`] is the real one; tests use a recording fake.
 
 use std::future::Future;

@@ -271,12 +271,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     let config = e.chain().any(|c| {
         c.downcast_ref::<AgentError>()
             .is_some_and(AgentError::is_config)
-            || c.downcast_ref::<StoreError>().is_some_and(|s| {
-                matches!(
-                    s,
-                    StoreError::TlsFile { .. } | StoreError::Options(_) | StoreError::Auth { .. }
-                )
-            })
+            || c.downcast_ref::<StoreError>()
+                .is_some_and(twill::agent::is_config_store_error)
     });
     if config {
         EXIT_CONFIG

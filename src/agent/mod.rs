@@ -44,19 +44,26 @@ pub enum AgentError {
     Interrupted,
 }
 
+/// Whether a store error is the operator's configuration refused (the
+/// network config, the etcd options, credentials and TLS files), not
+/// trouble that passes.
+pub fn is_config_store_error(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::BadConfig { .. }
+            | StoreError::TlsFile { .. }
+            | StoreError::Options(_)
+            | StoreError::Auth { .. }
+    )
+}
+
 impl AgentError {
     /// Whether this is the operator's configuration refused (the network
     /// config, the etcd credentials and TLS files, the underlay, a device in
     /// the way): final, the process exits 2 rather than retrying.
     pub fn is_config(&self) -> bool {
         match self {
-            AgentError::Store(e) => matches!(
-                e,
-                StoreError::BadConfig { .. }
-                    | StoreError::TlsFile { .. }
-                    | StoreError::Options(_)
-                    | StoreError::Auth { .. }
-            ),
+            AgentError::Store(e) => is_config_store_error(e),
             AgentError::Kernel(e) => matches!(
                 e,
                 KernelError::UnusableUnderlay { .. } | KernelError::VxlanConflict { .. }
