@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use twill_contract::defaults;
 
+pub use crate::kernel::unusable_underlay_address;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -94,6 +96,12 @@ pub struct Args {
     /// masquerade pod traffic that leaves the cluster network (nftables table `ip twill`)
     #[arg(long, env = "TWILL_IP_MASQ")]
     pub ip_masq: bool,
+
+    /// leave net.ipv4.ip_forward and net.ipv6.conf.all.forwarding alone
+    /// (by default twilld turns them on at start: pods cannot reach other
+    /// nodes without forwarding)
+    #[arg(long, env = "TWILL_NO_SET_FORWARDING")]
+    pub no_set_forwarding: bool,
 
     /// serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:10271)
     #[arg(long, env = "TWILL_HEALTHZ_ADDR")]
@@ -186,6 +194,40 @@ pub enum ArgsError {
     CertKeyPair,
     #[error("--etcd-username and --etcd-password go together")]
     UserPassword,
+    #[error("{flag} is given but --etcd-endpoints has the plain http:// endpoint {endpoint:?}; TLS needs https://")]
+    TlsOverHttp {
+        flag: &'static str,
+        endpoint: String,
+    },
+    #[error("--public-ip: {ip} is a {kind} address; other nodes cannot reach this node there")]
+    PublicIp { ip: Ipv4Addr, kind: &'static str },
+    #[error("--log-level: {directive:?} in {value:?} is not a level (off, error, warn, info, debug, trace) or a filter directive such as twill=debug")]
+    LogLevel { value: String, directive: String },
+}
+
+/// Checks a `--log-level` value. `EnvFilter` takes any bare word as a
+/// target name, so `warning` would be accepted as "everything from target
+/// `warning`" and the agent would log nothing: a directive without `=` must
+/// be a level here. Returns the offending directive.
+pub fn check_log_level(value: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::{Directive, LevelFilter};
+    if value.trim().is_empty() {
+        return Err(value.to_string());
+    }
+    for d in value.split(',').map(str::trim) {
+        if d.is_empty() {
+            continue;
+        }
+        let ok = if d.contains('=') || d.contains('[') {
+            d.parse::<Directive>().is_ok()
+        } else {
+            d.parse::<LevelFilter>().is_ok()
+        };
+        if !ok {
+            return Err(d.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Linux interface name rules (IFNAMSIZ and dev_valid_name).
@@ -229,6 +271,36 @@ impl Args {
         }
         if self.etcd_username.is_some() != self.etcd_password.is_some() {
             return Err(ArgsError::UserPassword);
+        }
+        let tls_flag = [
+            ("--etcd-cafile", &self.etcd_cafile),
+            ("--etcd-certfile", &self.etcd_certfile),
+            ("--etcd-keyfile", &self.etcd_keyfile),
+        ]
+        .into_iter()
+        .find_map(|(flag, f)| f.as_ref().map(|_| flag));
+        if let Some(flag) = tls_flag {
+            if let Some(e) = self
+                .etcd_endpoints
+                .iter()
+                .find(|e| e.starts_with("http://"))
+            {
+                return Err(ArgsError::TlsOverHttp {
+                    flag,
+                    endpoint: e.clone(),
+                });
+            }
+        }
+        if let Some(ip) = self.public_ip {
+            if let Some(kind) = unusable_underlay_address(ip) {
+                return Err(ArgsError::PublicIp { ip, kind });
+            }
+        }
+        if let Err(directive) = check_log_level(&self.log_level) {
+            return Err(ArgsError::LogLevel {
+                value: self.log_level.clone(),
+                directive,
+            });
         }
         Ok(())
     }
@@ -285,11 +357,89 @@ mod tests {
             (vec!["--bridge", "a-name-that-is-too-long"], "--bridge"),
             (vec!["--etcd-certfile", "/x.pem"], "--etcd-keyfile"),
             (vec!["--etcd-username", "root"], "--etcd-password"),
+            (
+                vec![
+                    "--etcd-cafile",
+                    "/ca.pem",
+                    "--etcd-endpoints",
+                    "http://192.0.2.1:2379",
+                ],
+                "--etcd-cafile",
+            ),
+            (
+                vec![
+                    "--etcd-certfile",
+                    "/c.pem",
+                    "--etcd-keyfile",
+                    "/k.pem",
+                    "--etcd-endpoints",
+                    "https://192.0.2.1:2379,http://192.0.2.2:2379",
+                ],
+                "--etcd-certfile",
+            ),
+            (vec!["--public-ip", "127.0.0.1"], "--public-ip"),
+            (vec!["--public-ip", "169.254.1.1"], "--public-ip"),
+            (vec!["--public-ip", "0.0.0.0"], "--public-ip"),
+            (vec!["--log-level", "warning"], "--log-level"),
+            (vec!["--log-level", "info,verbose"], "--log-level"),
+            (vec!["--log-level", ""], "--log-level"),
+            (vec!["--log-level", "twill=loud"], "--log-level"),
         ];
         for (args, flag) in cases {
             let err = parse(&args).validate().unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_over_https_and_good_log_levels_are_accepted() {
+        let a = parse(&[
+            "--etcd-cafile",
+            "/ca.pem",
+            "--etcd-endpoints",
+            "https://192.0.2.1:2379",
+        ]);
+        assert_eq!(a.validate(), Ok(()));
+        for level in [
+            "info",
+            "WARN",
+            "off",
+            "trace",
+            "info,twill=debug,subnet_allocator=debug",
+            "twill::agent=trace",
+            "warn,twill[reconcile]=debug",
+        ] {
+            assert_eq!(check_log_level(level), Ok(()), "{level}");
+        }
+    }
+
+    #[test]
+    fn the_log_level_error_names_the_bad_directive() {
+        let err = parse(&["--log-level", "info,warning"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"warning\""), "{err}");
+    }
+
+    #[test]
+    fn underlay_addresses_other_nodes_can_reach_are_usable() {
+        assert_eq!(unusable_underlay_address(Ipv4Addr::new(192, 0, 2, 1)), None);
+        assert_eq!(unusable_underlay_address(Ipv4Addr::new(10, 0, 0, 1)), None);
+        assert_eq!(
+            unusable_underlay_address(Ipv4Addr::new(127, 3, 0, 1)),
+            Some("loopback")
+        );
+        assert_eq!(
+            unusable_underlay_address(Ipv4Addr::new(169, 254, 0, 9)),
+            Some("link-local")
+        );
+    }
+
+    #[test]
+    fn forwarding_is_set_unless_told_not_to() {
+        assert!(!parse(&[]).no_set_forwarding);
+        assert!(parse(&["--no-set-forwarding"]).no_set_forwarding);
     }
 
     #[test]

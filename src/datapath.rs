@@ -1,6 +1,7 @@
 //! The seam between the agent and the node's data path: what the agent asks
-//! of the kernel (find the underlay, ensure the devices, read and change
-//! twill's entries, keep the masquerade rules, report link events), as one
+//! of the kernel (find the underlay, check before start that the devices can
+//! be made, turn forwarding on, ensure the devices, read and change twill's
+//! entries, keep the masquerade rules, report link events), as one
 //! trait. [`NetlinkDatapath`] is the real one; tests use a recording fake.
 
 use std::future::Future;
@@ -10,6 +11,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use crate::agent::plan::Plan;
 use crate::kernel::{
     classify_link_event, link_events, DevIndex, Kernel, KernelError, LinkSignal, Underlay,
     VxlanSpec,
@@ -65,6 +67,17 @@ pub trait Datapath: Send + Sync {
         &self,
         underlay_index: u32,
     ) -> impl Future<Output = Result<Option<Ipv6Addr>, KernelError>> + Send;
+    /// Checks, before any lease is taken or device made, that the plan's
+    /// devices can be made on this node; an error here is a refusal to
+    /// start (say, another VXLAN device already holds the VNI and port).
+    fn preflight(&self, plan: &Plan) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Turns on IPv4 forwarding, and IPv6 forwarding when `ipv6`, in the
+    /// node's namespace; returns each sysctl and whether it had to be
+    /// turned on.
+    fn enable_forwarding(
+        &self,
+        ipv6: bool,
+    ) -> impl Future<Output = Result<Vec<(&'static str, bool)>, KernelError>> + Send;
     /// Creates or repairs every device in `spec`; returns their indexes.
     fn ensure_devices(
         &self,
@@ -122,6 +135,18 @@ impl Datapath for NetlinkDatapath {
 
     async fn global_ipv6(&self, underlay_index: u32) -> Result<Option<Ipv6Addr>, KernelError> {
         self.kernel.global_ipv6(underlay_index).await
+    }
+
+    async fn preflight(&self, plan: &Plan) -> Result<(), KernelError> {
+        let tunnels: Vec<&VxlanSpec> = plan.vxlan.iter().chain(plan.vxlan6.iter()).collect();
+        self.kernel.preflight(&tunnels).await
+    }
+
+    async fn enable_forwarding(
+        &self,
+        ipv6: bool,
+    ) -> Result<Vec<(&'static str, bool)>, KernelError> {
+        crate::kernel::enable_forwarding(ipv6)
     }
 
     async fn ensure_devices(&self, spec: &DeviceSpec) -> Result<DevIndex, KernelError> {

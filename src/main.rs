@@ -1,14 +1,50 @@
 //! `twilld`: parse the flags, set up logging, run the agent. Everything
 //! else lives in the `twill` library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use subnet_allocator::{EtcdOptions, EtcdStore, LeaseStore};
+use subnet_allocator::{EtcdOptions, EtcdStore, LeaseStore, StoreError};
 use tracing_subscriber::EnvFilter;
-use twill::agent::{Agent, AgentConfig};
+use twill::agent::{Agent, AgentConfig, AgentError};
 use twill::cli::{Args, Command, LogFormat};
+
+/// Exit status of a refused configuration (a bad flag, TLS file, network
+/// config or underlay): final, never retried.
+const EXIT_CONFIG: u8 = 2;
+
+/// A writer whose writes never fail for a reader that went away: with
+/// `twilld 2>&1 | head -1` the pipe closes after one line, and losing the
+/// log lines must not cost the agent (tracing's writer would otherwise
+/// report the failure on stderr, which panics on the same closed pipe).
+struct IgnoreClosedPipe<W>(W);
+
+impl<W: Write> Write for IgnoreClosedPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(buf.len()),
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r,
+        }
+    }
+}
+
+fn stderr() -> IgnoreClosedPipe<std::io::Stderr> {
+    IgnoreClosedPipe(std::io::stderr())
+}
+
+/// `eprintln!` that cannot panic: it panics when stderr is a closed pipe.
+fn say(msg: std::fmt::Arguments<'_>) {
+    let _ = writeln!(stderr(), "twilld: {msg}");
+}
 
 fn init_logging(args: &Args) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&args.log_level).with_context(|| {
@@ -19,7 +55,10 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
+        // A failed write is reported with eprintln!, which panics when the
+        // failure was a closed stderr.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         LogFormat::Text => builder.init(),
@@ -169,7 +208,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = loop {
         match EtcdStore::connect(etcd_options(&args)).await {
             Ok(s) => break s,
+            Err(e) if e.is_final() => {
+                telemetry.count_etcd_error("connecting to etcd");
+                let flag = etcd_flag_of(&args, &e);
+                return Err(anyhow::Error::new(e).context(flag));
+            }
             Err(e) => {
+                telemetry.count_etcd_error("connecting to etcd");
                 tracing::warn!(error = %e, endpoints = ?args.etcd_endpoints, "cannot reach etcd, retrying in 2s");
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
@@ -187,6 +232,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bridge: args.bridge.clone(),
         telemetry,
         ip_masq: args.ip_masq,
+        set_forwarding: !args.no_set_forwarding,
     };
     let datapath = twill::datapath::NetlinkDatapath::connect().context("opening netlink")?;
     let agent = match Agent::start(store, datapath, opts, &mut stop).await {
@@ -203,6 +249,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // SIGTERM while retrying etcd is a clean stop too.
         Ok(()) | Err(twill::agent::AgentError::Interrupted) => Ok(()),
         Err(e) => Err(e).context("agent stopped with an error"),
+    }
+}
+
+/// The flag behind a final etcd connection error, to name it.
+fn etcd_flag_of(args: &Args, e: &StoreError) -> &'static str {
+    match e {
+        StoreError::TlsFile { path, .. } => [
+            ("--etcd-cafile", &args.etcd_cafile),
+            ("--etcd-certfile", &args.etcd_certfile),
+            ("--etcd-keyfile", &args.etcd_keyfile),
+        ]
+        .into_iter()
+        .find(|(_, f)| f.as_deref() == Some(path.as_path()))
+        .map_or("etcd TLS file", |(flag, _)| flag),
+        StoreError::Auth { .. } => "--etcd-username/--etcd-password",
+        _ => "--etcd-endpoints",
+    }
+}
+
+/// 2 for a refused configuration, 1 for anything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let config = e.chain().any(|c| {
+        c.downcast_ref::<AgentError>()
+            .is_some_and(AgentError::is_config)
+            || c.downcast_ref::<StoreError>()
+                .is_some_and(twill::agent::is_config_store_error)
+    });
+    if config {
+        EXIT_CONFIG
+    } else {
+        1
     }
 }
 
@@ -226,12 +303,12 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = args.validate() {
-        eprintln!("twilld: {e}");
-        return ExitCode::from(2);
+        say(format_args!("{e}"));
+        return ExitCode::from(EXIT_CONFIG);
     }
     if let Err(e) = init_logging(&args) {
-        eprintln!("twilld: {e:#}");
-        return ExitCode::from(2);
+        say(format_args!("{e:#}"));
+        return ExitCode::from(EXIT_CONFIG);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -240,7 +317,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("twilld: cannot start the runtime: {e}");
+            say(format_args!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -249,8 +326,86 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = error_chain(&e);
             tracing::error!("{msg}");
-            eprintln!("twilld: {msg}");
-            ExitCode::FAILURE
+            say(format_args!("{msg}"));
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer whose reader is gone.
+    struct ClosedPipe;
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::StorageFull.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_swallows_the_line() {
+        let mut w = IgnoreClosedPipe(ClosedPipe);
+        assert!(writeln!(w, "a log line").is_ok());
+        assert!(w.flush().is_ok());
+        // Other errors still reach tracing, which drops them quietly.
+        assert!(IgnoreClosedPipe(Full).write(b"x").is_err());
+    }
+
+    #[test]
+    fn configuration_errors_exit_2() {
+        let kernel = AgentError::Kernel(twill::kernel::KernelError::VxlanConflict {
+            device: "flannel.1".into(),
+            vni: 1,
+            port: 8472,
+            ours: "twill.1".into(),
+        });
+        assert_eq!(
+            exit_code(&anyhow::Error::new(kernel).context("starting the agent")),
+            EXIT_CONFIG
+        );
+        let tls = StoreError::TlsFile {
+            path: "/etc/twill/ca.pem".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(tls)), EXIT_CONFIG);
+        let down = AgentError::Store(StoreError::LeaseGone("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(exit_code(&anyhow::Error::new(down)), 1);
+    }
+
+    #[test]
+    fn a_tls_file_error_names_its_flag() {
+        let args = Args::parse_from([
+            "twilld",
+            "--etcd-cafile",
+            "/ca.pem",
+            "--etcd-certfile",
+            "/c.pem",
+            "--etcd-keyfile",
+            "/k.pem",
+        ]);
+        let e = |p: &str| StoreError::TlsFile {
+            path: p.into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(etcd_flag_of(&args, &e("/ca.pem")), "--etcd-cafile");
+        assert_eq!(etcd_flag_of(&args, &e("/c.pem")), "--etcd-certfile");
+        assert_eq!(etcd_flag_of(&args, &e("/k.pem")), "--etcd-keyfile");
     }
 }

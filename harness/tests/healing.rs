@@ -34,6 +34,7 @@ const CHANGE_MARKERS: &[&str] = &[
     "creating vxlan device",
     "recreating",
     "fixing vxlan device state",
+    "fixing bridge MTU",
     "adding address",
     "removing stale address",
 ];

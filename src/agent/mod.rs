@@ -44,6 +44,36 @@ pub enum AgentError {
     Interrupted,
 }
 
+/// Whether a store error is the operator's configuration refused (the
+/// network config, the etcd options, credentials and TLS files), not
+/// trouble that passes.
+pub fn is_config_store_error(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::BadConfig { .. }
+            | StoreError::TlsFile { .. }
+            | StoreError::Options(_)
+            | StoreError::Auth { .. }
+    )
+}
+
+impl AgentError {
+    /// Whether this is the operator's configuration refused (the network
+    /// config, the etcd credentials and TLS files, the underlay, a device in
+    /// the way): final, the process exits 2 rather than retrying.
+    pub fn is_config(&self) -> bool {
+        match self {
+            AgentError::Store(e) => is_config_store_error(e),
+            AgentError::Kernel(e) => matches!(
+                e,
+                KernelError::UnusableUnderlay { .. } | KernelError::VxlanConflict { .. }
+            ),
+            AgentError::Plan(_) => true,
+            AgentError::SubnetFile(_) | AgentError::Interrupted => false,
+        }
+    }
+}
+
 /// Everything the agent needs from the command line.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -55,6 +85,8 @@ pub struct AgentConfig {
     pub bridge: String,
     pub telemetry: Arc<Telemetry>,
     pub ip_masq: bool,
+    /// Turn IP forwarding on at start (off with `--no-set-forwarding`).
+    pub set_forwarding: bool,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -113,18 +145,25 @@ where
     }
 }
 
-fn warn_forwarding_off() {
-    if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
-        tracing::warn!("net.ipv4.ip_forward is 0 on this node: pod traffic to other nodes will not be forwarded; enable it (sysctl -w net.ipv4.ip_forward=1)");
+/// Turns forwarding on (unless `--no-set-forwarding`) and says what it did:
+/// without it pods cannot reach other nodes.
+async fn set_forwarding(
+    dp: &impl Datapath,
+    opts: &AgentConfig,
+    ipv6: bool,
+) -> Result<(), AgentError> {
+    if !opts.set_forwarding {
+        tracing::info!("leaving IP forwarding as it is (--no-set-forwarding)");
+        return Ok(());
     }
-}
-
-fn warn_forwarding6_off() {
-    if std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
-        .is_ok_and(|v| v.trim() == "0")
-    {
-        tracing::warn!("net.ipv6.conf.all.forwarding is 0 on this node: IPv6 pod traffic to other nodes will not be forwarded");
+    for (sysctl, changed) in dp.enable_forwarding(ipv6).await? {
+        if changed {
+            tracing::info!(sysctl, "enabled IP forwarding");
+        } else {
+            tracing::info!(sysctl, "IP forwarding already on");
+        }
     }
+    Ok(())
 }
 
 impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
@@ -145,18 +184,18 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config");
 
         let underlay = dp.underlay(opts.iface.as_deref(), opts.public_ip).await?;
-        warn_forwarding_off();
         let public_ipv6 = match cfg.ipv6 {
-            Some(_) => {
-                warn_forwarding6_off();
-                dp.global_ipv6(underlay.index).await?
-            }
+            Some(_) => dp.global_ipv6(underlay.index).await?,
             None => None,
         };
         let plan = Plan::new(&cfg, &underlay, public_ipv6)?;
-        let mtu = plan.vxlan.as_ref().map_or(plan.pod_mtu, |v| v.mtu);
         let vtep_mac = plan.vxlan.as_ref().map(|v| v.mac.to_string());
-        tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu, vtep_mac, "underlay");
+        let tunnel_mtu = plan.vxlan.as_ref().map(|v| v.mtu);
+        tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu = underlay.mtu, tunnel_mtu, pod_mtu = plan.pod_mtu, vtep_mac, "underlay");
+        // Refusals come before the lease: a node that cannot build its
+        // devices must leave nothing behind in etcd or in the kernel.
+        dp.preflight(&plan).await?;
+        set_forwarding(&dp, &opts, cfg.ipv6.is_some()).await?;
         if let Some(v6) = &plan.vxlan6 {
             tracing::info!(public_ipv6 = %v6.local, mtu = v6.mtu, vtep_mac = %v6.mac, "IPv6 underlay tunnel");
         }

@@ -40,6 +40,13 @@ struct FakeKernel {
     /// The tables `ensure_masq` installed and `remove_masq` has not removed.
     masq_tables: bool,
     masq_removals: usize,
+    /// `enable_forwarding` calls, by their `ipv6` argument.
+    forwarding: Vec<bool>,
+    /// The device `preflight` reports as holding our VNI and port.
+    conflict: Option<String>,
+    /// The bridge MTU as the kernel has it: set by `ensure_devices`, lowered
+    /// by hand (or by a pod's port) in tests.
+    bridge_mtu: Option<u32>,
     links: Option<futures::channel::mpsc::UnboundedSender<LinkSignal>>,
 }
 
@@ -99,9 +106,35 @@ impl Datapath for FakeDatapath {
         Ok(None)
     }
 
+    async fn preflight(&self, plan: &Plan) -> Result<(), KernelError> {
+        let k = self.lock();
+        match (&k.conflict, &plan.vxlan) {
+            (Some(device), Some(v)) => Err(KernelError::VxlanConflict {
+                device: device.clone(),
+                vni: v.vni,
+                port: v.port,
+                ours: v.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn enable_forwarding(
+        &self,
+        ipv6: bool,
+    ) -> Result<Vec<(&'static str, bool)>, KernelError> {
+        self.lock().forwarding.push(ipv6);
+        let mut keys = vec![(crate::kernel::IPV4_FORWARD, true)];
+        if ipv6 {
+            keys.push((crate::kernel::IPV6_FORWARD, true));
+        }
+        Ok(keys)
+    }
+
     async fn ensure_devices(&self, spec: &DeviceSpec) -> Result<DevIndex, KernelError> {
         let mut k = self.lock();
         k.ensure_calls += 1;
+        k.bridge_mtu = Some(spec.mtu);
         k.devices = Some(spec.clone());
         Ok(DevIndex {
             vxlan: spec.vxlan.as_ref().map(|_| 10),
@@ -224,6 +257,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         bridge: "twill0".into(),
         telemetry,
         ip_masq: true,
+        set_forwarding: true,
     }
 }
 
@@ -883,4 +917,83 @@ async fn a_start_without_ip_masq_removes_the_tables_of_an_earlier_run() {
     assert_eq!(dp.lock().masq_removals, 1, "removed again at a resync");
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// Starts an agent on `dp` with `opts` changed by `change`; returns the
+/// outcome of the start and the subnet file's path.
+async fn start_on(
+    store: MemoryStore,
+    dp: FakeDatapath,
+    change: impl FnOnce(&mut AgentConfig),
+) -> (
+    Result<Agent<MemoryStore, FakeDatapath>, AgentError>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), Arc::new(Telemetry::new()));
+    change(&mut o);
+    let mut never = std::pin::pin!(std::future::pending::<()>());
+    (Agent::start(store, dp, o, &mut never).await, dir)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_holding_our_vni_is_refused_before_anything_is_made() {
+    let store = MemoryStore::with_config(config());
+    let dp = FakeDatapath::default();
+    dp.lock().conflict = Some("flannel.1".into());
+    let (r, dir) = start_on(store.clone(), dp.clone(), |_| {}).await;
+    let e = r.err().expect("refused");
+    assert!(e.is_config(), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("flannel.1") && msg.contains("ip link del flannel.1"),
+        "{msg}"
+    );
+    // Nothing leased, no device made, no sysctl written, no subnet file.
+    assert!(store.leases().is_empty());
+    let k = dp.lock();
+    assert_eq!(k.ensure_calls, 0);
+    assert!(k.forwarding.is_empty());
+    assert!(!dir.path().join("subnet.env").exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn forwarding_is_turned_on_at_start_unless_told_not_to() {
+    let dp = FakeDatapath::default();
+    let (r, _dir) = start_on(MemoryStore::with_config(config()), dp.clone(), |_| {}).await;
+    assert!(r.is_ok());
+    assert_eq!(dp.lock().forwarding, vec![false], "IPv4 only");
+
+    let dual = NetworkConfig::parse(
+        br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let dp = FakeDatapath::default();
+    let (r, _dir) = start_on(MemoryStore::with_config(dual), dp.clone(), |_| {}).await;
+    assert!(r.is_ok(), "{:?}", r.err());
+    assert_eq!(dp.lock().forwarding, vec![true], "IPv6 as well");
+
+    let dp = FakeDatapath::default();
+    let (r, _dir) = start_on(MemoryStore::with_config(config()), dp.clone(), |o| {
+        o.set_forwarding = false
+    })
+    .await;
+    assert!(r.is_ok());
+    assert!(dp.lock().forwarding.is_empty(), "--no-set-forwarding");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lowered_bridge_mtu_is_put_back() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    // VXLAN over a 1500 underlay: pods get 1450, and so does the bridge.
+    assert_eq!(rig.dp.lock().bridge_mtu, Some(1450));
+    // A pod's port (or a hand) lowers it; the next pass restores it.
+    rig.dp.lock().bridge_mtu = Some(1400);
+    rig.dp.signal(LinkSignal::Changed);
+    rig.until("the bridge MTU is back", |r| {
+        r.dp.lock().bridge_mtu == Some(1450)
+    })
+    .await;
+    rig.stop().await;
 }

@@ -17,6 +17,30 @@ use rtnetlink::{LinkBridge, LinkUnspec, LinkVxlan};
 use super::{errno, nl, Kernel, KernelError, Result, EEXIST, ENODEV};
 use crate::reconcile::Mac;
 
+/// Why `ip` cannot be a node's underlay address, if it cannot: the other
+/// nodes would point their tunnels at themselves or at nothing.
+pub fn unusable_underlay_address(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() || ip.is_broadcast() {
+        Some("multicast or broadcast")
+    } else {
+        None
+    }
+}
+
+/// Why `link` with `ip` cannot carry the tunnels, if it cannot.
+fn underlay_problem(link: &LinkInfoView, ip: Ipv4Addr) -> Option<String> {
+    if link.loopback {
+        return Some(format!("{} is the loopback interface", link.name));
+    }
+    unusable_underlay_address(ip).map(|kind| format!("its address {ip} is {kind}"))
+}
+
 /// The underlay interface the VXLAN traffic leaves by.
 #[derive(Debug, Clone)]
 pub struct Underlay {
@@ -52,6 +76,7 @@ pub struct LinkInfoView {
     pub mtu: Option<u32>,
     pub mac: Option<Mac>,
     pub up: bool,
+    pub loopback: bool,
     pub vxlan_id: Option<u32>,
     pub vxlan_local: Option<IpAddr>,
     pub vxlan_link: Option<u32>,
@@ -66,6 +91,7 @@ impl LinkInfoView {
         let mut v = LinkInfoView {
             index: msg.header.index,
             up: msg.header.flags.contains(LinkFlags::Up),
+            loopback: msg.header.flags.contains(LinkFlags::Loopback),
             ..Default::default()
         };
         for attr in &msg.attributes {
@@ -140,6 +166,22 @@ pub fn vxlan_incompatibility(have: &LinkInfoView, want: &VxlanSpec) -> Option<St
         return Some(format!("gbp {} != {}", have.vxlan_gbp, want.gbp));
     }
     None
+}
+
+/// The device among `links` (other than `want`'s own name) that already
+/// holds `want`'s VNI on its UDP port for the same address family and
+/// receive flags: the kernel refuses a second such device with EEXIST, so
+/// creating ours would fail only after the lease and the bridge exist.
+pub fn vxlan_conflict<'a>(links: &'a [LinkInfoView], want: &VxlanSpec) -> Option<&'a LinkInfoView> {
+    links.iter().find(|l| {
+        l.kind.as_deref() == Some("vxlan")
+            && l.name != want.name
+            && l.vxlan_id == Some(want.vni)
+            && l.vxlan_port == Some(want.port)
+            // A device without a local address is IPv4 unless told otherwise.
+            && l.vxlan_local.is_some_and(|ip| ip.is_ipv6()) == want.local.is_ipv6()
+            && l.vxlan_gbp == want.gbp
+    })
 }
 
 /// The message that creates the VXLAN device of `spec`, up, learning off.
@@ -287,6 +329,12 @@ impl Kernel {
                 .first()
                 .ok_or_else(|| KernelError::NoAddress(link.name.clone()))?,
         };
+        if let Some(why) = underlay_problem(&link, net.addr()) {
+            return Err(KernelError::UnusableUnderlay {
+                iface: link.name,
+                why,
+            });
+        }
         Ok(Underlay {
             mtu: link.mtu.unwrap_or(1500),
             name: link.name,
@@ -393,9 +441,44 @@ impl Kernel {
             }))
     }
 
+    /// Every link of the namespace.
+    async fn links(&self) -> Result<Vec<LinkInfoView>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list links"))?;
+        Ok(msgs.iter().map(LinkInfoView::from_message).collect())
+    }
+
+    /// Checks, before anything is leased or created, that the VXLAN devices
+    /// of `tunnels` can be made: no other device holds their VNI and port.
+    pub async fn preflight(&self, tunnels: &[&VxlanSpec]) -> Result<()> {
+        if tunnels.is_empty() {
+            return Ok(());
+        }
+        let links = self.links().await?;
+        for want in tunnels {
+            if let Some(other) = vxlan_conflict(&links, want) {
+                return Err(KernelError::VxlanConflict {
+                    device: other.name.clone(),
+                    vni: want.vni,
+                    port: want.port,
+                    ours: want.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the pod bridge if missing (with a fixed MAC, so it never falls
     /// back to 00:00:00:00:00:00 when its last port goes), puts the gateway
-    /// address on it and brings it up.
+    /// address on it, gives it the pod MTU and brings it up. The MTU is put
+    /// back like any other state: a port with a smaller MTU, or a hand,
+    /// must not leave the bridge lower than its pods.
     pub async fn ensure_bridge(&self, name: &str, gateway: Ipv4Net, mtu: u32) -> Result<u32> {
         let link = match self.link(name).await? {
             Some(l) => l,
@@ -423,7 +506,10 @@ impl Kernel {
                 want: "bridge",
             });
         }
-        if !link.up {
+        if link.mtu != Some(mtu) {
+            tracing::info!(bridge = name, mtu, was = ?link.mtu, "fixing bridge MTU");
+            self.set_link(link.index, Some(mtu), name).await?;
+        } else if !link.up {
             self.set_link(link.index, None, name).await?;
         }
         self.ensure_only_address(link.index, gateway, name).await?;
@@ -587,6 +673,72 @@ mod tests {
         assert_eq!(v.vxlan_learning, Some(false));
         assert_eq!(v.vxlan_local, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
         assert!(!v.vxlan_gbp);
+    }
+
+    #[test]
+    fn a_leftover_device_with_our_vni_and_port_conflicts() {
+        let flannel = LinkInfoView::from_message(&vxlan_link(9, "flannel.1", matching()));
+        let own = LinkInfoView::from_message(&vxlan_link(7, "twill.1", matching()));
+        let links = vec![own.clone(), flannel];
+        assert_eq!(
+            vxlan_conflict(&links, &spec()).map(|l| l.name.as_str()),
+            Some("flannel.1")
+        );
+        // Our own device is ensure_vxlan's to fix, never a conflict.
+        assert!(vxlan_conflict(&[own], &spec()).is_none());
+    }
+
+    #[test]
+    fn another_vni_port_family_or_kind_does_not_conflict() {
+        // Another device, with `with`'s attributes.
+        let other = |attr: InfoVxlan| LinkInfoView {
+            name: "flannel.1".into(),
+            ..with(attr)
+        };
+        for l in [
+            other(InfoVxlan::Id(2)),
+            other(InfoVxlan::Port(4789)),
+            other(InfoVxlan::Local6("fd00::1".parse().expect("literal"))),
+        ] {
+            assert!(
+                vxlan_conflict(std::slice::from_ref(&l), &spec()).is_none(),
+                "{l:?}"
+            );
+        }
+        let mut bridge = other(InfoVxlan::Id(1));
+        bridge.kind = Some("bridge".into());
+        assert!(vxlan_conflict(&[bridge], &spec()).is_none());
+        // Without a local address a device is an IPv4 one: it conflicts.
+        let no_local = LinkInfoView::from_message(&vxlan_link(
+            9,
+            "flannel.1",
+            vec![InfoVxlan::Id(1), InfoVxlan::Port(8472)],
+        ));
+        assert!(vxlan_conflict(&[no_local], &spec()).is_some());
+    }
+
+    #[test]
+    fn loopback_and_link_local_underlays_are_refused() {
+        let eth0 = LinkInfoView {
+            name: "eth0".into(),
+            ..Default::default()
+        };
+        assert_eq!(underlay_problem(&eth0, Ipv4Addr::new(192, 0, 2, 1)), None);
+        assert!(underlay_problem(&eth0, Ipv4Addr::new(127, 0, 0, 1))
+            .is_some_and(|w| w.contains("127.0.0.1 is loopback")));
+        assert!(underlay_problem(&eth0, Ipv4Addr::new(169, 254, 3, 4))
+            .is_some_and(|w| w.contains("link-local")));
+        let lo = LinkInfoView {
+            name: "lo".into(),
+            loopback: true,
+            ..Default::default()
+        };
+        // Even with a routable --public-ip, lo carries nothing to other nodes.
+        assert!(underlay_problem(&lo, Ipv4Addr::new(192, 0, 2, 1))
+            .is_some_and(|w| w.contains("lo is the loopback interface")));
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up | LinkFlags::Loopback;
+        assert!(LinkInfoView::from_message(&m).loopback);
     }
 
     #[test]

@@ -11,16 +11,19 @@ mod devices;
 mod events;
 mod ops;
 mod state;
+mod sysctl;
 
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
 pub use devices::{
-    cleanup, vxlan_incompatibility, vxlan_link_message, LinkInfoView, Underlay, VxlanSpec,
+    cleanup, unusable_underlay_address, vxlan_conflict, vxlan_incompatibility, vxlan_link_message,
+    LinkInfoView, Underlay, VxlanSpec,
 };
 pub use events::{classify_link_event, link_events, LinkSignal};
 pub use ops::op_message;
 pub use state::state_from_dump;
+pub use sysctl::{enable_forwarding, IPV4_FORWARD, IPV6_FORWARD};
 
 /// Route protocol number that marks twill's routes, so that routes someone
 /// else put on the VXLAN device are never mistaken for ours.
@@ -52,6 +55,24 @@ pub enum KernelError {
     NoDefaultRoute,
     #[error("route to {dst}: {reason}")]
     Route { dst: IpNet, reason: String },
+    /// Configuration, not trouble: the agent refuses to start.
+    #[error("--iface {iface}: {why}; other nodes cannot reach this node there: pick the interface that faces them with --iface (or its address with --public-ip)")]
+    UnusableUnderlay { iface: String, why: String },
+    /// Another VXLAN device holds the VNI and port twill's device needs:
+    /// the kernel would refuse to create ours. Configuration, not trouble.
+    #[error("vxlan device {device} already uses VNI {vni} and UDP port {port}, which {ours} needs: delete it (ip link del {device}; a leftover of flannel or of an older twill) or set another Backend.VNI or Backend.Port in the network config")]
+    VxlanConflict {
+        device: String,
+        vni: u32,
+        port: u16,
+        ours: String,
+    },
+    #[error("sysctl {key}: {source}; pass --no-set-forwarding to leave forwarding to the node's own configuration")]
+    Sysctl {
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no vxlan device for a vxlan entry (host-gw mode)")]
     NoVxlan,
     #[error(

@@ -27,6 +27,9 @@ const MAX_VNI: u32 = (1 << 24) - 1;
 pub enum ConfigError {
     #[error("network config is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Valid JSON, but a field of the wrong type (`"SubnetLen":"24"`).
+    #[error("network config field {field}: {reason}")]
+    FieldType { field: String, reason: String },
     #[error("network config field Network is missing")]
     MissingNetwork,
     #[error("network config field {field}: {value:?} is not {expected}")]
@@ -216,6 +219,27 @@ struct RawBackend {
     gbp: Option<bool>,
 }
 
+/// The raw config; a type error names its field by its JSON path
+/// (`SubnetLen`, `Backend.VNI`) rather than by line and column.
+fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    // Syntax errors first, so that they keep serde's position.
+    let value: Value = serde_json::from_slice(bytes)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        if field == "." || field.starts_with('[') {
+            // The document itself is the wrong type (an array, a string):
+            // serde's reason would name an internal struct.
+            ConfigError::FieldType {
+                field: "(top level)".into(),
+                reason: "must be a JSON object".into(),
+            }
+        } else {
+            ConfigError::FieldType { field, reason }
+        }
+    })
+}
+
 fn to_u32(a: Ipv4Addr) -> u32 {
     u32::from(a)
 }
@@ -227,7 +251,7 @@ fn subnet_size(len: u8) -> u64 {
 impl NetworkConfig {
     /// Parses and validates flannel's config JSON, filling in defaults.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_json::from_slice(bytes)?;
+        let raw = parse_raw(bytes)?;
         if raw.enable_ipv4 == Some(false) {
             return Err(ConfigError::Ipv6Only);
         }
@@ -684,6 +708,39 @@ mod tests {
     #[test]
     fn validation_errors_name_the_field() {
         assert!(matches!(err("not json"), ConfigError::Json(_)));
+        // Type errors name the field, not a line and column.
+        for (json, field) in [
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#,
+                "SubnetLen",
+            ),
+            (r#"{"Network":10}"#, "Network"),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Port":70000}}"#,
+                "Backend.Port",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":"yes"}"#,
+                "EnableIPv6",
+            ),
+        ] {
+            let e = err(json);
+            let msg = e.to_string();
+            assert!(
+                matches!(&e, ConfigError::FieldType { field: f, .. } if f == field),
+                "{json}: {msg}"
+            );
+            assert!(msg.contains(&format!("field {field}:")), "{msg}");
+            assert!(!msg.contains("line 1"), "{msg}");
+        }
+        for json in ["[1]", "\"x\"", "7"] {
+            let msg = err(json).to_string();
+            assert!(msg.contains("(top level): must be a JSON object"), "{msg}");
+        }
         assert!(matches!(err("{}"), ConfigError::MissingNetwork));
         let e = err(r#"{"Network":"fd00::/64"}"#);
         assert!(

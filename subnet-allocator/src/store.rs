@@ -316,6 +316,17 @@ pub(crate) fn decode_change(
     }
 }
 
+/// Where an acquired subnet came from: this node's lease still in the
+/// store, the subnet file of an earlier run (the lease itself was gone), or
+/// a new pick. Both of the first two are the node keeping its subnet.
+fn lease_source(choice: &Allocation, preferred: Option<Ipv4Net>) -> &'static str {
+    match choice {
+        Allocation::Reuse(_) => "lease",
+        Allocation::New(s) if preferred == Some(*s) => "subnet file",
+        Allocation::New(_) => "new",
+    }
+}
+
 /// Gets this node a subnet lease: list, [`allocate`], then reuse (refresh
 /// attrs and TTL of our old lease) or create. A lost race (another node took
 /// the subnet between list and create) starts over; after
@@ -357,7 +368,8 @@ pub async fn acquire_lease<S: LeaseStore>(
         };
         match result {
             Ok(lease) => {
-                tracing::info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, reused = matches!(choice, Allocation::Reuse(_)), "acquired subnet lease");
+                let from = lease_source(&choice, preferred);
+                tracing::info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, reused = from != "new", from, "acquired subnet lease");
                 return Ok(lease);
             }
             Err(StoreError::AlreadyTaken(s)) | Err(StoreError::NotOwner(s)) => {
@@ -400,6 +412,29 @@ mod tests {
         is_send::<EtcdStore>();
         is_send::<FileStore>();
         is_send::<MemoryStore>();
+    }
+
+    #[test]
+    fn a_subnet_from_the_subnet_file_counts_as_reused() {
+        let s: Ipv4Net = "10.244.3.0/24".parse().expect("literal");
+        let other: Ipv4Net = "10.244.4.0/24".parse().expect("literal");
+        assert_eq!(lease_source(&Allocation::New(s), Some(s)), "subnet file");
+        assert_eq!(lease_source(&Allocation::New(s), Some(other)), "new");
+        assert_eq!(lease_source(&Allocation::New(s), None), "new");
+        let old = Lease {
+            subnet: s,
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: Ipv4Addr::new(192, 0, 2, 1),
+                public_ipv6: None,
+                backend_type: "vxlan".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+            lease_id: None,
+            ttl_remaining: None,
+        };
+        assert_eq!(lease_source(&Allocation::Reuse(old), None), "lease");
     }
 
     #[test]
