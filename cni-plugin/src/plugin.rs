@@ -362,7 +362,7 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
         }
         deleted
     });
-    let ipam = Ipam::open(&conf.data_dir, &conf.name).and_then(|i| i.release(cid, ifname));
+    let ipam = Ipam::existing(&conf.data_dir, &conf.name).release(cid, ifname);
     host?;
     ipam?;
     Ok(())
@@ -467,6 +467,10 @@ fn cmd_status(conf: &NetConf) -> Result<(), Error> {
     let unavailable = |reason: String| Error::NotAvailable { reason };
     let node = subnet::load(&conf.subnet_file).map_err(|e| unavailable(e.to_string()))?;
     let ipam = Ipam::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.to_string()))?;
+    // Every ADD writes a temp file and links it: on a read-only or full
+    // file system all of them would fail.
+    ipam.probe_writable()
+        .map_err(|e| unavailable(format!("the address store cannot be written: {e}")))?;
     let mut subnets = vec![IpNet::V4(node.gateway_net)];
     subnets.extend(node.ipv6.map(|n| IpNet::V6(n.gateway_net)));
     for gateway_net in subnets {
