@@ -355,6 +355,13 @@ pub fn add_address(index: u32, addr: IpNet) -> Request {
     Request::replace(RouteNetlinkMessage::NewAddress(msg))
 }
 
+/// Sets the MTU of link `index`.
+pub fn set_mtu(index: u32, mtu: u32) -> Request {
+    Request::ack(RouteNetlinkMessage::NewLink(
+        LinkUnspec::new_with_index(index).mtu(mtu).build(),
+    ))
+}
+
 /// Brings link `index` up.
 pub fn set_up(index: u32) -> Request {
     Request::ack(RouteNetlinkMessage::NewLink(

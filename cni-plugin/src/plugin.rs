@@ -279,13 +279,14 @@ fn setup(
     let v6 = addrs.v6.zip(node.ipv6.map(|n| n.gateway()));
     let host_mac = kernel::random_mac();
     let pod_mac = kernel::random_mac();
+    // The bridge carries the node's MTU whatever this pod's is.
     let bridge_index = kernel::ensure_bridge(
         l.host,
         l.bridge,
         &conf.bridge,
         gateway,
         node.ipv6.is_some(),
-        mtu,
+        node.mtu,
     )?;
 
     let mut b = Batch::new();
@@ -310,6 +311,16 @@ fn setup(
         format!("create veth {} <-> {}", l.host_ifname, l.ifname),
         kernel::create_veth(veth),
     );
+    if mtu != node.mtu {
+        // A bridge whose MTU nobody set follows the smallest of its ports,
+        // so this pod's port would change it for every pod on the node. Set
+        // in the same write, the node's MTU comes back at once and, set
+        // explicitly, the kernel stops following the ports.
+        b.push(
+            format!("set bridge {} mtu {}", conf.bridge, node.mtu),
+            kernel::set_mtu(bridge_index, node.mtu),
+        );
+    }
     b.run(l.host)?;
     let missing = |end: &str| Error::Internal {
         reason: format!("veth end {end} missing right after creation"),
