@@ -150,8 +150,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::Status { json }) => return status(&args, *json).await,
         Some(Command::Cleanup) => return cleanup(&args).await,
         Some(Command::InstallCni(a)) => {
-            let (bin, conf) = twill::install::install_cni(a)?;
-            println!("installed {} and {}", bin.display(), conf.display());
+            let keys = twill::install::PluginKeys {
+                bridge: args.bridge.clone(),
+                subnet_file: args.subnet_file.clone(),
+            };
+            let done = twill::install::install_cni(a, &keys)?;
+            for w in &done.warnings {
+                tracing::warn!("{w}");
+            }
+            if let Some(p) = &done.portmap_copied {
+                println!("installed {}", p.display());
+            }
+            println!(
+                "installed {} and {}",
+                done.plugin.display(),
+                done.conflist.display()
+            );
             return Ok(());
         }
         None => {}
