@@ -67,9 +67,11 @@ async fn status(args: &Args, json: bool) -> anyhow::Result<()> {
     let store = EtcdStore::connect(etcd_options(args))
         .await
         .context("connecting to etcd")?;
-    let snap = store.list_leases().await.context("listing leases")?;
+    let mut leases = store.list_leases().await.context("listing leases")?.leases;
+    // By address, not by key text (where 10.244.10.0 sorts before 10.244.2.0).
+    leases.sort_by_key(|l| (l.subnet, l.ipv6_subnet));
     let mut rows = Vec::new();
-    for l in &snap.leases {
+    for l in &leases {
         // The list does not carry TTLs; ask etcd per lease for the status view.
         let ttl = match l.lease_id {
             Some(id) => lease_ttl(&store, id).await,
@@ -235,14 +237,34 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// The last line of a failed run, in the log format asked for: with
+/// `--log-format json` a JSON object like every other line (through the
+/// installed logger when it lets errors through, else a logger of its own),
+/// with text a plain line.
+fn fatal(format: LogFormat, msg: &str) {
+    match format {
+        LogFormat::Text => eprintln!("twilld: {msg}"),
+        LogFormat::Json if tracing::enabled!(tracing::Level::ERROR) => {
+            tracing::error!("{msg}")
+        }
+        LogFormat::Json => {
+            let own = tracing_subscriber::fmt()
+                .json()
+                .with_writer(std::io::stderr)
+                .finish();
+            tracing::subscriber::with_default(own, || tracing::error!("{msg}"));
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = args.validate() {
-        eprintln!("twilld: {e}");
+        fatal(args.log_format, &e.to_string());
         return ExitCode::from(2);
     }
     if let Err(e) = init_logging(&args) {
-        eprintln!("twilld: {e:#}");
+        fatal(args.log_format, &format!("{e:#}"));
         return ExitCode::from(2);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -252,16 +274,20 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("twilld: cannot start the runtime: {e}");
+            fatal(args.log_format, &format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
+    let args_format = args.log_format;
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = error_chain(&e);
-            tracing::error!("{msg}");
-            eprintln!("twilld: {msg}");
+            if args_format == LogFormat::Text {
+                // The log line, and a last one without log decoration.
+                tracing::error!("{msg}");
+            }
+            fatal(args_format, &msg);
             ExitCode::FAILURE
         }
     }

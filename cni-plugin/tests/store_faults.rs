@@ -263,7 +263,10 @@ fn status_fails_on_a_read_only_or_full_store_and_del_still_finishes() {
     let ro = read_only(&data);
     let out = fails_with(global(&rig, &ro, "STATUS", &rig.conf), 50);
     assert!(
-        out["details"].as_str().unwrap().contains("cannot be written"),
+        out["details"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be written"),
         "{out}"
     );
     let pod2 = netns("pod2");
@@ -319,7 +322,10 @@ fn status_fails_on_a_read_only_or_full_store_and_del_still_finishes() {
     let conf_full = rig.conf_with(json!({ "dataDir": full.join("ipam") }));
     let out = fails_with(global(&rig, &fill, "STATUS", &conf_full), 50);
     assert!(
-        out["details"].as_str().unwrap().contains("cannot be written"),
+        out["details"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be written"),
         "{out}"
     );
     // Positive control: the same tmpfs unfilled is available.
@@ -348,12 +354,16 @@ fn a_pod_mtu_changes_only_that_pods_interfaces() {
     );
     assert!(
         host.try_ip([
-            "link", "add", "ctlv", "mtu", "1400", "master", "ctl0", "type", "veth", "peer",
-            "name", "ctlp"
+            "link", "add", "ctlv", "mtu", "1400", "master", "ctl0", "type", "veth", "peer", "name",
+            "ctlp"
         ])
         .0
     );
-    assert_eq!(mtu_of(host, "ctl0"), "1400", "the kernel no longer does this");
+    assert_eq!(
+        mtu_of(host, "ctl0"),
+        "1400",
+        "the kernel no longer does this"
+    );
 
     // The bridge as the agent makes it; then pods with and without `mtu`.
     assert!(
