@@ -221,6 +221,13 @@ fn readme_hand_run_section_works_on_two_nodes() {
         .network_config("{}")
         .build()
         .unwrap();
+    // The harness turns forwarding on in its hosts; the README's nodes
+    // start as a fresh machine does, with it off.
+    for h in c.hosts() {
+        h.ns()
+            .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+            .unwrap();
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = c
         .hosts()
