@@ -172,12 +172,16 @@ impl Drop for Node<'_> {
     }
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+/// Whether `f` became true within a minute.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 /// The pod address in a plugin ADD result.
@@ -265,32 +269,36 @@ fn readme_hand_run_section_works_on_two_nodes() {
             // The agents program each other's routes within moments of
             // the leases; a person typing is slower than that, a test not.
             let c0 = nodes[0].adapt(cmd, Some(&pod_ips[1]));
-            wait_until(&format!("`{c0}` to get through"), || {
-                nodes[0].shell(&c0).output().unwrap().status.success()
-            });
+            assert!(
+                eventually(|| nodes[0].shell(&c0).output().unwrap().status.success()),
+                "`{c0}` never got through; agent logs: {} / {}",
+                nodes[0].agent_log(),
+                nodes[1].agent_log()
+            );
             continue;
         }
-        for i in 0..nodes.len() {
-            let adapted = nodes[i].adapt(cmd, None);
+        for node in nodes.iter_mut() {
+            let adapted = node.adapt(cmd, None);
             if cmd.starts_with("twilld --") {
-                nodes[i].start_agent(&adapted);
-                let file = PathBuf::from(nodes[i].subnet_file());
-                let n = &nodes[i];
-                wait_until(
-                    &format!("{}'s subnet file; its log: {}", n.name, n.agent_log()),
-                    || file.exists(),
+                node.start_agent(&adapted);
+                let file = PathBuf::from(node.subnet_file());
+                assert!(
+                    eventually(|| file.exists()),
+                    "no subnet file from {}'s agent; its log: {}",
+                    node.name,
+                    node.agent_log()
                 );
                 continue;
             }
             if cmd.starts_with("twilld status") {
-                let out = nodes[i].run(&adapted);
+                let out = node.run(&adapted);
                 // Both nodes' leases.
                 for h in c.hosts() {
                     assert!(out.contains(&h.ip().to_string()), "{out}");
                 }
                 continue;
             }
-            let out = nodes[i].run(&adapted);
+            let out = node.run(&adapted);
             if cmd.contains("CNI_COMMAND=ADD") {
                 pod_ips.push(pod_ip(&out));
             }
