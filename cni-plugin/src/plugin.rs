@@ -202,6 +202,9 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         });
     }
     let bridge = kernel::brief(&host, &conf.bridge)?;
+    if bridge.is_some() {
+        check_bridge_agrees(conf, &node)?;
+    }
 
     let ipam = Ipam::open(&conf.data_dir, &conf.name)?;
     let ips = ipam.allocate_all(&requests, cid, ifname)?;
@@ -250,6 +253,31 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
             }
             Err(e)
         }
+    }
+}
+
+/// The bridge's gateway address is the agent's, made from its lease: when
+/// it is the subnet file's gateway with another prefix length, the file
+/// does not describe the node's lease (a /25 written for a /24 lease would
+/// add a second gateway address that the agent then deletes).
+fn check_bridge_agrees(conf: &NetConf, node: &NodeSubnet) -> Result<(), Error> {
+    match kernel::primary_ipv4(&conf.bridge)? {
+        Some(have)
+            if have.addr() == node.gateway()
+                && have.prefix_len() != node.gateway_net.prefix_len() =>
+        {
+            Err(Error::InvalidSubnetFile {
+                path: conf.subnet_file.clone(),
+                reason: format!(
+                    "TWILL_SUBNET {} has prefix /{}, but the node's lease is /{} (bridge {} has {have})",
+                    node.gateway_net,
+                    node.gateway_net.prefix_len(),
+                    have.prefix_len(),
+                    conf.bridge
+                ),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -154,6 +154,34 @@ fn inconsistent_subnet_files_are_refused_naming_file_and_field() {
         fails_with(global(&rig, "", "STATUS", &rig.conf), 50);
     }
 
+    // A prefix a lease of the network could have, but not this node's: the
+    // agent's bridge carries the lease's gateway as a /24.
+    assert!(
+        rig.host
+            .try_ip(["link", "add", "twill0", "type", "bridge"])
+            .0
+    );
+    assert!(
+        rig.host
+            .try_ip(["addr", "add", "10.244.3.1/24", "dev", "twill0"])
+            .0
+    );
+    std::fs::write(
+        &file,
+        "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/25\n",
+    )
+    .unwrap();
+    let out = fails_with(call(&rig, "ADD", "c1", &p, &rig.conf), 101);
+    let details = out["details"].as_str().unwrap();
+    assert!(
+        details.contains("TWILL_SUBNET") && details.contains("/24"),
+        "{details}"
+    );
+    rig.assert_clean(&pod, "/25 for a /24 lease");
+    let (_, addrs) = rig.host.try_ip(["-o", "addr", "show", "dev", "twill0"]);
+    assert!(!addrs.contains("/25"), "{addrs}");
+    assert!(rig.host.try_ip(["link", "del", "twill0"]).0);
+
     // A FIFO in place of the subnet file: no reader would ever write it.
     std::fs::remove_file(&file).unwrap();
     mkfifo(&file);
