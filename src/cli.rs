@@ -76,7 +76,8 @@ pub struct Args {
     #[arg(long, env = "TWILL_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 
-    /// where to write the node's subnet for the CNI plugin
+    /// where to write the node's subnet for the CNI plugin (install-cni
+    /// writes it into the conflist as the plugin's `subnetFile`)
     #[arg(
         long,
         env = "TWILL_SUBNET_FILE",
@@ -107,7 +108,8 @@ pub struct Args {
     #[arg(long, env = "TWILL_HEALTHZ_ADDR")]
     pub healthz_addr: Option<SocketAddr>,
 
-    /// name of the pod bridge
+    /// name of the pod bridge (install-cni writes it into the conflist as
+    /// the plugin's `bridge`)
     #[arg(long, env = "TWILL_BRIDGE", default_value = defaults::BRIDGE, global = true)]
     pub bridge: String,
 
@@ -162,9 +164,18 @@ pub struct InstallCniArgs {
     #[arg(long, default_value = "twill")]
     pub network_name: String,
     /// chain the reference `portmap` plugin for hostPort (yes, no, or auto:
-    /// only when `portmap` is present in --bin-dir)
+    /// only when `portmap` is in --bin-dir or one of --portmap-from, from
+    /// where it is copied into --bin-dir)
     #[arg(long, value_enum, default_value = "auto")]
     pub portmap: Portmap,
+    /// where else `--portmap auto` looks for `portmap`, comma separated
+    /// (Debian's containernetworking-plugins installs it in /usr/lib/cni)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/usr/lib/cni,/usr/libexec/cni"
+    )]
+    pub portmap_from: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -106,9 +106,11 @@ async fn status(args: &Args, json: bool) -> anyhow::Result<()> {
     let store = EtcdStore::connect(etcd_options(args))
         .await
         .context("connecting to etcd")?;
-    let snap = store.list_leases().await.context("listing leases")?;
+    let mut leases = store.list_leases().await.context("listing leases")?.leases;
+    // By address, not by key text (where 10.244.10.0 sorts before 10.244.2.0).
+    leases.sort_by_key(|l| (l.subnet, l.ipv6_subnet));
     let mut rows = Vec::new();
-    for l in &snap.leases {
+    for l in &leases {
         // The list does not carry TTLs; ask etcd per lease for the status view.
         let ttl = match l.lease_id {
             Some(id) => lease_ttl(&store, id).await,
@@ -191,8 +193,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::Status { json }) => return status(&args, *json).await,
         Some(Command::Cleanup) => return cleanup(&args).await,
         Some(Command::InstallCni(a)) => {
-            let (bin, conf) = twill::install::install_cni(a)?;
-            println!("installed {} and {}", bin.display(), conf.display());
+            let keys = twill::install::PluginKeys {
+                bridge: args.bridge.clone(),
+                subnet_file: args.subnet_file.clone(),
+            };
+            let done = twill::install::install_cni(a, &keys)?;
+            for w in &done.warnings {
+                tracing::warn!("{w}");
+            }
+            if let Some(p) = &done.portmap_copied {
+                println!("installed {}", p.display());
+            }
+            println!(
+                "installed {} and {}",
+                done.plugin.display(),
+                done.conflist.display()
+            );
             return Ok(());
         }
         None => {}
@@ -300,14 +316,35 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// The last line of a failed run, in the log format asked for: with
+/// `--log-format json` a JSON object like every other line (through the
+/// installed logger when it lets errors through, else a logger of its own),
+/// with text a plain line.
+fn fatal(format: LogFormat, msg: &str) {
+    match format {
+        LogFormat::Text => say(format_args!("{msg}")),
+        LogFormat::Json if tracing::enabled!(tracing::Level::ERROR) => {
+            tracing::error!("{msg}")
+        }
+        LogFormat::Json => {
+            let own = tracing_subscriber::fmt()
+                .json()
+                .with_writer(stderr)
+                .log_internal_errors(false)
+                .finish();
+            tracing::subscriber::with_default(own, || tracing::error!("{msg}"));
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = args.validate() {
-        say(format_args!("{e}"));
+        fatal(args.log_format, &e.to_string());
         return ExitCode::from(EXIT_CONFIG);
     }
     if let Err(e) = init_logging(&args) {
-        say(format_args!("{e:#}"));
+        fatal(args.log_format, &format!("{e:#}"));
         return ExitCode::from(EXIT_CONFIG);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -317,16 +354,20 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            say(format_args!("cannot start the runtime: {e}"));
+            fatal(args.log_format, &format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
+    let args_format = args.log_format;
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = error_chain(&e);
-            tracing::error!("{msg}");
-            say(format_args!("{msg}"));
+            if args_format == LogFormat::Text {
+                // The log line, and a last one without log decoration.
+                tracing::error!("{msg}");
+            }
+            fatal(args_format, &msg);
             ExitCode::from(exit_code(&e))
         }
     }

@@ -119,8 +119,12 @@ fn twilld_accepts(what: &str, vars: &BTreeMap<String, String>, extra_args: &[Str
     let mut argv = vec!["twilld".to_owned()];
     argv.extend(extra_args.iter().cloned());
     for (k, v) in vars {
-        argv.push(env_to_flag(k));
-        argv.push(v.clone());
+        // A boolean variable (`true`/`false`) is a flag without a value.
+        match v.as_str() {
+            "true" => argv.push(env_to_flag(k)),
+            "false" => {}
+            _ => argv.extend([env_to_flag(k), v.clone()]),
+        }
     }
     let args = twill::cli::Args::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("{what}: twilld refuses {argv:?}: {e}"));

@@ -10,12 +10,19 @@
 //! Temp files are only ever created and removed while the lock is held, so
 //! any temp file seen under the lock belongs to a plugin that died mid-ADD:
 //! DEL and GC remove them.
+//!
+//! Every file of the store is opened non-blocking and without following a
+//! symlink ([`open_in_store`]), so nothing in the directory (a FIFO named
+//! like an address, a directory, a symlink) can make a call block, least of
+//! all while it holds the lock. An entry named like an address that is not a
+//! reservation this plugin wrote (not a regular file, or not UTF-8) still
+//! occupies its address, is ignored by DEL and CHECK, and is removed by GC.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -30,6 +37,44 @@ const CURSOR_FILE_V6: &str = "last_reserved_ip.6";
 const CURSOR_WIDTH: usize = 39;
 /// Prefix of the per-allocation temp file that is linked under the IP name.
 const RESERVE_TMP_PREFIX: &str = ".reserve-";
+/// Most bytes read from a reservation or cursor file: a container ID, a
+/// newline and an interface name fit with room to spare.
+const MAX_ENTRY_BYTES: u64 = 4096;
+
+/// Opens `path` without blocking (a FIFO opens at once, or fails with
+/// `ENXIO` for writing), without following a final symlink (`ELOOP`) unless
+/// `follow`, and fails with `InvalidInput` unless it is a regular file.
+pub fn open_regular(path: &Path, opts: &mut OpenOptions, follow: bool) -> std::io::Result<File> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    let f = opts
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | nofollow)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "is not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+/// The first `max` bytes of the regular file `path`, read without
+/// blocking (see [`open_regular`]).
+pub fn read_regular(path: &Path, max: u64, follow: bool) -> std::io::Result<Vec<u8>> {
+    let f = open_regular(path, OpenOptions::new().read(true), follow)?;
+    let mut out = Vec::new();
+    f.take(max).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// A file of the store: never through a symlink.
+fn open_in_store(path: &Path, opts: &mut OpenOptions) -> std::io::Result<File> {
+    open_regular(path, opts, false)
+}
+
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_regular(path, MAX_ENTRY_BYTES, false)
+}
 
 /// One reserved address and its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +82,17 @@ pub struct Reservation {
     pub ip: IpAddr,
     pub container_id: String,
     pub ifname: String,
+}
+
+/// An entry of the store named like an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    /// A reservation this plugin wrote.
+    Owned(Reservation),
+    /// Anything else under an address' name (a directory, a FIFO, a
+    /// symlink, a file that is not UTF-8): it keeps its address from being
+    /// handed out, only GC removes it.
+    Foreign { ip: IpAddr, path: PathBuf },
 }
 
 /// One address wanted by an ADD: from the node subnet `gateway_net`
@@ -175,6 +231,14 @@ impl Ipam {
         Ok(Ipam { dir })
     }
 
+    /// The store of `network` under `data_dir` without creating anything:
+    /// for DEL, which must finish on a read-only or missing store.
+    pub fn existing(data_dir: &Path, network: &str) -> Self {
+        Ipam {
+            dir: data_dir.join(network),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -182,34 +246,60 @@ impl Ipam {
     /// Opens `name` in the store for writing, creating it, keeping content.
     fn open_keep(&self, name: &str) -> Result<(File, PathBuf), Error> {
         let path = self.dir.join(name);
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map(|f| (f, path.clone()))
-            .map_err(|e| Error::ipam(&path, e))
+        open_in_store(
+            &path,
+            OpenOptions::new().create(true).truncate(false).write(true),
+        )
+        .map(|f| (f, path.clone()))
+        .map_err(|e| Error::ipam(&path, e))
     }
 
     fn lock(&self) -> Result<Flock<File>, Error> {
         let (file, path) = self.open_keep(LOCK_FILE)?;
+        Self::flock(file, &path)
+    }
+
+    fn flock(file: File, path: &Path) -> Result<Flock<File>, Error> {
         Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::ipam(&path, std::io::Error::from(errno)))
+            .map_err(|(_, errno)| Error::ipam(path, std::io::Error::from(errno)))
+    }
+
+    /// The lock for DEL: on a store that cannot be written, an existing
+    /// lock file is locked through a read-only descriptor, and without one
+    /// (nor a way to make it) nobody can change the store, so none is
+    /// needed.
+    fn lock_for_release(&self) -> Result<Option<Flock<File>>, Error> {
+        match self.lock() {
+            Ok(l) => Ok(Some(l)),
+            Err(Error::Ipam { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
+                ) || source.kind() == ErrorKind::NotFound =>
+            {
+                let path = self.dir.join(LOCK_FILE);
+                match open_in_store(&path, OpenOptions::new().read(true)) {
+                    Ok(f) => Self::flock(f, &path).map(Some),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::ipam(&path, e)),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn read_cursor(&self, v6: bool) -> Option<IpAddr> {
-        fs::read_to_string(self.dir.join(cursor_file(v6)))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let bytes = read_small(&self.dir.join(cursor_file(v6))).ok()?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
     }
 
     /// Writes the cursor in place, padded to the longest address text so
     /// it always covers the previous value: no temp file and no rename, as
     /// ext4 flushes a file renamed over another one (hundreds of µs per ADD
     /// here). A torn or lost write only costs the hint: an unparsable
-    /// cursor makes the next walk start at the beginning of the range.
+    /// cursor makes the next walk start at the beginning of the range, so
+    /// a cursor that cannot be written at all (a directory or FIFO in its
+    /// place) is logged, not an error.
     fn write_cursor(&self, ip: IpAddr) -> Result<(), Error> {
         let (f, path) = self.open_keep(cursor_file(ip.is_ipv6()))?;
         let text = format!("{ip:<width$}", width = CURSOR_WIDTH);
@@ -274,7 +364,7 @@ impl Ipam {
         // loss takes every pod namespace with it, so a reservation that did
         // not reach the disk belonged to a dead pod anyway, and one that
         // reached it empty is an owner-less name that only GC releases.
-        let mut f = File::create(&tmp).map_err(|e| Error::ipam(&tmp, e))?;
+        let mut f = self.create_temp(&tmp)?;
         let body = format!("{container_id}\n{ifname}");
         let written = f
             .write_all(body.as_bytes())
@@ -288,7 +378,9 @@ impl Ipam {
             // Only dynamic picks move their family's cursor.
             for (r, ip) in requests.iter().zip(&linked) {
                 if r.requested.is_none() {
-                    self.write_cursor(*ip)?;
+                    if let Err(e) = self.write_cursor(*ip) {
+                        tracing::warn!(error = %e, "cannot move the allocation cursor");
+                    }
                 }
             }
             Ok(())
@@ -301,6 +393,31 @@ impl Ipam {
             return Err(e);
         }
         Ok(linked)
+    }
+
+    /// Creates the temp file `tmp` afresh. Only called with the lock held,
+    /// so one already there is a dead plugin's (same PID) and goes first.
+    fn create_temp(&self, tmp: &Path) -> Result<File, Error> {
+        let _ = fs::remove_file(tmp);
+        open_in_store(tmp, OpenOptions::new().write(true).create_new(true))
+            .map_err(|e| Error::ipam(tmp, e))
+    }
+
+    /// Whether an ADD could write here now: takes the lock and creates,
+    /// writes and removes a temp file, as ADD does before it links a
+    /// reservation. Fails on a read-only or full file system.
+    pub fn probe_writable(&self) -> Result<(), Error> {
+        let _lock = self.lock()?;
+        let tmp = self
+            .dir
+            .join(format!("{RESERVE_TMP_PREFIX}{}", std::process::id()));
+        let written = self.create_temp(&tmp).and_then(|mut f| {
+            f.write_all(&[b'x'; CURSOR_WIDTH])
+                .and_then(|()| f.flush())
+                .map_err(|e| Error::ipam(&tmp, e))
+        });
+        let removed = fs::remove_file(&tmp).map_err(|e| Error::ipam(&tmp, e));
+        written.and(removed)
     }
 
     fn link_first_free(&self, tmp: &Path, r: &Request) -> Result<IpAddr, Error> {
@@ -329,8 +446,9 @@ impl Ipam {
         })
     }
 
-    /// All reservations, in no particular order; unreadable entries skipped.
-    pub fn list(&self) -> Result<Vec<Reservation>, Error> {
+    /// Every entry named like an address, in no particular order. Reads
+    /// never block (see [`open_in_store`]).
+    fn entries(&self) -> Result<Vec<Entry>, Error> {
         let entries = fs::read_dir(&self.dir).map_err(|e| Error::ipam(&self.dir, e))?;
         let mut out = Vec::new();
         for entry in entries {
@@ -339,19 +457,40 @@ impl Ipam {
             let Some(ip) = name.to_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
                 continue;
             };
-            let Ok(body) = fs::read_to_string(entry.path()) else {
-                continue;
+            let path = entry.path();
+            let body = match read_small(&path) {
+                // Removed since the directory was read: not an entry.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(_) => None,
+                Ok(bytes) => String::from_utf8(bytes).ok(),
             };
-            let mut lines = body.lines();
-            let container_id = lines.next().unwrap_or_default().trim().to_string();
-            let ifname = lines.next().unwrap_or_default().trim().to_string();
-            out.push(Reservation {
-                ip,
-                container_id,
-                ifname,
+            out.push(match body {
+                Some(body) => {
+                    let mut lines = body.lines();
+                    let container_id = lines.next().unwrap_or_default().trim().to_string();
+                    let ifname = lines.next().unwrap_or_default().trim().to_string();
+                    Entry::Owned(Reservation {
+                        ip,
+                        container_id,
+                        ifname,
+                    })
+                }
+                None => Entry::Foreign { ip, path },
             });
         }
         Ok(out)
+    }
+
+    /// All reservations this plugin wrote, in no particular order.
+    pub fn list(&self) -> Result<Vec<Reservation>, Error> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Owned(r) => Some(r),
+                Entry::Foreign { .. } => None,
+            })
+            .collect())
     }
 
     /// The addresses reserved for `(container_id, ifname)`, IPv4 first.
@@ -366,22 +505,32 @@ impl Ipam {
         Ok(ips)
     }
 
-    /// Releases every address of `(container_id, ifname)`; none is fine.
-    /// Also removes temp files left by plugins killed mid-allocation.
+    /// Releases every address of `(container_id, ifname)`; none is fine,
+    /// also on a store that is missing or cannot be written (a runtime must
+    /// be able to finish teardown). Also removes temp files left by plugins
+    /// killed mid-allocation; failing that is only logged.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
-        let _lock = self.lock()?;
+        let _lock = self.lock_for_release()?;
+        let list = match self.list() {
+            Ok(l) => l,
+            // No store at all: nothing is held.
+            Err(Error::Ipam { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
         let mut released = Vec::new();
-        for r in self.list()? {
+        for r in list {
             if r.container_id == container_id && r.ifname == ifname {
                 self.remove(r.ip)?;
                 released.push(r.ip);
             }
         }
         released.sort();
-        match self.sweep_stale_temp_files().into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(released),
+        for e in self.sweep_stale_temp_files() {
+            tracing::warn!(error = %e, "DEL: cannot remove a stale temp file");
         }
+        Ok(released)
     }
 
     /// Removes every temp file of the store. Only sound with the lock held:
@@ -413,12 +562,12 @@ impl Ipam {
     pub fn release_ip(&self, ip: IpAddr, container_id: &str, ifname: &str) -> Result<(), Error> {
         let _lock = self.lock()?;
         let path = self.dir.join(ip.to_string());
-        let body = match fs::read_to_string(&path) {
+        let body = match read_small(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::ipam(&path, e)),
         };
-        if body == format!("{container_id}\n{ifname}") {
+        if body == format!("{container_id}\n{ifname}").as_bytes() {
             self.remove(ip)?;
         }
         Ok(())
@@ -442,7 +591,17 @@ impl Ipam {
         let _lock = self.lock()?;
         let mut released = Vec::new();
         let mut errors = Vec::new();
-        for r in self.list()? {
+        for entry in self.entries()? {
+            let r = match entry {
+                Entry::Owned(r) => r,
+                Entry::Foreign { ip, path } => {
+                    tracing::info!(%ip, path = %path.display(), "GC: removing an entry this plugin did not write");
+                    if let Err(e) = remove_any(&path) {
+                        errors.push(Error::ipam(&path, e));
+                    }
+                    continue;
+                }
+            };
             if keep.contains(&(r.container_id.clone(), r.ifname.clone())) {
                 continue;
             }
@@ -459,11 +618,35 @@ impl Ipam {
     pub fn free_count(&self, gateway_net: IpNet) -> Result<u128, Error> {
         let range = Range::of(gateway_net);
         let used = self
-            .list()?
+            .entries()?
             .iter()
-            .filter(|r| range.is_usable(r.ip))
+            .filter(|e| {
+                range.is_usable(match e {
+                    Entry::Owned(r) => r.ip,
+                    Entry::Foreign { ip, .. } => *ip,
+                })
+            })
             .count() as u128;
         Ok(range.capacity().saturating_sub(used))
+    }
+}
+
+/// Removes `path`, whatever it is (a directory with what is in it too);
+/// gone already is fine.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let removed = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 

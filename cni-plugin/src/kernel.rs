@@ -240,6 +240,46 @@ fn if_ioctl(
     }
 }
 
+/// The primary IPv4 address of the link `name` in the calling thread's
+/// namespace and its prefix length (`SIOCGIFADDR`, `SIOCGIFNETMASK`, which
+/// only an `AF_INET` socket answers); `None` without a link or an address.
+pub fn primary_ipv4(name: &str) -> Result<Option<Ipv4Net>, Error> {
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned
+    // at once, so it is closed on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::netlink(
+            "open an inet socket",
+            NlError::Io(std::io::Error::last_os_error()),
+        ));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let v4 = |op| match if_ioctl(&sock, name, op) {
+        Ok(Some(r)) => {
+            // SAFETY: both requests fill in a sockaddr_in, which the
+            // sockaddr member holds.
+            let sa = unsafe { r.ifr_ifru.ifru_addr };
+            let mut b = [0u8; 4];
+            for (d, s) in b.iter_mut().zip(&sa.sa_data[2..6]) {
+                *d = *s as u8;
+            }
+            Ok(Some(Ipv4Addr::from(b)))
+        }
+        Ok(None) => Ok(None),
+        Err(Error::Netlink {
+            source: NlError::Io(e),
+            ..
+        }) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let (Some(addr), Some(mask)) = (v4(libc::SIOCGIFADDR)?, v4(libc::SIOCGIFNETMASK)?) else {
+        return Ok(None);
+    };
+    let len = u32::from(mask).leading_ones() as u8;
+    Ok(Ipv4Net::new(addr, len).ok())
+}
+
 /// Index of the link `name` in the namespace of `sock`, if there is one.
 pub fn index_of(sock: &Socket, name: &str) -> Result<Option<u32>, Error> {
     Ok(if_ioctl(sock, name, libc::SIOCGIFINDEX)?.map(|r| {
@@ -353,6 +393,13 @@ pub fn add_address(index: u32, addr: IpNet) -> Request {
         }
     };
     Request::replace(RouteNetlinkMessage::NewAddress(msg))
+}
+
+/// Sets the MTU of link `index`.
+pub fn set_mtu(index: u32, mtu: u32) -> Request {
+    Request::ack(RouteNetlinkMessage::NewLink(
+        LinkUnspec::new_with_index(index).mtu(mtu).build(),
+    ))
 }
 
 /// Brings link `index` up.

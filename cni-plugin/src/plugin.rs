@@ -202,6 +202,9 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         });
     }
     let bridge = kernel::brief(&host, &conf.bridge)?;
+    if bridge.is_some() {
+        check_bridge_agrees(conf, &node)?;
+    }
 
     let ipam = Ipam::open(&conf.data_dir, &conf.name)?;
     let ips = ipam.allocate_all(&requests, cid, ifname)?;
@@ -253,6 +256,31 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     }
 }
 
+/// The bridge's gateway address is the agent's, made from its lease: when
+/// it is the subnet file's gateway with another prefix length, the file
+/// does not describe the node's lease (a /25 written for a /24 lease would
+/// add a second gateway address that the agent then deletes).
+fn check_bridge_agrees(conf: &NetConf, node: &NodeSubnet) -> Result<(), Error> {
+    match kernel::primary_ipv4(&conf.bridge)? {
+        Some(have)
+            if have.addr() == node.gateway()
+                && have.prefix_len() != node.gateway_net.prefix_len() =>
+        {
+            Err(Error::InvalidSubnetFile {
+                path: conf.subnet_file.clone(),
+                reason: format!(
+                    "TWILL_SUBNET {} has prefix /{}, but the node's lease is /{} (bridge {} has {have})",
+                    node.gateway_net,
+                    node.gateway_net.prefix_len(),
+                    have.prefix_len(),
+                    conf.bridge
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The netlink side of one ADD: a socket per namespace, the bridge as
 /// looked up, and the names of the two veth ends.
 struct Links<'a> {
@@ -279,13 +307,14 @@ fn setup(
     let v6 = addrs.v6.zip(node.ipv6.map(|n| n.gateway()));
     let host_mac = kernel::random_mac();
     let pod_mac = kernel::random_mac();
+    // The bridge carries the node's MTU whatever this pod's is.
     let bridge_index = kernel::ensure_bridge(
         l.host,
         l.bridge,
         &conf.bridge,
         gateway,
         node.ipv6.is_some(),
-        mtu,
+        node.mtu,
     )?;
 
     let mut b = Batch::new();
@@ -310,6 +339,16 @@ fn setup(
         format!("create veth {} <-> {}", l.host_ifname, l.ifname),
         kernel::create_veth(veth),
     );
+    if mtu != node.mtu {
+        // A bridge whose MTU nobody set follows the smallest of its ports,
+        // so this pod's port would change it for every pod on the node. Set
+        // in the same write, the node's MTU comes back at once and, set
+        // explicitly, the kernel stops following the ports.
+        b.push(
+            format!("set bridge {} mtu {}", conf.bridge, node.mtu),
+            kernel::set_mtu(bridge_index, node.mtu),
+        );
+    }
     b.run(l.host)?;
     let missing = |end: &str| Error::Internal {
         reason: format!("veth end {end} missing right after creation"),
@@ -362,7 +401,7 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
         }
         deleted
     });
-    let ipam = Ipam::open(&conf.data_dir, &conf.name).and_then(|i| i.release(cid, ifname));
+    let ipam = Ipam::existing(&conf.data_dir, &conf.name).release(cid, ifname);
     host?;
     ipam?;
     Ok(())
@@ -467,6 +506,10 @@ fn cmd_status(conf: &NetConf) -> Result<(), Error> {
     let unavailable = |reason: String| Error::NotAvailable { reason };
     let node = subnet::load(&conf.subnet_file).map_err(|e| unavailable(e.to_string()))?;
     let ipam = Ipam::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.to_string()))?;
+    // Every ADD writes a temp file and links it: on a read-only or full
+    // file system all of them would fail.
+    ipam.probe_writable()
+        .map_err(|e| unavailable(format!("the address store cannot be written: {e}")))?;
     let mut subnets = vec![IpNet::V4(node.gateway_net)];
     subnets.extend(node.ipv6.map(|n| IpNet::V6(n.gateway_net)));
     for gateway_net in subnets {

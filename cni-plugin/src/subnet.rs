@@ -9,22 +9,28 @@ use std::path::Path;
 pub use twill_contract::subnet_file::{NodeSubnet, NodeSubnet6, ParseError, DEFAULT_MTU};
 
 use crate::error::Error;
+use crate::ipam::read_regular;
+
+/// Longest subnet file read: the agent's is about 150 bytes.
+const MAX_BYTES: u64 = 64 * 1024;
 
 /// Reads and parses `path`; a missing file is "try again later" (code 11).
+/// The file is opened non-blocking and must be a regular file, so a FIFO in
+/// its place fails the call instead of hanging it.
 pub fn load(path: &Path) -> Result<NodeSubnet, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+    let invalid = |reason: String| Error::InvalidSubnetFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Followed if a symlink: a node may point it at flannel's file.
+    let text = read_regular(path, MAX_BYTES, true).map_err(|e| match e.kind() {
         ErrorKind::NotFound => Error::SubnetFileMissing {
             path: path.to_path_buf(),
         },
-        _ => Error::InvalidSubnetFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        },
+        _ => invalid(e.to_string()),
     })?;
-    NodeSubnet::parse(&text).map_err(|e| Error::InvalidSubnetFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    let text = String::from_utf8(text).map_err(|_| invalid("is not UTF-8 text".into()))?;
+    NodeSubnet::parse(&text).map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::gateway::{gateway6_of, gateway_of};
 
@@ -20,6 +20,10 @@ pub const DEFAULT_MTU: u32 = 1500;
 /// Smallest IPv6 node subnet: a /126 still has two pod addresses after the
 /// subnet-router anycast and the gateway.
 const MAX_IPV6_PREFIX: u8 = 126;
+
+/// Smallest IPv4 node subnet: a /30 still has one pod address after the
+/// gateway (the network config's `SubnetLen` is at most 30 too).
+const MAX_IPV4_PREFIX: u8 = 30;
 
 /// Why a subnet file was refused. Every message names the key as written in
 /// the file (or the line number), since that is what an operator greps for.
@@ -205,8 +209,12 @@ impl NodeSubnet {
         let gateway_net: Ipv4Net = subnet_s
             .parse()
             .map_err(|e| malformed(&subnet_k, subnet_s, e))?;
-        if gateway_net.prefix_len() > 30 {
-            return Err(invalid(&subnet_k, subnet_s, "is too small for pods"));
+        if gateway_net.prefix_len() > MAX_IPV4_PREFIX {
+            return Err(invalid(
+                &subnet_k,
+                subnet_s,
+                format!("is too small for pods (longest prefix is /{MAX_IPV4_PREFIX})"),
+            ));
         }
         let gw = gateway_net.addr();
         if gw == gateway_net.network() || gw == gateway_net.broadcast() {
@@ -216,9 +224,33 @@ impl NodeSubnet {
                 "must be the gateway address, not the network or broadcast",
             ));
         }
+        let want = gateway_of(gateway_net.trunc());
+        if gw != want {
+            return Err(invalid(
+                &subnet_k,
+                subnet_s,
+                format!("must carry the subnet's gateway, its first address {want}"),
+            ));
+        }
         let network = get("NETWORK")
-            .map(|(k, s)| s.parse::<Ipv4Net>().map_err(|e| malformed(&k, s, e)))
+            .map(|(k, s)| {
+                let n = s.parse::<Ipv4Net>().map_err(|e| malformed(&k, s, e))?;
+                if n.addr() != n.network() {
+                    return Err(invalid(&k, s, "has host bits set"));
+                }
+                Ok((k, n))
+            })
             .transpose()?;
+        if let Some((k, n)) = &network {
+            inside(
+                &subnet_k,
+                subnet_s,
+                gateway_net.trunc().into(),
+                k,
+                (*n).into(),
+            )?;
+        }
+        let network = network.map(|(_, n)| n);
         let mtu = match get("MTU") {
             None => DEFAULT_MTU,
             Some((k, s)) => match s.parse::<u32>() {
@@ -246,6 +278,38 @@ impl NodeSubnet {
             ipv6,
         })
     }
+}
+
+/// A node subnet must be one of the cluster network's lease-sized pieces:
+/// inside it and strictly longer (a lease is never the whole network). What
+/// the agent leases satisfies this for any `SubnetLen` the network config
+/// accepts, so a file that does not was written or edited by something else.
+fn inside(
+    key: &str,
+    value: &str,
+    subnet: IpNet,
+    net_key: &str,
+    network: IpNet,
+) -> Result<(), ParseError> {
+    if !network.contains(&subnet) {
+        return Err(invalid(
+            key,
+            value,
+            format!("is not inside {net_key} {network}"),
+        ));
+    }
+    if subnet.prefix_len() <= network.prefix_len() {
+        return Err(invalid(
+            key,
+            value,
+            format!(
+                "has prefix /{}, which is no node lease of {net_key} {network} (leases are longer than /{})",
+                subnet.prefix_len(),
+                network.prefix_len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_ipv6(
@@ -285,14 +349,25 @@ fn parse_ipv6(
             "must be the gateway address, not the subnet-router anycast address",
         ));
     }
+    let want = gateway6_of(gateway_net.trunc());
+    if gateway_net.addr() != want {
+        return Err(invalid(
+            &subnet_k,
+            subnet_s,
+            format!("must carry the subnet's gateway, its first address {want}"),
+        ));
+    }
     if let Some((k, n)) = &network {
-        if !n.contains(&gateway_net.trunc()) {
-            return Err(invalid(
-                &subnet_k,
-                subnet_s,
-                format!("is not inside {k} {n}"),
-            ));
+        if n.addr() != n.network() {
+            return Err(invalid(k, &n.to_string(), "has host bits set"));
         }
+        inside(
+            &subnet_k,
+            subnet_s,
+            gateway_net.trunc().into(),
+            k,
+            (*n).into(),
+        )?;
     }
     Ok(Some(NodeSubnet6 {
         network: network.map(|(_, n)| n),
@@ -491,6 +566,72 @@ mod tests {
     }
 
     const V4: &str = "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\n";
+
+    #[test]
+    fn inconsistent_files_name_the_key_and_why() {
+        for (text, key, why) in [
+            // Outside the network.
+            (
+                "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.99.3.1/24\n",
+                "TWILL_SUBNET",
+                "not inside TWILL_NETWORK",
+            ),
+            // Prefixes no lease of the network can have.
+            (
+                "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.0.0.1/8\n",
+                "TWILL_SUBNET",
+                "not inside",
+            ),
+            (
+                "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.0.1/16\n",
+                "TWILL_SUBNET",
+                "no node lease",
+            ),
+            // A truncated prefix: caught here, not by netlink.
+            (
+                "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/2\n",
+                "TWILL_SUBNET",
+                "gateway",
+            ),
+            // A gateway that is not the first address.
+            (
+                "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.7/24\n",
+                "TWILL_SUBNET",
+                "10.244.3.1",
+            ),
+            (
+                "TWILL_NETWORK=10.244.0.1/16\nTWILL_SUBNET=10.244.3.1/24\n",
+                "TWILL_NETWORK",
+                "host bits",
+            ),
+            // The IPv6 pair.
+            (
+                "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET=fd00:10:244::1/48\n",
+                "TWILL_IPV6_SUBNET",
+                "no node lease",
+            ),
+            (
+                "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00:10:244:3::9/64\n",
+                "TWILL_IPV6_SUBNET",
+                "fd00:10:244:3::1",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains(why),
+                "{text:?}: {e:?} should name {key} and say {why:?}"
+            );
+        }
+        // /2 without a network: the gateway rule still refuses it (its first
+        // address is 0.0.0.1).
+        let e = parse("TWILL_SUBNET=10.244.3.1/2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0.0.0.1"), "{e}");
+        // Positive control: a /25 of a /16 and a /30 are leases.
+        parse("TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.129/25\n").unwrap();
+        parse("TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.5/30\n").unwrap();
+    }
 
     #[test]
     fn ipv4_only_file_has_no_ipv6() {
