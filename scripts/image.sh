@@ -7,7 +7,8 @@
 #    (ARG ROOTFS_PACKAGES, ARG ROOTFS_SUITE), extracted by mmdebstrap from
 #    Debian's mirror, pruned; kept between runs and made again only when
 #    that list changes or TWILL_IMAGE_REFRESH=1 (for package updates);
-# 3. `podman build --pull=never -f deploy/Dockerfile` on the checkout
+# 3. `podman build --pull=never --layers=false -f deploy/Dockerfile` (no
+#    intermediate images left behind) on the checkout
 #    (.dockerignore lets only those three files in);
 # 4. a smoke run of twilld and nft inside the image, and its size.
 # Must run as root (mmdebstrap's root mode; the tests use root's podman
@@ -95,7 +96,7 @@ fi
 
 echo "== image.sh: podman build -t $tag"
 old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
-podman build --quiet --pull=never --timestamp "$epoch" -f "$dockerfile" -t "$tag" . >/dev/null
+podman build --quiet --pull=never --layers=false --timestamp "$epoch" -f "$dockerfile" -t "$tag" . >/dev/null
 new=$(podman image inspect --format '{{.Id}}' "$tag")
 # The image this one replaced, unless something else still uses it.
 if [[ -n $old && $old != "$new" ]]; then

@@ -256,3 +256,33 @@ pub fn cpu_usage_usec(pid: i32) -> Result<u64> {
         reason: "no cpuacct or cgroup v2 cpu.stat".into(),
     })
 }
+
+/// An image's root filesystem mounted read-only for inspection
+/// (`podman image mount`, root only); unmounted on drop.
+#[derive(Debug)]
+pub struct ImageMount {
+    image: String,
+    root: PathBuf,
+}
+
+impl ImageMount {
+    /// Mounts `image`.
+    pub fn new(image: &str) -> Result<ImageMount> {
+        let out = cmd::run_ok(&mut podman(["image", "mount", image]))?;
+        Ok(ImageMount {
+            image: image.to_owned(),
+            root: PathBuf::from(out.trim()),
+        })
+    }
+
+    /// Where its root filesystem is.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        let _ = cmd::run(&mut podman(["image", "unmount", &self.image]));
+    }
+}

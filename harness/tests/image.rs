@@ -11,7 +11,8 @@
 //! `/healthz` and `/readyz` answer on the probes' port at the node's
 //! address; `--ip-masq` hides pods from the outside; SIGTERM leaves the
 //! data path in place and a restart loses no ping; the agent stays below
-//! its memory limit (its footprint is printed).
+//! its memory limit (its footprint is printed). And the image holds the
+//! two binaries and what they load, nothing else.
 //!
 //! Needs root, `podman`, `ip`, `nft`, `bash`, `timeout`, `openssl`, `etcd`,
 //! `etcdctl`, `ping` and the image (`scripts/image.sh`); under `CI=true` a
@@ -587,4 +588,77 @@ fn the_daemonset_runs_from_the_image_on_two_nodes() {
         let status = n.stop_agent(&pod);
         assert!(status.success(), "agent on {} exited with {status}", n.host);
     }
+}
+
+/// Every file and symlink under `dir`, relative to `root`.
+fn files_under(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        if meta.is_dir() {
+            files_under(root, &e.path(), out);
+        } else {
+            out.push((e.path().strip_prefix(root).unwrap().to_owned(), meta));
+        }
+    }
+}
+
+/// Files the image may hold besides shared libraries.
+const IMAGE_FILES: [&str; 4] = [
+    "usr/local/bin/twilld",
+    "usr/local/bin/twill",
+    // `--ip-masq` runs `nft -j` until the rules go over netlink.
+    "usr/sbin/nft",
+    "etc/ld.so.cache",
+];
+
+#[test]
+fn the_image_holds_the_binaries_and_what_they_load_only() {
+    let (_, pod) = manifest();
+    let image = agent_spec(&pod).image.clone();
+    if !Prereqs::new()
+        .root()
+        .tools(&["podman"])
+        .condition(
+            format!("image {image} in podman's storage"),
+            podman::image_exists(&image),
+        )
+        .hint("scripts/image.sh builds the image")
+        .require()
+    {
+        return;
+    }
+    let m = podman::ImageMount::new(&image).unwrap();
+    let mut files = Vec::new();
+    files_under(m.root(), m.root(), &mut files);
+    let is_lib_dir = |p: &Path| ["lib", "lib64", "usr/lib"].iter().any(|d| p.starts_with(d));
+    let unexpected: Vec<&PathBuf> = files
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            let shared_lib = is_lib_dir(p) && name.contains(".so");
+            let loader_conf = p.starts_with("etc/ld.so.conf.d") && name.ends_with(".conf");
+            !(shared_lib || loader_conf || IMAGE_FILES.iter().any(|f| p.as_path() == Path::new(f)))
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "the image holds more: {unexpected:?}"
+    );
+    for f in IMAGE_FILES {
+        assert!(
+            files.iter().any(|(p, _)| p == Path::new(f)),
+            "the image lacks {f}"
+        );
+    }
+    let plugin = m.root().join("usr/local/bin/twill");
+    assert!(is_static_elf(&plugin), "the image's plugin is dynamic");
+    assert!(!is_static_elf(&m.root().join("usr/local/bin/twilld")));
+    let size: u64 = files.iter().map(|(_, meta)| meta.len()).sum();
+    eprintln!(
+        "image {image}: {} files, {:.1} MiB",
+        files.len(),
+        size as f64 / f64::from(1 << 20)
+    );
 }
