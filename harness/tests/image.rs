@@ -57,6 +57,21 @@ fn manifest() -> (Vec<serde_yaml::Value>, PodSpec) {
     (docs, pod)
 }
 
+/// The gate: root, podman, `tools` (and a cluster's when any are named),
+/// and `image` built.
+fn require_image(image: &str, tools: &[&str]) -> bool {
+    let mut p = Prereqs::new().root().tools(&["podman"]).tools(tools);
+    if !tools.is_empty() {
+        p = p.tools(CLUSTER_TOOLS);
+    }
+    p.condition(
+        format!("image {image} in podman's storage"),
+        podman::image_exists(image),
+    )
+    .hint("scripts/image.sh builds the image")
+    .require()
+}
+
 /// The one main container (the agent).
 fn agent_spec(pod: &PodSpec) -> &ContainerSpec {
     assert_eq!(pod.containers.len(), 1, "expected one main container");
@@ -346,17 +361,7 @@ fn the_daemonset_runs_from_the_image_on_two_nodes() {
             c.name
         );
     }
-    if !Prereqs::new()
-        .root()
-        .tools(CLUSTER_TOOLS)
-        .tools(&["podman", "nft", "bash", "timeout", "openssl"])
-        .condition(
-            format!("image {image} in podman's storage"),
-            podman::image_exists(&image),
-        )
-        .hint("scripts/image.sh builds the image")
-        .require()
-    {
+    if !require_image(&image, &["nft", "bash", "timeout", "openssl"]) {
         return;
     }
 
@@ -616,16 +621,7 @@ const IMAGE_FILES: [&str; 4] = [
 fn the_image_holds_the_binaries_and_what_they_load_only() {
     let (_, pod) = manifest();
     let image = agent_spec(&pod).image.clone();
-    if !Prereqs::new()
-        .root()
-        .tools(&["podman"])
-        .condition(
-            format!("image {image} in podman's storage"),
-            podman::image_exists(&image),
-        )
-        .hint("scripts/image.sh builds the image")
-        .require()
-    {
+    if !require_image(&image, &[]) {
         return;
     }
     let m = podman::ImageMount::new(&image).unwrap();
