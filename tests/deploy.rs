@@ -497,6 +497,11 @@ fn pod_is_host_network_node_critical_and_least_privileged() {
             Some(&Value::Bool(false)),
             "{name}"
         );
+        assert_eq!(
+            get(c, &["securityContext", "readOnlyRootFilesystem"]),
+            Some(&Value::Bool(true)),
+            "{name}"
+        );
     }
     let main = container(&docs, "containers", "twilld");
     let caps: BTreeSet<String> = strings(seq(main, &["securityContext", "capabilities", "add"]))

@@ -69,6 +69,7 @@ pub struct ContainerSpec {
     pub mounts: Vec<Mount>,
     pub privileged: bool,
     pub allow_privilege_escalation: bool,
+    pub read_only_root: bool,
     pub cap_drop: Vec<String>,
     pub cap_add: Vec<String>,
     pub liveness: Option<HttpProbe>,
@@ -248,6 +249,7 @@ fn container(c: &Value) -> Result<ContainerSpec> {
         privileged: sc("privileged").unwrap_or(false),
         // Kubernetes' default is true.
         allow_privilege_escalation: sc("allowPrivilegeEscalation").unwrap_or(true),
+        read_only_root: sc("readOnlyRootFilesystem").unwrap_or(false),
         cap_drop: strings(&what, c, &["securityContext", "capabilities", "drop"])?,
         cap_add: strings(&what, c, &["securityContext", "capabilities", "add"])?,
         liveness: probe(c, "livenessProbe", &what)?,
@@ -463,6 +465,12 @@ impl ContainerSpec {
         if !self.allow_privilege_escalation {
             a.push("--security-opt=no-new-privileges".into());
         }
+        if self.read_only_root {
+            // Without podman's own tmpfs on /run and /tmp: the kubelet
+            // adds none.
+            a.push("--read-only".into());
+            a.push("--read-only-tmpfs=false".into());
+        }
         for c in &self.cap_drop {
             a.push(format!("--cap-drop={}", c.to_ascii_lowercase()));
         }
@@ -542,6 +550,7 @@ spec:
           securityContext:
             privileged: false
             allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
             capabilities: {drop: ["ALL"]}
           volumeMounts:
             - {name: d, mountPath: /host/d}
@@ -625,6 +634,8 @@ spec:
                 "c1",
                 "--network=ns:/run/netns/n1",
                 "--security-opt=no-new-privileges",
+                "--read-only",
+                "--read-only-tmpfs=false",
                 "--cap-drop=all",
                 "--volume=/tmp/d:/host/d",
                 "--entrypoint=/bin/x",
