@@ -24,11 +24,15 @@ cd "$(dirname "$0")/.."
 
 # Every missing tool at once, with the Debian package that has it.
 missing=()
-for tool_pkg in podman:podman mmdebstrap:mmdebstrap cargo:cargo tar:tar \
-                ldconfig:libc-bin sha256sum:coreutils; do
-    command -v "${tool_pkg%%:*}" >/dev/null || missing+=("${tool_pkg%%:*} (Debian package ${tool_pkg#*:})")
+for tool_pkg in "podman:Debian package podman" "mmdebstrap:Debian package mmdebstrap" \
+                "cargo:a Rust toolchain, as scripts/install-deps.sh says" "tar:Debian package tar" \
+                "ldconfig:Debian package libc-bin" "sha256sum:Debian package coreutils"; do
+    command -v "${tool_pkg%%:*}" >/dev/null || missing+=("${tool_pkg%%:*} (${tool_pkg#*:})")
 done
-((${#missing[@]} == 0)) || die "missing ${missing[*]}; scripts/install-deps.sh installs them"
+if ((${#missing[@]})); then
+    list=$(printf '%s; ' "${missing[@]}")
+    die "missing ${list%; }. scripts/install-deps.sh installs the packages"
+fi
 
 dockerfile=deploy/Dockerfile
 # `ARG NAME=value` or `ARG NAME="a b c"` of the Dockerfile, unquoted.
