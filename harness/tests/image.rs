@@ -419,9 +419,18 @@ fn the_daemonset_runs_from_the_image_on_two_nodes() {
 
     // 1. install-cni: the static plugin and the conflist on the "host".
     let want_conflist: serde_json::Value = serde_json::from_str(&cm["cni-conf.json"]).unwrap();
+    let image_plugin = {
+        let m = podman::ImageMount::new(&image).unwrap();
+        std::fs::read(m.root().join("usr/local/bin/twill")).unwrap()
+    };
     for n in &nodes {
         n.run_init_containers(&c, &pod);
         let plugin = n.host_path(CNI_BIN_DIR).join("twill");
+        assert!(
+            std::fs::read(&plugin).unwrap() == image_plugin,
+            "the plugin on {} is not the image's",
+            n.host
+        );
         let mode = std::fs::metadata(&plugin).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755, "plugin mode {mode:o} on {}", n.host);
         assert!(
