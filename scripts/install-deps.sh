@@ -5,7 +5,8 @@ set -euo pipefail
 
 PACKAGES=(etcd-server etcd-client protobuf-compiler iproute2 iputils-ping nftables
           iperf3 containernetworking-plugins build-essential pkg-config openssl
-          util-linux podman runc conmon catatonit uidmap busybox-static)
+          util-linux podman runc conmon catatonit uidmap busybox-static
+          mmdebstrap)
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 
@@ -33,7 +34,8 @@ else
     echo "install-deps: all packages present"
 fi
 
-for bin in ip etcd etcdctl protoc ping openssl nsenter unshare podman runc busybox nft kubectl systemd-analyze; do
+for bin in ip etcd etcdctl protoc ping openssl nsenter unshare podman runc busybox nft kubectl systemd-analyze \
+           mmdebstrap; do
     command -v "$bin" >/dev/null || die "$bin still not in PATH after installing packages"
 done
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full test run: deps, build, fmt, clippy, all tests including the
 # netns end-to-end tests (which really run: root is required, CI=true makes a
-# missing prerequisite a failure), then a check that no test namespace leaked.
+# missing prerequisite a failure), the node image built and run as the
+# DaemonSet runs it, then a check that no test namespace or container leaked.
 set -euo pipefail
 
 die() { echo "test.sh: $*" >&2; exit 1; }
@@ -25,6 +26,11 @@ echo "== cargo build --workspace"
 cargo build --workspace
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# Before the tests: harness/tests/image.rs runs the DaemonSet from this image.
+echo "== the node image (scripts/image.sh)"
+image_start=$SECONDS
+scripts/image.sh
+echo "test.sh: image built in $((SECONDS - image_start)) s"
 echo "== cargo test"
 # Built binaries (twilld, twill) are found via the target dir by the harness.
 status=0
@@ -40,6 +46,12 @@ TWILL_CNI_BIN="$PWD/target/cni/twill" cargo test -p cni-plugin \
 leaked=$(ip netns list | awk '{print $1}' | grep -E "^${TWILL_TEST_NS_PREFIX}[0-9a-f]+x[0-9]+-" || true)
 if [[ -n "$leaked" ]]; then
     die "tests leaked network namespaces:
+$leaked"
+fi
+# The image test's containers are named like its namespaces.
+leaked=$(podman ps --all --format '{{.Names}}' | grep -E "^${TWILL_TEST_NS_PREFIX}[0-9a-f]+x[0-9]+-" || true)
+if [[ -n "$leaked" ]]; then
+    die "tests leaked podman containers:
 $leaked"
 fi
 ((status == 0)) || die "cargo test failed (exit $status)"

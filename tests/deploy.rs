@@ -501,6 +501,11 @@ fn pod_is_host_network_node_critical_and_least_privileged() {
             Some(&Value::Bool(false)),
             "{name}"
         );
+        assert_eq!(
+            get(c, &["securityContext", "readOnlyRootFilesystem"]),
+            Some(&Value::Bool(true)),
+            "{name}"
+        );
     }
     let main = container(&docs, "containers", "twilld");
     let caps: BTreeSet<String> = strings(seq(main, &["securityContext", "capabilities", "add"]))
@@ -508,9 +513,94 @@ fn pod_is_host_network_node_critical_and_least_privileged() {
         .collect();
     let want: BTreeSet<String> = ["NET_ADMIN", "NET_RAW"].map(String::from).into();
     assert_eq!(caps, want);
-    assert_eq!(s(main, &["resources", "requests", "cpu"]), Some("50m"));
-    assert_eq!(s(main, &["resources", "requests", "memory"]), Some("32Mi"));
+    // What harness/tests/image.rs measured (it checks the peak against the
+    // limit on every run).
+    assert_eq!(s(main, &["resources", "requests", "cpu"]), Some("10m"));
+    assert_eq!(s(main, &["resources", "requests", "memory"]), Some("16Mi"));
     assert_eq!(s(main, &["resources", "limits", "memory"]), Some("64Mi"));
+}
+
+/// What `scripts/image.sh` tags by default.
+fn built_image() -> String {
+    format!("localhost/twill:{}", env!("CARGO_PKG_VERSION"))
+}
+
+#[test]
+fn every_container_runs_the_image_scripts_image_sh_builds() {
+    let docs = manifest();
+    let want = built_image();
+    for c in all_containers(&docs) {
+        assert_eq!(
+            s(c, &["image"]),
+            Some(want.as_str()),
+            "{:?}: scripts/image.sh builds {want}",
+            s(c, &["name"])
+        );
+        // A locally loaded image must not be pulled.
+        assert_eq!(s(c, &["imagePullPolicy"]), Some("IfNotPresent"));
+    }
+    let script = read("scripts/image.sh");
+    assert!(
+        script.contains("tag=${1:-localhost/twill:$version}"),
+        "scripts/image.sh no longer tags localhost/twill:<version>"
+    );
+}
+
+/// The sources of the Dockerfile's `ADD` and `COPY` lines.
+fn dockerfile_sources(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ADD ").or_else(|| l.strip_prefix("COPY ")))
+        .flat_map(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            // The last word is the destination.
+            words[..words.len().saturating_sub(1)]
+                .iter()
+                .map(|w| (*w).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() {
+    let dockerfile = read("deploy/Dockerfile");
+    let ignore = read(".dockerignore");
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        rules.first(),
+        Some(&"*"),
+        ".dockerignore must exclude everything first"
+    );
+    let allowed: BTreeSet<String> = rules[1..]
+        .iter()
+        .map(|r| {
+            r.strip_prefix('!')
+                .unwrap_or_else(|| panic!(".dockerignore rule {r:?} is not an exception"))
+                .to_owned()
+        })
+        .collect();
+    let sources: BTreeSet<String> = dockerfile_sources(&dockerfile).into_iter().collect();
+    assert!(sources.contains("target/release/twilld"), "{sources:?}");
+    assert!(sources.contains("target/cni/twill"), "{sources:?}");
+    assert_eq!(
+        sources, allowed,
+        "Dockerfile sources vs .dockerignore exceptions"
+    );
+    // No base image: nothing to pull.
+    let from: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(from, ["scratch"]);
+    // scripts/image.sh reads the root filesystem's packages from here.
+    for arg in ["ARG ROOTFS_SUITE=", "ARG ROOTFS_PACKAGES="] {
+        assert!(dockerfile.contains(arg), "deploy/Dockerfile lacks {arg}");
+    }
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/twilld\"]"));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 pub mod bins;
 pub mod cluster;
 pub mod cmd;
+pub mod daemonset;
 pub mod datapath;
 pub mod error;
 pub mod etcd;
@@ -18,6 +19,7 @@ pub mod etcd_cluster;
 pub mod netns;
 pub mod parse;
 pub mod pinger;
+pub mod podman;
 pub mod prereq;
 pub mod probe;
 pub mod routed;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::bins;
-use crate::cluster::Host;
+use crate::cluster::{Cluster, Host, UNDERLAY_IP};
 use crate::cmd::{self, ip, ChildGuard};
 use crate::error::{HarnessError, Result};
 use crate::etcd::{etcd_command, EtcdArgs};
@@ -168,6 +168,11 @@ impl TlsFiles {
     }
 }
 
+/// Client port of [`TlsEtcd::beside`]: the plain etcd has 2379.
+pub const BESIDE_CLIENT_PORT: u16 = 2479;
+/// Peer port of [`TlsEtcd::beside`]: the plain etcd has 2380.
+pub const BESIDE_PEER_PORT: u16 = 2480;
+
 /// An etcd that serves clients only over TLS and only with a client
 /// certificate signed by the test CA (`--client-cert-auth`); killed by PID
 /// on drop. Ports are parameters so it can run beside the cluster's plain
@@ -223,6 +228,23 @@ impl TlsEtcd {
             || format!("\netcd log tail:\n{}", cmd::tail(&etcd.log, 30)),
         )?;
         Ok(etcd)
+    }
+
+    /// A CA and certificates in `<cluster dir>/tls`, and an etcd demanding
+    /// them on the underlay address, beside the cluster's plain etcd
+    /// ([`BESIDE_CLIENT_PORT`], [`BESIDE_PEER_PORT`]).
+    pub fn beside(cluster: &Cluster) -> Result<(TlsFiles, TlsEtcd)> {
+        let dir = cluster.dir().join("tls");
+        let files = TlsFiles::generate(&dir, UNDERLAY_IP)?;
+        let etcd = TlsEtcd::start(
+            cluster.underlay(),
+            UNDERLAY_IP,
+            BESIDE_CLIENT_PORT,
+            BESIDE_PEER_PORT,
+            &dir,
+            &files,
+        )?;
+        Ok((files, etcd))
     }
 
     /// The https:// client URL.

@@ -12,15 +12,11 @@
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
-use twill_harness::cluster::{DEFAULT_NETWORK_CONFIG, ETCD_PREFIX, UNDERLAY_IP};
+use twill_harness::cluster::{DEFAULT_NETWORK_CONFIG, ETCD_PREFIX};
 use twill_harness::parse::parse_lease_key;
 use twill_harness::tls::{AgentProcess, TlsEtcd, TlsFiles};
 use twill_harness::wait::{wait_for, DEFAULT_TIMEOUT};
 use twill_harness::{Cluster, Prereqs, CLUSTER_TOOLS};
-
-/// Beside the cluster's plain etcd (2379/2380) in the underlay namespace.
-const TLS_CLIENT_PORT: u16 = 2479;
-const TLS_PEER_PORT: u16 = 2480;
 
 fn tls_args(etcd: &TlsEtcd, files: &TlsFiles, client_cert: bool) -> Vec<String> {
     let mut a = vec![
@@ -62,17 +58,7 @@ fn client_cert_agents_get_leases_and_connect_pods_and_certless_agent_is_refused(
     }
     // Drop order is the reverse of this: agents, then etcd, then cluster.
     let mut cluster = Cluster::builder().hosts(3).build().unwrap();
-    let tls_dir = cluster.dir().join("tls");
-    let files = TlsFiles::generate(&tls_dir, UNDERLAY_IP).unwrap();
-    let etcd = TlsEtcd::start(
-        cluster.underlay(),
-        UNDERLAY_IP,
-        TLS_CLIENT_PORT,
-        TLS_PEER_PORT,
-        &tls_dir,
-        &files,
-    )
-    .unwrap();
+    let (files, etcd) = TlsEtcd::beside(&cluster).unwrap();
     etcd.put(&format!("{ETCD_PREFIX}/config"), DEFAULT_NETWORK_CONFIG)
         .unwrap();
 
