@@ -76,6 +76,12 @@ pub struct Args {
     #[arg(long, env = "TWILL_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 
+    /// this node's name, written into its lease so that two nodes claiming
+    /// one public IP are refused (default: the host name; in Kubernetes set
+    /// it from spec.nodeName)
+    #[arg(long, env = "TWILL_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// where to write the node's subnet for the CNI plugin (install-cni
     /// writes it into the conflist as the plugin's `subnetFile`)
     #[arg(

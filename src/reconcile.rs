@@ -530,6 +530,7 @@ mod tests {
                     vtep_mac: mac.into(),
                 }),
                 backend_v6_data: None,
+                node_name: None,
             },
             lease_id: None,
             ttl_remaining: None,

@@ -32,12 +32,14 @@ pub struct Telemetry {
     pub netlink_ops: Family<OpLabels, Counter>,
     pub etcd_errors: Family<EtcdLabels, Counter>,
     pub lease_renewals: Counter,
+    pub store_resets: Counter,
     pub skipped_leases: Gauge,
     pub last_converged: Gauge<f64, AtomicU64>,
     lease_held: AtomicBool,
     subnet_file_written: AtomicBool,
     converged: AtomicBool,
     masq_failed: AtomicBool,
+    store_reset: AtomicBool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -89,6 +91,12 @@ impl Telemetry {
             "Failed etcd calls, by call",
             etcd_errors.clone(),
         );
+        let store_resets = Counter::default();
+        registry.register(
+            "store_resets",
+            "Times etcd was found to have lost or rolled back its data",
+            store_resets.clone(),
+        );
         let lease_renewals = Counter::default();
         registry.register(
             "lease_renewals",
@@ -116,12 +124,14 @@ impl Telemetry {
             netlink_ops,
             etcd_errors,
             lease_renewals,
+            store_resets,
             skipped_leases,
             last_converged,
             lease_held: AtomicBool::new(false),
             subnet_file_written: AtomicBool::new(false),
             converged: AtomicBool::new(false),
             masq_failed: AtomicBool::new(false),
+            store_reset: AtomicBool::new(false),
         }
     }
 
@@ -144,6 +154,12 @@ impl Telemetry {
 
     pub fn set_lease_held(&self, v: bool) {
         self.lease_held.store(v, Ordering::Relaxed);
+    }
+
+    /// Set while the agent recovers from etcd losing or rolling back its
+    /// data, until this node's lease is back and the watch resumed.
+    pub fn set_store_reset(&self, v: bool) {
+        self.store_reset.store(v, Ordering::Relaxed);
     }
 
     pub fn set_subnet_file_written(&self, v: bool) {
@@ -171,6 +187,8 @@ impl Telemetry {
     pub fn not_ready_reason(&self) -> Option<&'static str> {
         if !self.lease_held.load(Ordering::Relaxed) {
             Some("no subnet lease yet")
+        } else if self.store_reset.load(Ordering::Relaxed) {
+            Some("etcd lost or rolled back its data: re-creating this node's lease")
         } else if !self.subnet_file_written.load(Ordering::Relaxed) {
             Some("subnet file not written")
         } else if self.masq_failed.load(Ordering::Relaxed) {

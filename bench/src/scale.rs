@@ -34,6 +34,7 @@ pub fn fake_attrs(i: u32) -> LeaseAttrs {
             vtep_mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]),
         }),
         backend_v6_data: None,
+        node_name: None,
     }
 }
 

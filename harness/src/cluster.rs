@@ -358,6 +358,13 @@ impl Cluster {
         &self.etcd
     }
 
+    /// Wipes the single-member etcd under the running agents (see
+    /// [`Etcd::wipe`]); the network config is gone too.
+    pub fn wipe_etcd(&mut self) -> Result<()> {
+        let dir = self.dir().to_path_buf();
+        self.etcd.wipe(&dir, self.own_process_group)
+    }
+
     /// The multi-member etcd the agents use, when built with
     /// [`ClusterBuilder::etcd_members`] > 1.
     pub fn etcd_cluster(&self) -> Option<&EtcdCluster> {
@@ -483,6 +490,11 @@ impl Cluster {
 
     /// Starts `twilld` on `host`; its stdout/stderr go to the host's log.
     pub fn start_agent(&mut self, host: &str) -> Result<()> {
+        self.start_agent_with(host, &[])
+    }
+
+    /// Starts `host`'s agent with `extra` flags after the cluster's own.
+    pub fn start_agent_with(&mut self, host: &str, extra: &[&str]) -> Result<()> {
         if self.agents.contains_key(host) {
             return Err(HarnessError::Exists {
                 kind: "agent on host",
@@ -505,6 +517,7 @@ impl Cluster {
             args.extend(["--lease-ttl".to_owned(), ttl.to_string()]);
         }
         args.extend(self.agent_args.iter().cloned());
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut c = h.agent_command(&bin, args)?;
         if self.own_process_group {
             c.process_group(0);

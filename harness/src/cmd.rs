@@ -128,6 +128,16 @@ impl ChildGuard {
         self.child()?.try_wait()
     }
 
+    /// Kills it now (SIGKILL) and reaps it; a no-op once it was.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A no-op for a process already reaped, whose PID may belong to
+            // someone else by now.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Whether it is still running.
     pub(crate) fn running(&mut self) -> bool {
         matches!(self.try_wait(), Ok(None))
@@ -153,12 +163,7 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGKILL; a no-op for a process already reaped, whose PID may
-            // belong to someone else by now.
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
 

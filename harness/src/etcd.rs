@@ -98,6 +98,21 @@ impl Etcd {
         Ok(etcd)
     }
 
+    /// Replaces this etcd by a new, empty one on the same addresses, as a
+    /// wiped data directory (or an older snapshot restored) does: a new
+    /// cluster ID, revisions starting over, no keys. `dir` and `own_pgrp`
+    /// as given to [`Etcd::start`].
+    pub fn wipe(&mut self, dir: &Path, own_pgrp: bool) -> Result<()> {
+        self.child.kill();
+        let data = dir.join("etcd-data");
+        std::fs::remove_dir_all(&data).map_err(|source| HarnessError::Io {
+            path: data.clone(),
+            source,
+        })?;
+        *self = Etcd::start(&self.ns, self.listen_ip, dir, own_pgrp)?;
+        Ok(())
+    }
+
     /// Client URL reachable from other namespaces on the underlay.
     pub fn endpoint(&self) -> String {
         format!("http://{}:{CLIENT_PORT}", self.listen_ip)

@@ -251,6 +251,8 @@ pub enum WatchAction {
     LoadAndOpen,
     /// Apply the batch's events.
     Apply,
+    /// The watch is open again after failures: the store is back.
+    Reconnected,
     /// Something failed and is retried at the new deadline (`error` is
     /// `None` for a stream that just ended).
     Retry {
@@ -265,6 +267,8 @@ pub struct WatchState {
     pub revision: i64,
     pub phase: WatchPhase,
     backoff: Backoff,
+    /// Something failed since the watch was last open.
+    troubled: bool,
 }
 
 impl WatchState {
@@ -274,6 +278,7 @@ impl WatchState {
             revision,
             phase: WatchPhase::Opening,
             backoff: Backoff::standard(),
+            troubled: false,
         }
     }
 
@@ -286,7 +291,8 @@ impl WatchState {
     }
 
     fn failed(&mut self, e: &StoreError, now: Instant) -> WatchAction {
-        if matches!(e, StoreError::Compacted { .. }) {
+        self.troubled = true;
+        if matches!(e, StoreError::Compacted { .. } | StoreError::Reset { .. }) {
             self.phase = WatchPhase::Relisting;
             return WatchAction::List;
         }
@@ -311,7 +317,14 @@ impl WatchState {
             }
             (P::Opening, I::Opened(Ok(()))) => {
                 self.phase = P::Watching;
-                WatchAction::Nothing
+                // A store that answers again starts the next outage's
+                // backoff from the beginning.
+                self.backoff.reset();
+                if std::mem::take(&mut self.troubled) {
+                    WatchAction::Reconnected
+                } else {
+                    WatchAction::Nothing
+                }
             }
             (P::Opening, I::Opened(Err(e))) | (P::Watching, I::Failed(e)) => self.failed(&e, now),
             (P::Watching, I::Batch { revision }) => {
@@ -329,6 +342,7 @@ impl WatchState {
                 WatchAction::LoadAndOpen
             }
             (P::Relisting, I::Listed(Err(_))) => {
+                self.troubled = true;
                 self.phase = P::Relist {
                     at: now + self.backoff.next(),
                 };
@@ -424,6 +438,7 @@ mod tests {
                 backend_type: "vxlan".into(),
                 backend_data: None,
                 backend_v6_data: None,
+                node_name: None,
             },
             lease_id: Some(1),
             ttl_remaining: None,

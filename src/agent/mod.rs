@@ -79,6 +79,8 @@ impl AgentError {
 pub struct AgentConfig {
     pub iface: Option<String>,
     pub public_ip: Option<Ipv4Addr>,
+    /// Written into the lease: a second node with our public IP is refused.
+    pub node_name: Option<String>,
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
     pub resync_interval: Duration,
@@ -118,6 +120,8 @@ pub struct Agent<S, D> {
     seen: BTreeMap<Ipv4Net, Lease>,
     warned: HashSet<String>,
     passes: u64,
+    /// Recovering from etcd losing or rolling back its data.
+    resetting: bool,
     status: tokio::sync::watch::Sender<AgentStatus>,
     /// Whether the masquerade rules are in place, as the subnet file says;
     /// `None` before the first attempt.
@@ -188,7 +192,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             Some(_) => dp.global_ipv6(underlay.index).await?,
             None => None,
         };
-        let plan = Plan::new(&cfg, &underlay, public_ipv6)?;
+        let mut plan = Plan::new(&cfg, &underlay, public_ipv6)?;
+        plan.attrs.node_name = opts.node_name.clone();
         let vtep_mac = plan.vxlan.as_ref().map(|v| v.mac.to_string());
         let tunnel_mtu = plan.vxlan.as_ref().map(|v| v.mtu);
         tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu = underlay.mtu, tunnel_mtu, pod_mtu = plan.pod_mtu, vtep_mac, "underlay");
@@ -238,6 +243,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             seen: BTreeMap::new(),
             warned: HashSet::new(),
             passes: 0,
+            resetting: false,
             status,
             masq_installed: None,
         };
@@ -260,6 +266,25 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// Follows where the agent stands; the value changes as `run` goes.
     pub fn status(&self) -> tokio::sync::watch::Receiver<AgentStatus> {
         self.status.subscribe()
+    }
+
+    fn set_resetting(&mut self, v: bool) {
+        if v {
+            self.opts.telemetry.store_resets.inc();
+        }
+        self.resetting = v;
+        self.opts.telemetry.set_store_reset(v);
+    }
+
+    /// Ends a reset once our lease is held again and the watch is back.
+    fn settle(&mut self) {
+        if self.resetting
+            && matches!(self.lease.phase, lifecycle::LeasePhase::Held { .. })
+            && self.watch.phase == lifecycle::WatchPhase::Watching
+        {
+            tracing::info!(subnet = %self.lease.lease.subnet, revision = self.watch.revision, "recovered from etcd's data loss: our lease is back and the watch resumed");
+            self.set_resetting(false);
+        }
     }
 
     fn publish_status(&self) {

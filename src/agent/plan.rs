@@ -147,6 +147,7 @@ impl Plan {
             backend_type: backend.kind.as_str().into(),
             backend_data: vxlan.as_ref().map(vxlan_data),
             backend_v6_data: vxlan6.as_ref().map(vxlan_data),
+            node_name: None,
         };
         Ok(Plan {
             mode,

@@ -8,7 +8,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use std::future::Future;
 use subnet_allocator::{
-    acquire_lease, Lease, LeaseEvent, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
+    acquire_lease, Lease, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch,
+    StoreError,
 };
 use tokio::time::Instant;
 
@@ -74,16 +75,24 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     }
 
     /// The same subnet if it is still free, otherwise a new one.
+    /// Our own key written again (recreated, or reclaimed from garbage);
+    /// only when another node holds the subnet now, a lease anew.
     fn reacquire_call(&self) -> BoxFuture<'static, Result<Lease, StoreError>> {
         let store = self.store.clone();
         let cfg = self.cfg.clone();
         let attrs = self.plan.attrs.clone();
         let public_ip = self.underlay.ip;
-        let old = self.lease.lease.subnet;
+        let own = self.lease.lease.clone();
         let ttl = self.opts.lease_ttl;
-        Box::pin(
-            async move { acquire_lease(&*store, &cfg, public_ip, &attrs, Some(old), ttl).await },
-        )
+        Box::pin(async move {
+            let to = LeaseRequest::new(own.subnet, cfg.ipv6_subnet_for(own.subnet), &attrs, ttl);
+            match store.rewrite_lease(&own, to).await {
+                Err(StoreError::NotOwner(_) | StoreError::AlreadyTaken(_)) => {
+                    acquire_lease(&*store, &cfg, public_ip, &attrs, Some(own.subnet), ttl).await
+                }
+                other => other,
+            }
+        })
     }
 
     fn open_call(&self) -> BoxFuture<'static, WatchReply> {
@@ -171,8 +180,19 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             WatchInput::Opened(Err(StoreError::Compacted { .. }))
                 | WatchInput::Failed(StoreError::Compacted { .. })
         );
+        let reset = matches!(
+            &input,
+            WatchInput::Opened(Err(StoreError::Reset { .. }))
+                | WatchInput::Failed(StoreError::Reset { .. })
+        );
         match self.watch.step(input, Instant::now()) {
             WatchAction::Nothing | WatchAction::Apply | WatchAction::LoadAndOpen => {}
+            WatchAction::Reconnected => {
+                tracing::info!(
+                    revision = self.watch.revision,
+                    "reconnected to etcd; watching leases again"
+                );
+            }
             WatchAction::Open => {
                 if let Some(why) = failure {
                     tracing::warn!(error = why, "lease watch ended; re-watching");
@@ -180,7 +200,11 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 calls.watch = Some(self.open_call());
             }
             WatchAction::List => {
-                if compacted {
+                if reset {
+                    tracing::error!(error = failure.as_deref().unwrap_or("?"), subnet = %self.lease.lease.subnet,
+                        "etcd lost or rolled back its data; relisting and writing this node's lease again");
+                    self.set_resetting(true);
+                } else if compacted {
                     tracing::warn!(
                         revision = self.watch.revision,
                         "watch revision compacted; relisting"
@@ -219,7 +243,18 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 let revision = snap.revision;
                 self.on_watch(WatchInput::Listed(Ok(revision)), calls).await;
                 if self.watch.phase == WatchPhase::Opening {
+                    // Our lease must be in any complete list: when it is not
+                    // (etcd lost it, or it expired while we were not
+                    // watching), write it again at once.
+                    let own = self.lease.lease.clone();
+                    let listed = snap.leases.iter().any(|l| {
+                        l.subnet == own.subnet && l.attrs.public_ip == own.attrs.public_ip
+                    });
                     self.load(snap.leases, revision);
+                    if !listed {
+                        tracing::warn!(subnet = %own.subnet, "our lease is missing from the lease list");
+                        self.on_lease(LeaseInput::LostInWatch, calls).await;
+                    }
                     if let Err(e) = self.reconcile(Trigger::Resync).await {
                         tracing::warn!(error = %e, "reconcile failed");
                     }
@@ -292,6 +327,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             }
         };
         loop {
+            self.settle();
             self.publish_status();
             let lease_due = self.lease.deadline();
             let watch_due = self.watch.deadline();

@@ -228,6 +228,7 @@ fn peer_attrs(host: u8) -> LeaseAttrs {
             vtep_mac: Mac::for_vtep(ip, 1).to_string(),
         }),
         backend_v6_data: None,
+        node_name: None,
     }
 }
 
@@ -251,6 +252,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
     AgentConfig {
         iface: None,
         public_ip: None,
+        node_name: Some("node-a".into()),
         subnet_file: dir.join("subnet.env"),
         lease_ttl: TTL,
         resync_interval: RESYNC,
@@ -381,7 +383,9 @@ async fn start_reuses_the_lease_of_our_public_ip() {
     let store = MemoryStore::with_config(config());
     // Ours from an earlier life, with a VTEP MAC that is no longer right.
     let mut ours = Plan::new(&config(), &underlay(), None).unwrap().attrs;
-    let fresh = ours.clone();
+    // Written before leases named their node: reused, and named now.
+    let mut fresh = ours.clone();
+    fresh.node_name = Some("node-a".into());
     if let Some(d) = ours.backend_data.as_mut() {
         d.vtep_mac = "0a:00:00:00:00:01".into();
     }
@@ -996,4 +1000,115 @@ async fn a_lowered_bridge_mtu_is_put_back() {
     })
     .await;
     rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn etcd_losing_its_data_is_detected_and_our_lease_written_again() {
+    let store = MemoryStore::with_config(config());
+    peer(&store, "10.244.5.0/24", 21).await;
+    let mut rig = Rig::start(store).await;
+    let subnet = rig.status.borrow().subnet;
+    let before = rig.status.borrow().revision;
+    // A new, empty etcd on the same endpoints: revisions start over.
+    rig.store.wipe();
+    rig.until("our lease is in the new store", |r| {
+        r.store
+            .leases()
+            .iter()
+            .any(|l| l.subnet == subnet && l.attrs.public_ip == OUR_IP)
+    })
+    .await;
+    let s = rig
+        .wait("held and watching again", |s| {
+            s.lease == "held" && s.watch == "watching"
+        })
+        .await;
+    assert_eq!(s.subnet, subnet, "same subnet, never renumbered");
+    assert!(s.revision < before, "watching the new store's revisions");
+    assert_eq!(rig.telemetry.store_resets.get(), 1);
+    assert_eq!(rig.telemetry.not_ready_reason(), None);
+    assert_eq!(rig.subnet_in_file(), Some(subnet));
+    // The peer is gone with the data: its entries go too.
+    rig.until("the vanished peer is unrouted", |r| {
+        !r.dp.has_route("10.244.5.0/24")
+    })
+    .await;
+    // The watch follows the new store: a node joining now is programmed.
+    peer(&rig.store, "10.244.6.0/24", 22).await;
+    rig.until("a node joining after the wipe is routed", |r| {
+        r.dp.has_route("10.244.6.0/24")
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[test]
+fn readiness_says_so_while_recovering_from_a_reset() {
+    let t = Telemetry::new();
+    t.set_lease_held(true);
+    t.set_subnet_file_written(true);
+    t.set_converged(true);
+    assert_eq!(t.not_ready_reason(), None);
+    t.set_store_reset(true);
+    assert!(t
+        .not_ready_reason()
+        .is_some_and(|r| r.contains("etcd lost")));
+    t.set_store_reset(false);
+    assert_eq!(t.not_ready_reason(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_on_our_key_is_overwritten_and_the_subnet_kept() {
+    let store = MemoryStore::with_config(config());
+    let mut rig = Rig::start(store).await;
+    let subnet = rig.status.borrow().subnet;
+    let key = subnet_allocator::subnet_key(subnet);
+    rig.store.put_raw(&key, "{not json");
+    rig.until("our value is back under our key", |r| {
+        r.store.raw_entries().get(&key).is_some_and(|(v, _)| {
+            LeaseAttrs::parse(v.as_bytes()).is_ok_and(|a| a.public_ip == OUR_IP)
+        })
+    })
+    .await;
+    let s = rig.wait("held", |s| s.lease == "held").await;
+    assert_eq!(s.subnet, subnet, "never renumbered for garbage");
+    assert_eq!(rig.subnet_in_file(), Some(subnet));
+    assert_eq!(rig.store.leases().len(), 1, "{:?}", rig.store.raw_entries());
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_node_with_our_public_ip_is_refused_and_the_first_unaffected() {
+    let store = MemoryStore::with_config(config());
+    let mut first = Rig::start(store.clone()).await;
+    let held = first.store.leases();
+    assert_eq!(held.len(), 1);
+    // Another machine, misconfigured with the same --public-ip.
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = opts(dir.path(), Arc::new(Telemetry::new()));
+    second.node_name = Some("node-b".into());
+    let mut never = std::pin::pin!(std::future::pending::<()>());
+    let r = Agent::start(store.clone(), FakeDatapath::default(), second, &mut never).await;
+    let e = match r {
+        Err(AgentError::Store(e)) => e,
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a second node with our public IP started"),
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("192.0.2.10")
+            && msg.contains(&held[0].subnet.to_string())
+            && msg.contains("node-a"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("subnet.env").exists(), "nothing published");
+    // The first node's lease is untouched and still renews.
+    assert_eq!(store.leases()[0].lease_id, held[0].lease_id);
+    let renewals = store.calls("renew_lease");
+    tokio::time::sleep(TTL).await;
+    assert!(store.calls("renew_lease") > renewals);
+    assert_eq!(store.leases().len(), 1);
+    let s = first.wait("held", |s| s.lease == "held").await;
+    assert_eq!(s.subnet, held[0].subnet);
+    first.stop().await;
 }

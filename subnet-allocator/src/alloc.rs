@@ -29,6 +29,38 @@ pub enum AllocError {
         max: Ipv4Net,
         count: u32,
     },
+    #[error(
+        "public IP {public_ip} is already used by node {node:?} (its lease {subnet}): two nodes cannot share a public IP; give this node its own address (--public-ip, --iface), or delete that lease if node {node:?} is gone"
+    )]
+    PublicIpInUse {
+        public_ip: Ipv4Addr,
+        subnet: Ipv4Net,
+        node: String,
+    },
+}
+
+/// Refuses a node whose public IP another named node already leases: both
+/// would reuse one lease, share one subnet and one VTEP MAC, and revoke
+/// each other's store lease on every renewal. Leases without a node name
+/// (flannel's, older twill's) and nodes without one are not told apart.
+pub fn check_public_ip(
+    existing: &[Lease],
+    public_ip: Ipv4Addr,
+    node: Option<&str>,
+) -> Result<(), AllocError> {
+    let Some(node) = node else {
+        return Ok(());
+    };
+    match existing.iter().find(|l| {
+        l.attrs.public_ip == public_ip && l.attrs.node_name.as_deref().is_some_and(|n| n != node)
+    }) {
+        Some(l) => Err(AllocError::PublicIpInUse {
+            public_ip,
+            subnet: l.subnet,
+            node: l.attrs.node_name.clone().unwrap_or_default(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Chooses the node's subnet. Rules, in order:
@@ -216,6 +248,7 @@ mod tests {
                 backend_type: "host-gw".into(),
                 backend_data: None,
                 backend_v6_data: None,
+                node_name: None,
             },
             lease_id: Some(7),
             ttl_remaining: None,
@@ -494,5 +527,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a, Allocation::Reuse(own));
+    }
+    fn named(subnet: &str, ip: &str, node: Option<&str>) -> Lease {
+        let mut l = lease(subnet, ip);
+        l.attrs.node_name = node.map(String::from);
+        l
+    }
+
+    #[test]
+    fn a_public_ip_leased_by_another_named_node_is_refused() {
+        let existing = vec![
+            named("10.244.1.0/24", "192.0.2.1", Some("a")),
+            named("10.244.2.0/24", "192.0.2.2", None),
+        ];
+        let e = check_public_ip(&existing, ip("192.0.2.1"), Some("b")).unwrap_err();
+        assert_eq!(
+            e,
+            AllocError::PublicIpInUse {
+                public_ip: ip("192.0.2.1"),
+                subnet: net("10.244.1.0/24"),
+                node: "a".into()
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("192.0.2.1") && msg.contains("10.244.1.0/24") && msg.contains("\"a\""),
+            "{msg}"
+        );
+        // The same node (a restart), another address, or a side without a
+        // name (flannel's leases, older agents) passes.
+        assert_eq!(
+            check_public_ip(&existing, ip("192.0.2.1"), Some("a")),
+            Ok(())
+        );
+        assert_eq!(
+            check_public_ip(&existing, ip("192.0.2.9"), Some("b")),
+            Ok(())
+        );
+        assert_eq!(
+            check_public_ip(&existing, ip("192.0.2.2"), Some("b")),
+            Ok(())
+        );
+        assert_eq!(check_public_ip(&existing, ip("192.0.2.1"), None), Ok(()));
     }
 }

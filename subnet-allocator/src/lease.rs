@@ -55,6 +55,10 @@ pub struct LeaseAttrs {
     pub backend_data: Option<VxlanData>,
     /// The IPv6 VXLAN device's data of a dual-stack `vxlan` lease.
     pub backend_v6_data: Option<VxlanData>,
+    /// The name of the node holding the lease (twill's addition, absent in
+    /// flannel's and older twill's values): two nodes that claim one public
+    /// IP are told apart by it.
+    pub node_name: Option<String>,
 }
 
 /// A subnet lease as read from or written to a store.
@@ -91,6 +95,8 @@ struct RawAttrs {
     public_ipv6: Option<String>,
     #[serde(rename = "BackendV6Data", default)]
     backend_v6_data: Option<Value>,
+    #[serde(rename = "NodeName", default)]
+    node_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -124,14 +130,20 @@ impl LeaseAttrs {
             Some(_) => format!(r#","BackendV6Data":{}"#, vxlan(&self.backend_v6_data)),
             None => String::new(),
         };
-        // Built by hand so the field order matches flannel's output byte for byte.
+        let node = match &self.node_name {
+            Some(n) => format!(r#","NodeName":{}"#, Value::String(n.clone())),
+            None => String::new(),
+        };
+        // Built by hand so the field order matches flannel's output byte for
+        // byte; flannel ignores the fields it does not know (NodeName).
         format!(
-            r#"{{"PublicIP":{},"PublicIPv6":{},"BackendType":{},"BackendData":{}{}}}"#,
+            r#"{{"PublicIP":{},"PublicIPv6":{},"BackendType":{},"BackendData":{}{}{}}}"#,
             Value::String(self.public_ip.to_string()),
             ipv6,
             Value::String(self.backend_type.clone()),
             vxlan(&self.backend_data),
-            v6_data
+            v6_data,
+            node
         )
     }
 
@@ -185,6 +197,7 @@ impl LeaseAttrs {
             backend_type: raw.backend_type,
             backend_data,
             backend_v6_data,
+            node_name: raw.node_name.filter(|n| !n.is_empty()),
         })
     }
 }
@@ -210,6 +223,7 @@ mod tests {
                     vtep_mac: "aa:bb:cc:dd:ee:ff".into()
                 }),
                 backend_v6_data: None,
+                node_name: None,
             }
         );
         assert_eq!(a.to_json(), FLANNEL_SAMPLE);
@@ -223,6 +237,7 @@ mod tests {
             backend_type: "host-gw".into(),
             backend_data: None,
             backend_v6_data: None,
+            node_name: None,
         };
         assert!(a.to_json().contains(r#""BackendData":null"#));
         assert_eq!(LeaseAttrs::parse(a.to_json().as_bytes()).unwrap(), a);
@@ -285,6 +300,7 @@ mod tests {
                     vni: 1,
                     vtep_mac: "ce:35:60:a1:2f:07".into()
                 }),
+                node_name: None,
             }
         );
         assert_eq!(a.to_json(), FLANNEL_DUAL_SAMPLE);
@@ -302,6 +318,7 @@ mod tests {
             backend_type: "host-gw".into(),
             backend_data: None,
             backend_v6_data: None,
+            node_name: None,
         };
         assert_eq!(
             hg.to_json(),
@@ -345,5 +362,18 @@ mod tests {
             matches!(e, LeaseError::VtepMacV6(ref m) if m == "nope"),
             "{e}"
         );
+    }
+    #[test]
+    fn node_name_is_written_only_when_known_and_read_back() {
+        let mut a = LeaseAttrs::parse(FLANNEL_SAMPLE.as_bytes()).unwrap();
+        assert_eq!(a.node_name, None);
+        assert_eq!(a.to_json(), FLANNEL_SAMPLE, "flannel's bytes unchanged");
+        a.node_name = Some("node-1".into());
+        let json = a.to_json();
+        assert!(json.ends_with(r#","NodeName":"node-1"}"#), "{json}");
+        assert_eq!(LeaseAttrs::parse(json.as_bytes()).unwrap(), a);
+        // An empty name is no name.
+        let empty = json.replace("node-1", "");
+        assert_eq!(LeaseAttrs::parse(empty.as_bytes()).unwrap().node_name, None);
     }
 }

@@ -8,7 +8,7 @@ pub mod lease;
 pub mod retry;
 pub mod store;
 
-pub use alloc::{allocate, AllocError, Allocation};
+pub use alloc::{allocate, check_public_ip, AllocError, Allocation};
 pub use config::{BackendConfig, BackendType, ConfigError, Ipv6Config, NetworkConfig};
 pub use lease::{
     lease_key_name, parse_lease_key, parse_subnet_key, subnet_key, Lease, LeaseAttrs, LeaseError,

@@ -16,7 +16,7 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
-use crate::alloc::{allocate, AllocError, Allocation};
+use crate::alloc::{allocate, check_public_ip, AllocError, Allocation};
 use crate::config::{ConfigError, NetworkConfig};
 use crate::lease::{parse_lease_key, Lease, LeaseAttrs};
 
@@ -51,6 +51,11 @@ pub enum StoreError {
     Compacted { compact_revision: i64 },
     #[error("watch canceled by the store: {reason}")]
     WatchCanceled { reason: String },
+    /// The store lost its data or went back in time (a wiped data
+    /// directory, an older snapshot restored): relist, and write our own
+    /// lease again if it is gone.
+    #[error("the store lost or rolled back its data: {reason}")]
+    Reset { reason: String },
     #[error("network config {key} not found")]
     NoConfig { key: String },
     #[error("network config {key} is invalid: {source}")]
@@ -261,6 +266,31 @@ pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
 }
 
+/// Whether the entry under `key` (its JSON `value`, bound to the store lease
+/// `value_lease`, 0 for none) is `own`'s to write again: bound to its store
+/// lease; or written for its public IP by the same node (when both name
+/// their node, the names agree: two nodes never share a lease through a
+/// shared address); or unreadable, because garbage on a node's own key is
+/// the node's to overwrite, never a reason to give up its subnet.
+pub(crate) fn owns(key: &str, own: &Lease, value: &[u8], value_lease: i64) -> bool {
+    if own.lease_id.is_some_and(|id| id == value_lease) {
+        return true;
+    }
+    match LeaseAttrs::parse(value) {
+        Ok(a) => {
+            a.public_ip == own.attrs.public_ip
+                && match (&a.node_name, &own.attrs.node_name) {
+                    (Some(theirs), Some(ours)) => theirs == ours,
+                    _ => true,
+                }
+        }
+        Err(e) => {
+            tracing::warn!(key, error = %e, "our lease key holds an unreadable value; writing ours over it");
+            true
+        }
+    }
+}
+
 /// A stored lease entry (its key name below the subnets prefix and its JSON
 /// value) as a lease, or `None`, logged, if the key or the value is
 /// malformed or the subnet lies outside `network`.
@@ -297,7 +327,10 @@ pub(crate) fn decode_lease(
 }
 
 /// One stored change (key name below the subnets prefix; `None` value for
-/// a deletion) as a watch event, or `None`, logged, if it is malformed.
+/// a deletion) as a watch event, or `None`, logged, if its key is
+/// malformed. A well-formed key whose new value is unreadable no longer
+/// holds a usable lease: that is the subnet's removal (a list skips it
+/// too), so its holder notices and writes its value back.
 pub(crate) fn decode_change(
     key: &str,
     value: Option<&[u8]>,
@@ -305,7 +338,12 @@ pub(crate) fn decode_change(
     network: Option<Ipv4Net>,
 ) -> Option<LeaseEvent> {
     match value {
-        Some(v) => decode_lease(key, v, lease_id, None, network).map(LeaseEvent::Added),
+        Some(v) => match decode_lease(key, v, lease_id, None, network) {
+            Some(l) => Some(LeaseEvent::Added(l)),
+            None => parse_lease_key(key)
+                .filter(|(v4, _)| network.is_none_or(|n| n.contains(v4)))
+                .map(|(v4, _)| LeaseEvent::Removed(v4)),
+        },
         None => match parse_lease_key(key) {
             Some((v4, _)) => Some(LeaseEvent::Removed(v4)),
             None => {
@@ -342,6 +380,7 @@ pub async fn acquire_lease<S: LeaseStore>(
     let mut preferred = preferred;
     for attempt in 1..=ACQUIRE_TRIES {
         let snapshot = store.list_leases().await?;
+        check_public_ip(&snapshot.leases, public_ip, attrs.node_name.as_deref())?;
         let choice = allocate(
             cfg,
             &snapshot.leases,
@@ -430,6 +469,7 @@ mod tests {
                 backend_type: "vxlan".into(),
                 backend_data: None,
                 backend_v6_data: None,
+                node_name: None,
             },
             lease_id: None,
             ttl_remaining: None,
@@ -443,5 +483,62 @@ mod tests {
         assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
         assert_eq!(ttl_secs(Duration::from_secs(2)), 2);
         assert_eq!(ttl_secs(Duration::from_millis(2500)), 3);
+    }
+    fn own() -> Lease {
+        Lease {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: Ipv4Addr::new(192, 0, 2, 3),
+                public_ipv6: None,
+                backend_type: "host-gw".into(),
+                backend_data: None,
+                backend_v6_data: None,
+                node_name: Some("a".into()),
+            },
+            lease_id: Some(7),
+            ttl_remaining: None,
+        }
+    }
+
+    #[test]
+    fn ownership_of_a_key_by_store_lease_node_or_garbage() {
+        let own = own();
+        let value = |ip: &str, node: Option<&str>| {
+            let mut a = own.attrs.clone();
+            a.public_ip = ip.parse().unwrap();
+            a.node_name = node.map(String::from);
+            a.to_json()
+        };
+        let k = "10.244.3.0-24";
+        // Bound to our store lease: ours whatever it says.
+        assert!(owns(k, &own, value("192.0.2.9", Some("x")).as_bytes(), 7));
+        // Our address, written by us or by a node that names none.
+        assert!(owns(k, &own, value("192.0.2.3", Some("a")).as_bytes(), 0));
+        assert!(owns(k, &own, value("192.0.2.3", None).as_bytes(), 0));
+        // Our address claimed by another named node, or another address.
+        assert!(!owns(k, &own, value("192.0.2.3", Some("b")).as_bytes(), 0));
+        assert!(!owns(k, &own, value("192.0.2.9", Some("a")).as_bytes(), 0));
+        // Garbage on our key is ours to overwrite.
+        assert!(owns(k, &own, b"{not json", 0));
+        assert!(owns(k, &own, br#"{"PublicIP":"banana"}"#, 0));
+    }
+
+    #[test]
+    fn an_unreadable_new_value_removes_the_subnet_from_watchers() {
+        let net = Some("10.244.0.0/16".parse().unwrap());
+        let subnet: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(
+            decode_change("10.244.3.0-24", Some(b"garbage"), 0, net),
+            Some(LeaseEvent::Removed(subnet))
+        );
+        let good = own().attrs.to_json();
+        assert!(matches!(
+            decode_change("10.244.3.0-24", Some(good.as_bytes()), 0, net),
+            Some(LeaseEvent::Added(l)) if l.subnet == subnet
+        ));
+        // Malformed keys and subnets outside the network say nothing.
+        assert_eq!(decode_change("banana", Some(b"garbage"), 0, net), None);
+        assert_eq!(decode_change("10.9.3.0-24", Some(b"garbage"), 0, net), None);
     }
 }

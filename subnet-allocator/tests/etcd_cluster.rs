@@ -64,6 +64,7 @@ fn attrs(i: u8) -> LeaseAttrs {
         }),
         public_ipv6: None,
         backend_v6_data: None,
+        node_name: None,
     }
 }
 

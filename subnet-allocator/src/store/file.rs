@@ -14,8 +14,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_change, decode_lease, ttl_secs, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore,
-    LeaseWatch, StoreError, WatchBatch,
+    decode_change, decode_lease, owns, ttl_secs, LeaseEvent, LeaseRequest, LeaseSnapshot,
+    LeaseStore, LeaseWatch, StoreError, WatchBatch,
 };
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
@@ -181,10 +181,8 @@ impl State {
 }
 
 /// "Ours": same store lease id, or same public IP as `lease`.
-fn owned_by(cur: &Record, lease: &Lease) -> bool {
-    lease.lease_id.is_some_and(|id| id == cur.lease_id)
-        || LeaseAttrs::parse(cur.value.as_bytes())
-            .is_ok_and(|a| a.public_ip == lease.attrs.public_ip)
+fn owned_by(key: &str, cur: &Record, lease: &Lease) -> bool {
+    owns(key, lease, cur.value.as_bytes(), cur.lease_id)
 }
 
 impl FileStore {
@@ -322,7 +320,7 @@ impl LeaseStore for FileStore {
             let old_key = own.key_name();
             let new_key = lease_key_name(own.subnet, ipv6_subnet);
             if let Some(cur) = s.leases.get(&old_key) {
-                if !owned_by(cur, &own) {
+                if !owned_by(&old_key, cur, &own) {
                     return Err(StoreError::NotOwner(own.subnet));
                 }
             }

@@ -120,6 +120,7 @@ pub fn host_gw(i: u8) -> LeaseAttrs {
         backend_data: None,
         public_ipv6: None,
         backend_v6_data: None,
+        node_name: None,
     }
 }
 

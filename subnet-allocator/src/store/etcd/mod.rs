@@ -32,6 +32,9 @@ pub struct EtcdStore {
     /// The network of the last config read, used to drop leases that cannot
     /// belong to it.
     network: Arc<Mutex<Option<Ipv4Net>>>,
+    /// The etcd cluster ID of the last list: another one on the same
+    /// endpoints is a new cluster, which knows none of our revisions.
+    cluster: Arc<Mutex<Option<u64>>>,
 }
 
 impl EtcdStore {
@@ -46,6 +49,7 @@ impl EtcdStore {
             conn,
             keys: Keys::new(&opts.prefix),
             network: Arc::new(Mutex::new(None)),
+            cluster: Arc::new(Mutex::new(None)),
         };
         // Without a user nothing has been sent yet (the channel connects
         // lazily): one read proves the endpoints, TLS and permissions work.
@@ -205,6 +209,12 @@ impl LeaseStore for EtcdStore {
             })
             .await?;
         let revision = r.header().map_or(0, |h| h.revision());
+        if let (Some(h), Ok(mut known)) = (r.header(), self.cluster.lock()) {
+            if known.is_some_and(|id| id != h.cluster_id()) {
+                tracing::warn!(old = ?known.map(|id| format!("{id:x}")), new = %format!("{:x}", h.cluster_id()), "etcd cluster ID changed");
+            }
+            *known = Some(h.cluster_id());
+        }
         let network = self.known_network();
         let leases = r
             .take_kvs()
@@ -302,6 +312,7 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
+        self.check_not_reset(after_revision).await?;
         let prefix = self.keys.subnets();
         let opts = WatchOptions::new()
             .with_prefix()
@@ -327,6 +338,42 @@ impl LeaseStore for EtcdStore {
 }
 
 impl EtcdStore {
+    /// etcd accepts a watch from a revision it has not reached yet and
+    /// then reports nothing, so before watching after `after_revision` one
+    /// read checks that etcd is still the cluster the revision came from
+    /// and has not gone back in time.
+    async fn check_not_reset(&self, after_revision: i64) -> Result<(), StoreError> {
+        let key = self.config_key();
+        let r = self
+            .conn
+            .call("get", Retry::Idempotent, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
+        let Some(h) = r.header() else {
+            return Ok(());
+        };
+        let known = self.cluster.lock().ok().and_then(|g| *g);
+        if let Some(id) = known.filter(|id| *id != h.cluster_id()) {
+            return Err(StoreError::Reset {
+                reason: format!(
+                    "etcd cluster ID changed from {id:x} to {:x}",
+                    h.cluster_id()
+                ),
+            });
+        }
+        if h.revision() < after_revision {
+            return Err(StoreError::Reset {
+                reason: format!(
+                    "etcd revision went back from {after_revision} to {}",
+                    h.revision()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Re-puts our lease under its own key, bound to a fresh etcd lease:
     /// a compare-and-put against the value we read, retried a few times.
     async fn update_in_place(

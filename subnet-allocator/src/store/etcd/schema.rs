@@ -102,12 +102,10 @@ pub(super) fn decode_event(
     decode_change(name, value, kv.lease(), network)
 }
 
-/// "Ours": the same store lease as `lease`, or the same public IP.
+/// Whether `current` (the entry under our key) is ours to write again.
 pub(super) fn owned_by(current: &KeyValue, lease: &Lease) -> bool {
-    let same_lease = lease.lease_id.is_some_and(|id| id == current.lease());
-    let same_node =
-        LeaseAttrs::parse(current.value()).is_ok_and(|a| a.public_ip == lease.attrs.public_ip);
-    same_lease || same_node
+    let key = String::from_utf8_lossy(current.key());
+    crate::store::owns(&key, lease, current.value(), current.lease())
 }
 
 /// The subnet is free only if no lease holds it under any key form:

@@ -109,6 +109,16 @@ impl MemoryStore {
         self.shared.changed.send_modify(|n| *n += 1);
     }
 
+    /// Loses every key, the config, the store leases and the history, as a
+    /// wiped data directory under the same endpoints does: revisions start
+    /// over (they go back in time), open watches break, and a watch from a
+    /// revision this store has not reached reports [`StoreError::Reset`].
+    /// Call counters are kept.
+    pub fn wipe(&self) {
+        self.inspect(State::wipe);
+        self.shared.changed.send_modify(|n| *n += 1);
+    }
+
     /// Makes every call wait for an answer (`true`) until it is given again
     /// (`false`), as calls to an etcd that stopped answering do until their
     /// timeout. Open watches keep delivering.
@@ -310,10 +320,18 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn watch_leases(&self, after_revision: i64) -> Result<LeaseWatch, StoreError> {
-        let (compacted, network) = self
+        let (compacted, network, generation) = self
             .call("watch_leases", |s| {
+                if after_revision > s.revision {
+                    return Err(StoreError::Reset {
+                        reason: format!(
+                            "revision went back from {after_revision} to {}",
+                            s.revision
+                        ),
+                    });
+                }
                 let compacted = (after_revision < s.compacted).then_some(s.compacted);
-                Ok((compacted, s.network()))
+                Ok((compacted, s.network(), s.generation))
             })
             .await?;
         let w = MemoryWatch {
@@ -322,6 +340,7 @@ impl LeaseStore for MemoryStore {
             after: after_revision,
             compacted,
             network,
+            generation,
             broken: false,
         };
         Ok(LeaseWatch::from_state(w, |mut w| async move {
@@ -338,6 +357,8 @@ struct MemoryWatch {
     compacted: Option<i64>,
     network: Option<Ipv4Net>,
     /// Set by an outage: the stream stays broken, like etcd's.
+    /// The store incarnation the watch was opened on.
+    generation: u64,
     broken: bool,
 }
 
@@ -354,8 +375,10 @@ impl MemoryWatch {
             self.changed.borrow_and_update();
             let after = self.after;
             let network = self.network;
+            let generation = self.generation;
             let (batch, wake) = self.store.inspect(|s| {
-                if !s.up {
+                // A wiped store ends every stream, as a restarted etcd does.
+                if !s.up || s.generation != generation {
                     return (None, None);
                 }
                 let start = s.history.partition_point(|c| c.revision <= after);
@@ -416,6 +439,7 @@ mod tests {
             backend_data: None,
             public_ipv6: None,
             backend_v6_data: None,
+            node_name: None,
         }
     }
 
@@ -611,7 +635,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn malformed_entries_are_skipped_but_advance_the_watch() {
+    async fn malformed_entries_are_skipped_or_removed_and_advance_the_watch() {
         let s = store();
         let rev = s.revision();
         let mut w = s.watch_leases(rev).await.unwrap();
@@ -621,7 +645,11 @@ mod tests {
             .await
             .unwrap();
         let (ev, last) = next(&mut w).await.unwrap().unwrap();
-        assert_eq!(ev.len(), 1);
+        // The unreadable value leaves its subnet without a lease; the
+        // malformed key says nothing.
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[0], LeaseEvent::Removed(net("10.244.9.0/24")));
+        assert!(matches!(&ev[1], LeaseEvent::Added(l) if l.subnet == net("10.244.1.0/24")));
         assert_eq!(last, s.revision());
         assert_eq!(s.list_leases().await.unwrap().leases.len(), 1);
         assert_eq!(s.raw_entries().len(), 3);
@@ -638,5 +666,33 @@ mod tests {
         a.set_available(false);
         assert!(b.list_leases().await.is_err());
         assert_eq!(a.calls("list_leases"), 1);
+    }
+    #[tokio::test]
+    async fn a_wipe_breaks_watches_and_older_revisions_report_a_reset() {
+        let (s, _) = store_with("10.244.1.0/24", 1).await;
+        let old = s.revision();
+        let mut w = s.watch_leases(old).await.unwrap();
+        s.wipe();
+        assert!(matches!(
+            next(&mut w).await,
+            Err(StoreError::Unreachable { .. })
+        ));
+        assert!(s.leases().is_empty());
+        assert!(matches!(
+            s.get_network_config().await,
+            Err(StoreError::NoConfig { .. })
+        ));
+        assert!(s.revision() < old, "revisions start over");
+        let Err(e) = s.watch_leases(old).await else {
+            panic!("a watch from a revision the store never reached");
+        };
+        assert!(
+            matches!(&e, StoreError::Reset { reason } if reason.contains("went back")),
+            "{e}"
+        );
+        assert!(!e.is_final());
+        // From the new store's own revisions all is well.
+        assert!(s.watch_leases(s.revision()).await.is_ok());
+        assert_eq!(s.calls("watch_leases"), 3, "counters survive the wipe");
     }
 }

@@ -10,9 +10,12 @@ use tokio::time::Instant;
 
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
-use crate::store::{decode_lease, ttl_secs, LeaseRequest, LeaseSnapshot, StoreError};
+use crate::store::{decode_lease, owns, ttl_secs, LeaseRequest, LeaseSnapshot, StoreError};
 
 pub(super) struct State {
+    /// Which incarnation of the store this is: a wipe makes a new one, as
+    /// a new etcd cluster on the same endpoints.
+    pub(super) generation: u64,
     pub(super) up: bool,
     /// Calls get no answer until this is cleared.
     pub(super) silent: bool,
@@ -57,6 +60,7 @@ impl State {
     /// Empty and up; etcd's revisions start at 1.
     pub(super) fn new() -> State {
         State {
+            generation: 0,
             up: true,
             silent: false,
             waiting: 0,
@@ -69,6 +73,16 @@ impl State {
             history: Vec::new(),
             calls: BTreeMap::new(),
         }
+    }
+
+    /// A new, empty incarnation that keeps only the call counters.
+    pub(super) fn wipe(&mut self) {
+        let calls = std::mem::take(&mut self.calls);
+        *self = State {
+            generation: self.generation + 1,
+            calls,
+            ..State::new()
+        };
     }
 
     /// A write of `key`; callers bump `revision` once per transaction.
@@ -176,10 +190,7 @@ impl State {
     /// same public IP in the stored value.
     pub(super) fn owned_by(&self, key: &str, lease: &Lease) -> Option<bool> {
         let e = self.keys.get(key)?;
-        let same_lease = lease.lease_id.is_some_and(|id| id == e.lease_id);
-        let same_node = LeaseAttrs::parse(e.value.as_bytes())
-            .is_ok_and(|a| a.public_ip == lease.attrs.public_ip);
-        Some(same_lease || same_node)
+        Some(owns(key, lease, e.value.as_bytes(), e.lease_id))
     }
 
     /// Writes `attrs` under `(subnet, ipv6_subnet)` bound to a new store
