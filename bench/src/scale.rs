@@ -315,6 +315,7 @@ async fn events(
                 LeaseEvent::Removed(s) => {
                     map.remove(&s);
                 }
+                LeaseEvent::Unusable { .. } => {}
             }
         }
         let desired = current(&map);

@@ -419,6 +419,7 @@ pub fn loses_own(events: &[LeaseEvent], own: &Lease) -> bool {
     events.iter().any(|ev| match ev {
         LeaseEvent::Added(l) => l.subnet == own.subnet && l.attrs.public_ip != own.attrs.public_ip,
         LeaseEvent::Removed(s) => *s == own.subnet,
+        LeaseEvent::Unusable { subnet, gone, .. } => !gone && *subnet == Some(own.subnet),
     })
 }
 
@@ -699,7 +700,61 @@ mod tests {
         let taken = LeaseEvent::Added(lease("10.244.1.0/24", [192, 0, 2, 2]));
         assert!(loses_own(&[taken], &own));
         assert!(loses_own(&[LeaseEvent::Removed(own.subnet)], &own));
+        let garbage = LeaseEvent::Unusable {
+            key: "10.244.1.0-24".into(),
+            subnet: Some(own.subnet),
+            gone: false,
+        };
+        assert!(loses_own(&[garbage], &own));
         let other = LeaseEvent::Removed("10.244.2.0/24".parse().unwrap());
         assert!(!loses_own(&[other], &own));
+    }
+
+    #[test]
+    fn reopening_after_an_outage_says_so_and_starts_the_backoff_over() {
+        let t0 = Instant::now();
+        let mut w = WatchState::after(7);
+        assert_eq!(w.step(WatchInput::Opened(Ok(())), t0), WatchAction::Nothing);
+        // An outage: three failed opens, the backoff grows to 2 s.
+        w.step(WatchInput::Failed(unreachable()), t0);
+        for _ in 0..2 {
+            w.step(WatchInput::Due, t0);
+            w.step(WatchInput::Opened(Err(unreachable())), t0);
+        }
+        assert_eq!(w.deadline(), Some(t0 + Duration::from_secs(2)));
+        w.step(WatchInput::Due, t0);
+        assert_eq!(
+            w.step(WatchInput::Opened(Ok(())), t0),
+            WatchAction::Reconnected
+        );
+        // The next outage's first retry is quick again.
+        w.step(WatchInput::Failed(unreachable()), t0);
+        assert_eq!(w.deadline(), Some(t0 + Duration::from_millis(500)));
+        w.step(WatchInput::Due, t0);
+        assert_eq!(
+            w.step(WatchInput::Opened(Ok(())), t0),
+            WatchAction::Reconnected
+        );
+        // A stream that just ended is no outage.
+        assert_eq!(w.step(WatchInput::Ended, t0), WatchAction::Open);
+        assert_eq!(w.step(WatchInput::Opened(Ok(())), t0), WatchAction::Nothing);
+    }
+
+    #[test]
+    fn a_reset_store_is_relisted_like_a_compaction() {
+        let t0 = Instant::now();
+        let mut w = WatchState::after(700);
+        let reset = StoreError::Reset {
+            reason: "etcd revision went back from 700 to 3".into(),
+        };
+        assert_eq!(
+            w.step(WatchInput::Opened(Err(reset)), t0),
+            WatchAction::List
+        );
+        assert_eq!(
+            w.step(WatchInput::Listed(Ok(3)), t0),
+            WatchAction::LoadAndOpen
+        );
+        assert_eq!(w.revision, 3, "watching the new store's revisions");
     }
 }

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use subnet_allocator::{
-    acquire_lease, retry, Backoff, Lease, LeaseEvent, LeaseStore, NetworkConfig, StoreError,
+    acquire_lease, retry, Backoff, Lease, LeaseEvent, LeaseSnapshot, LeaseStore, NetworkConfig,
+    StoreError,
 };
 use tokio::time::Instant;
 
@@ -119,6 +120,10 @@ pub struct Agent<S, D> {
     /// lines about removing a node's entries can still name the node.
     seen: BTreeMap<Ipv4Net, Lease>,
     warned: HashSet<String>,
+    /// Entries that hold no usable lease (malformed key or value, outside
+    /// the network), by key, with the subnet their key names: counted as
+    /// skipped leases.
+    unusable: BTreeMap<String, Option<Ipv4Net>>,
     passes: u64,
     /// Recovering from etcd losing or rolling back its data.
     resetting: bool,
@@ -242,6 +247,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             leases: BTreeMap::new(),
             seen: BTreeMap::new(),
             warned: HashSet::new(),
+            unusable: BTreeMap::new(),
             passes: 0,
             resetting: false,
             status,
@@ -252,7 +258,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         agent.publish().await?;
         let snapshot = retrying("listing leases", &t, stop, || agent.store.list_leases()).await?;
         agent.watch = WatchState::after(snapshot.revision);
-        agent.load(snapshot.leases, snapshot.revision);
+        agent.load(snapshot);
         if let Err(e) = agent.reconcile(Trigger::Resync).await {
             tracing::warn!(error = %e, "first reconcile incomplete, will retry");
         }
@@ -385,8 +391,17 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         }
     }
 
-    fn load(&mut self, leases: Vec<Lease>, revision: i64) {
-        self.leases = leases.into_iter().map(|l| (l.subnet, l)).collect();
+    fn load(&mut self, snap: LeaseSnapshot) {
+        let revision = snap.revision;
+        self.unusable = snap
+            .unusable
+            .into_iter()
+            .map(|k| {
+                let subnet = subnet_allocator::parse_lease_key(&k).map(|(v4, _)| v4);
+                (k, subnet)
+            })
+            .collect();
+        self.leases = snap.leases.into_iter().map(|l| (l.subnet, l)).collect();
         for (s, l) in &self.leases {
             self.seen.insert(*s, l.clone());
         }
@@ -426,7 +441,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             mode: self.plan.mode,
         };
         let (nodes, skipped) = remote_nodes(&local, &leases);
-        self.opts.telemetry.skipped_leases.set(skipped.len() as i64);
+        let skipped_total = skipped.len() + self.unusable.len();
+        self.opts.telemetry.skipped_leases.set(skipped_total as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         for s in skipped {
             let msg = s.to_string();
@@ -472,13 +488,26 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             match ev {
                 LeaseEvent::Added(l) => {
                     tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added or changed");
+                    self.unusable.retain(|_, s| *s != Some(l.subnet));
                     self.seen.insert(l.subnet, l.clone());
                     self.leases.insert(l.subnet, l);
                 }
                 LeaseEvent::Removed(s) => {
+                    self.unusable.retain(|_, u| *u != Some(s));
                     if let Some(old) = self.leases.remove(&s) {
                         tracing::info!(subnet = %s, public_ip = %old.attrs.public_ip, "lease removed");
                     }
+                }
+                LeaseEvent::Unusable {
+                    key, gone: true, ..
+                } => {
+                    self.unusable.remove(&key);
+                }
+                LeaseEvent::Unusable { key, subnet, .. } => {
+                    if let Some(old) = subnet.and_then(|s| self.leases.remove(&s)) {
+                        tracing::warn!(key, subnet = %old.subnet, public_ip = %old.attrs.public_ip, "lease now holds an unusable value");
+                    }
+                    self.unusable.insert(key, subnet);
                 }
             }
         }

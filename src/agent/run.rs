@@ -250,7 +250,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     let listed = snap.leases.iter().any(|l| {
                         l.subnet == own.subnet && l.attrs.public_ip == own.attrs.public_ip
                     });
-                    self.load(snap.leases, revision);
+                    self.load(snap);
                     if !listed {
                         tracing::warn!(subnet = %own.subnet, "our lease is missing from the lease list");
                         self.on_lease(LeaseInput::LostInWatch, calls).await;

@@ -1112,3 +1112,39 @@ async fn a_second_node_with_our_public_ip_is_refused_and_the_first_unaffected() 
     assert_eq!(s.subnet, held[0].subnet);
     first.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn unusable_entries_are_counted_as_skipped_leases() {
+    let store = MemoryStore::with_config(config());
+    store.put_raw("10.244.9.0-24", "{garbage");
+    store.put_raw("not-a-subnet", "{}");
+    let mut rig = Rig::start(store).await;
+    let skipped = |r: &Rig| r.telemetry.skipped_leases.get();
+    assert_eq!(skipped(&rig), 2, "two junk entries at start");
+    // Junk arriving through the watch counts too, and leaves with its key.
+    rig.store.put_raw("10.244.8.0-24", "[1,2]");
+    rig.until("the new junk is counted", |r| skipped(r) == 3)
+        .await;
+    // Its holder writes a good value over it.
+    rig.store.put_lease_raw(Lease {
+        subnet: net("10.244.8.0/24"),
+        ipv6_subnet: None,
+        attrs: peer_attrs(28),
+        lease_id: None,
+        ttl_remaining: None,
+    });
+    rig.until("the subnet now holds a lease", |r| {
+        skipped(r) == 2 && r.dp.has_route("10.244.8.0/24")
+    })
+    .await;
+    // A well-formed lease that becomes junk is forgotten and counted.
+    rig.store.put_raw("10.244.8.0-24", "junk");
+    rig.until("the junked lease is unrouted and counted", |r| {
+        skipped(r) == 3 && !r.dp.has_route("10.244.8.0/24")
+    })
+    .await;
+    rig.store.delete_lease(net("10.244.9.0/24")).await.unwrap();
+    rig.until("deleted junk is no longer counted", |r| skipped(r) == 2)
+        .await;
+    rig.stop().await;
+}

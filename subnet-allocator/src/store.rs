@@ -112,6 +112,16 @@ pub enum LeaseEvent {
     /// Created or modified.
     Added(Lease),
     Removed(Ipv4Net),
+    /// An entry that holds no usable lease (a malformed key or value, a
+    /// subnet outside the network) was written, or (`gone`) such an entry
+    /// with a malformed key was deleted. When its key names a subnet, that
+    /// subnet holds no usable lease now: its holder writes its value back,
+    /// the others forget it.
+    Unusable {
+        key: String,
+        subnet: Option<Ipv4Net>,
+        gone: bool,
+    },
 }
 
 /// All leases at one store revision.
@@ -119,6 +129,33 @@ pub enum LeaseEvent {
 pub struct LeaseSnapshot {
     pub leases: Vec<Lease>,
     pub revision: i64,
+    /// The keys (below the subnets prefix) of the entries that hold no
+    /// usable lease, skipped from `leases`.
+    pub unusable: Vec<String>,
+}
+
+impl LeaseSnapshot {
+    /// Decodes stored entries (key name, value, store lease id, time left)
+    /// into the leases and the keys of the unusable ones.
+    pub(crate) fn decode<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a [u8], i64, Option<Duration>)>,
+        revision: i64,
+        network: Option<Ipv4Net>,
+    ) -> Self {
+        let mut leases = Vec::new();
+        let mut unusable = Vec::new();
+        for (key, value, lease_id, ttl) in entries {
+            match decode_lease(key, value, lease_id, ttl, network) {
+                Some(l) => leases.push(l),
+                None => unusable.push(key.to_string()),
+            }
+        }
+        LeaseSnapshot {
+            leases,
+            revision,
+            unusable,
+        }
+    }
 }
 
 /// Storage of the network config and the subnet leases.
@@ -302,12 +339,13 @@ pub(crate) fn decode_lease(
     network: Option<Ipv4Net>,
 ) -> Option<Lease> {
     let Some((subnet, ipv6_subnet)) = parse_lease_key(key) else {
-        tracing::warn!(key, "skipping lease with malformed key");
+        warn_once(key, value, "skipping lease with malformed key", "");
         return None;
     };
     if let Some(net) = network {
         if !net.contains(&subnet) {
-            tracing::warn!(key, network = %net, "skipping lease outside the network");
+            let why = format!("network {net}");
+            warn_once(key, value, "skipping lease outside the network", &why);
             return None;
         }
     }
@@ -320,17 +358,45 @@ pub(crate) fn decode_lease(
             ttl_remaining,
         }),
         Err(e) => {
-            tracing::warn!(key, error = %e, "skipping lease with malformed value");
+            let why = e.to_string();
+            warn_once(key, value, "skipping lease with malformed value", &why);
             None
         }
     }
 }
 
+/// Logs a skipped entry once per key and value for the life of the
+/// process: every list and relist meets the same junk again, and 550 junk
+/// keys must not make 1,100 lines per restart.
+/// Whether it logged.
+fn warn_once(key: &str, value: &[u8], what: &str, detail: &str) -> bool {
+    use std::collections::HashSet;
+    use std::hash::{Hash, Hasher};
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static SEEN: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, value, what).hash(&mut h);
+    let mut seen = SEEN
+        .get_or_init(|| Mutex::new(HashSet::new()))
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    // Bounded: a store churning through junk forever logs it again rather
+    // than growing without end.
+    if seen.len() >= 65_536 {
+        seen.clear();
+    }
+    let first = seen.insert(h.finish());
+    if first {
+        tracing::warn!(key, detail, "{what}");
+    }
+    first
+}
+
 /// One stored change (key name below the subnets prefix; `None` value for
-/// a deletion) as a watch event, or `None`, logged, if its key is
-/// malformed. A well-formed key whose new value is unreadable no longer
-/// holds a usable lease: that is the subnet's removal (a list skips it
-/// too), so its holder notices and writes its value back.
+/// a deletion) as a watch event. A well-formed key whose new value is
+/// unreadable no longer holds a usable lease, as a list would skip it:
+/// [`LeaseEvent::Unusable`] with its subnet, so its holder notices and
+/// writes its value back.
 pub(crate) fn decode_change(
     key: &str,
     value: Option<&[u8]>,
@@ -340,16 +406,21 @@ pub(crate) fn decode_change(
     match value {
         Some(v) => match decode_lease(key, v, lease_id, None, network) {
             Some(l) => Some(LeaseEvent::Added(l)),
-            None => parse_lease_key(key)
-                .filter(|(v4, _)| network.is_none_or(|n| n.contains(v4)))
-                .map(|(v4, _)| LeaseEvent::Removed(v4)),
+            None => Some(LeaseEvent::Unusable {
+                key: key.to_string(),
+                subnet: parse_lease_key(key)
+                    .map(|(v4, _)| v4)
+                    .filter(|v4| network.is_none_or(|n| n.contains(v4))),
+                gone: false,
+            }),
         },
         None => match parse_lease_key(key) {
             Some((v4, _)) => Some(LeaseEvent::Removed(v4)),
-            None => {
-                tracing::warn!(key, "skipping delete of malformed key");
-                None
-            }
+            None => Some(LeaseEvent::Unusable {
+                key: key.to_string(),
+                subnet: None,
+                gone: true,
+            }),
         },
     }
 }
@@ -525,20 +596,55 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_new_value_removes_the_subnet_from_watchers() {
+    fn an_unreadable_new_value_leaves_the_subnet_without_a_lease() {
         let net = Some("10.244.0.0/16".parse().unwrap());
         let subnet: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let unusable = |key: &str, subnet, gone| LeaseEvent::Unusable {
+            key: key.into(),
+            subnet,
+            gone,
+        };
         assert_eq!(
             decode_change("10.244.3.0-24", Some(b"garbage"), 0, net),
-            Some(LeaseEvent::Removed(subnet))
+            Some(unusable("10.244.3.0-24", Some(subnet), false))
         );
         let good = own().attrs.to_json();
         assert!(matches!(
             decode_change("10.244.3.0-24", Some(good.as_bytes()), 0, net),
             Some(LeaseEvent::Added(l)) if l.subnet == subnet
         ));
-        // Malformed keys and subnets outside the network say nothing.
-        assert_eq!(decode_change("banana", Some(b"garbage"), 0, net), None);
-        assert_eq!(decode_change("10.9.3.0-24", Some(b"garbage"), 0, net), None);
+        // Malformed keys and subnets outside the network name no subnet of
+        // ours; deleting a malformed key says it is gone.
+        assert_eq!(
+            decode_change("banana", Some(b"garbage"), 0, net),
+            Some(unusable("banana", None, false))
+        );
+        assert_eq!(
+            decode_change("10.9.3.0-24", Some(good.as_bytes()), 0, net),
+            Some(unusable("10.9.3.0-24", None, false))
+        );
+        assert_eq!(
+            decode_change("banana", None, 0, net),
+            Some(unusable("banana", None, true))
+        );
+        assert_eq!(
+            decode_change("10.244.3.0-24", None, 0, net),
+            Some(LeaseEvent::Removed(subnet))
+        );
+    }
+
+    #[test]
+    fn each_junk_entry_is_logged_once() {
+        let what = "skipping lease with malformed value";
+        assert!(warn_once("10.244.77.0-24", b"junk-a", what, ""));
+        assert!(
+            !warn_once("10.244.77.0-24", b"junk-a", what, ""),
+            "again at the next list"
+        );
+        assert!(
+            warn_once("10.244.77.0-24", b"junk-b", what, ""),
+            "new junk is news"
+        );
+        assert!(warn_once("10.244.78.0-24", b"junk-a", what, ""));
     }
 }

@@ -154,7 +154,7 @@ async fn renew_detects_revoked_and_taken_over_leases() {
 }
 
 #[tokio::test]
-async fn list_and_watch_skip_malformed_entries() {
+async fn list_and_watch_report_malformed_entries_as_unusable() {
     let Some(h) = EtcdHarness::configured().await else {
         return;
     };
@@ -192,14 +192,54 @@ async fn list_and_watch_skip_malformed_entries() {
     let subnets: Vec<Ipv4Net> = snap.leases.iter().map(|l| l.subnet).collect();
     assert_eq!(subnets, vec![net("10.244.8.0/24")]);
     assert_eq!(snap.leases[0].attrs, vxlan(8, 8));
+    // The five junk entries are reported as unusable, by key.
+    assert_eq!(
+        snap.unusable,
+        [
+            "10.244.5.0-24",
+            "10.244.6.5-24",
+            "10.244.7.0-24",
+            "10.99.0.0-24",
+            "banana"
+        ]
+    );
 
-    // The watch saw all six puts, but only the valid one comes through.
-    let (events, rev) = tokio::time::timeout(common::PATIENCE, w.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert!(matches!(&events[0], LeaseEvent::Added(l) if l.subnet == net("10.244.8.0/24")));
+    // The watch sees all six puts: the junk as unusable entries, naming the
+    // subnet only where the key names one of the network's, then the lease.
+    let mut events = Vec::new();
+    let mut rev = 0;
+    while !events.iter().any(|e| matches!(e, LeaseEvent::Added(_))) {
+        let (batch, r) = tokio::time::timeout(common::PATIENCE, w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        events.extend(batch);
+        rev = r;
+    }
+    let unusable: Vec<(&str, Option<Ipv4Net>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            LeaseEvent::Unusable {
+                key,
+                subnet,
+                gone: false,
+            } => Some((key.as_str(), *subnet)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        unusable,
+        [
+            ("10.244.5.0-24", Some(net("10.244.5.0/24"))),
+            ("banana", None),
+            ("10.244.6.5-24", None),
+            ("10.99.0.0-24", None),
+            ("10.244.7.0-24", Some(net("10.244.7.0/24"))),
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 6, "{events:?}");
+    assert!(matches!(&events[5], LeaseEvent::Added(l) if l.subnet == net("10.244.8.0/24")));
     assert_eq!(rev, snap.revision);
 }

@@ -14,8 +14,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_change, decode_lease, owns, ttl_secs, LeaseEvent, LeaseRequest, LeaseSnapshot,
-    LeaseStore, LeaseWatch, StoreError, WatchBatch,
+    decode_change, owns, ttl_secs, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch,
+    StoreError, WatchBatch,
 };
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
@@ -281,17 +281,11 @@ impl LeaseStore for FileStore {
 
     async fn list_leases(&self) -> Result<LeaseSnapshot, StoreError> {
         self.with_state(|s| {
-            let leases = s
+            let entries = s
                 .leases
                 .iter()
-                .filter_map(|(k, r)| {
-                    decode_lease(k, r.value.as_bytes(), r.lease_id, s.remaining(k), None)
-                })
-                .collect();
-            Ok(LeaseSnapshot {
-                leases,
-                revision: s.revision,
-            })
+                .map(|(k, r)| (k.as_str(), r.value.as_bytes(), r.lease_id, s.remaining(k)));
+            Ok(LeaseSnapshot::decode(entries, s.revision, None))
         })
         .await
     }

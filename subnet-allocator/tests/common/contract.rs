@@ -158,6 +158,7 @@ fn by_subnet(e: &LeaseEvent) -> Ipv4Net {
     match e {
         LeaseEvent::Added(l) => l.subnet,
         LeaseEvent::Removed(s) => *s,
+        LeaseEvent::Unusable { key, .. } => panic!("unexpected unusable entry {key}"),
     }
 }
 

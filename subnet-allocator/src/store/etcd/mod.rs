@@ -216,12 +216,12 @@ impl LeaseStore for EtcdStore {
             *known = Some(h.cluster_id());
         }
         let network = self.known_network();
-        let leases = r
-            .take_kvs()
-            .iter()
-            .filter_map(|kv| schema::decode(&prefix, kv, network))
-            .collect();
-        Ok(LeaseSnapshot { leases, revision })
+        let kvs = r.take_kvs();
+        let entries = kvs.iter().filter_map(|kv| {
+            let name = schema::name_of(&prefix, kv)?;
+            Some((name, kv.value(), kv.lease(), None))
+        });
+        Ok(LeaseSnapshot::decode(entries, revision, network))
     }
 
     async fn create_lease_with_ipv6(&self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {

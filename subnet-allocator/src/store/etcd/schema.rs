@@ -11,7 +11,7 @@ use etcd_client::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
-use crate::store::{decode_change, decode_lease, LeaseEvent};
+use crate::store::{decode_change, LeaseEvent};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = twill_contract::defaults::ETCD_PREFIX;
@@ -71,19 +71,17 @@ pub(super) fn written(
     }
 }
 
-/// A stored key/value as a lease, or `None` (logged) if it is malformed or
-/// outside the known network.
-pub(super) fn decode(
-    subnets_prefix: &str,
-    kv: &KeyValue,
-    network: Option<Ipv4Net>,
-) -> Option<Lease> {
-    let key = String::from_utf8_lossy(kv.key());
-    let Some(name) = key.strip_prefix(subnets_prefix) else {
+/// A stored key's name below the subnets prefix; `None` (logged) for a key
+/// that is not UTF-8 or not below the prefix.
+pub(super) fn name_of<'a>(subnets_prefix: &str, kv: &'a KeyValue) -> Option<&'a str> {
+    let name = std::str::from_utf8(kv.key())
+        .ok()
+        .and_then(|k| k.strip_prefix(subnets_prefix));
+    if name.is_none() {
+        let key = String::from_utf8_lossy(kv.key());
         tracing::warn!(key = %key, "skipping lease with malformed key");
-        return None;
-    };
-    decode_lease(name, kv.value(), kv.lease(), None, network)
+    }
+    name
 }
 
 /// A watch event as a lease event, or `None` (logged) if malformed.

@@ -646,12 +646,17 @@ mod tests {
             .unwrap();
         let (ev, last) = next(&mut w).await.unwrap().unwrap();
         // The unreadable value leaves its subnet without a lease; the
-        // malformed key says nothing.
-        assert_eq!(ev.len(), 2, "{ev:?}");
-        assert_eq!(ev[0], LeaseEvent::Removed(net("10.244.9.0/24")));
-        assert!(matches!(&ev[1], LeaseEvent::Added(l) if l.subnet == net("10.244.1.0/24")));
+        // malformed key names none.
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        assert!(
+            matches!(&ev[0], LeaseEvent::Unusable { subnet: Some(s), gone: false, .. } if *s == net("10.244.9.0/24"))
+        );
+        assert!(matches!(&ev[1], LeaseEvent::Unusable { subnet: None, .. }));
+        assert!(matches!(&ev[2], LeaseEvent::Added(l) if l.subnet == net("10.244.1.0/24")));
         assert_eq!(last, s.revision());
-        assert_eq!(s.list_leases().await.unwrap().leases.len(), 1);
+        let snap = s.list_leases().await.unwrap();
+        assert_eq!(snap.leases.len(), 1);
+        assert_eq!(snap.unusable, ["10.244.9.0-24", "not-a-subnet"]);
         assert_eq!(s.raw_entries().len(), 3);
     }
 

@@ -217,16 +217,11 @@ impl State {
 
     /// Every valid lease, at the current revision.
     pub(super) fn snapshot(&self) -> LeaseSnapshot {
-        let network = self.network();
-        let leases = self
+        let entries = self
             .keys
             .iter()
-            .filter_map(|(k, e)| self.decode(k, e, network))
-            .collect();
-        LeaseSnapshot {
-            leases,
-            revision: self.revision,
-        }
+            .map(|(k, e)| (k.as_str(), e.value.as_bytes(), e.lease_id, None));
+        LeaseSnapshot::decode(entries, self.revision, self.network())
     }
 
     pub(super) fn create(&mut self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {
