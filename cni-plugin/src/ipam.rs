@@ -20,15 +20,19 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::Error;
+
+mod files;
+use files::{open_in_store, read_small, remove_any};
+pub use files::{open_regular, read_regular};
 
 const LOCK_FILE: &str = "lock";
 const CURSOR_FILE: &str = "last_reserved_ip";
@@ -37,45 +41,6 @@ const CURSOR_FILE_V6: &str = "last_reserved_ip.6";
 const CURSOR_WIDTH: usize = 39;
 /// Prefix of the per-allocation temp file that is linked under the IP name.
 const RESERVE_TMP_PREFIX: &str = ".reserve-";
-/// Most bytes read from a reservation or cursor file: a container ID, a
-/// newline and an interface name fit with room to spare.
-const MAX_ENTRY_BYTES: u64 = 4096;
-
-/// Opens `path` without blocking (a FIFO opens at once, or fails with
-/// `ENXIO` for writing), without following a final symlink (`ELOOP`) unless
-/// `follow`, and fails with `InvalidInput` unless it is a regular file.
-pub fn open_regular(path: &Path, opts: &mut OpenOptions, follow: bool) -> std::io::Result<File> {
-    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
-    let f = opts
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | nofollow)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "is not a regular file",
-        ));
-    }
-    Ok(f)
-}
-
-/// The first `max` bytes of the regular file `path`, read without
-/// blocking (see [`open_regular`]).
-pub fn read_regular(path: &Path, max: u64, follow: bool) -> std::io::Result<Vec<u8>> {
-    let f = open_regular(path, OpenOptions::new().read(true), follow)?;
-    let mut out = Vec::new();
-    f.take(max).read_to_end(&mut out)?;
-    Ok(out)
-}
-
-/// A file of the store: never through a symlink.
-fn open_in_store(path: &Path, opts: &mut OpenOptions) -> std::io::Result<File> {
-    open_regular(path, opts, false)
-}
-
-fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
-    read_regular(path, MAX_ENTRY_BYTES, false)
-}
-
 /// One reserved address and its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -628,25 +593,6 @@ impl Ipam {
             })
             .count() as u128;
         Ok(range.capacity().saturating_sub(used))
-    }
-}
-
-/// Removes `path`, whatever it is (a directory with what is in it too);
-/// gone already is fine.
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let removed = if meta.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    match removed {
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        other => other,
     }
 }
 

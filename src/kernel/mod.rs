@@ -2,7 +2,8 @@
 //! reads back routes, neighbours and FDB entries of the VXLAN device, and
 //! applies reconcile operations. rtnetlink only, never the `ip` command.
 //!
-//! `devices` creates and repairs the devices, `state` reads the kernel's
+//! `devices` creates and repairs the devices (`vxlan` holds the pure
+//! VXLAN device comparisons), `state` reads the kernel's
 //! entries back, `ops` turns reconcile operations into netlink messages and
 //! `events` watches links. Each keeps its parsing and message building in
 //! plain functions, so the netlink I/O is all that needs root to test.
@@ -12,18 +13,17 @@ mod events;
 mod ops;
 mod state;
 mod sysctl;
+mod vxlan;
 
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
-pub use devices::{
-    cleanup, unusable_underlay_address, vxlan_conflict, vxlan_incompatibility, vxlan_link_message,
-    LinkInfoView, Underlay, VxlanSpec,
-};
+pub use devices::{cleanup, unusable_underlay_address, LinkInfoView, Underlay, VxlanSpec};
 pub use events::{classify_link_event, link_events, LinkSignal};
 pub use ops::op_message;
 pub use state::state_from_dump;
 pub use sysctl::{enable_forwarding, IPV4_FORWARD, IPV6_FORWARD};
+pub use vxlan::{vxlan_conflict, vxlan_incompatibility, vxlan_link_message};
 
 /// Route protocol number that marks twill's routes, so that routes someone
 /// else put on the VXLAN device are never mistaken for ours.
