@@ -12,10 +12,11 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{attach_env, bin, fails_with, netns, succeeds, veths, Netns, Rig, SUBNET_V4};
+use common::{
+    attach_env, fails_with, netns, outcome, spawn_cni_after, succeeds, veths, Netns, Rig, SUBNET_V4,
+};
 use serde_json::{json, Value};
 
 /// Far more than any call takes; only a blocked call reaches it.
@@ -25,22 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// `prelude` (run in the call's own mount namespace, which `ip netns exec`
 /// makes), and kills it at [`DEADLINE`]: a blocked call is a failure.
 fn bounded(host: &Netns, prelude: &str, env: &[(&str, &str)], stdin: &[u8]) -> (bool, Value) {
-    let script = format!("set -e; {prelude}\nexec \"$0\"");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", host.name(), "sh", "-c", &script, &bin()])
-        .env_remove("CNI_COMMAND")
-        .env_remove("CNI_CONTAINERID")
-        .env_remove("CNI_NETNS")
-        .env_remove("CNI_IFNAME")
-        .env_remove("CNI_ARGS")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = spawn_cni_after(host, Some(prelude), env);
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
@@ -54,20 +40,7 @@ fn bounded(host: &Netns, prelude: &str, env: &[(&str, &str)], stdin: &[u8]) -> (
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text:?}"))
-    };
-    if !out.status.success() {
-        eprintln!(
-            "plugin failed: {v} / {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    (out.status.success(), v)
+    outcome(child.wait_with_output().unwrap())
 }
 
 fn call(rig: &Rig, cmd: &str, cid: &str, netns: &str, conf: &[u8]) -> (bool, Value) {
@@ -290,13 +263,7 @@ fn status_fails_on_a_read_only_or_full_store_and_del_still_finishes() {
     // nothing succeeds, DEL of one holding an address cannot.
     let ro = read_only(&data);
     let out = fails_with(global(&rig, &ro, "STATUS", &rig.conf), 50);
-    assert!(
-        out["details"]
-            .as_str()
-            .unwrap()
-            .contains("cannot be written"),
-        "{out}"
-    );
+    assert_details(&out, "cannot be written");
     let pod2 = netns("pod2");
     let (ok, _) = bounded(
         &rig.host,
@@ -349,13 +316,7 @@ fn status_fails_on_a_read_only_or_full_store_and_del_still_finishes() {
     );
     let conf_full = rig.conf_with(json!({ "dataDir": full.join("ipam") }));
     let out = fails_with(global(&rig, &fill, "STATUS", &conf_full), 50);
-    assert!(
-        out["details"]
-            .as_str()
-            .unwrap()
-            .contains("cannot be written"),
-        "{out}"
-    );
+    assert_details(&out, "cannot be written");
     // Positive control: the same tmpfs unfilled is available.
     let unfilled = format!("mount -t tmpfs -o size=256k none '{f}'");
     succeeds(global(&rig, &unfilled, "STATUS", &conf_full), "STATUS");
@@ -419,4 +380,10 @@ fn a_pod_mtu_changes_only_that_pods_interfaces() {
     succeeds(call(&rig, "ADD", "m9", &pod.path(), &small), "ADD");
     assert_eq!(mtu_of(host, "twill0"), "1450");
     assert_eq!(mtu_of(&pod, "eth0"), "1400");
+}
+
+/// The CNI error `out` explains itself with `what`.
+fn assert_details(out: &Value, what: &str) {
+    let details = out["details"].as_str().unwrap_or_default();
+    assert!(details.contains(what), "{out}");
 }

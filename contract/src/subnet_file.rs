@@ -164,6 +164,23 @@ fn malformed(key: &str, value: &str, e: impl std::fmt::Display) -> ParseError {
     invalid(key, value, format!("is malformed: {e}"))
 }
 
+/// A gateway address with its subnet's prefix (`10.244.3.1/24`), of either
+/// family, whose subnet leaves room for pods: at most a `/max`.
+fn gateway_net<N>(key: &str, value: &str, max: u8) -> Result<N, ParseError>
+where
+    N: std::str::FromStr<Err = ipnet::AddrParseError> + Into<IpNet> + Copy,
+{
+    let net: N = value.parse().map_err(|e| malformed(key, value, e))?;
+    if net.into().prefix_len() > max {
+        return Err(invalid(
+            key,
+            value,
+            format!("is too small for pods (longest prefix is /{max})"),
+        ));
+    }
+    Ok(net)
+}
+
 impl NodeSubnet {
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway_net.addr()
@@ -206,16 +223,7 @@ impl NodeSubnet {
         };
 
         let (subnet_k, subnet_s) = get("SUBNET").ok_or(ParseError::Missing { key: "SUBNET" })?;
-        let gateway_net: Ipv4Net = subnet_s
-            .parse()
-            .map_err(|e| malformed(&subnet_k, subnet_s, e))?;
-        if gateway_net.prefix_len() > MAX_IPV4_PREFIX {
-            return Err(invalid(
-                &subnet_k,
-                subnet_s,
-                format!("is too small for pods (longest prefix is /{MAX_IPV4_PREFIX})"),
-            ));
-        }
+        let gateway_net: Ipv4Net = gateway_net(&subnet_k, subnet_s, MAX_IPV4_PREFIX)?;
         let gw = gateway_net.addr();
         if gw == gateway_net.network() || gw == gateway_net.broadcast() {
             return Err(invalid(
@@ -242,13 +250,8 @@ impl NodeSubnet {
             })
             .transpose()?;
         if let Some((k, n)) = &network {
-            inside(
-                &subnet_k,
-                subnet_s,
-                gateway_net.trunc().into(),
-                k,
-                (*n).into(),
-            )?;
+            let subnet = IpNet::from(gateway_net.trunc());
+            inside(&subnet_k, subnet_s, subnet, k, (*n).into())?;
         }
         let network = network.map(|(_, n)| n);
         let mtu = match get("MTU") {
@@ -332,16 +335,7 @@ fn parse_ipv6(
             }),
         };
     };
-    let gateway_net: Ipv6Net = subnet_s
-        .parse()
-        .map_err(|e| malformed(&subnet_k, subnet_s, e))?;
-    if gateway_net.prefix_len() > MAX_IPV6_PREFIX {
-        return Err(invalid(
-            &subnet_k,
-            subnet_s,
-            format!("is too small for pods (longest prefix is /{MAX_IPV6_PREFIX})"),
-        ));
-    }
+    let gateway_net: Ipv6Net = gateway_net(&subnet_k, subnet_s, MAX_IPV6_PREFIX)?;
     if gateway_net.addr() == gateway_net.network() {
         return Err(invalid(
             &subnet_k,
@@ -361,13 +355,8 @@ fn parse_ipv6(
         if n.addr() != n.network() {
             return Err(invalid(k, &n.to_string(), "has host bits set"));
         }
-        inside(
-            &subnet_k,
-            subnet_s,
-            gateway_net.trunc().into(),
-            k,
-            (*n).into(),
-        )?;
+        let subnet = IpNet::from(gateway_net.trunc());
+        inside(&subnet_k, subnet_s, subnet, k, (*n).into())?;
     }
     Ok(Some(NodeSubnet6 {
         network: network.map(|(_, n)| n),

@@ -329,6 +329,28 @@ impl Cluster {
         ClusterBuilder::default()
     }
 
+    /// `hosts` hosts (`h1`, `h2`, ...) with their agents converged and one
+    /// pod on each (`p1` on `h1`, ...): the start of most end-to-end tests.
+    pub fn with_pods(hosts: usize) -> Result<Cluster> {
+        let mut c = Cluster::builder().hosts(hosts).build()?;
+        c.start_agents()?;
+        c.wait_converged()?;
+        for i in 1..=hosts {
+            c.add_pod(&format!("h{i}"), &format!("p{i}"))?;
+        }
+        Ok(c)
+    }
+
+    /// The IPv4 subnet `host`'s agent published.
+    pub fn subnet_of(&self, host: &str) -> Result<Ipv4Net> {
+        Ok(self.subnet_file(host)?.subnet.trunc())
+    }
+
+    /// The address of pod `name`.
+    pub fn pod_ip(&self, name: &str) -> Result<Ipv4Addr> {
+        Ok(self.pod(name)?.ip())
+    }
+
     fn bin_dir(&self) -> Result<PathBuf> {
         self.bin_dir.clone().map_or_else(bins::bin_dir, Ok)
     }

@@ -44,13 +44,9 @@ fn agents_recover_from_etcd_losing_its_data_within_seconds() {
     }
     // Default lease TTL (24 h): without detection, nothing would happen for
     // 8 hours.
-    let mut c = Cluster::builder().hosts(2).build().unwrap();
-    c.start_agents().unwrap();
-    c.wait_converged().unwrap();
-    let ip1 = c.add_pod("h1", "p1").unwrap();
-    let ip2 = c.add_pod("h2", "p2").unwrap();
-    let s1 = c.subnet_file("h1").unwrap().subnet.trunc();
-    let s2 = c.subnet_file("h2").unwrap().subnet.trunc();
+    let mut c = Cluster::with_pods(2).unwrap();
+    let (ip1, ip2) = (c.pod_ip("p1").unwrap(), c.pod_ip("p2").unwrap());
+    let (s1, s2) = (c.subnet_of("h1").unwrap(), c.subnet_of("h2").unwrap());
     let (a1, a2) = (c.host("h1").unwrap().ip(), c.host("h2").unwrap().ip());
 
     c.wipe_etcd().unwrap();
@@ -74,8 +70,8 @@ fn agents_recover_from_etcd_losing_its_data_within_seconds() {
         );
         assert!(c.agent_running(h), "{h} exited\n{}", c.agent_log_tail(h));
     }
-    assert_eq!(c.subnet_file("h1").unwrap().subnet.trunc(), s1);
-    assert_eq!(c.subnet_file("h2").unwrap().subnet.trunc(), s2);
+    assert_eq!(c.subnet_of("h1").unwrap(), s1);
+    assert_eq!(c.subnet_of("h2").unwrap(), s2);
     assert_pings(&mut c, "p1", ip2, "after the wipe");
 
     // The operator restores the config; a node joining now must get a
@@ -107,21 +103,13 @@ fn garbage_on_a_nodes_own_key_is_overwritten_and_the_node_keeps_its_subnet() {
     if !require_cluster() {
         return;
     }
-    let mut c = Cluster::builder().hosts(2).build().unwrap();
-    c.start_agents().unwrap();
-    c.wait_converged().unwrap();
-    c.add_pod("h1", "p1").unwrap();
-    let ip2 = c.add_pod("h2", "p2").unwrap();
-    let s1 = c.subnet_file("h1").unwrap().subnet.trunc();
+    let mut c = Cluster::with_pods(2).unwrap();
+    let (s1, ip2) = (c.subnet_of("h1").unwrap(), c.pod_ip("p2").unwrap());
     let a1 = c.host("h1").unwrap().ip();
     let key = c.lease_key_in(s1);
     c.etcd().put(&key, "{garbage").unwrap();
     wait_lease(&c, s1, a1, "h1", "after garbage on its key");
-    assert_eq!(
-        c.subnet_file("h1").unwrap().subnet.trunc(),
-        s1,
-        "renumbered for garbage"
-    );
+    assert_eq!(c.subnet_of("h1").unwrap(), s1, "renumbered for garbage");
     assert_eq!(c.leases().unwrap().len(), 2, "no second lease");
     let log = c.agent_log("h1").unwrap();
     assert!(
@@ -142,12 +130,8 @@ fn a_second_node_with_the_same_public_ip_is_refused_and_the_first_unaffected() {
     if !require_cluster() {
         return;
     }
-    let mut c = Cluster::builder().hosts(2).build().unwrap();
-    c.start_agents().unwrap();
-    c.wait_converged().unwrap();
-    c.add_pod("h1", "p1").unwrap();
-    let ip2 = c.add_pod("h2", "p2").unwrap();
-    let s1 = c.subnet_file("h1").unwrap().subnet.trunc();
+    let mut c = Cluster::with_pods(2).unwrap();
+    let (s1, ip2) = (c.subnet_of("h1").unwrap(), c.pod_ip("p2").unwrap());
     let a1 = c.host("h1").unwrap().ip();
     let before = c.store_get_prefix(&c.lease_key_in(s1)).unwrap();
     // A cloned or misconfigured machine claiming h1's address.

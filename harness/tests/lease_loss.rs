@@ -21,12 +21,8 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The converged 2-host cluster, a pod on each host, and h1's subnet.
 fn setup() -> (Cluster, Ipv4Net, Ipv4Addr) {
-    let mut c = Cluster::builder().hosts(2).build().unwrap();
-    c.start_agents().unwrap();
-    c.wait_converged().unwrap();
-    c.add_pod("h1", "p1").unwrap();
-    let ip2 = c.add_pod("h2", "p2").unwrap();
-    let s1 = c.subnet_file("h1").unwrap().subnet.trunc();
+    let c = Cluster::with_pods(2).unwrap();
+    let (s1, ip2) = (c.subnet_of("h1").unwrap(), c.pod_ip("p2").unwrap());
     (c, s1, ip2)
 }
 

@@ -264,6 +264,18 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
 }
 
 impl Rig {
+    /// An agent running on an empty store.
+    async fn fresh() -> Rig {
+        Rig::start(MemoryStore::with_config(config())).await
+    }
+
+    /// An agent running beside one peer, 10.244.5.0/24 at 192.0.2.21.
+    async fn with_peer() -> Rig {
+        let store = MemoryStore::with_config(config());
+        peer(&store, "10.244.5.0/24", 21).await;
+        Rig::start(store).await
+    }
+
     /// Starts an agent on `store` and runs it.
     async fn start(store: MemoryStore) -> Rig {
         Rig::start_with(store, |_| {}).await
@@ -354,9 +366,7 @@ async fn peer(store: &MemoryStore, subnet: &str, host: u8) -> Lease {
 
 #[tokio::test(start_paused = true)]
 async fn start_programs_peers_and_publishes_the_subnet() {
-    let store = MemoryStore::with_config(config());
-    peer(&store, "10.244.5.0/24", 21).await;
-    let rig = Rig::start(store).await;
+    let rig = Rig::with_peer().await;
     let subnet = rig.status.borrow().subnet;
     assert_eq!(rig.subnet_in_file(), Some(subnet));
     assert_eq!(
@@ -420,8 +430,7 @@ async fn start_prefers_the_subnet_in_the_subnet_file() {
 
 #[tokio::test(start_paused = true)]
 async fn watch_batches_add_and_remove_peers() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     peer(&rig.store, "10.244.6.0/24", 22).await;
     rig.until("the new peer is routed", |r| {
         r.dp.has_route("10.244.6.0/24")
@@ -441,8 +450,7 @@ async fn watch_batches_add_and_remove_peers() {
 
 #[tokio::test(start_paused = true)]
 async fn lost_lease_comes_back_as_the_same_subnet() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     let subnet = rig.status.borrow().subnet;
     let renewals = rig.store.calls("create_lease_with_ipv6") + rig.store.calls("rewrite_lease");
     rig.store.expire(subnet);
@@ -467,9 +475,7 @@ async fn lost_lease_comes_back_as_the_same_subnet() {
 
 #[tokio::test(start_paused = true)]
 async fn lost_lease_taken_by_another_node_moves_to_a_new_subnet() {
-    let store = MemoryStore::with_config(config());
-    peer(&store, "10.244.5.0/24", 21).await;
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::with_peer().await;
     let old = rig.status.borrow().subnet;
     // The key goes and another node takes the subnet before we can.
     rig.store.expire(old);
@@ -506,8 +512,7 @@ async fn lost_lease_taken_by_another_node_moves_to_a_new_subnet() {
 
 #[tokio::test(start_paused = true)]
 async fn renewal_keeps_the_lease_alive() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     let subnet = rig.status.borrow().subnet;
     // Three TTLs pass: without renewals the lease would have expired.
     tokio::time::sleep(TTL * 3).await;
@@ -522,8 +527,7 @@ async fn renewal_keeps_the_lease_alive() {
 
 #[tokio::test(start_paused = true)]
 async fn compacted_watch_is_relisted_and_converges() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     // etcd goes away: the watch breaks and is retried with backoff.
     rig.store.set_available(false);
     rig.wait("the watch waits to retry", |s| s.watch == "rewatch")
@@ -552,8 +556,7 @@ async fn compacted_watch_is_relisted_and_converges() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_op_is_retried_on_the_next_resync() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     rig.dp.lock().fail_applies = 3;
     let errors = rig.telemetry.reconcile_errors.get();
     peer(&rig.store, "10.244.9.0/24", 25).await;
@@ -579,9 +582,7 @@ async fn failed_op_is_retried_on_the_next_resync() {
 
 #[tokio::test(start_paused = true)]
 async fn link_event_is_repaired_without_waiting_for_the_resync() {
-    let store = MemoryStore::with_config(config());
-    peer(&store, "10.244.5.0/24", 21).await;
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::with_peer().await;
     let ensures = rig.dp.lock().ensure_calls;
     rig.dp.wipe();
     rig.dp.signal(LinkSignal::Changed);
@@ -602,8 +603,7 @@ async fn link_event_is_repaired_without_waiting_for_the_resync() {
 
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_link_events_costs_one_pass() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     let passes = rig.status.borrow().passes;
     for _ in 0..50 {
         rig.dp.signal(LinkSignal::Changed);
@@ -620,9 +620,7 @@ async fn a_burst_of_link_events_costs_one_pass() {
 
 #[tokio::test(start_paused = true)]
 async fn repairs_keep_running_while_a_reacquire_hangs() {
-    let store = MemoryStore::with_config(config());
-    peer(&store, "10.244.5.0/24", 21).await;
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::with_peer().await;
     let subnet = rig.status.borrow().subnet;
     // etcd stops answering; then our lease vanishes.
     rig.store.set_silent(true);
@@ -649,8 +647,7 @@ async fn repairs_keep_running_while_a_reacquire_hangs() {
 
 #[tokio::test(start_paused = true)]
 async fn reacquire_failing_while_etcd_is_down_is_retried_on_a_schedule() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     let subnet = rig.status.borrow().subnet;
     rig.store.expire(subnet);
     rig.store.set_available(false);
@@ -988,8 +985,7 @@ async fn forwarding_is_turned_on_at_start_unless_told_not_to() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lowered_bridge_mtu_is_put_back() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     // VXLAN over a 1500 underlay: pods get 1450, and so does the bridge.
     assert_eq!(rig.dp.lock().bridge_mtu, Some(1450));
     // A pod's port (or a hand) lowers it; the next pass restores it.
@@ -1004,9 +1000,7 @@ async fn a_lowered_bridge_mtu_is_put_back() {
 
 #[tokio::test(start_paused = true)]
 async fn etcd_losing_its_data_is_detected_and_our_lease_written_again() {
-    let store = MemoryStore::with_config(config());
-    peer(&store, "10.244.5.0/24", 21).await;
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::with_peer().await;
     let subnet = rig.status.borrow().subnet;
     let before = rig.status.borrow().revision;
     // A new, empty etcd on the same endpoints: revisions start over.
@@ -1059,8 +1053,7 @@ fn readiness_says_so_while_recovering_from_a_reset() {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_on_our_key_is_overwritten_and_the_subnet_kept() {
-    let store = MemoryStore::with_config(config());
-    let mut rig = Rig::start(store).await;
+    let mut rig = Rig::fresh().await;
     let subnet = rig.status.borrow().subnet;
     let key = subnet_allocator::subnet_key(subnet);
     rig.store.put_raw(&key, "{not json");

@@ -99,7 +99,12 @@ impl Setup {
 pub fn cni(host: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> (bool, Value) {
     let mut child = spawn_cni(host, env);
     child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
+    outcome(child.wait_with_output().unwrap())
+}
+
+/// What a finished plugin call said: (exit ok, stdout JSON); the reason
+/// of a failure goes to the test's output.
+pub fn outcome(out: std::process::Output) -> (bool, Value) {
     let text = String::from_utf8_lossy(&out.stdout);
     let v = if text.trim().is_empty() {
         Value::Null
@@ -118,8 +123,24 @@ pub fn cni(host: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> (bool, Value) {
 /// Starts the plugin in `host` with piped stdio; the child's PID is the
 /// plugin's own (`ip netns exec` execs without forking).
 pub fn spawn_cni(host: &Netns, env: &[(&str, &str)]) -> std::process::Child {
+    spawn_cni_after(host, None, env)
+}
+
+/// [`spawn_cni`], after the shell commands `prelude` when there are some
+/// (run in the call's own mount namespace, which `ip netns exec` makes;
+/// the shell then execs the plugin, which keeps its PID).
+pub fn spawn_cni_after(
+    host: &Netns,
+    prelude: Option<&str>,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", host.name(), &bin()])
+    cmd.args(["netns", "exec", host.name()]);
+    if let Some(prelude) = prelude {
+        let script = format!("set -e; {prelude}\nexec \"$0\"");
+        cmd.args(["sh", "-c", &script]);
+    }
+    cmd.arg(bin())
         .env_remove("CNI_COMMAND")
         .env_remove("CNI_CONTAINERID")
         .env_remove("CNI_NETNS")
