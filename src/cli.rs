@@ -77,8 +77,10 @@ pub struct Args {
     pub public_ip: Option<Ipv4Addr>,
 
     /// this node's name, written into its lease so that two nodes claiming
-    /// one public IP are refused (default: the host name; in Kubernetes set
-    /// it from spec.nodeName)
+    /// one public IP are refused (the manifest sets it from spec.nodeName,
+    /// the systemd unit to the host name); it must not change when the
+    /// agent restarts. Without it the node is not told apart from another
+    /// one claiming its public IP
     #[arg(long, env = "TWILL_NODE_NAME")]
     pub node_name: Option<String>,
 

@@ -242,12 +242,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let opts = AgentConfig {
         iface: args.iface.clone(),
         public_ip: args.public_ip,
-        node_name: args.node_name.clone().or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-        }),
+        node_name: args.node_name.clone().filter(|n| !n.is_empty()),
         subnet_file: args.subnet_file.clone(),
         lease_ttl: args.lease_ttl(),
         resync_interval: args.resync_interval(),

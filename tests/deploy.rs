@@ -359,6 +359,9 @@ fn resolved_env(docs: &[Value], c: &Value) -> BTreeMap<String, String> {
                 secret_value(docs, s(r, &["name"]).unwrap(), s(r, &["key"]).unwrap())
             } else if let Some(r) = get(e, &["valueFrom", "configMapKeyRef"]) {
                 configmap_value(docs, s(r, &["name"]).unwrap(), s(r, &["key"]).unwrap())
+            } else if s(e, &["valueFrom", "fieldRef", "fieldPath"]) == Some("spec.nodeName") {
+                // What the kubelet fills in: a node name.
+                "node-1".to_owned()
             } else {
                 panic!("env {name}: no value this test understands");
             };

@@ -540,6 +540,11 @@ impl Cluster {
         }
         args.extend(self.agent_args.iter().cloned());
         args.extend(extra.iter().map(|a| a.to_string()));
+        // Each node has its own name, as the manifest gives it, unless the
+        // test names it.
+        if !args.iter().any(|a| a == "--node-name") {
+            args.extend(["--node-name".to_owned(), host.to_owned()]);
+        }
         let mut c = h.agent_command(&bin, args)?;
         if self.own_process_group {
             c.process_group(0);

@@ -26,8 +26,16 @@ fn bad(what: impl Into<String>, reason: impl Into<String>) -> HarnessError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnvSource {
     Value(String),
-    SecretKey { name: String, key: String },
-    ConfigMapKey { name: String, key: String },
+    SecretKey {
+        name: String,
+        key: String,
+    },
+    ConfigMapKey {
+        name: String,
+        key: String,
+    },
+    /// `fieldRef` `spec.nodeName`: the node's name.
+    NodeName,
 }
 
 /// A volume of the pod.
@@ -213,6 +221,8 @@ fn container(c: &Value) -> Result<ContainerSpec> {
                 name: str_at(r, &["name"]).unwrap_or_default().to_owned(),
                 key: str_at(r, &["key"]).unwrap_or_default().to_owned(),
             }
+        } else if str_at(e, &["valueFrom", "fieldRef", "fieldPath"]) == Some("spec.nodeName") {
+            EnvSource::NodeName
         } else {
             return Err(bad(
                 &what,
@@ -367,6 +377,8 @@ pub struct NodeStandIns {
     pub secret_dirs: BTreeMap<String, PathBuf>,
     /// (kind `Secret`/`ConfigMap`, name) -> key -> value.
     pub objects: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// What `spec.nodeName` is on this node.
+    pub node_name: String,
 }
 
 impl NodeStandIns {
@@ -398,6 +410,7 @@ impl ContainerSpec {
                     EnvSource::ConfigMapKey { name, key } => {
                         node.lookup("ConfigMap", name, key)?.to_owned()
                     }
+                    EnvSource::NodeName => node.node_name.clone(),
                 };
                 Ok((k.clone(), v))
             })
@@ -588,6 +601,7 @@ spec:
                 object_data(&docs, "Secret", "creds").unwrap(),
             )]
             .into(),
+            node_name: "n1".into(),
         }
     }
 

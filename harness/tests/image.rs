@@ -127,6 +127,7 @@ impl Node {
         let mut s = NodeStandIns {
             netns_path: h.ns().path(),
             objects: objects.clone(),
+            node_name: h.name().to_owned(),
             ..NodeStandIns::default()
         };
         for (vname, vol) in &pod.volumes {
