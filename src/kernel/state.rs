@@ -31,16 +31,32 @@ pub fn state_from_dump(
     fdb: &[NeighbourMessage],
 ) -> KernelState {
     let mut state = KernelState::default();
+    add_routes(&mut state, dev, routes);
+    add_neighbours(&mut state, dev, neighbours);
+    add_fdb(&mut state, dev, fdb);
+    state
+}
+
+/// Parts of [`state_from_dump`], so that [`Kernel::read_state`] can drop
+/// each dump once it is read: with thousands of peers the three dumps
+/// together would otherwise be held at once, and the allocator keeps that
+/// peak as resident memory.
+fn add_routes(state: &mut KernelState, dev: &DevIndex, routes: &[RouteMessage]) {
     for (net, target) in routes.iter().filter_map(|r| twill_route(dev, r)) {
         state.routes.insert(net, target);
     }
+}
+
+fn add_neighbours(state: &mut KernelState, dev: &DevIndex, neighbours: &[NeighbourMessage]) {
     for (key, mac) in neighbours.iter().filter_map(|n| tunnel_neighbour(dev, n)) {
         state.neighbours.insert(key, mac);
     }
+}
+
+fn add_fdb(state: &mut KernelState, dev: &DevIndex, fdb: &[NeighbourMessage]) {
     for (key, dst) in fdb.iter().filter_map(|n| tunnel_fdb(dev, n)) {
         state.fdb.entry(key).or_default().insert(dst);
     }
-    state
 }
 
 /// The route as twill's, if it is one: our protocol, main table, leaving
@@ -141,22 +157,21 @@ impl Kernel {
     /// underlay), the VXLAN device's permanent neighbours and its FDB entries
     /// with a remote destination.
     pub async fn read_state(&self, dev: &DevIndex) -> Result<KernelState> {
-        let mut routes = self.ipv4_routes().await?;
-        routes.extend(self.ipv6_routes().await?);
+        let mut state = KernelState::default();
+        add_routes(&mut state, dev, &self.ipv4_routes().await?);
+        add_routes(&mut state, dev, &self.ipv6_routes().await?);
         // In host-gw mode there is no tunnel device to hold neighbours or
         // FDB entries: skip two dumps per pass.
         if dev.vxlan.is_none() && dev.vxlan6.is_none() {
-            return Ok(state_from_dump(dev, &routes, &[], &[]));
+            return Ok(state);
         }
-        let mut neighbours = self
-            .neighbours(AddressFamily::Inet, "list neighbours")
-            .await?;
-        neighbours.extend(
-            self.neighbours(AddressFamily::Inet6, "list neighbours")
-                .await?,
-        );
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let neighbours = self.neighbours(family, "list neighbours").await?;
+            add_neighbours(&mut state, dev, &neighbours);
+        }
         let fdb = self.neighbours(AddressFamily::Bridge, "list fdb").await?;
-        Ok(state_from_dump(dev, &routes, &neighbours, &fdb))
+        add_fdb(&mut state, dev, &fdb);
+        Ok(state)
     }
 
     async fn neighbours(
