@@ -253,8 +253,8 @@ pub enum WatchAction {
     Apply,
     /// The watch is open again after failures: the store is back.
     Reconnected,
-    /// Something failed and is retried at the new deadline (`error` is
-    /// `None` for a stream that just ended).
+    /// Opening the watch (or, with `relist`, listing) failed: retried at
+    /// the new deadline.
     Retry {
         relist: bool,
     },
