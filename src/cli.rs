@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use twill_contract::defaults;
 
+use crate::agent::underlay::UnderlaySelect;
+
 pub use crate::kernel::unusable_underlay_address;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,9 +70,22 @@ pub struct Args {
     )]
     pub etcd_password: Option<String>,
 
-    /// underlay interface (default: the interface of the default route)
-    #[arg(long, env = "TWILL_IFACE")]
-    pub iface: Option<String>,
+    /// underlay interface, by name or by an IPv4 address it holds; may be
+    /// given more than once (comma-separated in the variable): the first
+    /// that exists wins (default: the interface of the default route)
+    #[arg(long, env = "TWILL_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+
+    /// pick the underlay interface whose name or IPv4 address matches this
+    /// regular expression, when no --iface matches; may be given more than
+    /// once, tried in order
+    #[arg(long, env = "TWILL_IFACE_REGEX")]
+    pub iface_regex: Vec<String>,
+
+    /// pick the underlay interface of the route to this address, when no
+    /// --iface or --iface-regex matches
+    #[arg(long, env = "TWILL_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<Ipv4Addr>,
 
     /// this node's address on the underlay (default: first IPv4 address of --iface)
     #[arg(long, env = "TWILL_PUBLIC_IP")]
@@ -222,6 +237,11 @@ pub enum ArgsError {
     PublicIp { ip: Ipv4Addr, kind: &'static str },
     #[error("--log-level: {directive:?} in {value:?} is not a level (off, error, warn, info, debug, trace) or a filter directive such as twill=debug")]
     LogLevel { value: String, directive: String },
+    /// The flag, the pattern and why it does not compile.
+    #[error("{0}")]
+    IfaceRegex(String),
+    #[error("--iface: {0:?} is not an interface name or an IPv4 address")]
+    Iface(String),
 }
 
 /// Checks a `--log-level` value. `EnvFilter` takes any bare word as a
@@ -315,6 +335,14 @@ impl Args {
                 return Err(ArgsError::PublicIp { ip, kind });
             }
         }
+        if let Some(bad) = self
+            .iface
+            .iter()
+            .find(|i| i.parse::<Ipv4Addr>().is_err() && !valid_ifname(i))
+        {
+            return Err(ArgsError::Iface(bad.clone()));
+        }
+        UnderlaySelect::compile(&self.iface_regex).map_err(ArgsError::IfaceRegex)?;
         if let Err(directive) = check_log_level(&self.log_level) {
             return Err(ArgsError::LogLevel {
                 value: self.log_level.clone(),
@@ -322,6 +350,17 @@ impl Args {
             });
         }
         Ok(())
+    }
+
+    /// How the underlay interface is picked: every --iface,
+    /// --iface-regex and --iface-can-reach (`validate` checked the
+    /// patterns; one that does not compile is left out).
+    pub fn underlay_select(&self) -> UnderlaySelect {
+        UnderlaySelect {
+            ifaces: self.iface.clone(),
+            regexes: UnderlaySelect::compile(&self.iface_regex).unwrap_or_default(),
+            can_reach: self.iface_can_reach,
+        }
     }
 
     pub fn lease_ttl(&self) -> Duration {

@@ -12,9 +12,10 @@ use futures::StreamExt;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::agent::plan::Plan;
+use crate::agent::underlay::{choose, Found, UnderlaySelect};
 use crate::kernel::{
-    classify_link_event, link_events, DevIndex, Kernel, KernelError, LinkSignal, Underlay,
-    VxlanSpec,
+    classify_link_event, classify_underlay_event, link_events, underlay_events, DevIndex, Kernel,
+    KernelError, LinkSignal, Underlay, UnderlayEvent, VxlanSpec,
 };
 use crate::masq::{MasqError, Networks};
 use crate::reconcile::{KernelState, Op};
@@ -107,6 +108,27 @@ pub trait Datapath: Send + Sync {
         &self,
         names: Vec<String>,
     ) -> Result<BoxStream<'static, LinkSignal>, KernelError>;
+    /// The underlay `select` and `public_ip` pick now (see
+    /// `agent::underlay::choose`). By default, the first `--iface` only.
+    fn select_underlay(
+        &self,
+        select: &UnderlaySelect,
+        public_ip: Option<Ipv4Addr>,
+    ) -> impl Future<Output = Result<Found, KernelError>> + Send {
+        async move {
+            let iface = select.ifaces.first().map(String::as_str);
+            let underlay = self.underlay(iface, public_ip).await?;
+            Ok(Found {
+                underlay,
+                on_iface: true,
+            })
+        }
+    }
+    /// Link and IPv4 address events of every interface, from now on; by
+    /// default none.
+    fn underlay_events(&self) -> Result<BoxStream<'static, UnderlayEvent>, KernelError> {
+        Ok(futures::stream::pending().boxed())
+    }
 }
 
 /// The real data path: rtnetlink for devices and entries, nf_tables
@@ -217,6 +239,24 @@ impl Datapath for NetlinkDatapath {
                 let signal = classify_link_event(&msg, &refs);
                 std::future::ready((signal != LinkSignal::Ignore).then_some(signal))
             })
+            .boxed())
+    }
+
+    async fn select_underlay(
+        &self,
+        select: &UnderlaySelect,
+        public_ip: Option<Ipv4Addr>,
+    ) -> Result<Found, KernelError> {
+        let snap = self
+            .kernel
+            .underlay_snapshot(select.can_reach, select.by_default_route())
+            .await?;
+        choose(select, public_ip, &snap)
+    }
+
+    fn underlay_events(&self) -> Result<BoxStream<'static, UnderlayEvent>, KernelError> {
+        Ok(underlay_events()?
+            .filter_map(|(msg, _)| std::future::ready(classify_underlay_event(&msg)))
             .boxed())
     }
 }

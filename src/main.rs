@@ -240,7 +240,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let opts = AgentConfig {
-        iface: args.iface.clone(),
+        iface: args.iface.first().cloned(),
         public_ip: args.public_ip,
         node_name: args.node_name.clone().filter(|n| !n.is_empty()),
         subnet_file: args.subnet_file.clone(),
@@ -250,6 +250,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         telemetry,
         ip_masq: args.ip_masq,
         set_forwarding: !args.no_set_forwarding,
+        underlay_select: args.underlay_select(),
     };
     let datapath = twill::datapath::NetlinkDatapath::connect().context("opening netlink")?;
     let agent = match Agent::start(store, datapath, opts, &mut stop).await {

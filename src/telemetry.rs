@@ -40,6 +40,8 @@ pub struct Telemetry {
     converged: AtomicBool,
     masq_failed: AtomicBool,
     store_reset: AtomicBool,
+    underlay_missing: AtomicBool,
+    public_ip_mismatch: AtomicBool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -132,6 +134,8 @@ impl Telemetry {
             converged: AtomicBool::new(false),
             masq_failed: AtomicBool::new(false),
             store_reset: AtomicBool::new(false),
+            underlay_missing: AtomicBool::new(false),
+            public_ip_mismatch: AtomicBool::new(false),
         }
     }
 
@@ -183,12 +187,26 @@ impl Telemetry {
         self.masq_failed.store(v, Ordering::Relaxed);
     }
 
+    /// Set while the underlay interface is gone or has no address.
+    pub fn set_underlay_missing(&self, v: bool) {
+        self.underlay_missing.store(v, Ordering::Relaxed);
+    }
+
+    /// Set while the underlay interface does not hold `--public-ip`.
+    pub fn set_public_ip_mismatch(&self, v: bool) {
+        self.public_ip_mismatch.store(v, Ordering::Relaxed);
+    }
+
     /// `None` when ready, else what is missing.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
         if !self.lease_held.load(Ordering::Relaxed) {
             Some("no subnet lease yet")
         } else if self.store_reset.load(Ordering::Relaxed) {
             Some("etcd lost or rolled back its data: re-creating this node's lease")
+        } else if self.underlay_missing.load(Ordering::Relaxed) {
+            Some("underlay interface gone or without an address: waiting for it (see the log)")
+        } else if self.public_ip_mismatch.load(Ordering::Relaxed) {
+            Some("the underlay interface no longer holds --public-ip (see the log)")
         } else if !self.subnet_file_written.load(Ordering::Relaxed) {
             Some("subnet file not written")
         } else if self.masq_failed.load(Ordering::Relaxed) {

@@ -5,9 +5,11 @@
 //! in through the [`Datapath`] and [`LeaseStore`] traits. etcd trouble is
 //! retried on a schedule and never tears the data path down or stops repairs.
 
+mod follow;
 pub mod lifecycle;
 pub mod plan;
 mod run;
+pub mod underlay;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -90,6 +92,9 @@ pub struct AgentConfig {
     pub ip_masq: bool,
     /// Turn IP forwarding on at start (off with `--no-set-forwarding`).
     pub set_forwarding: bool,
+    /// Every `--iface`, `--iface-regex` and `--iface-can-reach`; when it
+    /// lists no `--iface`, `iface` counts as one.
+    pub underlay_select: underlay::UnderlaySelect,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -131,6 +136,8 @@ pub struct Agent<S, D> {
     /// Whether the masquerade rules are in place, as the subnet file says;
     /// `None` before the first attempt.
     masq_installed: Option<bool>,
+    /// Following the underlay interface and its address.
+    follow: follow::Follow,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -192,7 +199,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         .await?;
         tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config");
 
-        let underlay = dp.underlay(opts.iface.as_deref(), opts.public_ip).await?;
+        let mut follow = follow::Follow::new(&opts);
+        let found = dp.select_underlay(&follow.select, opts.public_ip).await?;
+        follow.started_on(&found);
+        let underlay = found.underlay;
         let public_ipv6 = match cfg.ipv6 {
             Some(_) => dp.global_ipv6(underlay.index).await?,
             None => None,
@@ -252,6 +262,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             resetting: false,
             status,
             masq_installed: None,
+            follow,
         };
         // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;

@@ -18,7 +18,7 @@ use super::lifecycle::{
 };
 use super::{Agent, AgentError};
 use crate::datapath::Datapath;
-use crate::kernel::LinkSignal;
+use crate::kernel::{LinkSignal, UnderlayEvent};
 
 /// What the watch's store call in flight answers.
 enum WatchReply {
@@ -56,6 +56,15 @@ async fn next_batch(
 ) -> Result<Option<(Vec<LeaseEvent>, i64)>, StoreError> {
     match w {
         Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_underlay_event(
+    events: &mut Option<BoxStream<'static, UnderlayEvent>>,
+) -> Option<UnderlayEvent> {
+    match events {
+        Some(e) => e.next().await,
         None => std::future::pending().await,
     }
 }
@@ -297,7 +306,23 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.pending.request(Trigger::WatchBatch, Instant::now());
     }
 
+    /// Writes our lease again, same subnet, with the public IP the
+    /// underlay has now; replaces a re-acquire in flight, which carries the
+    /// old one.
+    fn rewrite_own_lease(&mut self, calls: &mut InFlight) {
+        tracing::info!(subnet = %self.lease.lease.subnet, public_ip = %self.underlay.ip, "writing our lease again with the new public IP");
+        let action = self.lease.step(LeaseInput::LostInWatch, Instant::now());
+        if action == LeaseAction::Reacquire || self.lease.phase == LeasePhase::Reacquiring {
+            calls.lease = Some(self.reacquire_call());
+        }
+    }
+
     async fn run_pass(&mut self, trigger: Trigger) {
+        // Nothing to build on while the underlay is missing; a pass that
+        // an underlay event raced looks at the underlay first.
+        if !self.underlay_ready(trigger == Trigger::Resync).await {
+            return;
+        }
         if let Err(e) = self.reconcile(trigger).await {
             tracing::warn!(error = %e, trigger = trigger.name(), "reconcile failed");
         }
@@ -326,7 +351,17 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 None
             }
         };
+        let mut underlay_events = match self.dp.underlay_events() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the underlay's link and address events; relying on the periodic resync");
+                None
+            }
+        };
         loop {
+            if self.follow.take_rewrite() {
+                self.rewrite_own_lease(&mut calls);
+            }
             self.settle();
             self.publish_status();
             let lease_due = self.lease.deadline();
@@ -363,6 +398,14 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     }
                     Some(_) => self.pending.request(Trigger::LinkEvent, Instant::now()),
                 },
+                ev = next_underlay_event(&mut underlay_events) => match ev {
+                    Some(ev) => self.on_underlay_event(ev),
+                    None => {
+                        tracing::warn!("underlay event socket closed; relying on the periodic resync");
+                        underlay_events = None;
+                    }
+                },
+                _ = until(self.follow.due) => self.check_underlay().await,
                 _ = until(pass_due) => {
                     if let Some(trigger) = self.pending.take() {
                         self.run_pass(trigger).await;

@@ -16,6 +16,7 @@ use rtnetlink::{LinkBridge, LinkUnspec};
 
 use super::vxlan::{kind_name, vxlan_conflict, vxlan_incompatibility, vxlan_link_message};
 use super::{errno, nl, Kernel, KernelError, Result, EEXIST, ENODEV};
+use crate::agent::underlay::{choose, UnderlaySelect};
 use crate::reconcile::Mac;
 
 /// Why `ip` cannot be a node's underlay address, if it cannot: the other
@@ -35,7 +36,7 @@ pub fn unusable_underlay_address(ip: Ipv4Addr) -> Option<&'static str> {
 }
 
 /// Why `link` with `ip` cannot carry the tunnels, if it cannot.
-fn underlay_problem(link: &LinkInfoView, ip: Ipv4Addr) -> Option<String> {
+pub(crate) fn underlay_problem(link: &LinkInfoView, ip: Ipv4Addr) -> Option<String> {
     if link.loopback {
         return Some(format!("{} is the loopback interface", link.name));
     }
@@ -132,7 +133,7 @@ impl LinkInfoView {
 /// The address an address message puts on its interface, with its prefix.
 /// For IPv4 the local address counts (it differs from IFA_ADDRESS only on
 /// point-to-point links).
-fn address_net(m: &AddressMessage) -> Option<IpNet> {
+pub(super) fn address_net(m: &AddressMessage) -> Option<IpNet> {
     let pick = |local: bool| {
         m.attributes.iter().find_map(|a| match a {
             AddressAttribute::Local(ip) if local => Some(*ip),
@@ -149,7 +150,7 @@ fn address_net(m: &AddressMessage) -> Option<IpNet> {
 }
 
 /// The output interface of the first default route in the main table.
-fn default_oif(routes: &[RouteMessage]) -> Option<u32> {
+pub(super) fn default_oif(routes: &[RouteMessage]) -> Option<u32> {
     routes.iter().find_map(|r| {
         if r.header.destination_prefix_length != 0 || r.header.table != RouteHeader::RT_TABLE_MAIN {
             return None;
@@ -203,18 +204,6 @@ impl Kernel {
             .collect())
     }
 
-    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Net)>> {
-        Ok(self
-            .addresses(index)
-            .await?
-            .into_iter()
-            .filter_map(|(m, n)| match n {
-                IpNet::V4(v4) => Some((m, v4)),
-                IpNet::V6(_) => None,
-            })
-            .collect())
-    }
-
     /// Finds the underlay: `iface` or the interface of the default route,
     /// its MTU, and `public_ip` or its first IPv4 address.
     pub async fn underlay(
@@ -222,52 +211,9 @@ impl Kernel {
         iface: Option<&str>,
         public_ip: Option<Ipv4Addr>,
     ) -> Result<Underlay> {
-        let link = match iface {
-            Some(name) => self
-                .link(name)
-                .await?
-                .ok_or_else(|| KernelError::NoSuchLink(name.to_string()))?,
-            None => {
-                let index =
-                    default_oif(&self.ipv4_routes().await?).ok_or(KernelError::NoDefaultRoute)?;
-                let mut links = self.handle.link().get().match_index(index).execute();
-                let msg = links
-                    .try_next()
-                    .await
-                    .map_err(nl(format!("get link {index}")))?
-                    .ok_or_else(|| KernelError::NoSuchLink(index.to_string()))?;
-                LinkInfoView::from_message(&msg)
-            }
-        };
-        let addrs: Vec<Ipv4Net> = self
-            .ipv4_addresses(link.index)
-            .await?
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect();
-        let net = match public_ip {
-            Some(ip) => addrs
-                .iter()
-                .find(|n| n.addr() == ip)
-                .copied()
-                .unwrap_or_else(|| Ipv4Net::from(ip)),
-            None => *addrs
-                .first()
-                .ok_or_else(|| KernelError::NoAddress(link.name.clone()))?,
-        };
-        if let Some(why) = underlay_problem(&link, net.addr()) {
-            return Err(KernelError::UnusableUnderlay {
-                iface: link.name,
-                why,
-            });
-        }
-        Ok(Underlay {
-            mtu: link.mtu.unwrap_or(1500),
-            name: link.name,
-            index: link.index,
-            ip: net.addr(),
-            net,
-        })
+        let select = UnderlaySelect::named(iface);
+        let snap = self.underlay_snapshot(None, iface.is_none()).await?;
+        choose(&select, public_ip, &snap).map(|f| f.underlay)
     }
 
     async fn set_link(&self, index: u32, mtu: Option<u32>, what: &str) -> Result<()> {
@@ -368,7 +314,7 @@ impl Kernel {
     }
 
     /// Every link of the namespace.
-    async fn links(&self) -> Result<Vec<LinkInfoView>> {
+    pub(super) async fn links(&self) -> Result<Vec<LinkInfoView>> {
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()

@@ -13,16 +13,19 @@ mod events;
 mod ops;
 mod state;
 mod sysctl;
+mod underlay;
 mod vxlan;
 
 use ipnet::IpNet;
 use rtnetlink::Handle;
 
+pub(crate) use devices::underlay_problem;
 pub use devices::{cleanup, unusable_underlay_address, LinkInfoView, Underlay, VxlanSpec};
 pub use events::{classify_link_event, link_events, LinkSignal};
 pub use ops::op_message;
 pub use state::state_from_dump;
 pub use sysctl::{enable_forwarding, IPV4_FORWARD, IPV6_FORWARD};
+pub use underlay::{classify_underlay_event, underlay_events, UnderlayEvent};
 pub use vxlan::{vxlan_conflict, vxlan_incompatibility, vxlan_link_message};
 
 /// Route protocol number that marks twill's routes, so that routes someone
@@ -53,6 +56,10 @@ pub enum KernelError {
     NoAddress(String),
     #[error("no --iface given and no IPv4 default route to pick the underlay interface from")]
     NoDefaultRoute,
+    /// `--iface`, `--iface-regex` and `--iface-can-reach` (listed) found
+    /// no interface.
+    #[error("no interface matches {0}")]
+    NoUnderlayMatch(String),
     #[error("route to {dst}: {reason}")]
     Route { dst: IpNet, reason: String },
     /// Configuration, not trouble: the agent refuses to start.

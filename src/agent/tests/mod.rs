@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::datapath::{Datapath, DeviceSpec};
-use crate::kernel::{DevIndex, KernelError, LinkSignal, Underlay};
+use crate::kernel::{DevIndex, KernelError, LinkSignal, Underlay, UnderlayEvent};
 use crate::masq::{MasqError, Networks};
 use crate::reconcile::{Dev, KernelState, Mac, Op};
 
@@ -48,6 +48,15 @@ struct FakeKernel {
     /// by hand (or by a pod's port) in tests.
     bridge_mtu: Option<u32>,
     links: Option<futures::channel::mpsc::UnboundedSender<LinkSignal>>,
+    /// The underlay as `select_underlay` finds it: gone, or moved away
+    /// from `underlay()` (another index or address), and whether it holds
+    /// `--public-ip`.
+    underlay_gone: bool,
+    underlay_moved: Option<Underlay>,
+    public_ip_off_iface: bool,
+    /// `select_underlay` calls.
+    selects: usize,
+    underlay_events: Option<futures::channel::mpsc::UnboundedSender<UnderlayEvent>>,
 }
 
 /// A data path that keeps twill's entries in memory and records every call.
@@ -210,6 +219,32 @@ impl Datapath for FakeDatapath {
         self.lock().links = Some(tx);
         Ok(rx.boxed())
     }
+
+    async fn select_underlay(
+        &self,
+        _select: &underlay::UnderlaySelect,
+        public_ip: Option<Ipv4Addr>,
+    ) -> Result<underlay::Found, KernelError> {
+        let mut k = self.lock();
+        k.selects += 1;
+        if k.underlay_gone {
+            return Err(KernelError::NoSuchLink("eth0".into()));
+        }
+        let mut u = k.underlay_moved.clone().unwrap_or_else(underlay);
+        if let Some(ip) = public_ip {
+            u.ip = ip;
+        }
+        Ok(underlay::Found {
+            underlay: u,
+            on_iface: !k.public_ip_off_iface,
+        })
+    }
+
+    fn underlay_events(&self) -> Result<BoxStream<'static, UnderlayEvent>, KernelError> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.lock().underlay_events = Some(tx);
+        Ok(rx.boxed())
+    }
 }
 
 fn config() -> NetworkConfig {
@@ -260,6 +295,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         telemetry,
         ip_masq: true,
         set_forwarding: true,
+        underlay_select: Default::default(),
     }
 }
 
@@ -282,11 +318,22 @@ impl Rig {
     }
 
     async fn start_with(store: MemoryStore, prepare: impl FnOnce(&std::path::Path)) -> Rig {
+        Rig::start_configured(store, prepare, |_| {}).await
+    }
+
+    /// Starts an agent on `store` after `prepare` ran on its directory,
+    /// with its options changed by `change`.
+    async fn start_configured(
+        store: MemoryStore,
+        prepare: impl FnOnce(&std::path::Path),
+        change: impl FnOnce(&mut AgentConfig),
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
         let telemetry = Arc::new(Telemetry::new());
         let dp = FakeDatapath::default();
-        let opts = opts(dir.path(), telemetry.clone());
+        let mut opts = opts(dir.path(), telemetry.clone());
+        change(&mut opts);
         let never = std::future::pending::<()>();
         let mut never = std::pin::pin!(never);
         let agent = Agent::start(store.clone(), dp.clone(), opts, &mut never)
@@ -1141,3 +1188,5 @@ async fn unusable_entries_are_counted_as_skipped_leases() {
         .await;
     rig.stop().await;
 }
+
+mod underlay_follow;
