@@ -252,16 +252,20 @@ impl Host {
     }
 
     /// Agent binary `bin` inside this host's namespace with its per-host
-    /// flags (`--iface eth0 --subnet-file <subnet file>`) and then `args`;
+    /// flags (`--iface eth0 --subnet-file <subnet file>`, without the
+    /// `--iface` when `args` pick the interface) and then `args`;
     /// output appended to the agent log, no `TWILL_*` settings inherited
     /// from the caller's environment.
     pub(crate) fn agent_command(&self, bin: &Path, args: Vec<String>) -> Result<Command> {
         let mut all = vec![
-            "--iface".to_owned(),
-            IFNAME.to_owned(),
             "--subnet-file".to_owned(),
             self.subnet_file_path().to_string_lossy().into_owned(),
         ];
+        // `--iface eth0` unless the test picks the interface itself.
+        let picks = ["--iface", "--iface-regex", "--iface-can-reach"];
+        if !args.iter().any(|a| picks.contains(&a.as_str())) {
+            all.splice(0..0, ["--iface".to_owned(), IFNAME.to_owned()]);
+        }
         all.extend(args);
         let mut c = self.ns.command(&bin.to_string_lossy(), all);
         for (k, _) in std::env::vars_os() {
@@ -490,28 +494,42 @@ impl Cluster {
             source,
         })?;
         let ns = Netns::new(format!("{}-{name}", self.prefix))?;
-        // Created inside the host namespace with the peer placed straight in
-        // the underlay one: nothing ever touches the root namespace.
-        ns.ip([
-            "link",
-            "add",
-            IFNAME,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &name,
-            "netns",
-            self.underlay.name(),
-        ])?;
-        ns.ip(["addr", "add", &addr.to_string(), "dev", IFNAME])?;
-        ns.ip(["link", "set", IFNAME, "up"])?;
-        self.underlay
-            .ip(["link", "set", &name, "master", bridge, "up"])?;
+        self.plug_nic(&ns, IFNAME, &name, addr, bridge)?;
         ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
         self.hosts.push(Host { name, ns, ip, dir });
         Ok(self.hosts[i - 1].name.clone())
+    }
+
+    /// Gives `ns` a NIC `ifname` with `addr`, up: a veth whose peer `peer`
+    /// joins `bridge` in the underlay namespace. Created inside `ns` with
+    /// the peer placed straight in the underlay one: nothing ever touches
+    /// the root namespace. Also how a test puts back a NIC it deleted.
+    pub fn plug_nic(
+        &self,
+        ns: &Netns,
+        ifname: &str,
+        peer: &str,
+        addr: Ipv4Net,
+        bridge: &str,
+    ) -> Result<()> {
+        ns.ip([
+            "link",
+            "add",
+            ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            self.underlay.name(),
+        ])?;
+        ns.ip(["addr", "add", &addr.to_string(), "dev", ifname])?;
+        ns.ip(["link", "set", ifname, "up"])?;
+        self.underlay
+            .ip(["link", "set", peer, "master", bridge, "up"])?;
+        Ok(())
     }
 
     /// A namespace standing for the world outside the cluster, named

@@ -127,10 +127,17 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         if change.any() {
             self.replan(found, change).await;
         }
-        // A flap may have cost routes through the underlay (the kernel
-        // drops them with the link): a pass puts back what is missing and
-        // changes nothing that is right.
-        self.pending.request(Trigger::LinkEvent, Instant::now());
+    }
+
+    /// The look an underlay event armed; then a pass, as a flap may have
+    /// cost routes through the underlay (the kernel drops them with the
+    /// link): it puts back what is missing and changes nothing that is
+    /// right.
+    pub(super) async fn on_underlay_due(&mut self) {
+        self.check_underlay().await;
+        if !self.follow.is_missing() {
+            self.pending.request(Trigger::LinkEvent, Instant::now());
+        }
     }
 
     fn underlay_missing(&mut self, e: &KernelError) {

@@ -405,7 +405,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                         underlay_events = None;
                     }
                 },
-                _ = until(self.follow.due) => self.check_underlay().await,
+                _ = until(self.follow.due) => self.on_underlay_due().await,
                 _ = until(pass_due) => {
                     if let Some(trigger) = self.pending.take() {
                         self.run_pass(trigger).await;
