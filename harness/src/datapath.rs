@@ -238,6 +238,26 @@ pub fn peer(c: &Cluster, host: &str) -> Result<Peer> {
     })
 }
 
+/// Agent log lines of a netlink call that changes something: `applied
+/// op=...` from the reconcile, and the device fixes of the kernel module.
+pub const CHANGE_MARKERS: &[&str] = &[
+    "applied",
+    "creating bridge",
+    "creating vxlan device",
+    "recreating",
+    "fixing vxlan device state",
+    "fixing bridge MTU",
+    "adding address",
+    "removing stale address",
+];
+
+/// The agent log lines of `log` that record a netlink change.
+pub fn change_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| CHANGE_MARKERS.iter().any(|m| l.contains(m)))
+        .collect()
+}
+
 /// Reads what twill owns on `host`'s VXLAN device.
 pub fn owned(c: &Cluster, host: &str) -> Result<Owned> {
     VxlanState::read(c.host(host)?.ns(), VXLAN_DEV).map(|s| s.owned())

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use twill_harness::cluster::{BRIDGE_DEV, ETCD_PREFIX, VXLAN_DEV};
-use twill_harness::datapath::{self, Peer, VxlanState};
+use twill_harness::datapath::{self, change_lines, Peer, VxlanState};
 use twill_harness::pinger::Pinger;
 use twill_harness::wait::wait_for;
 use twill_harness::{require_cluster, Cluster, ClusterBuilder};
@@ -26,18 +26,6 @@ const RESYNC_SECS: u64 = 2;
 /// the machine is shared, but far below what a missing repair would take
 /// (forever).
 const HEAL_DEADLINE: Duration = Duration::from_secs(15);
-/// Log lines of a netlink call that changes something: `applied op=...`
-/// from the reconcile, and the device fixes of the kernel module.
-const CHANGE_MARKERS: &[&str] = &[
-    "applied",
-    "creating bridge",
-    "creating vxlan device",
-    "recreating",
-    "fixing vxlan device state",
-    "fixing bridge MTU",
-    "adding address",
-    "removing stale address",
-];
 
 fn builder(hosts: usize) -> ClusterBuilder {
     Cluster::builder().hosts(hosts).resync_interval(RESYNC_SECS)
@@ -76,13 +64,6 @@ fn peers(c: &Cluster, hosts: &[&str]) -> Vec<Peer> {
 
 fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
-
-/// The agent log lines of `log` that record a netlink change.
-fn change_lines(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| CHANGE_MARKERS.iter().any(|m| l.contains(m)))
-        .collect()
 }
 
 #[test]

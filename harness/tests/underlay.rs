@@ -14,9 +14,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use twill_harness::cluster::{IFNAME, VXLAN_DEV};
-use twill_harness::datapath::{self, Peer};
+use twill_harness::cluster::{DEFAULT_NETWORK_CONFIG, IFNAME, VXLAN_DEV};
+use twill_harness::datapath::{self, change_lines, Peer};
 use twill_harness::probe::http_get;
+use twill_harness::routed;
 use twill_harness::wait::wait_for;
 use twill_harness::{require_cluster, Cluster};
 
@@ -25,33 +26,31 @@ const RESYNC_SECS: u64 = 2;
 /// forever, not 30 s.
 const HEAL: Duration = Duration::from_secs(30);
 const HEALTH_PORT: u16 = 10256;
-/// Log lines of a netlink call that changes something (as in healing.rs).
-const CHANGE_MARKERS: &[&str] = &[
-    "applied",
-    "creating bridge",
-    "creating vxlan device",
-    "recreating",
-    "fixing vxlan device state",
-    "fixing bridge MTU",
-    "adding address",
-    "removing stale address",
-];
 
 /// Two converged hosts serving `/readyz`, pod p1 on h1 and p2 on h2, each
 /// reaching the other (the positive control of every heal below).
 fn two_hosts_with_pods() -> (Cluster, Ipv4Addr, Ipv4Addr) {
+    two_hosts_with_pods_on(DEFAULT_NETWORK_CONFIG, RESYNC_SECS)
+}
+
+/// [`two_hosts_with_pods`] with the network config `config` and resyncs
+/// `resync` seconds apart.
+fn two_hosts_with_pods_on(config: &str, resync: u64) -> (Cluster, Ipv4Addr, Ipv4Addr) {
     let addr = format!("127.0.0.1:{HEALTH_PORT}");
     let mut c = Cluster::builder()
+        .network_config(config)
         .hosts(2)
-        .resync_interval(RESYNC_SECS)
+        .resync_interval(resync)
         .agent_args(["--healthz-addr", &addr])
         .build()
         .unwrap();
     c.start_agents().unwrap();
-    c.wait_converged().unwrap();
+    for h in ["h1", "h2"] {
+        c.wait_subnet_file(h).unwrap();
+    }
     let ip1 = c.add_pod("h1", "p1").unwrap();
     let ip2 = c.add_pod("h2", "p2").unwrap();
-    assert!(c.ping("p1", ip2), "control: p1 reaches p2");
+    assert!(c.ping_within("p1", ip2, HEAL), "control: p1 reaches p2");
     assert!(c.ping("p2", ip1), "control: p2 reaches p1");
     (c, ip1, ip2)
 }
@@ -90,13 +89,6 @@ fn both_ways(c: &Cluster, ip1: Ipv4Addr, ip2: Ipv4Addr, why: &str) {
 
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
-}
-
-fn change_lines(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| CHANGE_MARKERS.iter().any(|m| l.contains(m)))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The lower link of `host`'s VXLAN device as `ip` shows it: a name when
@@ -248,11 +240,53 @@ fn a_link_flap_changes_nothing_that_was_right() {
     let changes = change_lines(&log);
     assert_eq!(
         changes[before..],
-        [] as [String; 0],
+        [] as [&str; 0],
         "churn after a flap:\n{log}"
     );
     assert_eq!(c.lease(subnet).unwrap(), lease, "lease untouched");
     assert_eq!(count(&log, "underlay changed"), 0);
+}
+
+#[test]
+fn a_link_flap_in_host_gw_mode_restores_the_routes_the_kernel_dropped() {
+    if !require_cluster() {
+        return;
+    }
+    let (c, ip1, ip2) = two_hosts_with_pods_on(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#,
+        // No resync within the test: the link events alone must heal.
+        3600,
+    );
+    let ns = c.host("h1").unwrap().ns();
+    let routes = routed::owned_routes(ns).unwrap();
+    assert_eq!(routes.len(), 1, "h1 routes h2's subnet via h2: {routes:?}");
+
+    ns.ip(["link", "set", IFNAME, "down"]).unwrap();
+    wait_for(
+        "the kernel to drop h1's routes through the downed eth0",
+        HEAL,
+        || Ok(routed::owned_routes(ns)?.is_empty().then_some(())),
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    let before = change_lines(&c.agent_log("h1").unwrap()).len();
+    ns.ip(["link", "set", IFNAME, "up"]).unwrap();
+    wait_for(
+        "h1's routes to be back",
+        HEAL,
+        || Ok((routed::owned_routes(ns)? == routes).then_some(())),
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    both_ways(&c, ip1, ip2, "after the flap");
+    // A while later: what was put back is all that changed.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = c.agent_log("h1").unwrap();
+    let changes = change_lines(&log)[before..].to_vec();
+    assert!(
+        !changes.is_empty() && changes.iter().all(|l| l.contains("set route")),
+        "only the dropped route put back: {changes:#?}\n{log}"
+    );
 }
 
 /// Gives `host` a second NIC `eth1` at `198.18.0.<octet>/24` on a second
