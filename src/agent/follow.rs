@@ -199,6 +199,15 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             "underlay changed; rebuilding the data path on it, same subnet");
         self.follow.rewrite = plan.attrs != self.plan.attrs;
         self.plan = plan;
+        if self.follow.rewrite {
+            // Our entry in the lease map says what the lease is about to:
+            // with the old public IP it would pass for another node's
+            // claim on our subnet until the watch brings the rewrite.
+            let attrs = self.plan.attrs.clone();
+            if let Some(own) = self.leases.get_mut(&self.lease.lease.subnet) {
+                own.attrs = attrs;
+            }
+        }
         if let Err(e) = self.publish().await {
             tracing::warn!(error = %e, "rebuilding the devices on the new underlay failed; retried on the next pass");
         }

@@ -313,7 +313,16 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         tracing::info!(subnet = %self.lease.lease.subnet, public_ip = %self.underlay.ip, "writing our lease again with the new public IP");
         let action = self.lease.step(LeaseInput::LostInWatch, Instant::now());
         if action == LeaseAction::Reacquire || self.lease.phase == LeasePhase::Reacquiring {
-            calls.lease = Some(self.reacquire_call());
+            // Our connections to etcd came from the old address: they are
+            // dead, but keep-alive would take many seconds to say so.
+            let store = self.store.clone();
+            let rewrite = self.reacquire_call();
+            calls.lease = Some(Box::pin(async move {
+                if let Err(e) = store.reconnect().await {
+                    tracing::warn!(error = %e, "cannot reconnect to etcd from the new address");
+                }
+                rewrite.await
+            }));
         }
     }
 

@@ -198,6 +198,12 @@ pub trait LeaseStore: Send + Sync {
     /// Extend the TTL; `LeaseGone(subnet)` if the lease expired, was revoked
     /// or the key was deleted or taken over.
     fn renew_lease(&self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Opens new connections to the store in place of the current ones,
+    /// which this node's address change may have killed silently. Calls
+    /// after it use the new ones. Stores without connections do nothing.
+    fn reconnect(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
     /// Deletes the lease of `subnet`, whichever key form (with or without
     /// an IPv6 part) it is stored under.
     fn delete_lease(&self, subnet: Ipv4Net) -> impl Future<Output = Result<(), StoreError>> + Send;

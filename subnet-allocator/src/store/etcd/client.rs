@@ -452,6 +452,20 @@ impl Conn {
             return Ok(());
         }
         tracing::info!(user = ?self.peer.user, "etcd auth token expired; logging in again");
+        self.replace_client(op, stale).await
+    }
+
+    /// A new channel (and login) in place of the current one, whose
+    /// connections may be dead without knowing it: after this node's
+    /// address changed, they would be found so only by keep-alive.
+    pub(super) async fn reconnect(&self) -> Result<(), StoreError> {
+        let _one = self.reauth.lock().await;
+        let stale = self.current().0;
+        self.replace_client("reconnect", stale).await
+    }
+
+    /// Logs in anew and makes the result generation `stale + 1`.
+    async fn replace_client(&self, op: &str, stale: u64) -> Result<(), StoreError> {
         let fresh = tokio::time::timeout(
             OP_TIMEOUT,
             login(&self.endpoints, &self.connect_opts, &self.peer),

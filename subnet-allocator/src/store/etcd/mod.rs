@@ -248,6 +248,10 @@ impl LeaseStore for EtcdStore {
         }
     }
 
+    async fn reconnect(&self) -> Result<(), StoreError> {
+        self.conn.reconnect().await
+    }
+
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let subnet = lease.subnet;
         let key = self.lease_key_with_ipv6(subnet, lease.ipv6_subnet);
