@@ -535,4 +535,37 @@ mod tests {
         assert!(Args::try_parse_from(["twilld", "--lease-ttl", "-1"]).is_err());
         assert!(Args::try_parse_from(["twilld", "--log-format", "xml"]).is_err());
     }
+
+    #[test]
+    fn underlay_flags_repeat_and_are_checked() {
+        let a = parse(&[
+            "--iface",
+            "eth1",
+            "--iface",
+            "192.0.2.9",
+            "--iface-regex",
+            "^en",
+            "--iface-regex",
+            r"^198\.18\.",
+            "--iface-can-reach",
+            "192.0.2.254",
+        ]);
+        assert_eq!(a.validate(), Ok(()));
+        let s = a.underlay_select();
+        assert_eq!(s.ifaces, ["eth1", "192.0.2.9"]);
+        let patterns: Vec<&str> = s.regexes.iter().map(|r| r.as_str()).collect();
+        assert_eq!(patterns, ["^en", r"^198\.18\."]);
+        assert_eq!(s.can_reach, Some(Ipv4Addr::new(192, 0, 2, 254)));
+        // A pattern that does not compile, an interface name that cannot
+        // be one: refused, naming the flag.
+        let e = parse(&["--iface-regex", "^en(["]).validate().unwrap_err();
+        assert!(
+            e.to_string().starts_with("--iface-regex \"^en([\": "),
+            "{e}"
+        );
+        let e = parse(&["--iface", "eth 0"]).validate().unwrap_err();
+        assert_eq!(e, ArgsError::Iface("eth 0".into()));
+        assert!(e.to_string().starts_with("--iface: "), "{e}");
+        assert!(Args::try_parse_from(["twilld", "--iface-can-reach", "eth0"]).is_err());
+    }
 }

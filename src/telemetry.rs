@@ -247,6 +247,27 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_underlay_or_a_lost_public_ip_makes_the_node_unready() {
+        let t = Telemetry::new();
+        t.set_lease_held(true);
+        t.set_subnet_file_written(true);
+        t.set_converged(true);
+        assert_eq!(t.not_ready_reason(), None);
+        t.set_public_ip_mismatch(true);
+        assert!(t
+            .not_ready_reason()
+            .is_some_and(|w| w.contains("--public-ip")));
+        // The missing interface says more, and comes first.
+        t.set_underlay_missing(true);
+        assert!(t
+            .not_ready_reason()
+            .is_some_and(|w| w.starts_with("underlay interface gone")));
+        t.set_underlay_missing(false);
+        t.set_public_ip_mismatch(false);
+        assert_eq!(t.not_ready_reason(), None);
+    }
+
+    #[test]
     fn failed_ip_masq_rules_make_the_node_unready() {
         let t = Telemetry::new();
         t.set_lease_held(true);
