@@ -352,6 +352,15 @@ fn iface_regex_and_iface_can_reach_pick_the_interface() {
     let ip2 = c.add_pod("h2", "p2").unwrap();
     both_ways(&c, ip1, ip2, "over the picked interfaces");
 
+    // h1's NIC is replaced by one of another name with its address: the
+    // pattern on addresses picks it, and the data path moves onto it.
+    let h1 = c.host("h1").unwrap();
+    h1.ns().ip(["link", "del", IFNAME]).unwrap();
+    let addr: Ipv4Net = "192.0.2.1/24".parse().unwrap();
+    c.plug_nic(h1.ns(), "ens9", "h1", addr, "ul0").unwrap();
+    both_ways(&c, ip1, ip2, "after h1's NIC was replaced by ens9");
+    assert_eq!(vxlan_lower(&c, "h1"), "\"ens9\"", "{VXLAN_DEV} rides ens9");
+
     // Nothing matches: refused, naming the flag.
     c.start_agent_with("h3", &["--iface-regex", "^wlan"])
         .unwrap();
