@@ -123,9 +123,11 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             tracing::info!(iface = %found.underlay.name, index = found.underlay.index, public_ip = %found.underlay.ip, "underlay interface is back");
         }
         self.check_public_ip(&found);
-        let change = Change::between(&self.underlay, &found.underlay);
+        let public_ipv6 = self.underlay_ipv6(&found.underlay).await;
+        let mut change = Change::between(&self.underlay, &found.underlay);
+        change.address6 = public_ipv6 != self.plan.attrs.public_ipv6;
         if change.any() {
-            self.replan(found, change).await;
+            self.replan(found, change, public_ipv6).await;
         }
     }
 
@@ -171,20 +173,32 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         }
     }
 
-    /// Plans the data path on the underlay found and rebuilds the devices;
-    /// the subnet stays. A new public IP arms the lease rewrite.
-    async fn replan(&mut self, found: Found, change: Change) {
+    /// The underlay's global IPv6 address in a dual-stack cluster (what
+    /// the plan has when it cannot be read), else `None`.
+    async fn underlay_ipv6(
+        &self,
+        underlay: &crate::kernel::Underlay,
+    ) -> Option<std::net::Ipv6Addr> {
+        self.cfg.ipv6.as_ref()?;
+        match self.dp.global_ipv6(underlay.index).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                tracing::warn!(error = %e, iface = %underlay.name, "cannot read the underlay's IPv6 address");
+                self.plan.attrs.public_ipv6
+            }
+        }
+    }
+
+    /// Plans the data path on the underlay found (with `public_ipv6`) and
+    /// rebuilds the devices; the subnet stays. A new public IP arms the
+    /// lease rewrite.
+    async fn replan(
+        &mut self,
+        found: Found,
+        change: Change,
+        public_ipv6: Option<std::net::Ipv6Addr>,
+    ) {
         let new = found.underlay;
-        let public_ipv6 = match self.cfg.ipv6 {
-            Some(_) => match self.dp.global_ipv6(new.index).await {
-                Ok(ip) => ip,
-                Err(e) => {
-                    tracing::warn!(error = %e, iface = %new.name, "cannot read the underlay's IPv6 address");
-                    None
-                }
-            },
-            None => None,
-        };
         let mut plan = match Plan::new(&self.cfg, &new, public_ipv6) {
             Ok(p) => p,
             Err(e) => {
@@ -195,7 +209,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         plan.attrs.node_name = self.plan.attrs.node_name.clone();
         let old = std::mem::replace(&mut self.underlay, new);
         tracing::info!(iface = %self.underlay.name, index = self.underlay.index, public_ip = %self.underlay.ip, mtu = self.underlay.mtu,
-            old_iface = %old.name, old_index = old.index, old_public_ip = %old.ip, link = change.link, address = change.address,
+            old_iface = %old.name, old_index = old.index, old_public_ip = %old.ip, link = change.link, address = change.address, address6 = change.address6,
             "underlay changed; rebuilding the data path on it, same subnet");
         self.follow.rewrite = plan.attrs != self.plan.attrs;
         self.plan = plan;

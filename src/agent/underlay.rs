@@ -204,6 +204,9 @@ pub struct Change {
     pub link: bool,
     /// Another public IP: the lease and the VXLAN device follow.
     pub address: bool,
+    /// Another global IPv6 address in a dual-stack cluster (set by the
+    /// caller, who reads it): the lease and the IPv6 tunnel follow.
+    pub address6: bool,
 }
 
 impl Change {
@@ -211,11 +214,12 @@ impl Change {
         Change {
             link: old.index != new.index || old.mtu != new.mtu || old.name != new.name,
             address: old.ip != new.ip || old.net != new.net,
+            address6: false,
         }
     }
 
     pub fn any(&self) -> bool {
-        self.link || self.address
+        self.link || self.address || self.address6
     }
 }
 
@@ -408,7 +412,7 @@ mod tests {
             Change::between(&old, &readded),
             Change {
                 link: true,
-                address: false
+                ..Default::default()
             }
         );
         let mut renumbered = old.clone();
@@ -416,8 +420,8 @@ mod tests {
         assert_eq!(
             Change::between(&old, &renumbered),
             Change {
-                link: false,
-                address: true
+                address: true,
+                ..Default::default()
             }
         );
         assert!(!Change::between(&old, &old.clone()).any());

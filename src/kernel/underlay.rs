@@ -24,7 +24,8 @@ use crate::agent::underlay::{LinkAddrs, Snapshot};
 pub enum UnderlayEvent {
     /// A link was created, changed (up, down, renamed, MTU) or deleted.
     Link { index: u32, name: Option<String> },
-    /// An IPv4 address was added to or removed from link `index`.
+    /// An address (either family) was added to or removed from link
+    /// `index`.
     Address { index: u32 },
     /// The kernel dropped events (ENOBUFS): look again.
     Lost,
@@ -54,7 +55,8 @@ pub fn classify_underlay_event(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Opt
     }
 }
 
-/// Subscribes to link and IPv4 address events in this namespace.
+/// Subscribes to link and address events (both families) in this
+/// namespace.
 pub fn underlay_events() -> Result<
     futures::channel::mpsc::UnboundedReceiver<(
         NetlinkMessage<RouteNetlinkMessage>,
@@ -64,6 +66,7 @@ pub fn underlay_events() -> Result<
     let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
         rtnetlink::MulticastGroup::Link,
         rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        rtnetlink::MulticastGroup::Ipv6Ifaddr,
     ])
     .map_err(KernelError::Connect)?;
     tokio::spawn(conn);

@@ -57,6 +57,8 @@ struct FakeKernel {
     /// `select_underlay` calls.
     selects: usize,
     underlay_events: Option<futures::channel::mpsc::UnboundedSender<UnderlayEvent>>,
+    /// The underlay's global IPv6 address.
+    ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// A data path that keeps twill's entries in memory and records every call.
@@ -112,7 +114,7 @@ impl Datapath for FakeDatapath {
     }
 
     async fn global_ipv6(&self, _index: u32) -> Result<Option<std::net::Ipv6Addr>, KernelError> {
-        Ok(None)
+        Ok(self.lock().ipv6)
     }
 
     async fn preflight(&self, plan: &Plan) -> Result<(), KernelError> {

@@ -203,3 +203,60 @@ async fn a_burst_of_underlay_events_costs_one_look_and_others_none() {
     assert_eq!(rig.dp.lock().applied.len(), applied, "nothing changed");
     rig.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_ipv6_underlay_address_moves_the_ipv6_tunnel_and_the_lease() {
+    let dual = NetworkConfig::parse(
+        br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let store = MemoryStore::with_config(dual);
+    let old: std::net::Ipv6Addr = "2001:db8::10".parse().unwrap();
+    let new: std::net::Ipv6Addr = "2001:db8::50".parse().unwrap();
+    let dp = FakeDatapath::default();
+    dp.lock().ipv6 = Some(old);
+    let (agent, _dir) = start_on(store.clone(), dp.clone(), |_| {}).await;
+    let agent = agent.unwrap();
+    let subnet = agent.lease().subnet;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(Box::pin(async move {
+        let _ = rx.await;
+    })));
+    let tunnel6 = |dp: &FakeDatapath| {
+        let k = dp.lock();
+        k.devices
+            .as_ref()
+            .and_then(|d| d.vxlan6.as_ref().map(|v| v.local))
+    };
+    let lease6 = |store: &MemoryStore| {
+        store
+            .leases()
+            .iter()
+            .find(|l| l.subnet == subnet)
+            .and_then(|l| l.attrs.public_ipv6)
+    };
+    assert_eq!(tunnel6(&dp), Some(old.into()));
+    assert_eq!(lease6(&store), Some(old));
+
+    // Only the IPv6 address changes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    dp.lock().ipv6 = Some(new);
+    dp.underlay_event(UnderlayEvent::Address { index: 2 });
+    for _ in 0..2000 {
+        if tunnel6(&dp) == Some(new.into()) && lease6(&store) == Some(new) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(tunnel6(&dp), Some(new.into()), "the IPv6 tunnel follows");
+    assert_eq!(lease6(&store), Some(new), "the lease follows");
+    let ours: Vec<_> = store
+        .leases()
+        .into_iter()
+        .filter(|l| l.subnet == subnet)
+        .collect();
+    assert_eq!(ours.len(), 1, "same subnet, one lease");
+    assert_eq!(ours[0].attrs.public_ip, OUR_IP, "IPv4 address kept");
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
