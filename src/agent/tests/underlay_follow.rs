@@ -260,3 +260,39 @@ async fn a_new_ipv6_underlay_address_moves_the_ipv6_tunnel_and_the_lease() {
     let _ = tx.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renumbering_during_an_etcd_outage_rebuilds_at_once_and_reaches_the_lease_later() {
+    let mut rig = Rig::with_peer().await;
+    let subnet = rig.status.borrow().subnet;
+    let new_ip = Ipv4Addr::new(192, 0, 2, 50);
+    rig.store.set_available(false);
+    rig.dp.lock().underlay_moved = Some(Underlay {
+        ip: new_ip,
+        net: "192.0.2.50/24".parse().unwrap(),
+        ..underlay()
+    });
+    rig.dp.underlay_event(UnderlayEvent::Address { index: 2 });
+    // The data path does not wait for etcd.
+    rig.until("the VXLAN device sources from the new address", |r| {
+        r.dp.vxlan_underlay() == Some((2, 2, new_ip.into()))
+    })
+    .await;
+    assert!(rig.dp.has_route("10.244.5.0/24"), "peers still routed");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        lease_rows(&rig.store).iter().any(|r| r.1 == OUR_IP),
+        "etcd is down: the old lease stays"
+    );
+    rig.store.set_available(true);
+    rig.until("our lease names the new address", |r| {
+        lease_rows(&r.store)
+            .iter()
+            .any(|row| row.0 == subnet && row.1 == new_ip)
+    })
+    .await;
+    let s = rig.wait("held", |s| s.lease == "held").await;
+    assert_eq!(s.subnet, subnet, "same subnet");
+    assert_eq!(lease_rows(&rig.store).len(), 2, "no second lease");
+    rig.stop().await;
+}
