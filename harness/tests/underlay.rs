@@ -379,3 +379,45 @@ fn iface_regex_and_iface_can_reach_pick_the_interface() {
         "{log}"
     );
 }
+
+#[test]
+fn with_public_ip_given_a_renumbering_is_reported_not_followed() {
+    if !require_cluster() {
+        return;
+    }
+    let addr = format!("127.0.0.1:{HEALTH_PORT}");
+    let mut c = Cluster::builder()
+        .hosts(1)
+        .resync_interval(RESYNC_SECS)
+        .agent_args(["--healthz-addr", &addr])
+        .build()
+        .unwrap();
+    c.start_agent_with("h1", &["--public-ip", "192.0.2.1"])
+        .unwrap();
+    let subnet = c.wait_subnet_file("h1").unwrap().node_subnet();
+    wait_readyz(&c, "h1", "ready", |s, _| s == 200);
+    let lease = c.lease(subnet).unwrap();
+
+    let ns = c.host("h1").unwrap().ns();
+    ns.ip(["addr", "del", "192.0.2.1/24", "dev", IFNAME])
+        .unwrap();
+    ns.ip(["addr", "add", "192.0.2.101/24", "dev", IFNAME])
+        .unwrap();
+    wait_readyz(&c, "h1", "names --public-ip", |s, b| {
+        s == 503 && b.contains("no longer holds --public-ip")
+    });
+    assert_eq!(
+        c.lease(subnet).unwrap(),
+        lease,
+        "the lease keeps the flag's IP"
+    );
+
+    // The address comes back: ready again, said once each way.
+    ns.ip(["addr", "add", "192.0.2.1/24", "dev", IFNAME])
+        .unwrap();
+    wait_readyz(&c, "h1", "ready again", |s, _| s == 200);
+    let log = c.agent_log("h1").unwrap();
+    assert_eq!(count(&log, "no longer holds --public-ip"), 1, "{log}");
+    assert_eq!(count(&log, "holds --public-ip again"), 1, "{log}");
+    assert_eq!(count(&log, "writing our lease again"), 0, "{log}");
+}
