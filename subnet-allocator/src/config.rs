@@ -9,7 +9,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+mod fold;
 mod ipv6;
+use fold::fold_keys;
 use ipv6::parse_ipv6;
 
 /// Default VXLAN network identifier (flannel's).
@@ -67,8 +69,10 @@ pub enum ConfigError {
     UnknownBackend(String),
     #[error("network config field Backend.VNI {0} does not fit in 24 bits")]
     Vni(u32),
-    #[error("network config field EnableIPv4 is false: IPv6-only clusters are not supported")]
-    Ipv6Only,
+    #[error("network config fields EnableIPv4 and EnableIPv6 are both false: no address family is enabled")]
+    NoFamily,
+    #[error("network config field {0} is given twice (JSON keys are matched case-insensitively, like flannel)")]
+    DuplicateField(String),
     #[error("network config field IPv6Network is missing (required when EnableIPv6 is true)")]
     MissingIpv6Network,
     #[error("network config field IPv6SubnetLen {subnet_len} must be longer than the IPv6Network prefix /{network_len} and at most /{max}")]
@@ -178,8 +182,15 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Net,
     pub subnet_max: Ipv4Net,
     pub backend: BackendConfig,
-    /// `Some` iff `EnableIPv6` is true: the cluster is dual-stack.
+    /// `Some` iff `EnableIPv6` is true: the cluster is dual-stack, or
+    /// IPv6-only when `enable_ipv4` is false.
     pub ipv6: Option<Ipv6Config>,
+    /// `EnableIPv4`. When false (an IPv6-only cluster; `ipv6` is then
+    /// `Some`), `network`, `subnet_min` and `subnet_max` are the unspecified
+    /// `0.0.0.0/0` and `subnet_len` is 0, flannel's empty IPv4 network:
+    /// they hold no subnet and must not be used, see
+    /// [`NetworkConfig::is_ipv6_only`].
+    pub enable_ipv4: bool,
 }
 
 // Raw JSON shape: strings stay strings so that errors can name the field and
@@ -227,6 +238,7 @@ struct RawBackend {
 fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
     // Syntax errors first, so that they keep serde's position.
     let value: Value = serde_json::from_slice(bytes)?;
+    let value = fold_keys(value)?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let reason = e.into_inner().to_string();
@@ -243,6 +255,34 @@ fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
     })
 }
 
+/// The `Backend` section, defaulted and checked.
+fn parse_backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> {
+    let Some(b) = raw else {
+        return Ok(BackendConfig::default());
+    };
+    let kind = match b.kind {
+        Some(t) => t.parse()?,
+        None => BackendType::Vxlan,
+    };
+    let vni = b.vni.unwrap_or(DEFAULT_VNI);
+    if vni > MAX_VNI {
+        return Err(ConfigError::Vni(vni));
+    }
+    // flannel treats Port 0 as "use the default".
+    let port = match b.port {
+        None | Some(0) => DEFAULT_VXLAN_PORT,
+        Some(p) => p,
+    };
+    Ok(BackendConfig {
+        kind,
+        vni,
+        port,
+        mtu: b.mtu.filter(|m| *m != 0),
+        direct_routing: b.direct_routing.unwrap_or(false),
+        gbp: b.gbp.unwrap_or(false),
+    })
+}
+
 fn to_u32(a: Ipv4Addr) -> u32 {
     u32::from(a)
 }
@@ -256,7 +296,7 @@ impl NetworkConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
         let raw = parse_raw(bytes)?;
         if raw.enable_ipv4 == Some(false) {
-            return Err(ConfigError::Ipv6Only);
+            return Self::parse_ipv6_only(raw);
         }
         let net_str = raw.network.ok_or(ConfigError::MissingNetwork)?;
         let network = Ipv4Net::from_str(net_str.trim()).map_err(|_| ConfigError::Invalid {
@@ -307,32 +347,7 @@ impl NetworkConfig {
             });
         }
 
-        let backend = match raw.backend {
-            None => BackendConfig::default(),
-            Some(b) => {
-                let kind = match b.kind {
-                    Some(t) => t.parse()?,
-                    None => BackendType::Vxlan,
-                };
-                let vni = b.vni.unwrap_or(DEFAULT_VNI);
-                if vni > MAX_VNI {
-                    return Err(ConfigError::Vni(vni));
-                }
-                // flannel treats Port 0 as "use the default".
-                let port = match b.port {
-                    None | Some(0) => DEFAULT_VXLAN_PORT,
-                    Some(p) => p,
-                };
-                BackendConfig {
-                    kind,
-                    vni,
-                    port,
-                    mtu: b.mtu.filter(|m| *m != 0),
-                    direct_routing: b.direct_routing.unwrap_or(false),
-                    gbp: b.gbp.unwrap_or(false),
-                }
-            }
-        };
+        let backend = parse_backend(raw.backend)?;
         let mut cfg = NetworkConfig {
             network,
             subnet_len,
@@ -340,6 +355,7 @@ impl NetworkConfig {
             subnet_max,
             backend,
             ipv6: None,
+            enable_ipv4: true,
         };
         if raw.enable_ipv6.unwrap_or(false) {
             cfg.ipv6 = Some(parse_ipv6(
@@ -351,6 +367,37 @@ impl NetworkConfig {
             )?);
         }
         Ok(cfg)
+    }
+
+    /// `EnableIPv4: false`: an IPv6-only cluster. flannel ignores the IPv4
+    /// fields then, and so does this; `IPv6Network` is required.
+    fn parse_ipv6_only(raw: RawConfig) -> Result<Self, ConfigError> {
+        if !raw.enable_ipv6.unwrap_or(false) {
+            return Err(ConfigError::NoFamily);
+        }
+        let backend = parse_backend(raw.backend)?;
+        let ipv6 = parse_ipv6(
+            raw.ipv6_network,
+            raw.ipv6_subnet_len,
+            raw.ipv6_subnet_min,
+            raw.ipv6_subnet_max,
+            1,
+        )?;
+        Ok(NetworkConfig {
+            network: Ipv4Net::default(),
+            subnet_len: 0,
+            subnet_min: Ipv4Net::default(),
+            subnet_max: Ipv4Net::default(),
+            backend,
+            ipv6: Some(ipv6),
+            enable_ipv4: false,
+        })
+    }
+
+    /// An IPv6-only cluster (`EnableIPv4: false`): leases hold an IPv6
+    /// subnet only, under flannel's key `0.0.0.0-0&<v6>-<len>`.
+    pub fn is_ipv6_only(&self) -> bool {
+        !self.enable_ipv4
     }
 
     /// The IPv6 subnet paired with the IPv4 subnet `v4`: the one with the
@@ -384,6 +431,13 @@ impl NetworkConfig {
         if self.backend.gbp {
             backend.insert("GBP".into(), json!(true));
         }
+        if self.is_ipv6_only() {
+            let mut out = json!({"EnableIPv4": false, "Backend": Value::Object(backend)});
+            if let Value::Object(m) = &mut out {
+                self.ipv6_json(m);
+            }
+            return out.to_string();
+        }
         let mut out = json!({
             "Network": self.network.to_string(),
             "SubnetLen": self.subnet_len,
@@ -391,7 +445,15 @@ impl NetworkConfig {
             "SubnetMax": self.subnet_max.network().to_string(),
             "Backend": Value::Object(backend),
         });
-        if let (Some(v6), Value::Object(m)) = (&self.ipv6, &mut out) {
+        if let Value::Object(m) = &mut out {
+            self.ipv6_json(m);
+        }
+        out.to_string()
+    }
+
+    /// The `EnableIPv6` and `IPv6*` fields, when IPv6 is on.
+    fn ipv6_json(&self, m: &mut Map<String, Value>) {
+        if let Some(v6) = &self.ipv6 {
             m.insert("EnableIPv6".into(), json!(true));
             m.insert("IPv6Network".into(), json!(v6.network.to_string()));
             m.insert("IPv6SubnetLen".into(), json!(v6.subnet_len));
@@ -404,7 +466,6 @@ impl NetworkConfig {
                 json!(v6.subnet_max.network().to_string()),
             );
         }
-        out.to_string()
     }
 
     /// Number of subnets in `[subnet_min, subnet_max]`.
@@ -418,7 +479,8 @@ impl NetworkConfig {
     /// True if `subnet` is one of this config's allocatable subnets: right
     /// length, aligned, inside `[subnet_min, subnet_max]`.
     pub fn is_allocatable(&self, subnet: Ipv4Net) -> bool {
-        subnet.prefix_len() == self.subnet_len
+        self.enable_ipv4
+            && subnet.prefix_len() == self.subnet_len
             && subnet == subnet.trunc()
             && subnet.network() >= self.subnet_min.network()
             && subnet.network() <= self.subnet_max.network()
@@ -428,7 +490,8 @@ impl NetworkConfig {
     /// (possibly outside `[subnet_min, subnet_max]`, e.g. after a config
     /// change); used to decide whether a lease is usable at all.
     pub fn is_member(&self, subnet: Ipv4Net) -> bool {
-        subnet.prefix_len() == self.subnet_len
+        self.enable_ipv4
+            && subnet.prefix_len() == self.subnet_len
             && subnet == subnet.trunc()
             && self.network.contains(&subnet)
     }
@@ -814,16 +877,59 @@ mod tests {
         );
     }
 
+    /// The issue's config, and flannel's spellings of it (Go matches JSON
+    /// keys case-insensitively; k3s writes `EnableIPv4` and friends, other
+    /// tools `enableIPv4`), and a Network flannel ignores when IPv4 is off.
+    #[test]
+    fn ipv6_only_is_accepted_in_every_flannel_spelling() {
+        let want = NetworkConfig::parse(
+            br#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/48", "IPv6SubnetLen": 64}"#,
+        )
+        .unwrap();
+        assert!(want.is_ipv6_only());
+        assert!(!want.enable_ipv4);
+        let v6 = want.ipv6.clone().unwrap();
+        assert_eq!(v6.network, "fd00:10:244::/48".parse::<Ipv6Net>().unwrap());
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, net6("fd00:10:244:1::/64"));
+        assert_eq!(v6.subnet_max, net6("fd00:10:244:ffff::/64"));
+        assert_eq!(want.network, Ipv4Net::default());
+        assert!(!want.is_allocatable(Ipv4Net::default()));
+        assert!(!want.is_member(Ipv4Net::default()));
+        assert_eq!(want.ipv6_subnet_for(Ipv4Net::default()), None);
+        for spelling in [
+            r#"{"enableIPv4":false,"enableIPv6":true,"ipv6Network":"fd00:10:244::/48","ipv6SubnetLen":64}"#,
+            r#"{"ENABLEIPV4":false,"enableipv6":true,"IPv6network":"fd00:10:244::/48"}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+        ] {
+            assert_eq!(NetworkConfig::parse(spelling.as_bytes()).unwrap(), want, "{spelling}");
+        }
+        // The serialized form parses back to the same config.
+        let json = want.to_json();
+        assert!(json.contains(r#""EnableIPv4":false"#), "{json}");
+        assert!(!json.contains(r#""SubnetMin""#), "{json}");
+        assert_eq!(NetworkConfig::parse(json.as_bytes()).unwrap(), want);
+        // Backend lower-case too.
+        let c = NetworkConfig::parse(
+            br#"{"enableIPv4":false,"enableIPv6":true,"ipv6Network":"fd00::/48","backend":{"type":"host-gw"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.backend.kind, BackendType::HostGw);
+    }
+
     #[test]
     fn ipv6_errors_name_the_field() {
-        let e = err(
-            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48"}"#,
-        );
-        assert!(matches!(e, ConfigError::Ipv6Only), "{e}");
-        assert!(e.to_string().contains("EnableIPv4"), "{e}");
-        assert!(e
-            .to_string()
-            .contains("IPv6-only clusters are not supported"));
+        let e = err(r#"{"EnableIPv4":false,"IPv6Network":"fd00::/48"}"#);
+        assert!(matches!(e, ConfigError::NoFamily), "{e}");
+        assert!(e.to_string().contains("EnableIPv4 and EnableIPv6"), "{e}");
+        let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true}"#);
+        assert!(matches!(e, ConfigError::MissingIpv6Network), "{e}");
+        let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":40}"#);
+        assert!(e.to_string().contains("IPv6SubnetLen 40"), "{e}");
+        let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#);
+        assert!(e.to_string().contains("field IPv6Network"), "{e}");
+        let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"udp"}}"#);
+        assert!(e.to_string().contains("Backend.Type"), "{e}");
 
         let e = err(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#);
         assert!(matches!(e, ConfigError::MissingIpv6Network), "{e}");
