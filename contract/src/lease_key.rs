@@ -1,10 +1,26 @@
 //! The store key of a lease, in flannel's exact format so twill and flannel
 //! can read each other's leases: `10.244.3.0-24`, or dual-stack
-//! `10.244.3.0-24&fd00:10:244:3::-64`.
+//! `10.244.3.0-24&fd00:10:244:3::-64`, or IPv6-only
+//! `0.0.0.0-0&fd00:10:244:3::-64`.
+//!
+//! An IPv6-only lease has no IPv4 subnet; flannel (`MakeSubnetKey` with an
+//! empty `ip.IP4Net`) writes the empty network `0.0.0.0-0` in its place, and
+//! its `ParseSubnetKey` needs that IPv4 part: a bare `fd00::-64` key is
+//! skipped by flannel as "not a subnet". twill does the same: an IPv6-only
+//! lease is held as IPv4 subnet [`V6_ONLY_V4`] (`0.0.0.0/0`) plus its IPv6
+//! subnet, and its key is unique by the IPv6 part.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
+
+/// The IPv4 subnet of an IPv6-only lease: flannel's empty `IP4Net`.
+pub const V6_ONLY_V4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
+
+/// Whether a lease of these subnets is IPv6-only (no IPv4 subnet).
+pub fn is_ipv6_only(v4: Ipv4Net, v6: Option<Ipv6Net>) -> bool {
+    v4 == V6_ONLY_V4 && v6.is_some()
+}
 
 /// Store key suffix for a subnet: `10.244.3.0-24`.
 pub fn subnet_key(subnet: Ipv4Net) -> String {
@@ -138,6 +154,25 @@ mod tests {
                 Some("fc00:0:0:34::/64".parse().unwrap())
             ))
         );
+    }
+
+    /// flannel's key of an IPv6-only lease (etcd registry, `EnableIPv4:
+    /// false`): `MakeSubnetKey(ip.IP4Net{}, sn6)`.
+    const FLANNEL_V6_ONLY_KEY: &str = "0.0.0.0-0&fd00:10:244:1::-64";
+
+    #[test]
+    fn ipv6_only_key_is_flannels() {
+        let v6: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+        assert_eq!(lease_key_name(V6_ONLY_V4, Some(v6)), FLANNEL_V6_ONLY_KEY);
+        assert_eq!(
+            parse_lease_key(FLANNEL_V6_ONLY_KEY),
+            Some((V6_ONLY_V4, Some(v6)))
+        );
+        assert!(is_ipv6_only(V6_ONLY_V4, Some(v6)));
+        assert!(!is_ipv6_only(V6_ONLY_V4, None));
+        assert!(!is_ipv6_only("10.244.3.0/24".parse().unwrap(), Some(v6)));
+        // A bare IPv6 key is not flannel's form (flannel skips it too).
+        assert_eq!(parse_lease_key("fd00:10:244:1::-64"), None);
     }
 
     #[test]

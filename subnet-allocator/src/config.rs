@@ -902,7 +902,11 @@ mod tests {
             r#"{"ENABLEIPV4":false,"enableipv6":true,"IPv6network":"fd00:10:244::/48"}"#,
             r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
         ] {
-            assert_eq!(NetworkConfig::parse(spelling.as_bytes()).unwrap(), want, "{spelling}");
+            assert_eq!(
+                NetworkConfig::parse(spelling.as_bytes()).unwrap(),
+                want,
+                "{spelling}"
+            );
         }
         // The serialized form parses back to the same config.
         let json = want.to_json();
@@ -924,11 +928,15 @@ mod tests {
         assert!(e.to_string().contains("EnableIPv4 and EnableIPv6"), "{e}");
         let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true}"#);
         assert!(matches!(e, ConfigError::MissingIpv6Network), "{e}");
-        let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":40}"#);
+        let e = err(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":40}"#,
+        );
         assert!(e.to_string().contains("IPv6SubnetLen 40"), "{e}");
         let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#);
         assert!(e.to_string().contains("field IPv6Network"), "{e}");
-        let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"udp"}}"#);
+        let e = err(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"udp"}}"#,
+        );
         assert!(e.to_string().contains("Backend.Type"), "{e}");
 
         let e = err(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#);

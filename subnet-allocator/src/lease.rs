@@ -77,6 +77,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// An IPv6-only lease: no IPv4 subnet (flannel's empty `0.0.0.0/0`),
+    /// an IPv6 one; its key is `0.0.0.0-0&<v6>-<len>`.
+    pub fn is_ipv6_only(&self) -> bool {
+        twill_contract::lease_key::is_ipv6_only(self.subnet, self.ipv6_subnet)
+    }
+
     /// The store key suffix this lease lives under.
     pub fn key_name(&self) -> String {
         lease_key_name(self.subnet, self.ipv6_subnet)
@@ -176,11 +182,12 @@ impl LeaseAttrs {
             }
             _ => None,
         };
-        let backend_data = if raw.backend_type == "vxlan" {
-            let v = raw
-                .backend_data
-                .filter(|v| !v.is_null())
-                .ok_or(LeaseError::MissingVxlanData)?;
+        // An IPv6-only node (PublicIP 0.0.0.0, flannel's empty address)
+        // has no IPv4 VTEP: its vxlan lease carries BackendV6Data only.
+        let v6_only = public_ip.is_unspecified() && backend_v6_data.is_some();
+        let v4_data = raw.backend_data.filter(|v| !v.is_null());
+        let backend_data = if raw.backend_type == "vxlan" && !(v6_only && v4_data.is_none()) {
+            let v = v4_data.ok_or(LeaseError::MissingVxlanData)?;
             let d: RawVxlan =
                 serde_json::from_value(v).map_err(|_| LeaseError::MissingVxlanData)?;
             let vtep_mac = normalize_mac(&d.vtep_mac).ok_or(LeaseError::VtepMac(d.vtep_mac))?;
@@ -363,6 +370,54 @@ mod tests {
             "{e}"
         );
     }
+    /// An IPv6-only node's value as flannel writes it: the empty IPv4
+    /// address, no IPv4 backend data, the IPv6 VTEP in BackendV6Data.
+    const FLANNEL_V6_ONLY: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":null,"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}}"#;
+
+    #[test]
+    fn ipv6_only_value_parses_and_serializes_identically() {
+        let a = LeaseAttrs::parse(FLANNEL_V6_ONLY.as_bytes()).unwrap();
+        assert_eq!(a.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(a.public_ipv6, Some("2001:db8::3".parse().unwrap()));
+        assert_eq!(a.backend_data, None);
+        assert_eq!(
+            a.backend_v6_data.as_ref().unwrap().vtep_mac,
+            "aa:bb:cc:dd:ee:01"
+        );
+        assert_eq!(a.to_json(), FLANNEL_V6_ONLY);
+        // BackendData left out altogether reads the same.
+        let no_v4 = FLANNEL_V6_ONLY.replace(r#""BackendData":null,"#, "");
+        assert_eq!(LeaseAttrs::parse(no_v4.as_bytes()).unwrap(), a);
+        let l = Lease {
+            subnet: twill_contract::lease_key::V6_ONLY_V4,
+            ipv6_subnet: Some("fd00:10:244:1::/64".parse().unwrap()),
+            attrs: a,
+            lease_id: None,
+            ttl_remaining: None,
+        };
+        assert!(l.is_ipv6_only());
+        assert_eq!(l.key_name(), "0.0.0.0-0&fd00:10:244:1::-64");
+    }
+
+    #[test]
+    fn a_vxlan_lease_without_ipv4_data_must_be_ipv6_only() {
+        // A node with an IPv4 address still needs BackendData.
+        let v = FLANNEL_V6_ONLY.replace("0.0.0.0", "192.0.2.3");
+        assert!(matches!(
+            LeaseAttrs::parse(v.as_bytes()),
+            Err(LeaseError::MissingVxlanData)
+        ));
+        // No VTEP at all is an error too.
+        let v = FLANNEL_V6_ONLY.replace(
+            r#","BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}"#,
+            "",
+        );
+        assert!(matches!(
+            LeaseAttrs::parse(v.as_bytes()),
+            Err(LeaseError::MissingVxlanData)
+        ));
+    }
+
     #[test]
     fn node_name_is_written_only_when_known_and_read_back() {
         let mut a = LeaseAttrs::parse(FLANNEL_SAMPLE.as_bytes()).unwrap();

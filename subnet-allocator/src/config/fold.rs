@@ -79,9 +79,11 @@ mod tests {
 
     #[test]
     fn a_field_given_twice_is_refused_by_name() {
-        let e = fold_keys(json!({"Network": "10.0.0.0/8", "network": "10.1.0.0/16"}))
-            .unwrap_err();
-        assert!(e.to_string().contains("field Network is given twice"), "{e}");
+        let e = fold_keys(json!({"Network": "10.0.0.0/8", "network": "10.1.0.0/16"})).unwrap_err();
+        assert!(
+            e.to_string().contains("field Network is given twice"),
+            "{e}"
+        );
         let e = fold_keys(json!({"Backend": {"VNI": 1, "vni": 2}})).unwrap_err();
         assert!(e.to_string().contains("Backend.VNI"), "{e}");
     }
