@@ -419,6 +419,7 @@ pub fn loses_own(events: &[LeaseEvent], own: &Lease) -> bool {
     events.iter().any(|ev| match ev {
         LeaseEvent::Added(l) => l.subnet == own.subnet && l.attrs.public_ip != own.attrs.public_ip,
         LeaseEvent::Removed(s) => *s == own.subnet,
+        LeaseEvent::RemovedIpv6Only(s6) => own.is_ipv6_only() && own.ipv6_subnet == Some(*s6),
         LeaseEvent::Unusable { subnet, gone, .. } => !gone && *subnet == Some(own.subnet),
     })
 }

@@ -45,6 +45,10 @@ pub enum AgentError {
     Plan(#[from] PlanError),
     #[error("stopped before the node had a lease")]
     Interrupted,
+    /// The store's config is IPv6-only (`EnableIPv4: false`): the allocator
+    /// and the CNI plugin support it, the agent's data path not yet.
+    #[error("network config field EnableIPv4 is false (an IPv6-only cluster): twilld cannot run one yet (its data path needs an IPv4 underlay and IPv4 subnets); the lease store and the CNI plugin support it")]
+    Ipv6OnlyUnsupported,
 }
 
 /// Whether a store error is the operator's configuration refused (the
@@ -71,7 +75,7 @@ impl AgentError {
                 e,
                 KernelError::UnusableUnderlay { .. } | KernelError::VxlanConflict { .. }
             ),
-            AgentError::Plan(_) => true,
+            AgentError::Plan(_) | AgentError::Ipv6OnlyUnsupported => true,
             AgentError::SubnetFile(_) | AgentError::Interrupted => false,
         }
     }
@@ -198,6 +202,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         })
         .await?;
         tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config");
+        if cfg.is_ipv6_only() {
+            return Err(AgentError::Ipv6OnlyUnsupported);
+        }
 
         let mut follow = follow::Follow::new(&opts);
         let found = dp.select_underlay(&follow.select, opts.public_ip).await?;
@@ -508,6 +515,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     if let Some(old) = self.leases.remove(&s) {
                         tracing::info!(subnet = %s, public_ip = %old.attrs.public_ip, "lease removed");
                     }
+                }
+                LeaseEvent::RemovedIpv6Only(s6) => {
+                    let gone = |l: &Lease| l.is_ipv6_only() && l.ipv6_subnet == Some(s6);
+                    self.leases.retain(|_, l| !gone(l));
                 }
                 LeaseEvent::Unusable {
                     key, gone: true, ..

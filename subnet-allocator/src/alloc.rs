@@ -9,6 +9,9 @@ use rand::Rng;
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
 
+mod ipv6_only;
+pub use ipv6_only::allocate_ipv6_only;
+
 /// What the node should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allocation {
@@ -16,6 +19,9 @@ pub enum Allocation {
     Reuse(Lease),
     /// Try to create a lease for this free subnet.
     New(Ipv4Net),
+    /// IPv6-only cluster: try to create an IPv6-only lease (key
+    /// `0.0.0.0-0&<v6>-<len>`) for this free IPv6 subnet.
+    NewIpv6(Ipv6Net),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +34,25 @@ pub enum AllocError {
         min: Ipv4Net,
         max: Ipv4Net,
         count: u32,
+    },
+    #[error(
+        "no free IPv6 subnet left in {min}..={max} of IPv6Network {network} ({count} subnets, all leased)"
+    )]
+    Ipv6Exhausted {
+        network: Ipv6Net,
+        min: Ipv6Net,
+        max: Ipv6Net,
+        count: u128,
+    },
+    #[error("this node has no public IPv6 address, which an IPv6-only cluster (EnableIPv4 false) needs: give the underlay interface a global IPv6 address or pass --public-ipv6")]
+    NoPublicIpv6,
+    #[error(
+        "public IPv6 {public_ipv6} is already used by node {node:?} (its lease {subnet}): two nodes cannot share a public IP; give this node its own address (--public-ipv6, --iface), or delete that lease if node {node:?} is gone"
+    )]
+    PublicIpv6InUse {
+        public_ipv6: std::net::Ipv6Addr,
+        subnet: Ipv6Net,
+        node: String,
     },
     #[error(
         "public IP {public_ip} is already used by node {node:?} (its lease {subnet}): two nodes cannot share a public IP; give this node its own address (--public-ip, --iface), or delete that lease if node {node:?} is gone"
@@ -105,26 +130,32 @@ pub fn allocate<R: Rng>(
 
     let taken = taken_intervals(cfg, existing);
     let count = u64::from(cfg.subnet_count());
-    let used: u64 = taken.iter().map(|(a, b)| b - a + 1).sum();
-    let free = count - used;
-    if free == 0 {
+    let Some(idx) = pick_free(&taken, count, rng) else {
         return Err(AllocError::Exhausted {
             network: cfg.network,
             min: cfg.subnet_min,
             max: cfg.subnet_max,
             count: cfg.subnet_count(),
         });
-    }
+    };
+    Ok(Allocation::New(index_to_subnet(cfg, idx)))
+}
+
+/// A uniformly random index in `0..count` outside the sorted, merged,
+/// inclusive intervals `taken`; `None` if all are taken.
+fn pick_free<R: Rng>(taken: &[(u64, u64)], count: u64, rng: &mut R) -> Option<u64> {
+    let used: u64 = taken.iter().map(|(a, b)| b - a + 1).sum();
+    let free = count.checked_sub(used).filter(|f| *f > 0)?;
     // The rank-th free index, skipping the merged taken intervals.
     let mut idx = rng.gen_range(0..free);
-    for (a, b) in &taken {
+    for (a, b) in taken {
         if idx >= *a {
             idx += b - a + 1;
         } else {
             break;
         }
     }
-    Ok(Allocation::New(index_to_subnet(cfg, idx)))
+    Some(idx)
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -183,6 +214,11 @@ fn taken_intervals(cfg: &NetworkConfig, existing: &[Lease]) -> Vec<(u64, u64)> {
         })
         .collect();
     iv.extend(taken_by_v6(cfg, existing, count));
+    merge(iv)
+}
+
+/// Sorted and merged (touching or overlapping intervals joined).
+fn merge(mut iv: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     iv.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::with_capacity(iv.len());
     for (a, b) in iv {

@@ -8,7 +8,7 @@ pub mod lease;
 pub mod retry;
 pub mod store;
 
-pub use alloc::{allocate, check_public_ip, AllocError, Allocation};
+pub use alloc::{allocate, allocate_ipv6_only, check_public_ip, AllocError, Allocation};
 pub use config::{BackendConfig, BackendType, ConfigError, Ipv6Config, NetworkConfig};
 pub use lease::{
     lease_key_name, parse_lease_key, parse_subnet_key, subnet_key, Lease, LeaseAttrs, LeaseError,
@@ -16,6 +16,7 @@ pub use lease::{
 };
 pub use retry::{retry, Backoff};
 pub use store::{
-    acquire_lease, EtcdOptions, EtcdStore, FileStore, LeaseEvent, LeaseRequest, LeaseSnapshot,
-    LeaseStore, LeaseWatch, MemoryStore, StoreError, WatchBatch,
+    acquire_lease, acquire_lease_preferring, EtcdOptions, EtcdStore, FileStore, LeaseEvent,
+    LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch, MemoryStore, Preferred, StoreError,
+    WatchBatch,
 };

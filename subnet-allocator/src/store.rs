@@ -16,9 +16,10 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
-use crate::alloc::{allocate, check_public_ip, AllocError, Allocation};
+use crate::alloc::{allocate, allocate_ipv6_only, check_public_ip, AllocError, Allocation};
 use crate::config::{ConfigError, NetworkConfig};
-use crate::lease::{parse_lease_key, Lease, LeaseAttrs};
+use crate::lease::{lease_key_name, parse_lease_key, Lease, LeaseAttrs};
+use twill_contract::lease_key::{is_ipv6_only, V6_ONLY_V4};
 
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::FileStore;
@@ -41,6 +42,10 @@ pub enum StoreError {
     Timeout { op: String, timeout: Duration },
     #[error("subnet {0} is already leased")]
     AlreadyTaken(Ipv4Net),
+    /// `delete_lease(0.0.0.0/0)`: every IPv6-only lease has that IPv4
+    /// part, so it names none of them; delete such a lease by its key.
+    #[error("delete_lease(0.0.0.0/0) names no lease: IPv6-only leases are told apart by their IPv6 subnet only")]
+    NoIpv4Subnet,
     #[error("subnet {0} is now held by another node")]
     NotOwner(Ipv4Net),
     #[error("lease for subnet {0} is gone (expired, revoked or deleted)")]
@@ -112,6 +117,10 @@ pub enum LeaseEvent {
     /// Created or modified.
     Added(Lease),
     Removed(Ipv4Net),
+    /// An IPv6-only lease (key `0.0.0.0-0&<v6>-<len>`) was removed: every
+    /// such lease has the IPv4 part `0.0.0.0/0`, so it is named by its
+    /// IPv6 subnet.
+    RemovedIpv6Only(Ipv6Net),
     /// An entry that holds no usable lease (a malformed key or value, a
     /// subnet outside the network) was written, or (`gone`) such an entry
     /// with a malformed key was deleted. When its key names a subnet, that
@@ -205,7 +214,8 @@ pub trait LeaseStore: Send + Sync {
         async { Ok(()) }
     }
     /// Deletes the lease of `subnet`, whichever key form (with or without
-    /// an IPv6 part) it is stored under.
+    /// an IPv6 part) it is stored under. `NoIpv4Subnet` for `0.0.0.0/0`
+    /// ([`V6_ONLY_V4`]), the IPv4 part of every IPv6-only lease.
     fn delete_lease(&self, subnet: Ipv4Net) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Events strictly after `after_revision`.
     fn watch_leases(
@@ -256,6 +266,11 @@ impl<'a> LeaseRequest<'a> {
     }
 
     /// The key name below the subnets prefix.
+    /// A request for an IPv6-only lease (no IPv4 subnet).
+    pub fn is_ipv6_only(&self) -> bool {
+        is_ipv6_only(self.subnet, self.ipv6_subnet)
+    }
+
     pub fn key_name(&self) -> String {
         crate::lease::lease_key_name(self.subnet, self.ipv6_subnet)
     }
@@ -304,9 +319,34 @@ impl LeaseWatch {
 
 /// Seconds for a store TTL: rounded up so a lease never lives shorter than
 /// asked; 0 means "no expiry".
+/// Refuses `delete_lease(0.0.0.0/0)`: it would delete every IPv6-only
+/// lease at once.
+pub(crate) fn check_deletable(subnet: Ipv4Net) -> Result<(), StoreError> {
+    if subnet == V6_ONLY_V4 {
+        return Err(StoreError::NoIpv4Subnet);
+    }
+    Ok(())
+}
+
 pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
     let s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+/// Whether the stored lease key `key` holds what a lease of `(subnet,
+/// ipv6_subnet)` would take: for an IPv4 subnet, either key form of it
+/// (`10.244.3.0-24` or `10.244.3.0-24&<any v6>`: two keys must never share
+/// an IPv4 subnet); for an IPv6-only lease (IPv4 part `0.0.0.0-0`, shared by
+/// all of them) its own key, which is unique by its IPv6 part.
+pub(crate) fn holds(key: &str, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> bool {
+    if is_ipv6_only(subnet, ipv6_subnet) {
+        return key == lease_key_name(subnet, ipv6_subnet);
+    }
+    let plain = lease_key_name(subnet, None);
+    key == plain
+        || key
+            .strip_prefix(plain.as_str())
+            .is_some_and(|r| r.starts_with('&'))
 }
 
 /// Whether the entry under `key` (its JSON `value`, bound to the store lease
@@ -321,7 +361,7 @@ pub(crate) fn owns(key: &str, own: &Lease, value: &[u8], value_lease: i64) -> bo
     }
     match LeaseAttrs::parse(value) {
         Ok(a) => {
-            a.public_ip == own.attrs.public_ip
+            same_public_address(&a, &own.attrs)
                 && match (&a.node_name, &own.attrs.node_name) {
                     (Some(theirs), Some(ours)) => theirs == ours,
                     _ => true,
@@ -331,6 +371,16 @@ pub(crate) fn owns(key: &str, own: &Lease, value: &[u8], value_lease: i64) -> bo
             tracing::warn!(key, error = %e, "our lease key holds an unreadable value; writing ours over it");
             true
         }
+    }
+}
+
+/// Same node address: the public IP, or for IPv6-only nodes (whose public
+/// IP is `0.0.0.0`, the same on every one of them) the public IPv6.
+pub(crate) fn same_public_address(a: &LeaseAttrs, b: &LeaseAttrs) -> bool {
+    if a.public_ip.is_unspecified() || b.public_ip.is_unspecified() {
+        a.public_ip == b.public_ip && a.public_ipv6.is_some() && a.public_ipv6 == b.public_ipv6
+    } else {
+        a.public_ip == b.public_ip
     }
 }
 
@@ -414,13 +464,18 @@ pub(crate) fn decode_change(
             Some(l) => Some(LeaseEvent::Added(l)),
             None => Some(LeaseEvent::Unusable {
                 key: key.to_string(),
+                // An IPv6-only key names no IPv4 subnet of its own.
                 subnet: parse_lease_key(key)
+                    .filter(|(v4, v6)| !is_ipv6_only(*v4, *v6))
                     .map(|(v4, _)| v4)
                     .filter(|v4| network.is_none_or(|n| n.contains(v4))),
                 gone: false,
             }),
         },
         None => match parse_lease_key(key) {
+            Some((v4, Some(v6))) if is_ipv6_only(v4, Some(v6)) => {
+                Some(LeaseEvent::RemovedIpv6Only(v6))
+            }
             Some((v4, _)) => Some(LeaseEvent::Removed(v4)),
             None => Some(LeaseEvent::Unusable {
                 key: key.to_string(),
@@ -434,12 +489,21 @@ pub(crate) fn decode_change(
 /// Where an acquired subnet came from: this node's lease still in the
 /// store, the subnet file of an earlier run (the lease itself was gone), or
 /// a new pick. Both of the first two are the node keeping its subnet.
-fn lease_source(choice: &Allocation, preferred: Option<Ipv4Net>) -> &'static str {
+fn lease_source(choice: &Allocation, preferred: Preferred) -> &'static str {
     match choice {
         Allocation::Reuse(_) => "lease",
-        Allocation::New(s) if preferred == Some(*s) => "subnet file",
-        Allocation::New(_) => "new",
+        Allocation::New(s) if preferred.v4 == Some(*s) => "subnet file",
+        Allocation::NewIpv6(s) if preferred.v6 == Some(*s) => "subnet file",
+        Allocation::New(_) | Allocation::NewIpv6(_) => "new",
     }
+}
+
+/// The subnets of this node's subnet file, tried first when free.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Preferred {
+    pub v4: Option<Ipv4Net>,
+    /// Used in IPv6-only clusters only.
+    pub v6: Option<Ipv6Net>,
 }
 
 /// Gets this node a subnet lease: list, [`allocate`], then reuse (refresh
@@ -454,20 +518,43 @@ pub async fn acquire_lease<S: LeaseStore>(
     preferred: Option<Ipv4Net>,
     ttl: Duration,
 ) -> Result<Lease, StoreError> {
+    let preferred = Preferred {
+        v4: preferred,
+        v6: None,
+    };
+    acquire_lease_preferring(store, cfg, public_ip, attrs, preferred, ttl).await
+}
+
+/// [`acquire_lease`] with the IPv6 subnet of the subnet file too: in an
+/// IPv6-only cluster ([`NetworkConfig::is_ipv6_only`]) the node is told by
+/// `attrs.public_ipv6` and gets an IPv6-only lease
+/// ([`allocate_ipv6_only`](crate::alloc::allocate_ipv6_only)).
+pub async fn acquire_lease_preferring<S: LeaseStore>(
+    store: &S,
+    cfg: &NetworkConfig,
+    public_ip: Ipv4Addr,
+    attrs: &LeaseAttrs,
+    preferred: Preferred,
+    ttl: Duration,
+) -> Result<Lease, StoreError> {
     let mut preferred = preferred;
     for attempt in 1..=ACQUIRE_TRIES {
         let snapshot = store.list_leases().await?;
-        check_public_ip(&snapshot.leases, public_ip, attrs.node_name.as_deref())?;
-        let choice = allocate(
-            cfg,
-            &snapshot.leases,
-            public_ip,
-            preferred,
-            &mut rand::thread_rng(),
-        )?;
+        let choice = if cfg.is_ipv6_only() {
+            let rng = &mut rand::thread_rng();
+            allocate_ipv6_only(cfg, &snapshot.leases, attrs, preferred.v6, rng)?
+        } else {
+            check_public_ip(&snapshot.leases, public_ip, attrs.node_name.as_deref())?;
+            let rng = &mut rand::thread_rng();
+            allocate(cfg, &snapshot.leases, public_ip, preferred.v4, rng)?
+        };
         let result = match &choice {
             Allocation::Reuse(old) => {
-                let want6 = cfg.ipv6_subnet_for(old.subnet);
+                let want6 = if old.is_ipv6_only() {
+                    old.ipv6_subnet
+                } else {
+                    cfg.ipv6_subnet_for(old.subnet)
+                };
                 if old.ipv6_subnet != want6 {
                     // IPv6 was switched on or off, or another writer paired
                     // differently: move to the key this config implies.
@@ -481,6 +568,10 @@ pub async fn acquire_lease<S: LeaseStore>(
                 let req = LeaseRequest::new(*subnet, v6, attrs, ttl);
                 store.create_lease_with_ipv6(req).await
             }
+            Allocation::NewIpv6(v6) => {
+                let req = LeaseRequest::new(V6_ONLY_V4, Some(*v6), attrs, ttl);
+                store.create_lease_with_ipv6(req).await
+            }
         };
         match result {
             Ok(lease) => {
@@ -490,8 +581,11 @@ pub async fn acquire_lease<S: LeaseStore>(
             }
             Err(StoreError::AlreadyTaken(s)) | Err(StoreError::NotOwner(s)) => {
                 tracing::info!(subnet = %s, attempt, "lost the race for a subnet, picking again");
-                if preferred == Some(s) {
-                    preferred = None;
+                if preferred.v4 == Some(s) {
+                    preferred.v4 = None;
+                }
+                if matches!(choice, Allocation::NewIpv6(v6) if preferred.v6 == Some(v6)) {
+                    preferred.v6 = None;
                 }
                 // Random back-off so the losers of one race do not all
                 // list and pick again in lockstep.
@@ -530,13 +624,27 @@ mod tests {
         is_send::<MemoryStore>();
     }
 
+    fn v4(v4: Option<Ipv4Net>) -> Preferred {
+        Preferred { v4, v6: None }
+    }
+
     #[test]
     fn a_subnet_from_the_subnet_file_counts_as_reused() {
+        let v6: Ipv6Net = "fd00::/64".parse().unwrap();
+        let p6 = Preferred {
+            v4: None,
+            v6: Some(v6),
+        };
+        assert_eq!(lease_source(&Allocation::NewIpv6(v6), p6), "subnet file");
+        assert_eq!(lease_source(&Allocation::NewIpv6(v6), v4(None)), "new");
         let s: Ipv4Net = "10.244.3.0/24".parse().expect("literal");
         let other: Ipv4Net = "10.244.4.0/24".parse().expect("literal");
-        assert_eq!(lease_source(&Allocation::New(s), Some(s)), "subnet file");
-        assert_eq!(lease_source(&Allocation::New(s), Some(other)), "new");
-        assert_eq!(lease_source(&Allocation::New(s), None), "new");
+        assert_eq!(
+            lease_source(&Allocation::New(s), v4(Some(s))),
+            "subnet file"
+        );
+        assert_eq!(lease_source(&Allocation::New(s), v4(Some(other))), "new");
+        assert_eq!(lease_source(&Allocation::New(s), v4(None)), "new");
         let old = Lease {
             subnet: s,
             ipv6_subnet: None,
@@ -551,7 +659,7 @@ mod tests {
             lease_id: None,
             ttl_remaining: None,
         };
-        assert_eq!(lease_source(&Allocation::Reuse(old), None), "lease");
+        assert_eq!(lease_source(&Allocation::Reuse(old), v4(None)), "lease");
     }
 
     #[test]
@@ -637,6 +745,57 @@ mod tests {
             decode_change("10.244.3.0-24", None, 0, net),
             Some(LeaseEvent::Removed(subnet))
         );
+        // IPv6-only keys: the removal names the IPv6 subnet; an unusable
+        // value names no IPv4 subnet (all of them share 0.0.0.0/0).
+        let v6only = "0.0.0.0-0&fd00:10:244:1::-64";
+        assert_eq!(
+            decode_change(v6only, None, 0, None),
+            Some(LeaseEvent::RemovedIpv6Only(
+                "fd00:10:244:1::/64".parse().unwrap()
+            ))
+        );
+        assert_eq!(
+            decode_change(v6only, Some(b"garbage"), 0, None),
+            Some(unusable(v6only, None, false))
+        );
+    }
+
+    #[test]
+    fn ipv6_only_keys_hold_only_themselves() {
+        let v6: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+        let other: Ipv6Net = "fd00:10:244:2::/64".parse().unwrap();
+        let key = lease_key_name(V6_ONLY_V4, Some(v6));
+        assert!(holds(&key, V6_ONLY_V4, Some(v6)));
+        assert!(!holds(&key, V6_ONLY_V4, Some(other)));
+        // IPv4 subnets: both key forms, and nothing else.
+        let s: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert!(holds("10.244.3.0-24", s, None));
+        assert!(holds("10.244.3.0-24&fd00::-64", s, Some(other)));
+        assert!(!holds("10.244.3.0-240", s, None));
+        assert!(!holds(&key, s, None));
+        assert!(matches!(
+            check_deletable(V6_ONLY_V4),
+            Err(StoreError::NoIpv4Subnet)
+        ));
+        assert!(check_deletable(s).is_ok());
+    }
+
+    #[test]
+    fn ipv6_only_nodes_are_told_apart_by_public_ipv6() {
+        let mut own = own();
+        own.subnet = V6_ONLY_V4;
+        own.ipv6_subnet = Some("fd00:10:244:1::/64".parse().unwrap());
+        own.attrs.public_ip = Ipv4Addr::UNSPECIFIED;
+        own.attrs.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        let mut theirs = own.attrs.clone();
+        theirs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        let key = own.key_name();
+        assert!(!owns(&key, &own, theirs.to_json().as_bytes(), 0));
+        assert!(owns(&key, &own, own.attrs.to_json().as_bytes(), 0));
+        // Neither has a public IPv6: not the same node.
+        let mut none = own.attrs.clone();
+        none.public_ipv6 = None;
+        assert!(!same_public_address(&none, &none));
     }
 
     #[test]

@@ -1191,4 +1191,5 @@ async fn unusable_entries_are_counted_as_skipped_leases() {
     rig.stop().await;
 }
 
+mod ipv6_only;
 mod underlay_follow;

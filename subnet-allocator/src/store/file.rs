@@ -14,11 +14,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_change, owns, ttl_secs, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch,
-    StoreError, WatchBatch,
+    check_deletable, decode_change, holds, owns, ttl_secs, LeaseEvent, LeaseRequest, LeaseSnapshot,
+    LeaseStore, LeaseWatch, StoreError, WatchBatch,
 };
 use crate::config::NetworkConfig;
-use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
+use crate::lease::{lease_key_name, Lease, LeaseAttrs};
 
 /// Events kept for watchers; a watcher further behind gets `Compacted`.
 const EVENT_LOG_LEN: usize = 1000;
@@ -294,10 +294,9 @@ impl LeaseStore for FileStore {
         let (subnet, ipv6_subnet, ttl) = (req.subnet, req.ipv6_subnet, req.ttl);
         let attrs = req.attrs.clone();
         self.with_state(move |s| {
-            // Taken under any key form: IPv4-only or `<v4>&<any v6>`.
-            let plain = lease_key_name(subnet, None);
-            let dual = format!("{plain}&");
-            if s.leases.keys().any(|k| *k == plain || k.starts_with(&dual)) {
+            // Taken under any key form: IPv4-only or `<v4>&<any v6>`, or
+            // the exact key of an IPv6-only lease.
+            if s.leases.keys().any(|k| holds(k, subnet, ipv6_subnet)) {
                 return Err(StoreError::AlreadyTaken(subnet));
             }
             Ok(s.put_lease(subnet, ipv6_subnet, attrs, ttl))
@@ -355,12 +354,11 @@ impl LeaseStore for FileStore {
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
         self.with_state(move |s| {
-            let key = subnet_key(subnet);
-            let dual = format!("{key}&");
+            check_deletable(subnet)?;
             let keys: Vec<String> = s
                 .leases
                 .keys()
-                .filter(|k| **k == key || k.starts_with(&dual))
+                .filter(|k| holds(k, subnet, None))
                 .cloned()
                 .collect();
             for k in keys {

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use subnet_allocator::{
-    acquire_lease, lease_key_name, subnet_key, AllocError, Lease, LeaseAttrs, LeaseEvent,
-    LeaseRequest, LeaseStore, LeaseWatch, NetworkConfig, StoreError, VxlanData,
+    acquire_lease, acquire_lease_preferring, lease_key_name, subnet_key, AllocError, Lease,
+    LeaseAttrs, LeaseEvent, LeaseRequest, LeaseStore, LeaseWatch, NetworkConfig, Preferred,
+    StoreError, VxlanData,
 };
 
 use super::PATIENCE;
@@ -27,6 +28,11 @@ pub const TWO_CFG: &str =
     r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0"}"#;
 /// [`TWO_CFG`] with IPv6.
 pub const DUAL_CFG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#;
+
+/// An IPv6-only cluster (the issue's config), a /60 split in /64s: 15
+/// subnets.
+pub const V6_ONLY_CFG: &str =
+    r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/60","IPv6SubnetLen":64}"#;
 
 /// One store under test, and the ways to reach behind its API that the
 /// contract needs (raw config, stored entries, compaction).
@@ -74,7 +80,8 @@ macro_rules! lease_store_contract {
             multi_thread:
                 concurrent_acquires_never_share_a_subnet,
                 dual_stack_leases_are_acquired_listed_watched_renewed_and_deleted,
-                dual_stack_lease_is_rekeyed_when_ipv6_is_disabled
+                dual_stack_lease_is_rekeyed_when_ipv6_is_disabled,
+                ipv6_only_leases_are_acquired_listed_watched_renewed_and_expire
         );
     };
     (@tests $module:ident, $harness:ident;
@@ -146,6 +153,15 @@ pub fn dual(i: u8) -> LeaseAttrs {
     }
 }
 
+/// An IPv6-only node's attrs: no IPv4 address, an IPv6 VTEP only.
+pub fn v6_only(i: u8) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: Ipv4Addr::UNSPECIFIED,
+        backend_data: None,
+        ..dual(i)
+    }
+}
+
 /// A lease as events carry it: without a TTL.
 pub fn strip(l: &Lease) -> Lease {
     Lease {
@@ -158,6 +174,7 @@ fn by_subnet(e: &LeaseEvent) -> Ipv4Net {
     match e {
         LeaseEvent::Added(l) => l.subnet,
         LeaseEvent::Removed(s) => *s,
+        LeaseEvent::RemovedIpv6Only(s) => panic!("unexpected IPv6-only removal {s}"),
         LeaseEvent::Unusable { key, .. } => panic!("unexpected unusable entry {key}"),
     }
 }
@@ -689,4 +706,127 @@ pub async fn dual_stack_lease_is_rekeyed_when_ipv6_is_disabled<H: Harness>(h: &H
     let left = store.list_leases().await.unwrap().leases;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].subnet, moved.subnet);
+}
+
+pub async fn ipv6_only_leases_are_acquired_listed_watched_renewed_and_expire<H: Harness>(h: &H) {
+    let cfg = configure(h, V6_ONLY_CFG).await;
+    assert!(cfg.is_ipv6_only());
+    let store = h.store();
+    let mut w = watch_from_now(store).await;
+
+    // Three nodes race; each gets its own IPv6 subnet (all three keys share
+    // the IPv4 part 0.0.0.0-0, so uniqueness rests on the IPv6 part).
+    let mut tasks = Vec::new();
+    for i in 1..=3 {
+        let store = h.another_node().await;
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            let a = v6_only(i);
+            acquire_lease_preferring(&store, &cfg, a.public_ip, &a, Preferred::default(), TTL).await
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(
+            tokio::time::timeout(PATIENCE, t)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    got.sort_by_key(|l| l.ipv6_subnet);
+    let v6s: HashSet<Ipv6Net> = got.iter().filter_map(|l| l.ipv6_subnet).collect();
+    assert_eq!(v6s.len(), 3, "{got:?}");
+    let range = cfg.ipv6.as_ref().unwrap();
+    for l in &got {
+        assert!(l.is_ipv6_only(), "{l:?}");
+        let v6 = l.ipv6_subnet.unwrap();
+        assert_eq!(v6.prefix_len(), 64);
+        assert!(v6 >= range.subnet_min && v6 <= range.subnet_max, "{v6}");
+    }
+
+    // Stored under flannel's IPv6-only key with flannel's value.
+    let stored = h.stored_leases().await;
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for l in &got {
+        let key = format!("0.0.0.0-0&{}-64", l.ipv6_subnet.unwrap().network());
+        let (value, _) = stored
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key} in {stored:?}"));
+        assert_eq!(value, &l.attrs.to_json());
+        assert!(
+            value.starts_with(r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198::"#),
+            "{value}"
+        );
+        assert!(
+            value.contains(r#""BackendData":null,"BackendV6Data":{"VNI":1"#),
+            "{value}"
+        );
+    }
+    let mut listed = list_sorted(h).await;
+    listed.sort_by_key(|l| l.ipv6_subnet);
+    assert_eq!(
+        listed.iter().map(strip).collect::<Vec<_>>(),
+        got.iter().map(strip).collect::<Vec<_>>()
+    );
+    let (mut events, _) = collect(&mut w, 3).await;
+    events.sort_by_key(|e| match e {
+        LeaseEvent::Added(l) => l.ipv6_subnet,
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(
+        events,
+        got.iter()
+            .map(|l| LeaseEvent::Added(strip(l)))
+            .collect::<Vec<_>>()
+    );
+
+    // Renewal and a restart find the node's own key (by its public IPv6,
+    // although all three have PublicIP 0.0.0.0); a subnet file's subnet
+    // that another node holds is not taken.
+    let r = store.renew_lease(&got[1]).await.unwrap();
+    assert_eq!(r.ipv6_subnet, got[1].ipv6_subnet);
+    let a = &got[1].attrs;
+    let prefer_other = Preferred {
+        v4: None,
+        v6: got[0].ipv6_subnet,
+    };
+    let again = acquire_lease_preferring(store, &cfg, a.public_ip, a, prefer_other, TTL)
+        .await
+        .unwrap();
+    assert_eq!(again.ipv6_subnet, got[1].ipv6_subnet);
+    assert_eq!(h.stored_leases().await.len(), 3);
+
+    // A 4th node prefers the subnet of its file, free: it gets it.
+    let free6 = (1..=15)
+        .filter_map(|i| range.nth_subnet(i))
+        .find(|s| !v6s.contains(s))
+        .unwrap();
+    let a4 = v6_only(4);
+    let prefer = Preferred {
+        v4: None,
+        v6: Some(free6),
+    };
+    let mut w = watch_from_now(store).await;
+    let fourth = acquire_lease_preferring(store, &cfg, a4.public_ip, &a4, prefer, SHORT_TTL)
+        .await
+        .unwrap();
+    assert_eq!(fourth.ipv6_subnet, Some(free6));
+
+    // delete_lease cannot name an IPv6-only lease: refused, nothing gone.
+    let e = store.delete_lease(fourth.subnet).await.unwrap_err();
+    assert!(matches!(e, StoreError::NoIpv4Subnet), "{e}");
+    assert_eq!(h.stored_leases().await.len(), 4);
+
+    // Its expiry is seen as the removal of that IPv6 subnet alone.
+    let (events, _) = collect(&mut w, 1).await;
+    assert!(matches!(&events[0], LeaseEvent::Added(l) if l.ipv6_subnet == Some(free6)));
+    let (events, _) = collect(&mut w, 1).await;
+    assert_eq!(events, vec![LeaseEvent::RemovedIpv6Only(free6)]);
+    assert!(matches!(
+        store.renew_lease(&fourth).await,
+        Err(StoreError::LeaseGone(_))
+    ));
+    assert_eq!(h.stored_leases().await.len(), 3);
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, GetOptions, KeyValue, Txn, WatchOptions};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::{ttl_secs, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError};
+use super::{
+    check_deletable, ttl_secs, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
+};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs};
 use client::{Conn, Retry};
@@ -226,7 +228,13 @@ impl LeaseStore for EtcdStore {
 
     async fn create_lease_with_ipv6(&self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {
         let granted = self.grant(req.ttl).await?;
-        let cmp = schema::free_under_every_form(&self.lease_key(req.subnet));
+        let cmp = if req.is_ipv6_only() {
+            // Its own key only: every IPv6-only key starts `0.0.0.0-0&`.
+            let key = self.lease_key_with_ipv6(req.subnet, req.ipv6_subnet);
+            vec![schema::absent(&key)]
+        } else {
+            schema::free_under_every_form(&self.lease_key(req.subnet)).to_vec()
+        };
         let key = self.lease_key_with_ipv6(req.subnet, req.ipv6_subnet);
         if !self.put_if(&key, cmp, req.attrs, granted).await? {
             return Err(StoreError::AlreadyTaken(req.subnet));
@@ -301,6 +309,7 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
+        check_deletable(subnet)?;
         let txn = schema::delete_every_form(&self.lease_key(subnet));
         let r = self
             .conn

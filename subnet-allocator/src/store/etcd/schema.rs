@@ -112,9 +112,14 @@ pub(super) fn owned_by(current: &KeyValue, lease: &Lease) -> bool {
 /// share an IPv4 subnet).
 pub(super) fn free_under_every_form(plain: &str) -> [Compare; 2] {
     [
-        Compare::create_revision(plain, CompareOp::Equal, 0),
+        absent(plain),
         Compare::create_revision(format!("{plain}&"), CompareOp::Equal, 0).with_prefix(),
     ]
+}
+
+/// No key `key`.
+pub(super) fn absent(key: &str) -> Compare {
+    Compare::create_revision(key, CompareOp::Equal, 0)
 }
 
 /// Unchanged since `mod_revision`.
@@ -149,10 +154,7 @@ pub(super) fn rekey(
     // Delete first: etcd reports a txn's events in op order, so a watcher
     // never sees the new key and then a removal of the same IPv4 subnet.
     Txn::new()
-        .when([
-            unchanged(old_key, mod_revision),
-            Compare::create_revision(new_key, CompareOp::Equal, 0),
-        ])
+        .when([unchanged(old_key, mod_revision), absent(new_key)])
         .and_then([
             TxnOp::delete(old_key, None),
             put_op(new_key, attrs, granted),

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use super::etcd::DEFAULT_PREFIX;
 use super::{
-    decode_change, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch, StoreError,
-    WatchBatch,
+    check_deletable, decode_change, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore,
+    LeaseWatch, StoreError, WatchBatch,
 };
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
@@ -313,6 +313,7 @@ impl LeaseStore for MemoryStore {
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
         self.call("delete_lease", |s| {
+            check_deletable(subnet)?;
             s.delete_subnet(subnet);
             Ok(())
         })

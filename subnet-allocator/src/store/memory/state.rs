@@ -9,8 +9,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::time::Instant;
 
 use crate::config::NetworkConfig;
-use crate::lease::{lease_key_name, subnet_key, Lease, LeaseAttrs};
-use crate::store::{decode_lease, owns, ttl_secs, LeaseRequest, LeaseSnapshot, StoreError};
+use crate::lease::{lease_key_name, Lease, LeaseAttrs};
+use crate::store::{decode_lease, holds, owns, ttl_secs, LeaseRequest, LeaseSnapshot, StoreError};
 
 pub(super) struct State {
     /// Which incarnation of the store this is: a wipe makes a new one, as
@@ -172,11 +172,9 @@ impl State {
 
     /// The IPv4-only key and every dual-stack key of `subnet` that exist.
     pub(super) fn keys_of(&self, subnet: Ipv4Net) -> Vec<String> {
-        let plain = subnet_key(subnet);
-        let dual = format!("{plain}&");
         self.keys
             .keys()
-            .filter(|k| **k == plain || k.starts_with(&dual))
+            .filter(|k| holds(k, subnet, None))
             .cloned()
             .collect()
     }
@@ -225,8 +223,13 @@ impl State {
     }
 
     pub(super) fn create(&mut self, req: LeaseRequest<'_>) -> Result<Lease, StoreError> {
-        // Free only if no key form holds the IPv4 subnet, as in etcd's txn.
-        if !self.keys_of(req.subnet).is_empty() {
+        // Free only if no key holds it (any key form of the IPv4 subnet, the
+        // exact key of an IPv6-only lease), as in etcd's txn.
+        if self
+            .keys
+            .keys()
+            .any(|k| holds(k, req.subnet, req.ipv6_subnet))
+        {
             return Err(StoreError::AlreadyTaken(req.subnet));
         }
         self.revision += 1;
