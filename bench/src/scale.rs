@@ -315,7 +315,8 @@ async fn events(
                 LeaseEvent::Removed(s) => {
                     map.remove(&s);
                 }
-                LeaseEvent::Unusable { .. } => {}
+                // The bench's leases are IPv4 ones.
+                LeaseEvent::RemovedIpv6Only(_) | LeaseEvent::Unusable { .. } => {}
             }
         }
         let desired = current(&map);
