@@ -11,4 +11,6 @@ pub mod subnet_file;
 pub use gateway::{gateway6_of, gateway_of};
 pub use lease_key::{lease_key_name, parse_lease_key, parse_subnet_key, subnet_key};
 pub use mac::Mac;
-pub use subnet_file::{NodeSubnet, NodeSubnet6, ParseError, SubnetEnv};
+pub use subnet_file::{
+    Ipv6OnlySubnetEnv, NodeSubnet, NodeSubnet6, NodeSubnets, ParseError, SubnetEnv,
+};

@@ -5,7 +5,9 @@
 //! Keys (each also as `FLANNEL_<key>`; `TWILL_` wins per key):
 //! `TWILL_NETWORK` (cluster network), `TWILL_SUBNET` (gateway address with
 //! the node subnet's prefix length), `TWILL_MTU`, `TWILL_IPMASQ`, and on a
-//! dual-stack node `TWILL_IPV6_NETWORK` and `TWILL_IPV6_SUBNET`.
+//! dual-stack node `TWILL_IPV6_NETWORK` and `TWILL_IPV6_SUBNET`. An
+//! IPv6-only node's file has the IPv6 keys, `TWILL_MTU` and `TWILL_IPMASQ`
+//! only ([`Ipv6OnlySubnetEnv`]); [`NodeSubnets::parse`] reads both forms.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -13,6 +15,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::gateway::{gateway6_of, gateway_of};
+
+mod ipv6_only;
+pub use ipv6_only::{Ipv6OnlySubnetEnv, NodeSubnets};
 
 /// MTU used when the subnet file does not name one.
 pub const DEFAULT_MTU: u32 = 1500;
@@ -152,6 +157,81 @@ impl NodeSubnet6 {
 /// A key's full name as written in the file, and its value.
 type Entry<'a> = (String, &'a str);
 
+/// A subnet file's keys, by their name after `TWILL_` / `FLANNEL_`.
+struct Keys<'a> {
+    twill: HashMap<&'a str, &'a str>,
+    flannel: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> Keys<'a> {
+    fn read(text: &'a str) -> Result<Self, ParseError> {
+        let mut keys = Keys {
+            twill: HashMap::new(),
+            flannel: HashMap::new(),
+        };
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(ParseError::NotKeyValue {
+                    line: i + 1,
+                    text: line.to_string(),
+                });
+            };
+            let v = v.trim().trim_matches('"').trim_matches('\'');
+            if let Some(key) = k.trim().strip_prefix("TWILL_") {
+                keys.twill.insert(key, v);
+            } else if let Some(key) = k.trim().strip_prefix("FLANNEL_") {
+                keys.flannel.insert(key, v);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// `key`'s entry, `TWILL_` first.
+    fn get(&self, key: &str) -> Option<Entry<'a>> {
+        self.twill
+            .get(key)
+            .map(|v| (format!("TWILL_{key}"), *v))
+            .or_else(|| {
+                self.flannel
+                    .get(key)
+                    .map(|v| (format!("FLANNEL_{key}"), *v))
+            })
+    }
+
+    /// `MTU` ([`DEFAULT_MTU`] if absent) and `IPMASQ` (false if absent).
+    fn mtu_and_masq(&self) -> Result<(u32, bool), ParseError> {
+        let mtu = match self.get("MTU") {
+            None => DEFAULT_MTU,
+            Some((k, s)) => match s.parse::<u32>() {
+                Ok(m) if (68..=65535).contains(&m) => m,
+                _ => return Err(invalid(&k, s, "is not an integer in 68..=65535")),
+            },
+        };
+        let ipmasq = match self.get("IPMASQ") {
+            None => false,
+            Some((k, s)) => match s {
+                "false" | "0" | "" => false,
+                "true" | "1" => true,
+                _ => return Err(invalid(&k, s, "is not a boolean")),
+            },
+        };
+        Ok((mtu, ipmasq))
+    }
+
+    /// The IPv6 pair. An empty value counts as absent: a template that
+    /// renders an unset variable must not turn an IPv4-only node into a
+    /// broken one.
+    fn ipv6(&self) -> Result<Option<NodeSubnet6>, ParseError> {
+        let get6 = |key: &str| self.get(key).filter(|(_, v)| !v.is_empty());
+        parse_ipv6(get6("IPV6_NETWORK"), get6("IPV6_SUBNET"))
+    }
+}
+
 fn invalid(key: &str, value: &str, reason: impl ToString) -> ParseError {
     ParseError::Invalid {
         key: key.to_string(),
@@ -194,33 +274,8 @@ impl NodeSubnet {
     /// Parses the `KEY=VALUE` text (shell `export ` and quotes allowed,
     /// comments and unknown keys ignored); `TWILL_*` wins over `FLANNEL_*`.
     pub fn parse(text: &str) -> Result<NodeSubnet, ParseError> {
-        let mut twill = HashMap::new();
-        let mut flannel = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((k, v)) = line.split_once('=') else {
-                return Err(ParseError::NotKeyValue {
-                    line: i + 1,
-                    text: line.to_string(),
-                });
-            };
-            let v = v.trim().trim_matches('"').trim_matches('\'');
-            if let Some(key) = k.trim().strip_prefix("TWILL_") {
-                twill.insert(key, v);
-            } else if let Some(key) = k.trim().strip_prefix("FLANNEL_") {
-                flannel.insert(key, v);
-            }
-        }
-        let get = |key: &str| -> Option<Entry<'_>> {
-            twill
-                .get(key)
-                .map(|v| (format!("TWILL_{key}"), *v))
-                .or_else(|| flannel.get(key).map(|v| (format!("FLANNEL_{key}"), *v)))
-        };
+        let keys = Keys::read(text)?;
+        let get = |key: &str| keys.get(key);
 
         let (subnet_k, subnet_s) = get("SUBNET").ok_or(ParseError::Missing { key: "SUBNET" })?;
         let gateway_net: Ipv4Net = gateway_net(&subnet_k, subnet_s, MAX_IPV4_PREFIX)?;
@@ -254,25 +309,8 @@ impl NodeSubnet {
             inside(&subnet_k, subnet_s, subnet, k, (*n).into())?;
         }
         let network = network.map(|(_, n)| n);
-        let mtu = match get("MTU") {
-            None => DEFAULT_MTU,
-            Some((k, s)) => match s.parse::<u32>() {
-                Ok(m) if (68..=65535).contains(&m) => m,
-                _ => return Err(invalid(&k, s, "is not an integer in 68..=65535")),
-            },
-        };
-        let ipmasq = match get("IPMASQ") {
-            None => false,
-            Some((k, s)) => match s {
-                "false" | "0" | "" => false,
-                "true" | "1" => true,
-                _ => return Err(invalid(&k, s, "is not a boolean")),
-            },
-        };
-        // An empty value counts as absent: a template that renders an unset
-        // variable must not turn an IPv4-only node into a broken one.
-        let get6 = |key: &str| get(key).filter(|(_, v)| !v.is_empty());
-        let ipv6 = parse_ipv6(get6("IPV6_NETWORK"), get6("IPV6_SUBNET"))?;
+        let (mtu, ipmasq) = keys.mtu_and_masq()?;
+        let ipv6 = keys.ipv6()?;
         Ok(NodeSubnet {
             network,
             gateway_net,
