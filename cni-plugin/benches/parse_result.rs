@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use twill_cni::config::{parse_env, parse_netconf, Dns};
-use twill_cni::result::{build, Attached};
+use twill_cni::result::{build, Attached, Family};
 
 const MINIMAL: &[u8] = br#"{"cniVersion":"1.1.0","name":"twill","type":"twill"}"#;
 
@@ -32,8 +32,10 @@ fn attached() -> Attached {
         pod_mac: "0a:58:0a:f4:03:12".into(),
         sandbox: "/run/netns/cni-1234".into(),
         mtu: 1450,
-        address: "10.244.3.17/24".parse().unwrap(),
-        gateway: "10.244.3.1".parse().unwrap(),
+        ipv4: Some(Family {
+            address: "10.244.3.17/24".parse().unwrap(),
+            gateway: "10.244.3.1".parse().unwrap(),
+        }),
         ipv6: None,
     }
 }

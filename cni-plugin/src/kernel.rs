@@ -233,8 +233,12 @@ pub fn delete_link(s: &mut Socket, name: &str) -> Result<bool, Error> {
 /// The fixed bridge MAC, so the bridge never falls back to 00:00:.. when
 /// its last port leaves; the agent's rule, so it does not matter which of
 /// the two creates the bridge.
-pub fn bridge_mac(gateway: Ipv4Addr) -> Vec<u8> {
-    twill_contract::Mac::for_bridge(gateway).0.to_vec()
+/// The IPv4 gateway's rule, or on an IPv6-only node the IPv6 gateway's.
+pub fn bridge_mac(gateway: IpAddr) -> Vec<u8> {
+    match gateway {
+        IpAddr::V4(g) => twill_contract::Mac::for_bridge(g).0.to_vec(),
+        IpAddr::V6(g) => twill_contract::Mac::for_bridge6(g).0.to_vec(),
+    }
 }
 
 /// Makes sure IPv6 is not disabled on `ifname` in the calling thread's
@@ -298,7 +302,7 @@ pub fn ensure_bridge(
     s: &mut Socket,
     existing: Option<Brief>,
     name: &str,
-    gateway: Ipv4Addr,
+    gateway: IpAddr,
     v6: bool,
     mtu: u32,
 ) -> Result<u32, Error> {
@@ -416,14 +420,15 @@ pub fn configure_pod(
     b: &mut Batch,
     ifname: &str,
     index: u32,
-    address: Ipv4Net,
-    gateway: Ipv4Addr,
+    v4: Option<(Ipv4Net, Ipv4Addr)>,
     v6: Option<(Ipv6Net, Ipv6Addr)>,
 ) {
-    b.push(
-        format!("add {address} to {ifname}"),
-        add_address(index, IpNet::V4(address)),
-    );
+    if let Some((address, _)) = v4 {
+        b.push(
+            format!("add {address} to {ifname}"),
+            add_address(index, IpNet::V4(address)),
+        );
+    }
     if let Some((address6, _)) = v6 {
         b.push(
             format!("add {address6} to {ifname}"),
@@ -431,10 +436,12 @@ pub fn configure_pod(
         );
     }
     b.push(format!("set {ifname} up"), set_up(index));
-    b.push(
-        format!("add default route via {gateway} on {ifname}"),
-        default_route(index, IpAddr::V4(gateway)),
-    );
+    if let Some((_, gateway)) = v4 {
+        b.push(
+            format!("add default route via {gateway} on {ifname}"),
+            default_route(index, IpAddr::V4(gateway)),
+        );
+    }
     if let Some((_, gateway6)) = v6 {
         b.push(
             format!("add default route via {gateway6} on {ifname}"),
@@ -537,9 +544,16 @@ mod tests {
 
     #[test]
     fn bridge_mac_is_local_unicast() {
-        let m = bridge_mac(Ipv4Addr::new(10, 244, 3, 1));
+        let m = bridge_mac(Ipv4Addr::new(10, 244, 3, 1).into());
         assert_eq!(m, vec![0x0a, 0x58, 10, 244, 3, 1]);
         assert_eq!(m[0] & 0x01, 0, "unicast");
         assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        let m = bridge_mac(
+            "fd00:10:244:3::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .into(),
+        );
+        assert_eq!(m, vec![0x0a, 0x58, 0, 0, 0, 1]);
     }
 }

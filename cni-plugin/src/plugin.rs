@@ -11,8 +11,8 @@ use crate::error::Error;
 use crate::ipam::{Ipam, Request};
 use crate::kernel::{self, host_veth_name, Batch};
 use crate::netlink::Socket;
-use crate::result::{self, Attached, Attached6};
-use crate::subnet::{self, NodeSubnet};
+use crate::result::{self, Attached, Family};
+use crate::subnet::{self, Node};
 
 /// Link deletions GC sends per netlink round trip.
 const GC_BATCH: usize = 64;
@@ -111,17 +111,28 @@ fn merge<T: PartialEq>(runtime: Option<T>, args: Option<T>) -> Result<Option<T>,
     }
 }
 
-/// The addresses ADD must reserve: IPv4 always, IPv6 on a dual-stack node,
-/// each static when the runtime asked for one.
-fn address_requests(env: &Env, conf: &NetConf, node: &NodeSubnet) -> Result<Vec<Request>, Error> {
+/// The addresses ADD must reserve: IPv4 unless the node is IPv6-only, IPv6
+/// on a dual-stack or IPv6-only node, each static when the runtime asked
+/// for one.
+fn address_requests(env: &Env, conf: &NetConf, node: &Node) -> Result<Vec<Request>, Error> {
     let (rt4, rt6) = split_families(&conf.runtime_ips, "runtimeConfig.ips")?;
     let (arg4, arg6) = split_families(&env.args.ips, "CNI_ARGS")?;
     let want4 = merge(rt4, arg4)?;
     let want6 = merge(rt6, arg6)?;
-    let mut requests = vec![Request {
-        gateway_net: IpNet::V4(node.gateway_net),
-        requested: want4.map(IpAddr::V4),
-    }];
+    let mut requests = Vec::new();
+    match (node.v4, want4) {
+        (Some(v4), want4) => requests.push(Request {
+            gateway_net: IpNet::V4(v4),
+            requested: want4.map(IpAddr::V4),
+        }),
+        (None, Some(ip)) => {
+            return Err(Error::AddressUnavailable {
+                ip: IpAddr::V4(ip),
+                reason: "the node is IPv6-only (no TWILL_SUBNET in the subnet file)".into(),
+            })
+        }
+        (None, None) => {}
+    }
     match (&node.ipv6, want6) {
         (Some(v6), want6) => requests.push(Request {
             gateway_net: IpNet::V6(v6.gateway_net),
@@ -142,17 +153,21 @@ fn address_requests(env: &Env, conf: &NetConf, node: &NodeSubnet) -> Result<Vec<
 /// The pod's addresses as reserved, with the node subnets' prefix lengths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PodAddresses {
-    v4: Ipv4Net,
+    v4: Option<Ipv4Net>,
     v6: Option<Ipv6Net>,
 }
 
 impl PodAddresses {
     /// Pairs reserved addresses with the node's subnets. Fails unless there
-    /// is exactly one IPv4 address and, on a dual-stack node, one IPv6 one.
-    fn of(ips: &[IpAddr], node: &NodeSubnet) -> Result<Self, String> {
+    /// is exactly one address of each family the node has.
+    fn of(ips: &[IpAddr], node: &Node) -> Result<Self, String> {
         let (v4, v6) = split_families(ips, "reservations").map_err(|e| e.to_string())?;
-        let v4 = v4.ok_or("no IPv4 address")?;
-        let v4 = Ipv4Net::new(v4, node.gateway_net.prefix_len()).map_err(|e| e.to_string())?;
+        let v4 = match (node.v4, v4) {
+            (Some(n), Some(a)) => Some(Ipv4Net::new(a, n.prefix_len()).map_err(|e| e.to_string())?),
+            (Some(_), None) => return Err("no IPv4 address".into()),
+            (None, Some(a)) => return Err(format!("IPv4 address {a} on an IPv6-only node")),
+            (None, None) => None,
+        };
         let v6 = match (&node.ipv6, v6) {
             (Some(n), Some(a)) => {
                 Some(Ipv6Net::new(a, n.gateway_net.prefix_len()).map_err(|e| e.to_string())?)
@@ -165,7 +180,7 @@ impl PodAddresses {
     }
 
     fn all(&self) -> Vec<IpNet> {
-        let mut v = vec![IpNet::V4(self.v4)];
+        let mut v: Vec<IpNet> = self.v4.map(IpNet::V4).into_iter().collect();
         v.extend(self.v6.map(IpNet::V6));
         v
     }
@@ -177,7 +192,7 @@ impl PodAddresses {
 fn pod<'a>(
     env: &'a Env,
     conf: &NetConf,
-) -> Result<(&'a str, &'a str, &'a std::path::Path, NodeSubnet, u32), Error> {
+) -> Result<(&'a str, &'a str, &'a std::path::Path, Node, u32), Error> {
     let (cid, ifname) = attachment(env)?;
     let netns_path = env
         .netns
@@ -231,9 +246,11 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
                 pod_mac: result::format_mac(&pod_mac),
                 sandbox: netns_path.display().to_string(),
                 mtu,
-                address: addrs.v4,
-                gateway: node.gateway(),
-                ipv6: addrs.v6.zip(node.ipv6).map(|(address, n)| Attached6 {
+                ipv4: addrs
+                    .v4
+                    .zip(node.gateway4())
+                    .map(|(address, gateway)| Family { address, gateway }),
+                ipv6: addrs.v6.zip(node.ipv6).map(|(address, n)| Family {
                     address,
                     gateway: n.gateway(),
                 }),
@@ -260,18 +277,22 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
 /// it is the subnet file's gateway with another prefix length, the file
 /// does not describe the node's lease (a /25 written for a /24 lease would
 /// add a second gateway address that the agent then deletes).
-fn check_bridge_agrees(conf: &NetConf, node: &NodeSubnet) -> Result<(), Error> {
+fn check_bridge_agrees(conf: &NetConf, node: &Node) -> Result<(), Error> {
+    // An IPv6-only node has no IPv4 gateway to compare.
+    let Some(gateway_net) = node.v4 else {
+        return Ok(());
+    };
     match kernel::primary_ipv4(&conf.bridge)? {
         Some(have)
-            if have.addr() == node.gateway()
-                && have.prefix_len() != node.gateway_net.prefix_len() =>
+            if have.addr() == gateway_net.addr()
+                && have.prefix_len() != gateway_net.prefix_len() =>
         {
             Err(Error::InvalidSubnetFile {
                 path: conf.subnet_file.clone(),
                 reason: format!(
                     "TWILL_SUBNET {} has prefix /{}, but the node's lease is /{} (bridge {} has {have})",
-                    node.gateway_net,
-                    node.gateway_net.prefix_len(),
+                    gateway_net,
+                    gateway_net.prefix_len(),
                     have.prefix_len(),
                     conf.bridge
                 ),
@@ -298,12 +319,12 @@ struct Links<'a> {
 /// MAC, pod MAC).
 fn setup(
     conf: &NetConf,
-    node: &NodeSubnet,
+    node: &Node,
     l: Links<'_>,
     addrs: PodAddresses,
     mtu: u32,
 ) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let gateway = node.gateway();
+    let v4 = addrs.v4.zip(node.gateway4());
     let v6 = addrs.v6.zip(node.ipv6.map(|n| n.gateway()));
     let host_mac = kernel::random_mac();
     let pod_mac = kernel::random_mac();
@@ -312,15 +333,13 @@ fn setup(
         l.host,
         l.bridge,
         &conf.bridge,
-        gateway,
+        node.bridge_gateway(),
         node.ipv6.is_some(),
         node.mtu,
     )?;
 
     let mut b = Batch::new();
-    let bridge_nets = std::iter::once(IpNet::V4(node.gateway_net))
-        .chain(node.ipv6.map(|n| IpNet::V6(n.gateway_net)));
-    for net in bridge_nets {
+    for net in node.gateway_nets() {
         b.push(
             format!("add {net} to bridge {}", conf.bridge),
             kernel::add_address(bridge_index, net),
@@ -371,7 +390,7 @@ fn setup(
         kernel::within(l.ns, || kernel::ensure_ipv6_enabled(l.ifname))?;
     }
     let mut b = Batch::new();
-    kernel::configure_pod(&mut b, l.ifname, pod_index, addrs.v4, gateway, v6);
+    kernel::configure_pod(&mut b, l.ifname, pod_index, v4, v6);
     b.run(l.pod)?;
     if let Some(h) = hairpin {
         h.wait(l.host)?;
@@ -455,8 +474,7 @@ fn cmd_check(env: &Env, conf: &NetConf) -> Result<(), Error> {
     }
 
     let ns = kernel::open_netns(netns_path)?;
-    let mut gateways = vec![IpAddr::V4(node.gateway())];
-    gateways.extend(node.ipv6.map(|n| IpAddr::V6(n.gateway())));
+    let gateways = node.gateways();
     let mut pod = kernel::socket_in(&ns)?;
     let link = kernel::link_by_name(&mut pod, ifname)?
         .ok_or_else(|| check_failed(format!("interface {ifname} missing in pod namespace")))?;
@@ -510,9 +528,7 @@ fn cmd_status(conf: &NetConf) -> Result<(), Error> {
     // file system all of them would fail.
     ipam.probe_writable()
         .map_err(|e| unavailable(format!("the address store cannot be written: {e}")))?;
-    let mut subnets = vec![IpNet::V4(node.gateway_net)];
-    subnets.extend(node.ipv6.map(|n| IpNet::V6(n.gateway_net)));
-    for gateway_net in subnets {
+    for gateway_net in node.gateway_nets() {
         let free = ipam
             .free_count(gateway_net)
             .map_err(|e| unavailable(e.to_string()))?;
@@ -687,11 +703,13 @@ mod tests {
         assert!(status().unwrap().is_none());
     }
 
-    fn node(text: &str) -> NodeSubnet {
-        NodeSubnet::parse(text).unwrap()
+    fn node(text: &str) -> Node {
+        Node::parse(text).unwrap()
     }
 
     const DUAL: &str = "TWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\n";
+    const V6_ONLY: &str =
+        "TWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\n";
 
     fn requests(args: &str, runtime: &str, node_text: &str) -> Result<Vec<Request>, Error> {
         let mut pairs = vec![
@@ -757,11 +775,35 @@ mod tests {
             "fd00:10:244:3::5".parse().unwrap(),
         ];
         let p = PodAddresses::of(&ips, &n).unwrap();
-        assert_eq!(p.v4.to_string(), "10.244.3.5/24");
+        assert_eq!(p.v4.unwrap().to_string(), "10.244.3.5/24");
         assert_eq!(p.v6.unwrap().to_string(), "fd00:10:244:3::5/64");
         assert_eq!(p.all().len(), 2);
         assert!(PodAddresses::of(&ips[..1], &n).is_err());
         assert!(PodAddresses::of(&ips, &node("TWILL_SUBNET=10.244.3.1/24\n")).is_err());
+        // IPv6-only: the IPv6 address alone; an IPv4 one is refused.
+        let n6 = node(V6_ONLY);
+        let p = PodAddresses::of(&ips[1..], &n6).unwrap();
+        assert_eq!(
+            (p.v4, p.v6),
+            (None, Some("fd00:10:244:3::5/64".parse().unwrap()))
+        );
+        assert_eq!(p.all().len(), 1);
+        let e = PodAddresses::of(&ips, &n6).unwrap_err();
+        assert!(e.contains("IPv6-only"), "{e}");
+        assert!(PodAddresses::of(&[], &n6).is_err());
+    }
+
+    #[test]
+    fn ipv6_only_node_requests_ipv6_alone() {
+        let r = requests("", "", V6_ONLY).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].gateway_net.to_string(), "fd00:10:244:3::1/64");
+        let r = requests("IP=fd00:10:244:3::9", "", V6_ONLY).unwrap();
+        assert_eq!(r[0].requested, Some("fd00:10:244:3::9".parse().unwrap()));
+        // An IPv4 address asked of an IPv6-only node is unusable (102).
+        let e = requests("IP=10.244.3.7", "", V6_ONLY).unwrap_err();
+        assert_eq!(e.code(), 102);
+        assert!(e.to_string().contains("IPv6-only"), "{e}");
     }
 
     #[test]

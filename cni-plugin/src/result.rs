@@ -1,6 +1,7 @@
 //! Builds the CNI success result of ADD in the format of the caller's
 //! `cniVersion` (0.3.x/0.4.0 carry `ips[].version`; 1.1.0 adds `mtu`).
-//! A dual-stack pod lists its IPv4 address first, then its IPv6 one.
+//! A dual-stack pod lists its IPv4 address first, then its IPv6 one; an
+//! IPv6-only pod lists its IPv6 address alone.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -18,20 +19,23 @@ pub struct Attached {
     pub pod_mac: String,
     pub sandbox: String,
     pub mtu: u32,
-    /// Pod address with the node subnet's prefix length.
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    /// The IPv6 address of a dual-stack pod.
+    /// The IPv4 address; `None` on an IPv6-only node.
+    pub ipv4: Option<Attached4>,
+    /// The IPv6 address of a dual-stack or IPv6-only pod.
     pub ipv6: Option<Attached6>,
 }
 
-/// The IPv6 half of a dual-stack attachment.
+/// One family's address of an attachment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attached6 {
-    /// Pod address with the node's IPv6 subnet prefix length.
-    pub address: Ipv6Net,
-    pub gateway: Ipv6Addr,
+pub struct Family<N, A> {
+    /// Pod address with the node subnet's prefix length.
+    pub address: N,
+    /// The node's gateway, the pod's default route.
+    pub gateway: A,
 }
+
+pub type Attached4 = Family<Ipv4Net, Ipv4Addr>;
+pub type Attached6 = Family<Ipv6Net, Ipv6Addr>;
 
 /// Formats a hardware address as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(bytes: &[u8]) -> String {
@@ -70,27 +74,29 @@ pub fn build(version: &str, a: &Attached, dns: &Dns, prev: Option<&Value>) -> Va
     interfaces.push(host);
     interfaces.push(pod);
 
-    let mut ip = json!({
-        "address": a.address.to_string(),
-        "gateway": a.gateway.to_string(),
-        "interface": base + 1,
-    });
-    if is_legacy(version) {
-        ip["version"] = json!("4");
-    }
-    ips.push(ip);
-    routes.push(json!({"dst": "0.0.0.0/0", "gw": a.gateway.to_string()}));
-    if let Some(v6) = &a.ipv6 {
+    let families = [
+        a.ipv4.map(|f| {
+            (
+                f.address.to_string(),
+                f.gateway.to_string(),
+                "4",
+                "0.0.0.0/0",
+            )
+        }),
+        a.ipv6
+            .map(|f| (f.address.to_string(), f.gateway.to_string(), "6", "::/0")),
+    ];
+    for (address, gateway, family, default) in families.into_iter().flatten() {
         let mut ip = json!({
-            "address": v6.address.to_string(),
-            "gateway": v6.gateway.to_string(),
+            "address": address,
+            "gateway": gateway,
             "interface": base + 1,
         });
         if is_legacy(version) {
-            ip["version"] = json!("6");
+            ip["version"] = json!(family);
         }
         ips.push(ip);
-        routes.push(json!({"dst": "::/0", "gw": v6.gateway.to_string()}));
+        routes.push(json!({"dst": default, "gw": gateway}));
     }
 
     let mut out = Map::new();
@@ -150,8 +156,10 @@ mod tests {
             pod_mac: "aa:bb:cc:dd:ee:02".into(),
             sandbox: "/run/netns/p1".into(),
             mtu: 1450,
-            address: "10.244.3.5/24".parse().unwrap(),
-            gateway: "10.244.3.1".parse().unwrap(),
+            ipv4: Some(Family {
+                address: "10.244.3.5/24".parse().unwrap(),
+                gateway: "10.244.3.1".parse().unwrap(),
+            }),
             ipv6: None,
         }
     }
@@ -163,6 +171,37 @@ mod tests {
                 gateway: "fd00:10:244:3::1".parse().unwrap(),
             }),
             ..sample()
+        }
+    }
+
+    fn v6_only() -> Attached {
+        Attached {
+            ipv4: None,
+            ..dual()
+        }
+    }
+
+    #[test]
+    fn ipv6_only_lists_its_ipv6_address_alone_in_every_version() {
+        for v in crate::config::SUPPORTED_VERSIONS {
+            let r = build(v, &v6_only(), &Dns::default(), None);
+            let ips = r["ips"].as_array().unwrap();
+            assert_eq!(ips.len(), 1, "{v}: {r}");
+            assert_eq!(ips[0]["address"], "fd00:10:244:3::5/64");
+            assert_eq!(ips[0]["gateway"], "fd00:10:244:3::1");
+            assert_eq!(ips[0]["interface"], 1);
+            assert_eq!(ips[0].get("version").is_some(), v.starts_with("0."), "{v}");
+            if v.starts_with("0.") {
+                assert_eq!(ips[0]["version"], "6");
+            }
+            assert_eq!(
+                r["routes"],
+                json!([{"dst": "::/0", "gw": "fd00:10:244:3::1"}])
+            );
+            assert_eq!(
+                prev_addresses(&r, "eth0").unwrap(),
+                vec!["fd00:10:244:3::5/64".parse::<IpNet>().unwrap()]
+            );
         }
     }
 

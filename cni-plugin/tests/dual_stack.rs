@@ -7,10 +7,11 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{bytes, fails_with, netns, succeeds, veths, Netns, Rig, Setup, SUBNET_V4};
-use serde_json::{json, Value};
+use common::{
+    addr_of, assert_pod_ipv6, bytes, fails_with, netns, ping6, pods_with_ipv6_off, read_sysctl,
+    succeeds, veths, Netns, Rig, Setup, SUBNET_V4,
+};
+use serde_json::json;
 
 const GW6: &str = "fd00:10:244:3::1";
 
@@ -18,62 +19,13 @@ fn dual_stack_file(v6_subnet: &str) -> String {
     format!("{SUBNET_V4}TWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET={v6_subnet}\n")
 }
 
-/// The address (no prefix) of the `ips` entry of family `v6`.
-fn addr_of(r: &Value, v6: bool) -> String {
-    r["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| ip["address"].as_str().unwrap())
-        .find(|a| a.contains(':') == v6)
-        .unwrap_or_else(|| panic!("no {} address in {r}", if v6 { "v6" } else { "v4" }))
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn ping6(from: &Netns, to: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", from.name(), "ping", "-6", "-c1", "-W1", to])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn sysctl(ns: &Netns, key_value: &str) {
-    let st = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "sysctl", "-qw", key_value])
-        .status()
-        .unwrap();
-    assert!(st.success(), "sysctl {key_value} in {}", ns.name());
-}
-
-fn read_sysctl(ns: &Netns, key: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "sysctl", "-n", key])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn dual_stack_add_ping6_check_del_gc() {
     let Some(rig) = Rig::with_subnet_file(&dual_stack_file(&format!("{GW6}/64"))) else {
         return;
     };
-    let pod1 = netns("pod1");
-    let pod2 = netns("pod2");
     let (host, s) = (&rig.host, &rig.s);
-    // New interfaces in these namespaces start with IPv6 disabled: the
-    // plugin must turn it on for the bridge and the pod interface, from the
-    // thread that is inside the right namespace.
-    for ns in [host, &pod1, &pod2] {
-        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
-    }
+    let (pod1, pod2) = pods_with_ipv6_off(host, "pod");
     let (p1, p2) = (pod1.path(), pod2.path());
 
     let r1 = rig.add("c1", &p1);
@@ -104,12 +56,7 @@ fn dual_stack_add_ping6_check_del_gc() {
 
     // The kernel agrees: IPv6 enabled, address not tentative, default route.
     for (pod, addr) in [(&pod1, &v6a), (&pod2, &v6b)] {
-        assert_eq!(read_sysctl(pod, "net.ipv6.conf.eth0.disable_ipv6"), "0");
-        let (_, a) = pod.try_ip(["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
-        assert!(a.contains(&format!("{addr}/64")), "{a}");
-        assert!(!a.contains("tentative"), "NODAD not honoured: {a}");
-        let (_, route) = pod.try_ip(["-6", "route", "show", "default"]);
-        assert!(route.contains(&format!("via {GW6}")), "{route}");
+        assert_pod_ipv6(pod, addr, GW6);
     }
     assert_eq!(read_sysctl(host, "net.ipv6.conf.twill0.disable_ipv6"), "0");
     let (_, br) = host.try_ip([

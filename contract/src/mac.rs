@@ -69,6 +69,14 @@ impl Mac {
         Mac([0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]])
     }
 
+    /// The bridge MAC of an IPv6-only node, from its IPv6 gateway: `0a:58`
+    /// and the gateway's last four bytes (the node subnet's host part,
+    /// enough to stay stable; it only needs to be unique on the bridge).
+    pub fn for_bridge6(gateway: Ipv6Addr) -> Mac {
+        let o = gateway.octets();
+        Mac([0x0a, 0x58, o[12], o[13], o[14], o[15]])
+    }
+
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }

@@ -385,3 +385,68 @@ impl Rig {
         assert!(veths.is_empty(), "{what}: host veths {veths:?}");
     }
 }
+
+/// The address (no prefix) of the `ips` entry of family `v6`.
+pub fn addr_of(r: &Value, v6: bool) -> String {
+    r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip["address"].as_str().unwrap())
+        .find(|a| a.contains(':') == v6)
+        .unwrap_or_else(|| panic!("no {} address in {r}", if v6 { "v6" } else { "v4" }))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+pub fn ping6(from: &Netns, to: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", from.name(), "ping", "-6", "-c1", "-W1", to])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+pub fn sysctl(ns: &Netns, key_value: &str) {
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sysctl", "-qw", key_value])
+        .status()
+        .unwrap();
+    assert!(st.success(), "sysctl {key_value} in {}", ns.name());
+}
+
+pub fn read_sysctl(ns: &Netns, key: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sysctl", "-n", key])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Two pod namespaces (`<role>1`, `<role>2`). New interfaces in them and in
+/// `host` start with IPv6 disabled: the plugin must turn it on for the
+/// bridge and the pod interface, from the thread inside the namespace.
+pub fn pods_with_ipv6_off(host: &Netns, role: &str) -> (Netns, Netns) {
+    let pod1 = netns(&format!("{role}1"));
+    let pod2 = netns(&format!("{role}2"));
+    for ns in [host, &pod1, &pod2] {
+        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
+    }
+    (pod1, pod2)
+}
+
+/// The kernel agrees with an IPv6 ADD: IPv6 on for eth0, `addr/64` on it
+/// and usable at once (no DAD), the default route via `gw6`.
+pub fn assert_pod_ipv6(pod: &Netns, addr: &str, gw6: &str) {
+    assert_eq!(read_sysctl(pod, "net.ipv6.conf.eth0.disable_ipv6"), "0");
+    let (_, a) = pod.try_ip(["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
+    assert!(a.contains(&format!("{addr}/64")), "{a}");
+    assert!(!a.contains("tentative"), "NODAD not honoured: {a}");
+    let (_, route) = pod.try_ip(["-6", "route", "show", "default"]);
+    assert!(route.contains(&format!("via {gw6}")), "{route}");
+}
