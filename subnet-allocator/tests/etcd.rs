@@ -13,8 +13,11 @@ use std::collections::BTreeMap;
 use common::contract::{assert_gone, configure, net, vxlan, Harness, BASIC_CFG, TTL};
 use common::{have_etcd, Member};
 use etcd_client::{Client, GetOptions, PutOptions};
-use ipnet::Ipv4Net;
-use subnet_allocator::{EtcdOptions, EtcdStore, LeaseEvent, LeaseStore, NetworkConfig};
+use ipnet::{Ipv4Net, Ipv6Net};
+use subnet_allocator::{
+    acquire_lease_preferring, EtcdOptions, EtcdStore, LeaseAttrs, LeaseEvent, LeaseStore,
+    NetworkConfig, Preferred,
+};
 
 const PREFIX: &str = "/twill-test/network";
 
@@ -242,4 +245,95 @@ async fn list_and_watch_report_malformed_entries_as_unusable() {
     assert_eq!(events.len(), 6, "{events:?}");
     assert!(matches!(&events[5], LeaseEvent::Added(l) if l.subnet == net("10.244.8.0/24")));
     assert_eq!(rev, snap.revision);
+}
+
+/// A mixed cluster: leases written byte for byte as flannel writes an
+/// IPv6-only node's (`0.0.0.0-0&<v6>-<len>`, `PublicIP` `0.0.0.0`,
+/// `BackendData` null) are read as IPv6-only leases, their subnets are
+/// avoided, and twill's own lease is written in the same form. A bare
+/// `<v6>-<len>` key (which flannel's ParseSubnetKey skips) is unusable here
+/// too.
+#[tokio::test]
+async fn flannel_written_ipv6_only_leases_are_read_and_avoided() {
+    let Some(h) = EtcdHarness::start().await else {
+        return;
+    };
+    // A /61 in /64s: 7 subnets (the first is skipped).
+    let cfg = configure(
+        &h,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/61","IPv6SubnetLen":64}"#,
+    )
+    .await;
+    let mut c = h.client().await;
+    let flannel_value = |i: u8| {
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::{i}","BackendType":"vxlan","BackendData":null,"BackendV6Data":{{"VNI":1,"VtepMAC":"7a:00:00:00:00:{i:02x}"}}}}"#
+        )
+    };
+    let theirs: Vec<Ipv6Net> = (1..=5)
+        .map(|i| format!("fd00:10:244:{i}::/64").parse().unwrap())
+        .collect();
+    for (i, s) in theirs.iter().enumerate() {
+        let key = format!("{PREFIX}/subnets/0.0.0.0-0&{}-64", s.network());
+        c.put(key, flannel_value(i as u8 + 1), None).await.unwrap();
+    }
+    c.put(
+        format!("{PREFIX}/subnets/fd00:10:244:6::-64"),
+        flannel_value(6),
+        None,
+    )
+    .await
+    .unwrap();
+
+    let snap = h.store.list_leases().await.unwrap();
+    let mut got: Vec<Ipv6Net> = snap.leases.iter().filter_map(|l| l.ipv6_subnet).collect();
+    got.sort();
+    assert_eq!(got, theirs);
+    assert!(snap.leases.iter().all(|l| l.is_ipv6_only()));
+    assert_eq!(snap.leases[0].attrs.backend_data, None);
+    assert_eq!(snap.unusable, ["fd00:10:244:6::-64"]);
+
+    // Two twill nodes share what is left: fd00:10:244:6:: and :7::, the
+    // first only because the bare key holds nothing.
+    let mut mine = Vec::new();
+    for i in 7..=8u8 {
+        let a = LeaseAttrs {
+            public_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            backend_data: None,
+            ..common::contract::dual(i)
+        };
+        let l =
+            acquire_lease_preferring(&h.store, &cfg, a.public_ip, &a, Preferred::default(), TTL)
+                .await
+                .unwrap();
+        mine.push(l.ipv6_subnet.unwrap());
+    }
+    mine.sort();
+    assert_eq!(
+        mine,
+        ["fd00:10:244:6::/64", "fd00:10:244:7::/64"]
+            .map(|s| s.parse::<Ipv6Net>().unwrap())
+            .to_vec()
+    );
+    let stored = h.stored_leases().await;
+    for s in &mine {
+        let key = format!("0.0.0.0-0&{}-64", s.network());
+        let (value, _) = stored
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key}: {stored:?}"));
+        assert!(
+            value.starts_with(r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198::"#),
+            "{value}"
+        );
+    }
+    // The range is full now.
+    let a = LeaseAttrs {
+        public_ip: std::net::Ipv4Addr::UNSPECIFIED,
+        backend_data: None,
+        ..common::contract::dual(9)
+    };
+    let e = acquire_lease_preferring(&h.store, &cfg, a.public_ip, &a, Preferred::default(), TTL)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no free IPv6 subnet"), "{e}");
 }
