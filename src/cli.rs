@@ -137,6 +137,11 @@ pub struct Args {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// seconds between rounds of peer probes through the overlay (at most
+    /// 256 peers a round, in rotation; see docs/configuration.md)
+    #[arg(long, env = "TWILL_PROBE_INTERVAL", default_value_t = crate::probe::DEFAULT_INTERVAL_SECS)]
+    pub probe_interval: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +151,10 @@ pub enum Command {
         /// print JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// the --healthz-addr of this node's agent: adds its view of each
+        /// peer (from /peers) as a column
+        #[arg(long, value_name = "ADDR")]
+        agent: Option<SocketAddr>,
     },
     /// remove everything twill made on this node (bridge, VXLAN devices
     /// with their routes, neighbours and FDB entries, the subnet file)
@@ -222,6 +231,8 @@ pub enum ArgsError {
     PublicIp { ip: Ipv4Addr, kind: &'static str },
     #[error("--log-level: {directive:?} in {value:?} is not a level (off, error, warn, info, debug, trace) or a filter directive such as twill=debug")]
     LogLevel { value: String, directive: String },
+    #[error("--probe-interval: {0} s is out of range (1 to 300)")]
+    ProbeInterval(u64),
 }
 
 /// Checks a `--log-level` value. `EnvFilter` takes any bare word as a
@@ -321,7 +332,14 @@ impl Args {
                 directive,
             });
         }
+        if !(1..=300).contains(&self.probe_interval) {
+            return Err(ArgsError::ProbeInterval(self.probe_interval));
+        }
         Ok(())
+    }
+
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_secs(self.probe_interval)
     }
 
     pub fn lease_ttl(&self) -> Duration {
@@ -403,6 +421,8 @@ mod tests {
             (vec!["--log-level", "info,verbose"], "--log-level"),
             (vec!["--log-level", ""], "--log-level"),
             (vec!["--log-level", "twill=loud"], "--log-level"),
+            (vec!["--probe-interval", "0"], "--probe-interval"),
+            (vec!["--probe-interval", "301"], "--probe-interval"),
         ];
         for (args, flag) in cases {
             let err = parse(&args).validate().unwrap_err().to_string();
@@ -481,7 +501,13 @@ mod tests {
             "--log-level",
             "warn",
         ]);
-        assert!(matches!(a.command, Some(Command::Status { json: true })));
+        assert!(matches!(
+            a.command,
+            Some(Command::Status {
+                json: true,
+                agent: None
+            })
+        ));
         assert_eq!(
             a.etcd_endpoints,
             vec!["http://192.0.2.254:2379".to_string()]

@@ -61,6 +61,7 @@ fn respond(path: &str, telemetry: &Telemetry) -> (&'static str, &'static str, St
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             telemetry.encode(),
         ),
+        "/peers" => ("200 OK", "application/json", telemetry.peer_health.json()),
         _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
 }

@@ -40,6 +40,8 @@ pub struct Telemetry {
     converged: AtomicBool,
     masq_failed: AtomicBool,
     store_reset: AtomicBool,
+    /// Per-peer overlay health (`twill_peer_*`, `/peers`), from src/probe.
+    pub peer_health: crate::probe::PeerHealth,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -115,6 +117,7 @@ impl Telemetry {
             "Unix time of the last reconcile that left the kernel converged",
             last_converged.clone(),
         );
+        let peer_health = crate::probe::PeerHealth::register(&mut registry);
         Telemetry {
             registry,
             leases,
@@ -132,6 +135,7 @@ impl Telemetry {
             converged: AtomicBool::new(false),
             masq_failed: AtomicBool::new(false),
             store_reset: AtomicBool::new(false),
+            peer_health,
         }
     }
 

@@ -6,6 +6,7 @@
 //! retried on a schedule and never tears the data path down or stops repairs.
 
 pub mod lifecycle;
+mod peers;
 pub mod plan;
 mod run;
 
@@ -131,6 +132,8 @@ pub struct Agent<S, D> {
     /// Whether the masquerade rules are in place, as the subnet file says;
     /// `None` before the first attempt.
     masq_installed: Option<bool>,
+    /// The remote nodes as probe targets, for the prober (src/probe).
+    peers: tokio::sync::watch::Sender<crate::probe::PeerSet>,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -252,6 +255,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             resetting: false,
             status,
             masq_installed: None,
+            peers: tokio::sync::watch::channel(Default::default()).0,
         };
         // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;
@@ -441,6 +445,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             mode: self.plan.mode,
         };
         let (nodes, skipped) = remote_nodes(&local, &leases);
+        self.publish_peers(&nodes);
         let skipped_total = skipped.len() + self.unusable.len();
         self.opts.telemetry.skipped_leases.set(skipped_total as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);

@@ -1,0 +1,346 @@
+//! Per-peer overlay health: every interval the agent pings a sample of the
+//! other nodes through the data path pods use, with a small probe
+//! (reachability, round-trip time) and a full-size one at the pod MTU with
+//! don't-fragment (an MTU blackhole shows as such, not as "unreachable").
+//!
+//! In vxlan mode a probe goes from this node's VTEP address (`<subnet>.0`
+//! on `twill.<VNI>`) to the peer's: the same device, route, neighbour and
+//! FDB entries as pod traffic, in both directions, and it is answered by the
+//! peer's kernel, also while its agent is stopped. On a direct route
+//! (host-gw, or vxlan with DirectRouting) it goes from this node's bridge
+//! gateway (`<subnet>.1`) to the peer's.
+//!
+//! Cost: at most [`MAX_PEERS_PER_ROUND`] peers per interval, two packets
+//! each (and their replies); peers beyond that are probed in rotation, so
+//! each one at least every `ceil(peers / MAX_PEERS_PER_ROUND)` intervals.
+//! A peer whose last probe went unanswered is probed again next round,
+//! ahead of the rotation.
+//!
+//! The agent publishes the peer list ([`PeerSet`]) after each reconcile
+//! pass; the prober runs as its own task and never touches the agent.
+
+pub mod client;
+mod icmp;
+mod report;
+mod state;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::Ipv4Net;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::reconcile::{Path, RemoteNode};
+use crate::telemetry::Telemetry;
+pub use icmp::{build_echo, parse_reply, EchoReply, EchoSocket};
+pub use report::{PeerHealth, PeerLabels, PeerReport, PeersView};
+pub use state::{pick, PeerState, Round, Transition, MISSES_TO_FAIL};
+
+/// Most peers probed per interval (two packets each).
+pub const MAX_PEERS_PER_ROUND: usize = 256;
+/// `--probe-interval`'s default, in seconds.
+pub const DEFAULT_INTERVAL_SECS: u64 = 5;
+
+/// One peer to probe: which node, and the addresses its probes use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    /// Ours, as pod traffic to this peer leaves.
+    pub src: Ipv4Addr,
+    /// The peer's kernel answers here.
+    pub dst: Ipv4Addr,
+}
+
+/// What the agent hands the prober after each reconcile pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerSet {
+    /// The pod MTU: the size of the full-size probe.
+    pub mtu: u32,
+    /// Sorted by subnet.
+    pub targets: Vec<Target>,
+}
+
+/// The probe targets for the remote nodes of a node leasing `own`: through
+/// the tunnel VTEP to VTEP, on a direct route gateway to gateway.
+pub fn targets(own: Ipv4Net, nodes: &[RemoteNode]) -> Vec<Target> {
+    let gateway = crate::subnet_file::gateway_of;
+    let mut out: Vec<Target> = nodes
+        .iter()
+        .map(|n| {
+            let (src, dst) = match n.path {
+                Path::Vxlan(_) => (own.network(), n.vtep_ip()),
+                Path::Direct => (gateway(own), gateway(n.subnet)),
+            };
+            Target {
+                subnet: n.subnet,
+                public_ip: n.public_ip,
+                src,
+                dst,
+            }
+        })
+        .collect();
+    out.sort_by_key(|t| t.subnet);
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Small,
+    Big,
+}
+
+/// A round in progress for one peer.
+#[derive(Debug, Default)]
+struct Pending {
+    small: Option<Result<Duration, String>>,
+    big: Option<Result<(), String>>,
+}
+
+/// The probing task: owns the raw socket and every peer's state.
+pub struct Prober {
+    sock: EchoSocket,
+    interval: Duration,
+    telemetry: Arc<Telemetry>,
+    id: u16,
+    seq: u16,
+    mtu: u32,
+    peers: Vec<PeerState>,
+    cursor: usize,
+    /// Probes in flight by sequence number: peer, kind, when sent.
+    inflight: HashMap<u16, (Ipv4Net, Kind, Instant)>,
+    round: HashMap<Ipv4Net, Pending>,
+}
+
+impl Prober {
+    /// Opens the raw ICMP socket (needs CAP_NET_RAW).
+    pub fn open(interval: Duration, telemetry: Arc<Telemetry>) -> std::io::Result<Self> {
+        Ok(Prober {
+            sock: EchoSocket::open()?,
+            interval,
+            telemetry,
+            id: rand::random(),
+            seq: 0,
+            mtu: 0,
+            peers: Vec::new(),
+            cursor: 0,
+            inflight: HashMap::new(),
+            round: HashMap::new(),
+        })
+    }
+
+    /// Probes until the agent drops its end of `peers`.
+    pub async fn run(mut self, mut peers: watch::Receiver<PeerSet>) {
+        let set = peers.borrow_and_update().clone();
+        self.set_peers(set);
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.conclude();
+                    self.start_round();
+                }
+                r = self.sock.recv() => match r {
+                    Ok(reply) => self.on_reply(reply),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading probe replies failed");
+                        tokio::time::sleep(self.interval).await;
+                    }
+                },
+                changed = peers.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let set = peers.borrow_and_update().clone();
+                    self.set_peers(set);
+                }
+            }
+        }
+    }
+
+    /// Takes a new peer list: known peers keep their state, departed ones
+    /// lose their series.
+    fn set_peers(&mut self, set: PeerSet) {
+        self.mtu = set.mtu;
+        let mut old: HashMap<Ipv4Net, PeerState> =
+            self.peers.drain(..).map(|p| (p.target.subnet, p)).collect();
+        for t in set.targets {
+            let state = match old.remove(&t.subnet) {
+                Some(p) if p.target == t => p,
+                Some(p) => {
+                    self.telemetry.peer_health.forget(&p.target);
+                    PeerState::new(t)
+                }
+                None => PeerState::new(t),
+            };
+            self.peers.push(state);
+        }
+        for (s, p) in old {
+            tracing::debug!(subnet = %s, public_ip = %p.target.public_ip, "no longer probing a departed peer");
+            self.telemetry.peer_health.forget(&p.target);
+            self.round.remove(&s);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let view = PeersView {
+            probing: true,
+            interval_seconds: self.interval.as_secs_f64(),
+            mtu: self.mtu,
+            per_round: MAX_PEERS_PER_ROUND,
+            peers: Vec::new(),
+        };
+        self.telemetry.peer_health.update(&self.peers, view);
+    }
+
+    fn send(&mut self, i: usize, kind: Kind) -> Result<(), String> {
+        let t = &self.peers[i].target;
+        let size = match kind {
+            Kind::Small => icmp::SMALL_PROBE,
+            Kind::Big => self.mtu as usize,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let packet = build_echo(t.src, t.dst, self.id, self.seq, size);
+        match self.sock.send(t.dst, &packet) {
+            Ok(()) => {
+                self.inflight
+                    .insert(self.seq, (t.subnet, kind, Instant::now()));
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(format!(
+                "the {size}-byte probe with don't-fragment is larger than this node's route MTU ({e})"
+            )),
+            Err(e) => Err(format!("sending the {size}-byte probe failed: {e}")),
+        }
+    }
+
+    fn start_round(&mut self) {
+        let (batch, next) = pick(&self.peers, self.cursor, MAX_PEERS_PER_ROUND);
+        self.cursor = next;
+        for i in batch {
+            let subnet = self.peers[i].target.subnet;
+            let mut pending = Pending::default();
+            if let Err(e) = self.send(i, Kind::Small) {
+                pending.small = Some(Err(e));
+            }
+            if self.mtu > 0 {
+                if let Err(e) = self.send(i, Kind::Big) {
+                    pending.big = Some(Err(e));
+                }
+            } else {
+                pending.big = Some(Ok(()));
+            }
+            self.round.insert(subnet, pending);
+        }
+    }
+
+    fn on_reply(&mut self, r: EchoReply) {
+        if r.id != self.id {
+            return;
+        }
+        let Some((subnet, kind, sent)) = self.inflight.remove(&r.seq) else {
+            return;
+        };
+        let Some(pending) = self.round.get_mut(&subnet) else {
+            return;
+        };
+        match kind {
+            Kind::Small => pending.small = Some(Ok(sent.elapsed())),
+            Kind::Big => pending.big = Some(Ok(())),
+        }
+    }
+
+    /// Ends the round in progress: unanswered probes count as lost; logs
+    /// the transitions and publishes.
+    fn conclude(&mut self) {
+        self.inflight.clear();
+        if self.round.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let waited = self.interval;
+        let mtu = self.mtu;
+        for p in &mut self.peers {
+            let Some(pending) = self.round.remove(&p.target.subnet) else {
+                continue;
+            };
+            let round = Round {
+                small: pending
+                    .small
+                    .unwrap_or_else(|| Err(format!("no reply within {waited:?}"))),
+                big: pending.big.unwrap_or_else(|| {
+                    Err(format!(
+                        "no reply to the {mtu}-byte probe with don't-fragment within {waited:?}"
+                    ))
+                }),
+            };
+            let t = p.target.clone();
+            for tr in p.record(round, now) {
+                let (subnet, public_ip) = (t.subnet, t.public_ip);
+                let why = p.last_failure.as_deref().unwrap_or("");
+                match tr {
+                    Transition::Lost => {
+                        tracing::warn!(%subnet, %public_ip, error = why, "peer lost: probes through the overlay go unanswered")
+                    }
+                    Transition::Back => {
+                        tracing::warn!(%subnet, %public_ip, rtt = ?p.rtt, "peer back: probes through the overlay are answered again")
+                    }
+                    Transition::MtuTooSmall => {
+                        tracing::warn!(%subnet, %public_ip, mtu, error = why, "MTU too small on the path to peer: full-size packets are lost, small ones pass")
+                    }
+                    Transition::MtuFine => {
+                        tracing::warn!(%subnet, %public_ip, mtu, "MTU fine again on the path to peer: full-size packets pass")
+                    }
+                }
+            }
+        }
+        self.round.clear();
+        self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::Mac;
+
+    fn node(i: u8, path: Path) -> RemoteNode {
+        RemoteNode {
+            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+            subnet6: None,
+            public_ip: Ipv4Addr::new(192, 0, 2, i),
+            public_ipv6: None,
+            path,
+            vtep6: None,
+        }
+    }
+
+    #[test]
+    fn targets_go_vtep_to_vtep_through_the_tunnel_and_gateway_to_gateway_on_direct_routes() {
+        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let mac = Mac([0x0a, 0, 0, 0, 0, 3]);
+        let t = targets(own, &[node(3, Path::Vxlan(mac)), node(2, Path::Direct)]);
+        assert_eq!(
+            t,
+            vec![
+                Target {
+                    subnet: "10.244.2.0/24".parse().unwrap(),
+                    public_ip: Ipv4Addr::new(192, 0, 2, 2),
+                    src: Ipv4Addr::new(10, 244, 1, 1),
+                    dst: Ipv4Addr::new(10, 244, 2, 1),
+                },
+                Target {
+                    subnet: "10.244.3.0/24".parse().unwrap(),
+                    public_ip: Ipv4Addr::new(192, 0, 2, 3),
+                    src: Ipv4Addr::new(10, 244, 1, 0),
+                    dst: Ipv4Addr::new(10, 244, 3, 0),
+                },
+            ]
+        );
+    }
+}
