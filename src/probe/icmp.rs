@@ -16,6 +16,7 @@ pub const SMALL_PROBE: usize = IP_HEADER + ICMP_HEADER + 16;
 /// Biggest packet `build_echo` makes (the largest IPv4 packet).
 pub const MAX_PROBE: usize = 65_535;
 
+const RECV_BUFFER: usize = 1 << 20;
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
 const DONT_FRAGMENT: u16 = 0x4000;
@@ -107,6 +108,8 @@ impl EchoSocket {
         let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
         s.set_header_included_v4(true)?;
         s.set_nonblocking(true)?;
+        // Room for a slot's replies (the kernel caps it at rmem_max).
+        s.set_recv_buffer_size(RECV_BUFFER)?;
         Ok(EchoSocket {
             sock: tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(s))?,
             buf: vec![0u8; MAX_PROBE],

@@ -11,10 +11,11 @@
 //! gateway (`<subnet>.1`) to the peer's.
 //!
 //! Cost: at most [`MAX_PEERS_PER_ROUND`] peers per interval, two packets
-//! each (and their replies); peers beyond that are probed in rotation, so
-//! each one at least every `ceil(peers / MAX_PEERS_PER_ROUND)` intervals.
-//! A peer whose last probe went unanswered is probed again next round,
-//! ahead of the rotation.
+//! each (and their replies), spread over the interval in [`SLOTS`] slots;
+//! peers beyond that are probed in rotation, so each one at least every
+//! `ceil(peers / MAX_PEERS_PER_ROUND)` intervals (plus one for the
+//! suspects that go first). A peer whose last probe went unanswered is
+//! probed again at once, ahead of the rotation.
 //!
 //! The agent publishes the peer list ([`PeerSet`]) after each reconcile
 //! pass; the prober runs as its own task and never touches the agent.
@@ -93,14 +94,22 @@ enum Kind {
     Big,
 }
 
-/// A round in progress for one peer.
+/// A round in progress for one peer: the slot it was sent in, and what
+/// came back so far.
 #[derive(Debug, Default)]
 struct Pending {
+    slot: usize,
     small: Option<Result<Duration, String>>,
     big: Option<Result<(), String>>,
 }
 
 /// The probing task: owns the raw socket and every peer's state.
+///
+/// An interval is cut in [`SLOTS`] slots; each slot concludes the probes
+/// sent in that slot one interval before (each probe has a whole interval
+/// to be answered) and sends the next ones, at most
+/// `MAX_PEERS_PER_ROUND / SLOTS` peers, so that a round's packets are
+/// spread over the interval instead of leaving in one burst.
 pub struct Prober {
     sock: EchoSocket,
     interval: Duration,
@@ -110,10 +119,14 @@ pub struct Prober {
     mtu: u32,
     peers: Vec<PeerState>,
     cursor: usize,
-    /// Probes in flight by sequence number: peer, kind, when sent.
-    inflight: HashMap<u16, (Ipv4Net, Kind, Instant)>,
+    slot: usize,
+    /// Probes in flight by sequence number: peer, kind, when sent, slot.
+    inflight: HashMap<u16, (Ipv4Net, Kind, Instant, usize)>,
     round: HashMap<Ipv4Net, Pending>,
 }
+
+/// Slots an interval is cut in.
+pub const SLOTS: usize = 8;
 
 impl Prober {
     /// Opens the raw ICMP socket (needs CAP_NET_RAW).
@@ -127,6 +140,7 @@ impl Prober {
             mtu: 0,
             peers: Vec::new(),
             cursor: 0,
+            slot: 0,
             inflight: HashMap::new(),
             round: HashMap::new(),
         })
@@ -136,13 +150,14 @@ impl Prober {
     pub async fn run(mut self, mut peers: watch::Receiver<PeerSet>) {
         let set = peers.borrow_and_update().clone();
         self.set_peers(set);
-        let mut tick = tokio::time::interval(self.interval);
+        let mut tick = tokio::time::interval(self.interval / SLOTS as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    self.slot = (self.slot + 1) % SLOTS;
                     self.conclude();
-                    self.start_round();
+                    self.start_slot();
                 }
                 r = self.sock.recv() => match r {
                     Ok(reply) => self.on_reply(reply),
@@ -173,6 +188,7 @@ impl Prober {
                 Some(p) if p.target == t => p,
                 Some(p) => {
                     self.telemetry.peer_health.forget(&p.target);
+                    self.round.remove(&t.subnet);
                     PeerState::new(t)
                 }
                 None => PeerState::new(t),
@@ -184,10 +200,11 @@ impl Prober {
             self.telemetry.peer_health.forget(&p.target);
             self.round.remove(&s);
         }
-        self.publish();
+        self.telemetry.peer_health.set_gauges(&self.peers);
+        self.publish_view();
     }
 
-    fn publish(&self) {
+    fn publish_view(&self) {
         let view = PeersView {
             probing: true,
             interval_seconds: self.interval.as_secs_f64(),
@@ -195,7 +212,7 @@ impl Prober {
             per_round: MAX_PEERS_PER_ROUND,
             peers: Vec::new(),
         };
-        self.telemetry.peer_health.update(&self.peers, view);
+        self.telemetry.peer_health.set_view(&self.peers, view);
     }
 
     fn send(&mut self, i: usize, kind: Kind) -> Result<(), String> {
@@ -209,7 +226,7 @@ impl Prober {
         match self.sock.send(t.dst, &packet) {
             Ok(()) => {
                 self.inflight
-                    .insert(self.seq, (t.subnet, kind, Instant::now()));
+                    .insert(self.seq, (t.subnet, kind, Instant::now(), self.slot));
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(format!(
@@ -219,12 +236,18 @@ impl Prober {
         }
     }
 
-    fn start_round(&mut self) {
-        let (batch, next) = pick(&self.peers, self.cursor, MAX_PEERS_PER_ROUND);
+    fn start_slot(&mut self) {
+        let round = &self.round;
+        let (batch, next) = pick(&self.peers, self.cursor, MAX_PEERS_PER_ROUND / SLOTS, |p| {
+            round.contains_key(&p.target.subnet)
+        });
         self.cursor = next;
         for i in batch {
             let subnet = self.peers[i].target.subnet;
-            let mut pending = Pending::default();
+            let mut pending = Pending {
+                slot: self.slot,
+                ..Pending::default()
+            };
             if let Err(e) = self.send(i, Kind::Small) {
                 pending.small = Some(Err(e));
             }
@@ -243,7 +266,7 @@ impl Prober {
         if r.id != self.id {
             return;
         }
-        let Some((subnet, kind, sent)) = self.inflight.remove(&r.seq) else {
+        let Some((subnet, kind, sent, _)) = self.inflight.remove(&r.seq) else {
             return;
         };
         let Some(pending) = self.round.get_mut(&subnet) else {
@@ -255,18 +278,22 @@ impl Prober {
         }
     }
 
-    /// Ends the round in progress: unanswered probes count as lost; logs
-    /// the transitions and publishes.
+    /// Ends the rounds sent in this slot one interval ago: unanswered
+    /// probes count as lost; logs the transitions and publishes.
     fn conclude(&mut self) {
-        self.inflight.clear();
-        if self.round.is_empty() {
-            return;
-        }
+        let slot = self.slot;
+        self.inflight.retain(|_, v| v.3 != slot);
         let now = SystemTime::now();
         let waited = self.interval;
         let mtu = self.mtu;
-        for p in &mut self.peers {
-            let Some(pending) = self.round.remove(&p.target.subnet) else {
+        let mut concluded = Vec::new();
+        let mut changed = false;
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            let subnet = p.target.subnet;
+            if self.round.get(&subnet).is_none_or(|r| r.slot != slot) {
+                continue;
+            }
+            let Some(pending) = self.round.remove(&subnet) else {
                 continue;
             };
             let round = Round {
@@ -279,28 +306,39 @@ impl Prober {
                     ))
                 }),
             };
-            let t = p.target.clone();
-            for tr in p.record(round, now) {
-                let (subnet, public_ip) = (t.subnet, t.public_ip);
-                let why = p.last_failure.as_deref().unwrap_or("");
-                match tr {
-                    Transition::Lost => {
-                        tracing::warn!(%subnet, %public_ip, error = why, "peer lost: probes through the overlay go unanswered")
-                    }
-                    Transition::Back => {
-                        tracing::warn!(%subnet, %public_ip, rtt = ?p.rtt, "peer back: probes through the overlay are answered again")
-                    }
-                    Transition::MtuTooSmall => {
-                        tracing::warn!(%subnet, %public_ip, mtu, error = why, "MTU too small on the path to peer: full-size packets are lost, small ones pass")
-                    }
-                    Transition::MtuFine => {
-                        tracing::warn!(%subnet, %public_ip, mtu, "MTU fine again on the path to peer: full-size packets pass")
-                    }
-                }
+            let transitions = p.record(round, now);
+            log_transitions(p, &transitions, mtu);
+            changed |= !transitions.is_empty();
+            concluded.push(i);
+        }
+        let health = &self.telemetry.peer_health;
+        health.set_gauges(concluded.iter().map(|&i| &self.peers[i]));
+        // The whole view once an interval, and at once on a transition.
+        if changed || slot == 0 {
+            self.publish_view();
+        }
+    }
+}
+
+/// One WARN line per transition, naming the peer.
+fn log_transitions(p: &PeerState, transitions: &[Transition], mtu: u32) {
+    let (subnet, public_ip) = (p.target.subnet, p.target.public_ip);
+    let why = p.last_failure.as_deref().unwrap_or("");
+    for tr in transitions {
+        match *tr {
+            Transition::Lost => {
+                tracing::warn!(%subnet, %public_ip, error = why, "peer lost: probes through the overlay go unanswered")
+            }
+            Transition::Back => {
+                tracing::warn!(%subnet, %public_ip, rtt = ?p.rtt, "peer back: probes through the overlay are answered again")
+            }
+            Transition::MtuTooSmall => {
+                tracing::warn!(%subnet, %public_ip, mtu, error = why, "MTU too small on the path to peer: full-size packets are lost, small ones pass")
+            }
+            Transition::MtuFine => {
+                tracing::warn!(%subnet, %public_ip, mtu, "MTU fine again on the path to peer: full-size packets pass")
             }
         }
-        self.round.clear();
-        self.publish();
     }
 }
 

@@ -114,9 +114,8 @@ impl PeerHealth {
         h
     }
 
-    /// Publishes the prober's state: gauges of every peer with a verdict,
-    /// and the `/peers` view.
-    pub fn update(&self, peers: &[PeerState], mut view: PeersView) {
+    /// Sets the gauges of `peers` (those with a verdict).
+    pub fn set_gauges<'a>(&self, peers: impl IntoIterator<Item = &'a PeerState>) {
         for p in peers {
             let l = PeerLabels::from(&p.target);
             if let Some(r) = p.reachable {
@@ -129,6 +128,10 @@ impl PeerHealth {
                 self.rtt.get_or_create(&l).set(rtt.as_secs_f64());
             }
         }
+    }
+
+    /// Replaces the `/peers` view with `view` listing `peers`.
+    pub fn set_view(&self, peers: &[PeerState], mut view: PeersView) {
         view.peers = peers.iter().map(PeerReport::from).collect();
         if let Ok(mut v) = self.view.lock() {
             *v = view;

@@ -127,16 +127,25 @@ impl PeerState {
 }
 
 /// The peers (indices into `peers`) one round probes: the suspects first,
-/// then the rotation from `cursor` on, at most `cap` in all. Returns them
-/// and the cursor for the next round. Every peer is probed at least once
-/// every `ceil(len / (cap - suspects))` rounds.
-pub fn pick(peers: &[PeerState], cursor: usize, cap: usize) -> (Vec<usize>, usize) {
+/// then the rotation from `cursor` on, at most `cap` in all, none that is
+/// `busy` (probes in flight). Returns them and the cursor for the next
+/// round. Every peer is probed at least once every
+/// `ceil(len / (cap - suspects))` rounds.
+pub fn pick(
+    peers: &[PeerState],
+    cursor: usize,
+    cap: usize,
+    busy: impl Fn(&PeerState) -> bool,
+) -> (Vec<usize>, usize) {
     let len = peers.len();
     if len == 0 || cap == 0 {
-        return (Vec::new(), 0);
+        return (Vec::new(), cursor);
     }
-    let mut chosen: Vec<usize> = (0..len).filter(|&i| peers[i].suspect()).take(cap).collect();
-    let mut taken = vec![false; len];
+    let mut chosen: Vec<usize> = (0..len)
+        .filter(|&i| peers[i].suspect() && !busy(&peers[i]))
+        .take(cap)
+        .collect();
+    let mut taken: Vec<bool> = peers.iter().map(&busy).collect();
     for &i in &chosen {
         taken[i] = true;
     }
@@ -233,7 +242,7 @@ mod tests {
         let mut seen = [0u32; 10];
         let mut cursor = 0;
         for _ in 0..3 {
-            let (batch, next) = pick(&peers, cursor, 4);
+            let (batch, next) = pick(&peers, cursor, 4, |_| false);
             assert!(batch.len() <= 4);
             for i in batch {
                 seen[i] += 1;
@@ -242,7 +251,7 @@ mod tests {
         }
         // ceil(10 / 4) = 3 rounds cover everyone.
         assert!(seen.iter().all(|&n| n >= 1), "{seen:?}");
-        let (all, _) = pick(&peers, 7, 64);
+        let (all, _) = pick(&peers, 7, 64, |_| false);
         assert_eq!(all.len(), 10, "a cap above the peer count takes all once");
     }
 
@@ -250,9 +259,19 @@ mod tests {
     fn suspects_come_first() {
         let mut peers: Vec<PeerState> = (0..10).map(peer).collect();
         peers[9].record(lost(), T);
-        let (batch, next) = pick(&peers, 0, 3);
+        let (batch, next) = pick(&peers, 0, 3, |_| false);
         assert_eq!(batch, vec![9, 0, 1]);
         assert_eq!(next, 2);
-        assert_eq!(pick(&[], 5, 3), (vec![], 0));
+        assert_eq!(pick(&[], 5, 3, |_| false), (vec![], 5));
+    }
+
+    #[test]
+    fn peers_with_probes_in_flight_are_left_out() {
+        let mut peers: Vec<PeerState> = (0..4).map(peer).collect();
+        peers[1].record(lost(), T);
+        let busy = |p: &PeerState| p.target.dst.octets()[2] <= 1;
+        let (batch, next) = pick(&peers, 0, 8, busy);
+        assert_eq!(batch, vec![2, 3], "busy suspects wait too");
+        assert_eq!(next, 0);
     }
 }
