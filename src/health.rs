@@ -1,7 +1,10 @@
 //! A minimal HTTP endpoint for probes and scraping: `GET /healthz` answers
 //! 200 while the agent's runtime is alive, `/readyz` 200 once the node holds
 //! its lease, wrote the subnet file and converged (503 and the reason
-//! otherwise), `/metrics` the Prometheus text format. Anything else is 404.
+//! otherwise), `/metrics` the Prometheus text format, `/peers` the per-peer
+//! overlay health as JSON (src/probe). A broken peer does not make the node
+//! unready: `/readyz` is about this node's own data path (see
+//! docs/configuration.md). Anything else is 404.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
