@@ -204,8 +204,14 @@ fn vxlan_blocked_both_ways_is_detected_on_both_ends_and_recovers() {
     }
     let c = three_hosts();
     block_vxlan(&c, "h1", "h2", true);
+    let broken = Instant::now();
     for (from, to) in [("h1", "h2"), ("h2", "h1")] {
         let p = wait_peer(&c, from, to, Health::Lost, "VXLAN dropped both ways");
+        // Reported, not asserted (the machine is shared).
+        eprintln!(
+            "{from} saw {to} lost {:?} after the break (probe interval 1 s)",
+            broken.elapsed()
+        );
         assert!(
             p["last_failure"].as_str().unwrap().contains("no reply"),
             "{p}"
@@ -238,8 +244,13 @@ fn vxlan_blocked_both_ways_is_detected_on_both_ends_and_recovers() {
     assert!(row("h3").contains("  ok "), "{status}");
 
     unblock(&c);
+    let fixed = Instant::now();
     for (from, to) in [("h1", "h2"), ("h2", "h1")] {
         wait_peer(&c, from, to, Health::Fine, "VXLAN let through again");
+        eprintln!(
+            "{from} saw {to} back {:?} after the fix (probe interval 1 s)",
+            fixed.elapsed()
+        );
         assert_eq!(gauge(&c, from, "twill_peer_reachable", to), Some(1.0));
         // One WARN per transition, not one per probe.
         assert_eq!(log_lines(&c, from, "peer lost", to), 1);
