@@ -42,15 +42,22 @@ fn require_prereqs() -> bool {
 /// Three converged hosts probing each other every second, each serving
 /// `/peers` and `/metrics` on its own loopback; every peer seen healthy.
 fn three_hosts() -> Cluster {
+    three_hosts_with(twill_harness::cluster::DEFAULT_NETWORK_CONFIG)
+}
+
+/// [`three_hosts`] with another network config.
+fn three_hosts_with(network_config: &str) -> Cluster {
     let addr = format!("127.0.0.1:{HEALTH_PORT}");
     let mut c = Cluster::builder()
         .hosts(3)
+        .network_config(network_config)
         .resync_interval(2)
         .agent_args(["--healthz-addr", &addr, "--probe-interval", "1"])
         .build()
         .unwrap();
     c.start_agents().unwrap();
-    c.wait_converged().unwrap();
+    // Every peer answering through the data path is convergence enough
+    // (and works for both backends).
     for from in ["h1", "h2", "h3"] {
         for to in ["h1", "h2", "h3"] {
             if from != to {
@@ -151,16 +158,24 @@ fn log_lines(c: &Cluster, host: &str, what: &str, peer: &str) -> usize {
 /// bridge, from `a` to `b` and, when `both`, back.
 fn block_vxlan(c: &Cluster, a: &str, b: &str, both: bool) {
     let (ia, ib) = (c.host(a).unwrap().ip(), c.host(b).unwrap().ip());
-    let mut rules = format!(
-        "table bridge {BREAK_TABLE} {{\n chain breaks {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {ia} ip daddr {ib} udp dport 8472 drop\n"
-    );
+    let mut rules = vec![format!("ip saddr {ia} ip daddr {ib} udp dport 8472 drop")];
     if both {
-        rules.push_str(&format!(
-            "  ip saddr {ib} ip daddr {ia} udp dport 8472 drop\n"
-        ));
+        rules.push(format!("ip saddr {ib} ip daddr {ia} udp dport 8472 drop"));
     }
-    rules.push_str(" }\n}\n");
-    nft(c, &["-f", "-"], Some(&rules));
+    drop_in_underlay(c, &rules);
+}
+
+/// Adds `rules` (nft rule statements) to a forward chain of the underlay
+/// bridge.
+fn drop_in_underlay(c: &Cluster, rules: &[String]) {
+    let mut text = format!(
+        "table bridge {BREAK_TABLE} {{\n chain breaks {{\n  type filter hook forward priority 0; policy accept;\n"
+    );
+    for r in rules {
+        text.push_str(&format!("  {r}\n"));
+    }
+    text.push_str(" }\n}\n");
+    nft(c, &["-f", "-"], Some(&text));
 }
 
 fn unblock(c: &Cluster) {
@@ -382,4 +397,36 @@ fn a_stopped_agent_stays_reachable_and_a_deleted_node_is_lost_then_forgotten() {
         assert_eq!(gauge(&c, from, "twill_peer_rtt_seconds", "h3"), None);
     }
     unaffected(&c, &[("h1", "h2")]);
+}
+
+#[test]
+fn host_gw_peers_are_probed_gateway_to_gateway() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_with(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#,
+    );
+    // host-gw routes pod packets unencapsulated: dropping h1's pod subnet
+    // to h2's on the underlay breaks that path only.
+    let (s1, s2) = (c.subnet_of("h1").unwrap(), c.subnet_of("h2").unwrap());
+    drop_in_underlay(&c, &[format!("ip saddr {s1} ip daddr {s2} drop")]);
+    wait_peer(&c, "h1", "h2", Health::Lost, "pod traffic h1 -> h2 dropped");
+    wait_peer(&c, "h2", "h1", Health::Lost, "pod traffic h1 -> h2 dropped");
+    unaffected(&c, &[("h1", "h3"), ("h2", "h3")]);
+    unblock(&c);
+    wait_peer(
+        &c,
+        "h1",
+        "h2",
+        Health::Fine,
+        "pod traffic let through again",
+    );
+    wait_peer(
+        &c,
+        "h2",
+        "h1",
+        Health::Fine,
+        "pod traffic let through again",
+    );
 }
