@@ -160,6 +160,7 @@ pub fn run(opts: &ProbeOpts) -> anyhow::Result<BenchOutput> {
         let off = restart_and_measure(&mut c, OFF, opts.window)?;
         let on = restart_and_measure(&mut c, DEFAULT, opts.window)?;
         let (reachable, lost) = peer_counts(&c)?;
+        let rss = sample(twilld_pid(c.host("h1")?.ns().name())?, clk_tck())?.rss_mib;
         out.push(
             &format!("twilld CPU with {n} peers, probing"),
             "% of a core",
@@ -180,11 +181,17 @@ pub fn run(opts: &ProbeOpts) -> anyhow::Result<BenchOutput> {
             "peers",
             lost as f64,
         );
+        out.push(&format!("twilld RSS with {n} peers, probing"), "MiB", rss);
     }
     out.set_target(
         &format!("twilld CPU with {n} peers, probing"),
         "% of a core",
         Target::below(1.0),
+    );
+    out.set_target(
+        &format!("twilld RSS with {n} peers, probing"),
+        "MiB",
+        Target::below(15.0),
     );
     Ok(out)
 }
