@@ -127,7 +127,9 @@ pub fn run(opts: &ProbeOpts) -> anyhow::Result<BenchOutput> {
              the default interval (5 s, at most 256 peers a round) and held off (--probe-interval \
              300), idle at 3 nodes, and with {n} simulated peers: fake vxlan leases whose VTEP \
              addresses answer from a VXLAN device in the underlay namespace, through h1's real \
-             tunnel. The agent is restarted between the two settings; the data path stays."
+             tunnel. The agent is restarted between the two settings; the data path stays. \
+             Peers reachable and lost are counted in the last /peers view of the window \
+             (published once an interval)."
         ),
     );
     for _ in 0..opts.reps {
