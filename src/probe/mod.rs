@@ -110,8 +110,8 @@ struct Pending {
 /// to be answered) and sends the next ones, at most
 /// `MAX_PEERS_PER_ROUND / SLOTS` peers, so that a round's packets are
 /// spread over the interval instead of leaving in one burst.
-pub struct Prober {
-    sock: EchoSocket,
+pub struct Prober<T = EchoSocket> {
+    sock: T,
     interval: Duration,
     telemetry: Arc<Telemetry>,
     id: u16,
@@ -128,11 +128,40 @@ pub struct Prober {
 /// Slots an interval is cut in.
 pub const SLOTS: usize = 8;
 
-impl Prober {
+/// Where probes go out and replies come in: the raw socket, or a fake in
+/// unit tests.
+pub trait Transport: Send + 'static {
+    /// Sends one packet built by [`build_echo`] towards `dst`.
+    fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> std::io::Result<()>;
+    /// The next echo reply.
+    fn recv(&mut self) -> impl std::future::Future<Output = std::io::Result<EchoReply>> + Send;
+}
+
+impl Transport for EchoSocket {
+    fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> std::io::Result<()> {
+        EchoSocket::send(self, dst, packet)
+    }
+    fn recv(&mut self) -> impl std::future::Future<Output = std::io::Result<EchoReply>> + Send {
+        EchoSocket::recv(self)
+    }
+}
+
+impl Prober<EchoSocket> {
     /// Opens the raw ICMP socket (needs CAP_NET_RAW).
     pub fn open(interval: Duration, telemetry: Arc<Telemetry>) -> std::io::Result<Self> {
-        Ok(Prober {
-            sock: EchoSocket::open()?,
+        Ok(Prober::with_transport(
+            EchoSocket::open()?,
+            interval,
+            telemetry,
+        ))
+    }
+}
+
+impl<T: Transport> Prober<T> {
+    /// A prober sending through `sock`.
+    pub fn with_transport(sock: T, interval: Duration, telemetry: Arc<Telemetry>) -> Self {
+        Prober {
+            sock,
             interval,
             telemetry,
             id: rand::random(),
@@ -143,7 +172,7 @@ impl Prober {
             slot: 0,
             inflight: HashMap::new(),
             round: HashMap::new(),
-        })
+        }
     }
 
     /// Probes until the agent drops its end of `peers`.
@@ -343,42 +372,4 @@ fn log_transitions(p: &PeerState, transitions: &[Transition], mtu: u32) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reconcile::Mac;
-
-    fn node(i: u8, path: Path) -> RemoteNode {
-        RemoteNode {
-            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-            subnet6: None,
-            public_ip: Ipv4Addr::new(192, 0, 2, i),
-            public_ipv6: None,
-            path,
-            vtep6: None,
-        }
-    }
-
-    #[test]
-    fn targets_go_vtep_to_vtep_through_the_tunnel_and_gateway_to_gateway_on_direct_routes() {
-        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
-        let mac = Mac([0x0a, 0, 0, 0, 0, 3]);
-        let t = targets(own, &[node(3, Path::Vxlan(mac)), node(2, Path::Direct)]);
-        assert_eq!(
-            t,
-            vec![
-                Target {
-                    subnet: "10.244.2.0/24".parse().unwrap(),
-                    public_ip: Ipv4Addr::new(192, 0, 2, 2),
-                    src: Ipv4Addr::new(10, 244, 1, 1),
-                    dst: Ipv4Addr::new(10, 244, 2, 1),
-                },
-                Target {
-                    subnet: "10.244.3.0/24".parse().unwrap(),
-                    public_ip: Ipv4Addr::new(192, 0, 2, 3),
-                    src: Ipv4Addr::new(10, 244, 1, 0),
-                    dst: Ipv4Addr::new(10, 244, 3, 0),
-                },
-            ]
-        );
-    }
-}
+mod tests;
