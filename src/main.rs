@@ -133,23 +133,34 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
         let v: Vec<serde_json::Value> = rows
             .iter()
             .map(|(l, ttl)| {
-                serde_json::json!({
+                let mut row = serde_json::json!({
                     "subnet": l.subnet.to_string(),
                     "publicIP": l.attrs.public_ip.to_string(),
                     "backendType": l.attrs.backend_type,
                     "vtepMAC": l.attrs.backend_data.as_ref().map(|d| d.vtep_mac.clone()),
                     "ttlSeconds": ttl.map(|t| t.as_secs()),
-                    "probe": probe_of(l),
-                })
+                });
+                if let Some(p) = probe_of(l) {
+                    row["probe"] = p.into();
+                }
+                row
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let probe_head = if peers.is_some() { "  PROBE" } else { "" };
+    // The probe column, when asked for, after a TTL column padded for it.
+    let with_probe = |ttl: &str, probe: Option<String>| match probe {
+        Some(p) => format!("{ttl:<8}  {p}"),
+        None => ttl.to_string(),
+    };
     println!(
-        "{:<20} {:<16} {:<10} {:<18} {:<8}{probe_head}",
-        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "TTL"
+        "{:<20} {:<16} {:<10} {:<18} {}",
+        "SUBNET",
+        "PUBLIC IP",
+        "BACKEND",
+        "VTEP MAC",
+        with_probe("TTL", peers.as_ref().map(|_| "PROBE".to_string()))
     );
     for (l, ttl) in rows {
         let mac = l
@@ -161,14 +172,13 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
         let ttl = ttl
             .map(|t| format!("{}s", t.as_secs()))
             .unwrap_or_else(|| "-".into());
-        let probe = probe_of(l).map(|p| format!("  {p}")).unwrap_or_default();
         println!(
-            "{:<20} {:<16} {:<10} {:<18} {:<8}{probe}",
+            "{:<20} {:<16} {:<10} {:<18} {}",
             l.subnet.to_string(),
             l.attrs.public_ip.to_string(),
             l.attrs.backend_type,
             mac,
-            ttl
+            with_probe(&ttl, probe_of(l))
         );
     }
     Ok(())
