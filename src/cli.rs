@@ -152,6 +152,11 @@ pub struct Args {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// seconds between rounds of peer probes through the overlay (at most
+    /// 256 peers a round, in rotation; see docs/configuration.md)
+    #[arg(long, env = "TWILL_PROBE_INTERVAL", default_value_t = crate::probe::DEFAULT_INTERVAL_SECS)]
+    pub probe_interval: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +166,10 @@ pub enum Command {
         /// print JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// the --healthz-addr of this node's agent: adds its view of each
+        /// peer (from /peers) as a column
+        #[arg(long, value_name = "ADDR")]
+        agent: Option<SocketAddr>,
     },
     /// remove everything twill made on this node (bridge, VXLAN devices
     /// with their routes, neighbours and FDB entries, the subnet file)
@@ -242,6 +251,8 @@ pub enum ArgsError {
     IfaceRegex(String),
     #[error("--iface: {0:?} is not an interface name or an IPv4 address")]
     Iface(String),
+    #[error("--probe-interval: {0} s is out of range (1 to 300)")]
+    ProbeInterval(u64),
 }
 
 /// Checks a `--log-level` value. `EnvFilter` takes any bare word as a
@@ -349,6 +360,9 @@ impl Args {
                 directive,
             });
         }
+        if !(1..=300).contains(&self.probe_interval) {
+            return Err(ArgsError::ProbeInterval(self.probe_interval));
+        }
         Ok(())
     }
 
@@ -361,6 +375,10 @@ impl Args {
             regexes: UnderlaySelect::compile(&self.iface_regex).unwrap_or_default(),
             can_reach: self.iface_can_reach,
         }
+    }
+
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_secs(self.probe_interval)
     }
 
     pub fn lease_ttl(&self) -> Duration {
@@ -442,6 +460,8 @@ mod tests {
             (vec!["--log-level", "info,verbose"], "--log-level"),
             (vec!["--log-level", ""], "--log-level"),
             (vec!["--log-level", "twill=loud"], "--log-level"),
+            (vec!["--probe-interval", "0"], "--probe-interval"),
+            (vec!["--probe-interval", "301"], "--probe-interval"),
         ];
         for (args, flag) in cases {
             let err = parse(&args).validate().unwrap_err().to_string();
@@ -520,7 +540,13 @@ mod tests {
             "--log-level",
             "warn",
         ]);
-        assert!(matches!(a.command, Some(Command::Status { json: true })));
+        assert!(matches!(
+            a.command,
+            Some(Command::Status {
+                json: true,
+                agent: None
+            })
+        ));
         assert_eq!(
             a.etcd_endpoints,
             vec!["http://192.0.2.254:2379".to_string()]

@@ -10,6 +10,7 @@ pub mod install;
 pub mod kernel;
 pub mod masq;
 pub mod notify;
+pub mod probe;
 pub mod reconcile;
 pub mod subnet_file;
 pub mod telemetry;

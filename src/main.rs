@@ -2,6 +2,7 @@
 //! else lives in the `twill` library.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -102,7 +103,7 @@ async fn lease_ttl(store: &EtcdStore, id: i64) -> Option<std::time::Duration> {
         .map(std::time::Duration::from_secs)
 }
 
-async fn status(args: &Args, json: bool) -> anyhow::Result<()> {
+async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::Result<()> {
     let store = EtcdStore::connect(etcd_options(args))
         .await
         .context("connecting to etcd")?;
@@ -118,25 +119,48 @@ async fn status(args: &Args, json: bool) -> anyhow::Result<()> {
         };
         rows.push((l, ttl));
     }
+    // The local agent's view of each peer, when asked for.
+    let peers = match agent {
+        Some(addr) => Some(twill::probe::client::fetch(addr).await?),
+        None => None,
+    };
+    let probe_of = |l: &subnet_allocator::Lease| {
+        peers
+            .as_ref()
+            .map(|v| twill::probe::client::column(v, &l.subnet.to_string()))
+    };
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
             .map(|(l, ttl)| {
-                serde_json::json!({
+                let mut row = serde_json::json!({
                     "subnet": l.subnet.to_string(),
                     "publicIP": l.attrs.public_ip.to_string(),
                     "backendType": l.attrs.backend_type,
                     "vtepMAC": l.attrs.backend_data.as_ref().map(|d| d.vtep_mac.clone()),
                     "ttlSeconds": ttl.map(|t| t.as_secs()),
-                })
+                });
+                if let Some(p) = probe_of(l) {
+                    row["probe"] = p.into();
+                }
+                row
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    // The probe column, when asked for, after a TTL column padded for it.
+    let with_probe = |ttl: &str, probe: Option<String>| match probe {
+        Some(p) => format!("{ttl:<8}  {p}"),
+        None => ttl.to_string(),
+    };
     println!(
-        "{:<20} {:<16} {:<10} {:<18} TTL",
-        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"
+        "{:<20} {:<16} {:<10} {:<18} {}",
+        "SUBNET",
+        "PUBLIC IP",
+        "BACKEND",
+        "VTEP MAC",
+        with_probe("TTL", peers.as_ref().map(|_| "PROBE".to_string()))
     );
     for (l, ttl) in rows {
         let mac = l
@@ -154,7 +178,7 @@ async fn status(args: &Args, json: bool) -> anyhow::Result<()> {
             l.attrs.public_ip.to_string(),
             l.attrs.backend_type,
             mac,
-            ttl
+            with_probe(&ttl, probe_of(l))
         );
     }
     Ok(())
@@ -190,7 +214,7 @@ async fn cleanup(args: &Args) -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
-        Some(Command::Status { json }) => return status(&args, *json).await,
+        Some(Command::Status { json, agent }) => return status(&args, *json, *agent).await,
         Some(Command::Cleanup) => return cleanup(&args).await,
         Some(Command::InstallCni(a)) => {
             let keys = twill::install::PluginKeys {
@@ -247,7 +271,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lease_ttl: args.lease_ttl(),
         resync_interval: args.resync_interval(),
         bridge: args.bridge.clone(),
-        telemetry,
+        telemetry: telemetry.clone(),
         ip_masq: args.ip_masq,
         set_forwarding: !args.no_set_forwarding,
         underlay_select: args.underlay_select(),
@@ -258,6 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(twill::agent::AgentError::Interrupted) => return Ok(()),
         Err(e) => return Err(e).context("starting the agent"),
     };
+    spawn_prober(&args, &agent, &telemetry);
     match twill::notify::notify("READY=1") {
         Ok(true) => tracing::info!("told systemd READY=1"),
         Ok(false) => {}
@@ -267,6 +292,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // SIGTERM while retrying etcd is a clean stop too.
         Ok(()) | Err(twill::agent::AgentError::Interrupted) => Ok(()),
         Err(e) => Err(e).context("agent stopped with an error"),
+    }
+}
+
+/// Starts probing the peers through the overlay (src/probe). Without a
+/// raw ICMP socket (no CAP_NET_RAW) the agent runs on without it.
+fn spawn_prober<S, D>(
+    args: &Args,
+    agent: &Agent<S, D>,
+    telemetry: &std::sync::Arc<twill::telemetry::Telemetry>,
+) where
+    S: subnet_allocator::LeaseStore + 'static,
+    D: twill::datapath::Datapath,
+{
+    match twill::probe::Prober::open(args.probe_interval(), telemetry.clone()) {
+        Ok(p) => {
+            tracing::info!(interval = ?args.probe_interval(), per_round = twill::probe::MAX_PEERS_PER_ROUND, "probing peers through the overlay");
+            tokio::spawn(p.run(agent.peers()));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open a raw ICMP socket: peer probing is off (/peers and twill_peer_* stay empty)")
+        }
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Telemetry {
     store_reset: AtomicBool,
     underlay_missing: AtomicBool,
     public_ip_mismatch: AtomicBool,
+    /// Per-peer overlay health (`twill_peer_*`, `/peers`), from src/probe.
+    pub peer_health: crate::probe::PeerHealth,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -117,6 +119,7 @@ impl Telemetry {
             "Unix time of the last reconcile that left the kernel converged",
             last_converged.clone(),
         );
+        let peer_health = crate::probe::PeerHealth::register(&mut registry);
         Telemetry {
             registry,
             leases,
@@ -136,6 +139,7 @@ impl Telemetry {
             store_reset: AtomicBool::new(false),
             underlay_missing: AtomicBool::new(false),
             public_ip_mismatch: AtomicBool::new(false),
+            peer_health,
         }
     }
 

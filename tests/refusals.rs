@@ -215,3 +215,17 @@ fn a_closed_stderr_pipe_does_not_kill_the_agent() {
     outcome.unwrap();
     assert!(still_running, "twilld ended after writing to a closed pipe");
 }
+
+#[test]
+fn a_probe_interval_out_of_range_is_refused() {
+    assert_refused(
+        &["--probe-interval", "0"],
+        &["--probe-interval", "1 to 300"],
+    );
+    assert_refused(&["--probe-interval", "301"], &["--probe-interval"]);
+    let mut c = twilld(tempfile::tempdir().unwrap().path(), &[]);
+    c.env("TWILL_PROBE_INTERVAL", "0");
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--probe-interval"));
+}

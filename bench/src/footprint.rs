@@ -40,12 +40,12 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-struct Sample {
-    rss_mib: f64,
-    cpu_s: f64,
+pub(crate) struct Sample {
+    pub rss_mib: f64,
+    pub cpu_s: f64,
 }
 
-fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -54,7 +54,7 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn sample(pid: i32, tck: f64) -> anyhow::Result<Sample> {
+pub(crate) fn sample(pid: i32, tck: f64) -> anyhow::Result<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rss = parse_vmrss_kib(&status).ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
@@ -67,7 +67,7 @@ fn sample(pid: i32, tck: f64) -> anyhow::Result<Sample> {
 
 /// The pid of the process named `twilld` in namespace `ns` (the harness
 /// starts it through `ip netns exec`, which may or may not exec in place).
-fn twilld_pid(ns: &str) -> anyhow::Result<i32> {
+pub(crate) fn twilld_pid(ns: &str) -> anyhow::Result<i32> {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", ns])
         .output()?;
@@ -89,6 +89,53 @@ fn file_mib(p: &Path) -> anyhow::Result<f64> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         .len();
     Ok(len as f64 / (1024.0 * 1024.0))
+}
+
+/// Writes `n` fake vxlan leases (public IPs in 198.18.0.0/15) into the
+/// cluster's etcd, around `own`, the subnet of the one host.
+pub(crate) fn write_leases_around(c: &Cluster, own: ipnet::Ipv4Net, n: u32) -> anyhow::Result<()> {
+    // Written from a thread inside the underlay namespace, where etcd's
+    // loopback listener is.
+    let ul = PathBuf::from(c.underlay().path());
+    nsthread::in_netns(&ul, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let store = EtcdStore::connect(EtcdOptions {
+                endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+                prefix: twill_harness::cluster::ETCD_PREFIX.to_owned(),
+                ..EtcdOptions::default()
+            })
+            .await?;
+            let cfg = store.get_network_config().await?;
+            // Fake nodes take subnets 0..=n, minus the agent's own.
+            let own_idx = (u32::from(own.network()) - u32::from(cfg.network.network()))
+                >> (32 - u32::from(cfg.subnet_len));
+            if own_idx < n {
+                write_fake_leases(&store, &cfg, 0, own_idx).await?;
+                write_fake_leases(&store, &cfg, own_idx + 1, n + 1).await?;
+            } else {
+                write_fake_leases(&store, &cfg, 0, n).await?;
+            }
+            anyhow::Ok(())
+        })
+    })
+}
+
+/// Waits (120 s at most) until h1's agent has a route for each of `n` leases.
+pub(crate) fn wait_routes(c: &Cluster, n: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while route_count(c) < n as usize {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "agent programmed only {} of {n} routes in 120 s\n{}",
+            route_count(c),
+            c.agent_log_tail("h1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 pub fn run(opts: &FootprintOpts) -> anyhow::Result<BenchOutput> {
@@ -120,44 +167,9 @@ pub fn run(opts: &FootprintOpts) -> anyhow::Result<BenchOutput> {
         let idle2 = sample(pid, tck)?;
         let idle_cpu_pct = (idle2.cpu_s - idle.cpu_s) / t.elapsed().as_secs_f64() * 100.0;
 
-        // Written from a thread inside the underlay namespace, where etcd's
-        // loopback listener is.
-        let ul = PathBuf::from(c.underlay().path());
         let t0 = Instant::now();
-        nsthread::in_netns(&ul, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let store = EtcdStore::connect(EtcdOptions {
-                    endpoints: vec!["http://127.0.0.1:2379".to_owned()],
-                    prefix: twill_harness::cluster::ETCD_PREFIX.to_owned(),
-                    ..EtcdOptions::default()
-                })
-                .await?;
-                let cfg = store.get_network_config().await?;
-                // Fake nodes take subnets 0..=n, minus the agent's own.
-                let own_idx = (u32::from(own.network()) - u32::from(cfg.network.network()))
-                    >> (32 - u32::from(cfg.subnet_len));
-                if own_idx < n {
-                    write_fake_leases(&store, &cfg, 0, own_idx).await?;
-                    write_fake_leases(&store, &cfg, own_idx + 1, n + 1).await?;
-                } else {
-                    write_fake_leases(&store, &cfg, 0, n).await?;
-                }
-                anyhow::Ok(())
-            })
-        })?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while route_count(&c) < n as usize {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "agent programmed only {} of {n} routes in 120 s\n{}",
-                route_count(&c),
-                c.agent_log_tail("h1")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        write_leases_around(&c, own, n)?;
+        wait_routes(&c, n)?;
         let programmed = t0.elapsed();
         std::thread::sleep(Duration::from_secs(3));
         let loaded = sample(pid, tck)?;

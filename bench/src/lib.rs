@@ -12,6 +12,7 @@ pub mod footprint;
 pub mod localetcd;
 pub mod microbench;
 pub mod nsthread;
+pub mod probe;
 pub mod report;
 pub mod results;
 pub mod scale;

@@ -7,6 +7,7 @@
 
 mod follow;
 pub mod lifecycle;
+mod peers;
 pub mod plan;
 mod run;
 pub mod underlay;
@@ -142,6 +143,8 @@ pub struct Agent<S, D> {
     masq_installed: Option<bool>,
     /// Following the underlay interface and its address.
     follow: follow::Follow,
+    /// The remote nodes as probe targets, for the prober (src/probe).
+    peers: tokio::sync::watch::Sender<crate::probe::PeerSet>,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -270,6 +273,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             status,
             masq_installed: None,
             follow,
+            peers: tokio::sync::watch::channel(Default::default()).0,
         };
         // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;
@@ -459,6 +463,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             mode: self.plan.mode,
         };
         let (nodes, skipped) = remote_nodes(&local, &leases);
+        self.publish_peers(&nodes);
         let skipped_total = skipped.len() + self.unusable.len();
         self.opts.telemetry.skipped_leases.set(skipped_total as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);

@@ -6,11 +6,19 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use twill_bench::{
-    cni, converge, datapath, footprint, microbench, report, results::BenchOutput, scale,
+    cni, converge, datapath, footprint, microbench, probe, report, results::BenchOutput, scale,
 };
 
 /// Benchmark order in the report.
-const ALL: [&str; 6] = ["cni", "converge", "datapath", "footprint", "scale", "micro"];
+const ALL: [&str; 7] = [
+    "cni",
+    "converge",
+    "datapath",
+    "footprint",
+    "probe",
+    "scale",
+    "micro",
+];
 
 #[derive(Parser)]
 #[command(about = "twill benchmarks (root: creates network namespaces)")]
@@ -49,6 +57,8 @@ enum Cmd {
     Footprint,
     /// Control-plane scale on a loopback etcd.
     Scale,
+    /// twilld CPU of peer probing: 3 nodes idle, 1,000 simulated peers.
+    Probe,
     /// Saves the criterion micro-benchmark results (run `cargo bench -p
     /// twill-bench --bench micro` first) as a benchmark output.
     Micro {
@@ -106,6 +116,11 @@ fn main() -> anyhow::Result<()> {
             reps: reps(3, 5),
             events: reps(10, 20) as u32,
             race_agents: 250,
+        })?,
+        Cmd::Probe => probe::run(&probe::ProbeOpts {
+            peers: 1000,
+            reps: reps(1, 3),
+            window: std::time::Duration::from_secs(10),
         })?,
         Cmd::Micro {
             criterion_dir,

@@ -1,0 +1,432 @@
+//! Issue 13, the data path knows when it is broken: each agent probes every
+//! peer through the overlay (small and full-size probes, `--probe-interval`
+//! 1 s here) and says which peers are broken in `/peers`, the
+//! `twill_peer_*` gauges, `twilld status --agent` and one WARN line per
+//! transition. The underlay is broken the way real networks break: nft drop
+//! rules in the underlay namespace's bridge, a shrunken MTU on one underlay
+//! port, a node's namespace deleted. Each test checks that the failure is
+//! detected, that the other peers stay healthy, and that it recovers after
+//! the fix. Timing is not asserted (the machine is shared): waits poll with
+//! generous deadlines.
+//!
+//! Need root, `ip`, `etcd`, `etcdctl`, `ping`, `nft`, `bash`, `timeout` and
+//! the workspace binaries (`cargo build --workspace`); under `CI=true` a
+//! missing prerequisite fails the test.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use twill_harness::probe::{http_get, metric_values};
+use twill_harness::wait::wait_for;
+use twill_harness::{bins, Cluster, Prereqs, CLUSTER_TOOLS};
+
+const EXTRA_TOOLS: &[&str] = &["nft", "bash", "timeout"];
+const HEALTH_PORT: u16 = 10271;
+/// Detection takes 2 to 3 probe intervals (1 s); the deadline is for a
+/// loaded machine, not a target.
+const DEADLINE: Duration = Duration::from_secs(40);
+/// The nftables table of the breaks, in the underlay namespace.
+const BREAK_TABLE: &str = "hpbreak";
+
+fn require_prereqs() -> bool {
+    Prereqs::new()
+        .root()
+        .tools(CLUSTER_TOOLS)
+        .tools(EXTRA_TOOLS)
+        .require()
+}
+
+/// Three converged hosts probing each other every second, each serving
+/// `/peers` and `/metrics` on its own loopback; every peer seen healthy.
+fn three_hosts() -> Cluster {
+    three_hosts_with(twill_harness::cluster::DEFAULT_NETWORK_CONFIG)
+}
+
+/// [`three_hosts`] with another network config.
+fn three_hosts_with(network_config: &str) -> Cluster {
+    let addr = format!("127.0.0.1:{HEALTH_PORT}");
+    let mut c = Cluster::builder()
+        .hosts(3)
+        .network_config(network_config)
+        .resync_interval(2)
+        .agent_args(["--healthz-addr", &addr, "--probe-interval", "1"])
+        .build()
+        .unwrap();
+    c.start_agents().unwrap();
+    // Every peer answering through the data path is convergence enough
+    // (and works for both backends).
+    for from in ["h1", "h2", "h3"] {
+        for to in ["h1", "h2", "h3"] {
+            if from != to {
+                wait_peer(&c, from, to, Health::Fine, "every peer healthy at start");
+            }
+        }
+    }
+    c
+}
+
+fn get(c: &Cluster, host: &str, path: &str) -> twill_harness::Result<String> {
+    let r = http_get(c.ns_of(host)?, Ipv4Addr::LOCALHOST, HEALTH_PORT, path)?;
+    if r.status != 200 {
+        return Err(twill_harness::HarnessError::Parse {
+            what: format!("GET {path} on {host}"),
+            reason: format!("status {}", r.status),
+        });
+    }
+    Ok(r.body)
+}
+
+/// `to`'s entry in `from`'s `/peers`, if listed.
+fn peer_entry(c: &Cluster, from: &str, to: &str) -> twill_harness::Result<Option<Value>> {
+    let subnet = c.subnet_of(to)?.to_string();
+    let body = get(c, from, "/peers")?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| twill_harness::HarnessError::Parse {
+        what: "/peers".into(),
+        reason: format!("{e}: {body}"),
+    })?;
+    Ok(v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == subnet.as_str()))
+        .cloned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Fine,
+    Lost,
+    MtuBlackhole,
+}
+
+fn health_of(p: &Value) -> Option<Health> {
+    match (p["reachable"].as_bool(), p["mtu_ok"].as_bool()) {
+        (Some(true), Some(true)) => Some(Health::Fine),
+        (Some(false), _) => Some(Health::Lost),
+        (Some(true), Some(false)) => Some(Health::MtuBlackhole),
+        _ => None,
+    }
+}
+
+/// Waits until `from` sees `to` as `want`; returns `to`'s entry.
+fn wait_peer(c: &Cluster, from: &str, to: &str, want: Health, why: &str) -> Value {
+    wait_for(
+        &format!("{from} to see {to} as {want:?} ({why})"),
+        DEADLINE,
+        || {
+            let p = peer_entry(c, from, to)?;
+            Ok(p.filter(|p| health_of(p) == Some(want)))
+        },
+        || {
+            format!(
+                "/peers of {from}: {:?}\n{}",
+                get(c, from, "/peers"),
+                c.agent_log_tail(from)
+            )
+        },
+    )
+    .unwrap()
+}
+
+/// The value of `name` for `to` in `from`'s `/metrics`, if it has one.
+fn gauge(c: &Cluster, from: &str, name: &str, to: &str) -> Option<f64> {
+    let text = get(c, from, "/metrics").unwrap();
+    let series = format!(
+        "{name}{{public_ip=\"{}\",subnet=\"{}\"}}",
+        c.host(to).unwrap().ip(),
+        c.subnet_of(to).unwrap()
+    );
+    match metric_values(&text, &series).as_slice() {
+        [] => None,
+        [v] => Some(*v),
+        more => panic!("{series}: several samples {more:?}"),
+    }
+}
+
+/// Lines of `host`'s log that contain `what` and name `peer`'s subnet.
+fn log_lines(c: &Cluster, host: &str, what: &str, peer: &str) -> usize {
+    let subnet = c.subnet_of(peer).unwrap().to_string();
+    c.agent_log(host)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(what) && l.contains(&subnet))
+        .count()
+}
+
+/// Drops VXLAN (UDP 8472) between the underlay addresses in the underlay
+/// bridge, from `a` to `b` and, when `both`, back.
+fn block_vxlan(c: &Cluster, a: &str, b: &str, both: bool) {
+    let (ia, ib) = (c.host(a).unwrap().ip(), c.host(b).unwrap().ip());
+    let mut rules = vec![format!("ip saddr {ia} ip daddr {ib} udp dport 8472 drop")];
+    if both {
+        rules.push(format!("ip saddr {ib} ip daddr {ia} udp dport 8472 drop"));
+    }
+    drop_in_underlay(c, &rules);
+}
+
+/// Adds `rules` (nft rule statements) to a forward chain of the underlay
+/// bridge.
+fn drop_in_underlay(c: &Cluster, rules: &[String]) {
+    let mut text = format!(
+        "table bridge {BREAK_TABLE} {{\n chain breaks {{\n  type filter hook forward priority 0; policy accept;\n"
+    );
+    for r in rules {
+        text.push_str(&format!("  {r}\n"));
+    }
+    text.push_str(" }\n}\n");
+    nft(c, &["-f", "-"], Some(&text));
+}
+
+fn unblock(c: &Cluster) {
+    nft(c, &["delete", "table", "bridge", BREAK_TABLE], None);
+}
+
+fn nft(c: &Cluster, args: &[&str], stdin: Option<&str>) {
+    use std::io::Write;
+    let mut cmd = c.underlay().command("nft", args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Each of `pairs` seen healthy by both ends.
+fn unaffected(c: &Cluster, pairs: &[(&str, &str)]) {
+    for (a, b) in pairs {
+        for (from, to) in [(a, b), (b, a)] {
+            let p = wait_peer(c, from, to, Health::Fine, "unaffected by the break");
+            assert!(p["rtt_seconds"].as_f64().unwrap() > 0.0, "{p}");
+            assert_eq!(gauge(c, from, "twill_peer_reachable", to), Some(1.0));
+            assert_eq!(gauge(c, from, "twill_peer_mtu_ok", to), Some(1.0));
+        }
+    }
+}
+
+#[test]
+fn vxlan_blocked_both_ways_is_detected_on_both_ends_and_recovers() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts();
+    block_vxlan(&c, "h1", "h2", true);
+    let broken = Instant::now();
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        let p = wait_peer(&c, from, to, Health::Lost, "VXLAN dropped both ways");
+        // Reported, not asserted (the machine is shared).
+        eprintln!(
+            "{from} saw {to} lost {:?} after the break (probe interval 1 s)",
+            broken.elapsed()
+        );
+        assert!(
+            p["last_failure"].as_str().unwrap().contains("no reply"),
+            "{p}"
+        );
+        assert_eq!(gauge(&c, from, "twill_peer_reachable", to), Some(0.0));
+        assert_eq!(gauge(&c, from, "twill_peer_mtu_ok", to), Some(0.0));
+    }
+    unaffected(&c, &[("h1", "h3"), ("h2", "h3")]);
+    // /readyz keeps meaning this node's own data path: still ready.
+    let ready = http_get(
+        c.ns_of("h1").unwrap(),
+        Ipv4Addr::LOCALHOST,
+        HEALTH_PORT,
+        "/readyz",
+    )
+    .unwrap();
+    assert_eq!(ready.status, 200, "{ready:?}");
+    // twilld status shows the agent's view as a column.
+    let status = status_with_agent(&c, "h1");
+    let row = |h: &str| {
+        let subnet = c.subnet_of(h).unwrap().to_string();
+        status
+            .lines()
+            .find(|l| l.starts_with(&subnet))
+            .unwrap_or_else(|| panic!("no row for {h} in\n{status}"))
+            .to_string()
+    };
+    assert!(status.lines().next().unwrap().contains("PROBE"), "{status}");
+    assert!(row("h2").ends_with("UNREACHABLE"), "{status}");
+    assert!(row("h3").contains("  ok "), "{status}");
+
+    unblock(&c);
+    let fixed = Instant::now();
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        wait_peer(&c, from, to, Health::Fine, "VXLAN let through again");
+        eprintln!(
+            "{from} saw {to} back {:?} after the fix (probe interval 1 s)",
+            fixed.elapsed()
+        );
+        assert_eq!(gauge(&c, from, "twill_peer_reachable", to), Some(1.0));
+        // One WARN per transition, not one per probe.
+        assert_eq!(log_lines(&c, from, "peer lost", to), 1);
+        assert_eq!(log_lines(&c, from, "peer back", to), 1);
+    }
+}
+
+/// `twilld status --agent` run on `host` against its own agent.
+fn status_with_agent(c: &Cluster, host: &str) -> String {
+    let twilld = bins::twilld().unwrap();
+    let agent = format!("127.0.0.1:{HEALTH_PORT}");
+    c.ns_of(host)
+        .unwrap()
+        .exec_ok(&[
+            twilld.to_str().unwrap(),
+            "status",
+            "--agent",
+            &agent,
+            "--etcd-endpoints",
+            &c.etcd_endpoints(),
+        ])
+        .unwrap()
+}
+
+#[test]
+fn vxlan_blocked_one_way_is_detected_on_both_ends_and_recovers() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts();
+    // h1 -> h2 only: h1's probes are lost, and so are h2's replies to h1
+    // (a one-way break shows at both ends, as a round trip needs both).
+    block_vxlan(&c, "h1", "h2", false);
+    wait_peer(&c, "h1", "h2", Health::Lost, "VXLAN h1 -> h2 dropped");
+    wait_peer(&c, "h2", "h1", Health::Lost, "VXLAN h1 -> h2 dropped");
+    unaffected(&c, &[("h1", "h3"), ("h2", "h3")]);
+    unblock(&c);
+    wait_peer(&c, "h1", "h2", Health::Fine, "VXLAN let through again");
+    wait_peer(&c, "h2", "h1", Health::Fine, "VXLAN let through again");
+}
+
+#[test]
+fn an_mtu_blackhole_shows_as_mtu_not_as_unreachable_and_recovers() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts();
+    // h2's port on the underlay bridge takes no full-size frame any more,
+    // either way; small packets pass.
+    c.underlay()
+        .ip(["link", "set", "h2", "mtu", "1400"])
+        .unwrap();
+    for (from, to) in [("h1", "h2"), ("h3", "h2"), ("h2", "h1")] {
+        let p = wait_peer(&c, from, to, Health::MtuBlackhole, "h2's port MTU 1400");
+        assert!(
+            p["last_failure"]
+                .as_str()
+                .unwrap()
+                .contains("don't-fragment"),
+            "{p}"
+        );
+        assert_eq!(gauge(&c, from, "twill_peer_reachable", to), Some(1.0));
+        assert_eq!(gauge(&c, from, "twill_peer_mtu_ok", to), Some(0.0));
+    }
+    unaffected(&c, &[("h1", "h3")]);
+    c.underlay()
+        .ip(["link", "set", "h2", "mtu", "1500"])
+        .unwrap();
+    for (from, to) in [("h1", "h2"), ("h3", "h2"), ("h2", "h1")] {
+        wait_peer(&c, from, to, Health::Fine, "h2's port MTU back to 1500");
+        assert_eq!(log_lines(&c, from, "MTU too small", to), 1);
+        assert_eq!(log_lines(&c, from, "MTU fine again", to), 1);
+        assert_eq!(log_lines(&c, from, "peer lost", to), 0, "not unreachable");
+    }
+}
+
+#[test]
+fn a_stopped_agent_stays_reachable_and_a_deleted_node_is_lost_then_forgotten() {
+    if !require_prereqs() {
+        return;
+    }
+    let mut c = three_hosts();
+
+    // h2's agent stops; its kernel still forwards and answers.
+    c.stop_agent("h2").unwrap();
+    let rounds = |c: &Cluster| {
+        peer_entry(c, "h1", "h2").unwrap().unwrap()["rounds"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = rounds(&c);
+    let start = Instant::now();
+    // Five more rounds, each one still answered.
+    while rounds(&c) < before + 5 {
+        let p = peer_entry(&c, "h1", "h2").unwrap().unwrap();
+        assert_eq!(health_of(&p), Some(Health::Fine), "agent stopped: {p}");
+        assert!(start.elapsed() < DEADLINE, "h1 stopped probing h2: {p}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let p = peer_entry(&c, "h1", "h2").unwrap().unwrap();
+    assert_eq!(health_of(&p), Some(Health::Fine), "{p}");
+    assert_eq!(log_lines(&c, "h1", "peer lost", "h2"), 0);
+    c.start_agent("h2").unwrap();
+
+    // h3 is gone: its namespace deleted (its agent first, which holds it).
+    let h3_ns = c.ns_of("h3").unwrap().name().to_string();
+    c.kill_agent("h3").unwrap();
+    twill_harness::cmd::run_ok(&mut twill_harness::cmd::ip(["netns", "del", &h3_ns])).unwrap();
+    for from in ["h1", "h2"] {
+        wait_peer(&c, from, "h3", Health::Lost, "h3's namespace deleted");
+        assert_eq!(gauge(&c, from, "twill_peer_reachable", "h3"), Some(0.0));
+    }
+    unaffected(&c, &[("h1", "h2")]);
+
+    // The fix for a node that is gone for good: its lease is removed, and
+    // the peer leaves /peers and /metrics.
+    let subnet = c.subnet_of("h3").unwrap();
+    assert_eq!(c.etcd().del(&c.lease_key_in(subnet)).unwrap(), 1);
+    for from in ["h1", "h2"] {
+        wait_for(
+            &format!("{from} to forget h3"),
+            DEADLINE,
+            || Ok(peer_entry(&c, from, "h3")?.is_none().then_some(())),
+            || c.agent_log_tail(from),
+        )
+        .unwrap();
+        assert_eq!(gauge(&c, from, "twill_peer_reachable", "h3"), None);
+        assert_eq!(gauge(&c, from, "twill_peer_mtu_ok", "h3"), None);
+        assert_eq!(gauge(&c, from, "twill_peer_rtt_seconds", "h3"), None);
+    }
+    unaffected(&c, &[("h1", "h2")]);
+}
+
+#[test]
+fn host_gw_peers_are_probed_gateway_to_gateway() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_with(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#,
+    );
+    // host-gw routes pod packets unencapsulated: dropping h1's pod subnet
+    // to h2's on the underlay breaks that path only.
+    let (s1, s2) = (c.subnet_of("h1").unwrap(), c.subnet_of("h2").unwrap());
+    drop_in_underlay(&c, &[format!("ip saddr {s1} ip daddr {s2} drop")]);
+    wait_peer(&c, "h1", "h2", Health::Lost, "pod traffic h1 -> h2 dropped");
+    wait_peer(&c, "h2", "h1", Health::Lost, "pod traffic h1 -> h2 dropped");
+    unaffected(&c, &[("h1", "h3"), ("h2", "h3")]);
+    unblock(&c);
+    wait_peer(
+        &c,
+        "h1",
+        "h2",
+        Health::Fine,
+        "pod traffic let through again",
+    );
+    wait_peer(
+        &c,
+        "h2",
+        "h1",
+        Health::Fine,
+        "pod traffic let through again",
+    );
+}
