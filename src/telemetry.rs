@@ -40,6 +40,12 @@ pub struct Telemetry {
     converged: AtomicBool,
     masq_failed: AtomicBool,
     store_reset: AtomicBool,
+    /// Passes that applied watch events as a per-peer delta, without
+    /// reading the kernel back (a subset of `reconcile_runs`).
+    pub delta_passes: Counter,
+    /// Times the kernel dropped netlink events (ENOBUFS): each one causes a
+    /// full resync.
+    pub netlink_events_lost: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -115,6 +121,18 @@ impl Telemetry {
             "Unix time of the last reconcile that left the kernel converged",
             last_converged.clone(),
         );
+        let delta_passes = Counter::default();
+        registry.register(
+            "reconcile_delta_runs",
+            "Reconcile passes that applied lease events per peer, without reading the kernel",
+            delta_passes.clone(),
+        );
+        let netlink_events_lost = Counter::default();
+        registry.register(
+            "netlink_events_lost",
+            "Times the kernel dropped netlink events (ENOBUFS); each causes a full resync",
+            netlink_events_lost.clone(),
+        );
         Telemetry {
             registry,
             leases,
@@ -132,6 +150,8 @@ impl Telemetry {
             converged: AtomicBool::new(false),
             masq_failed: AtomicBool::new(false),
             store_reset: AtomicBool::new(false),
+            delta_passes,
+            netlink_events_lost,
         }
     }
 

@@ -5,7 +5,7 @@
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use subnet_allocator::{
     acquire_lease, Lease, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch,
@@ -350,7 +350,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     calls.watch = None;
                     self.on_watch_reply(reply, &mut stream, &mut calls).await;
                 }
-                next = next_batch(&mut stream) => self.on_batch(next, &mut stream, &mut calls).await,
+                next = next_batch(&mut stream) => {
+                    self.on_batch(next, &mut stream, &mut calls).await;
+                    // Batches that queued up meanwhile join this pass.
+                    while let Some(more) = stream.as_mut().and_then(|w| w.next().now_or_never()) {
+                        self.on_batch(more, &mut stream, &mut calls).await;
+                    }
+                }
                 _ = until(watch_due) => self.on_watch(WatchInput::Due, &mut calls).await,
                 signal = next_signal(&mut links) => match signal {
                     None => {
@@ -358,6 +364,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                         links = None;
                     }
                     Some(LinkSignal::Lost) => {
+                        self.opts.telemetry.netlink_events_lost.inc();
                         tracing::warn!("netlink link events were lost; full resync");
                         self.pending.request(Trigger::EventsLost, Instant::now());
                     }
