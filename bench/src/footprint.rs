@@ -45,7 +45,8 @@ struct Sample {
     cpu_s: f64,
 }
 
-fn clk_tck() -> f64 {
+/// Clock ticks per second (`getconf CLK_TCK`), for /proc CPU times.
+pub fn clk_tck() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

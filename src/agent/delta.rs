@@ -50,7 +50,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let mut path = self.delta.take().filter(|p| *p.peers.local() == local)?;
         let touched = std::mem::take(&mut self.touched);
         let delta = path.peers.update(&self.leases, touched);
-        let skipped = path.peers.skipped().count() + self.unusable.len();
+        let skipped = path.peers.skipped_count() + self.unusable.len();
         self.opts.telemetry.skipped_leases.set(skipped as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.warn_skipped(&delta.skipped);

@@ -69,6 +69,8 @@ pub struct PeerSet {
     local: Local,
     /// The standing of every lease but our own.
     standing: BTreeMap<Ipv4Net, Standing>,
+    /// How many of those are skipped.
+    skipped: usize,
     /// The accepted nodes' subnets, for the overlap rule.
     accepted: BTreeSet<Ipv4Net>,
     /// VTEP MAC -> the accepted node that uses it.
@@ -122,6 +124,7 @@ impl PeerSet {
         let mut set = PeerSet {
             local,
             standing: BTreeMap::new(),
+            skipped: 0,
             accepted: BTreeSet::new(),
             accepted_mac: HashMap::new(),
             wants_mac: HashMap::new(),
@@ -149,6 +152,11 @@ impl PeerSet {
     /// The leases left out, with why.
     pub fn skipped(&self) -> impl Iterator<Item = &Skip> {
         self.standing.values().filter_map(|s| s.as_ref().err())
+    }
+
+    /// How many leases are left out (without walking them).
+    pub fn skipped_count(&self) -> usize {
+        self.skipped
     }
 
     /// What the desired state is: the union of every accepted node's
@@ -210,6 +218,9 @@ impl PeerSet {
                     delta.skipped.push(skip.clone());
                 }
             }
+            let was_skipped = matches!(before, Some(Err(_)));
+            let is_skipped = matches!(now, Some(Err(_)));
+            self.skipped = self.skipped + usize::from(is_skipped) - usize::from(was_skipped);
             match &now {
                 Some(s) => self.standing.insert(subnet, s.clone()),
                 None => self.standing.remove(&subnet),

@@ -446,6 +446,7 @@ proptest! {
             let all: Vec<Lease> = leases.values().cloned().collect();
             let (nodes, skipped) = remote_nodes(&l, &all);
             prop_assert_eq!(set.nodes().cloned().collect::<Vec<_>>(), nodes);
+            prop_assert_eq!(set.skipped_count(), skipped.len());
             prop_assert_eq!(set.skipped().cloned().collect::<Vec<_>>(), skipped);
         }
     }
