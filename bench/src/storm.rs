@@ -86,8 +86,8 @@ pub fn run(opts: &StormOpts) -> anyhow::Result<BenchOutput> {
         "N hosts (namespaces on one 198.18.0.0/15 segment, /26 subnets, lease TTL 1 h, \
          --resync-interval 3600) start twilld at once against one etcd. Converged: the \
          host's namespace has a route via the VXLAN device to every other host \
-         (/proc/<twilld pid>/net/route, polled every 100 ms). Agent CPU: utime + stime of \
-         the host's twilld when its host converged; per joining peer = that / (N - 1). \
+         (/proc/<twilld pid>/net/route, polled every 100 ms). Agent CPU: the host's twilld's \
+         CPU time (its threads' /proc schedstat) when its host converged; per joining peer = that / (N - 1). \
          etcd CPU: from the start of the agents until all converged. Targets (issue 20): \
          500 hosts converge in under 60 s; CPU per joining peer flat (within 1.5x) from \
          the smallest to the largest N.",
