@@ -126,6 +126,29 @@ mod tests {
     }
 
     #[test]
+    fn the_event_socket_gets_room_for_a_storm() {
+        let sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).unwrap();
+        let before = sock.get_rx_buf_sz().unwrap();
+        size_for_storms(&sock);
+        // The kernel reports twice what was asked (bookkeeping overhead).
+        // Without CAP_NET_ADMIN SO_RCVBUF is capped by rmem_max.
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let want = if nix::unistd::geteuid().is_root() {
+            EVENT_RCVBUF
+        } else {
+            EVENT_RCVBUF.min(rmem_max)
+        };
+        let after = sock.get_rx_buf_sz().unwrap();
+        assert!(
+            after >= want && after >= before,
+            "{before} -> {after}, want {want}"
+        );
+    }
+
+    #[test]
     fn overrun_means_events_were_lost() {
         // What netlink-proto hands over when the socket's recv fails with
         // ENOBUFS.
