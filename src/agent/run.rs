@@ -20,6 +20,10 @@ use super::{Agent, AgentError};
 use crate::datapath::Datapath;
 use crate::kernel::LinkSignal;
 
+/// At most this many watch batches already waiting are folded into one
+/// pass.
+const QUEUED_BATCHES: usize = 1024;
+
 /// What the watch's store call in flight answers.
 enum WatchReply {
     Opened(Result<LeaseWatch, StoreError>),
@@ -352,8 +356,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 }
                 next = next_batch(&mut stream) => {
                     self.on_batch(next, &mut stream, &mut calls).await;
-                    // Batches that queued up meanwhile join this pass.
-                    while let Some(more) = stream.as_mut().and_then(|w| w.next().now_or_never()) {
+                    // Batches that queued up meanwhile join this pass (a
+                    // bounded number, so that a flood still lets the loop
+                    // stop, renew and repair in between).
+                    for _ in 0..QUEUED_BATCHES {
+                        let Some(more) = stream.as_mut().and_then(|w| w.next().now_or_never()) else {
+                            break;
+                        };
                         self.on_batch(more, &mut stream, &mut calls).await;
                     }
                 }
