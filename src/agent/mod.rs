@@ -472,9 +472,11 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             }
         }
         if failed > 0 {
+            // Not converged: the next watch batch retries with a full pass.
             tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
+        } else {
+            self.delta = Some(delta::DeltaPath::new(local, &self.leases, actual, index));
         }
-        self.delta = Some(delta::DeltaPath::new(local, &self.leases, actual, index));
         Ok((ops.len(), failed))
     }
 

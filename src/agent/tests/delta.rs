@@ -162,3 +162,32 @@ async fn leases_written_together_cost_one_pass() {
     assert_eq!(rig.status.borrow().passes, passes + 1);
     rig.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_full_pass_with_failures_the_next_batch_is_full_too() {
+    let mut rig = Rig::fresh().await;
+    rig.wait("the first resync ran", |s| s.passes >= 2).await;
+    // A link event's full pass fails to put back a wiped peer...
+    let five = free(&rig, 5);
+    peer(&rig.store, &five, 21).await;
+    rig.until("the peer is routed", |r| r.dp.has_route(&five))
+        .await;
+    rig.dp.wipe();
+    rig.dp.lock().fail_applies = 3;
+    rig.dp.signal(LinkSignal::Changed);
+    rig.until("the full pass failed", |r| r.dp.lock().fail_applies == 0)
+        .await;
+    assert!(!rig.dp.has_route(&five));
+    assert!(rig.telemetry.not_ready_reason().is_some());
+    // ...so the next watch batch reads the kernel and retries it.
+    let reads = rig.dp.lock().reads;
+    let six = free(&rig, 6);
+    peer(&rig.store, &six, 22).await;
+    rig.until("both peers are routed", |r| {
+        r.dp.has_route(&five) && r.dp.has_route(&six)
+    })
+    .await;
+    assert_eq!(rig.dp.lock().reads, reads + 1);
+    assert_eq!(rig.telemetry.not_ready_reason(), None);
+    rig.stop().await;
+}
