@@ -18,6 +18,8 @@
 //! accepted node before it uses its VTEP MAC. A change of one peer can
 //! change that answer only for the leases its subnet contains and for those
 //! after it that share its MAC; those are re-decided too, in subnet order.
+//! (That relies on subnets without host bits, which lease keys guarantee:
+//! `parse_subnet_key` refuses any other.)
 //!
 //! # Extension point: other per-peer state
 //!
