@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the twill benchmarks (all, or the ones named), prints a table and
 # writes bench/RESULTS.md and bench/latency.svg.
-#   scripts/bench.sh [--quick] [cni] [converge] [datapath] [footprint] [probe] [scale] [micro]
+#   scripts/bench.sh [--quick] [cni] [converge] [storm] [datapath] [footprint] [probe] [scale] [micro]
+#   storm: N agents started at once (N = 100, 250, 500; TWILL_STORM_SIZES=100,250
+#   for others); converge sizes can be set with TWILL_CONVERGE_SIZES=3.
 # Needs root: the benchmarks build clusters out of network namespaces.
 set -euo pipefail
 
@@ -10,7 +12,7 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root: the benchmarks create network namespaces"
 cd "$(dirname "$0")/.."
 
-ALL=(cni converge datapath footprint probe scale)
+ALL=(cni converge storm datapath footprint probe scale)
 quick=()
 selected=()
 micro=0
@@ -18,8 +20,8 @@ for a in "$@"; do
     case "$a" in
         --quick) quick=(--quick) ;;
         micro) micro=1 ;;
-        cni|converge|datapath|footprint|probe|scale) selected+=("$a") ;;
-        -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+        cni|converge|storm|datapath|footprint|probe|scale) selected+=("$a") ;;
+        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
         *) die "unknown benchmark '$a' (known: ${ALL[*]} micro, option --quick)" ;;
     esac
 done

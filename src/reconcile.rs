@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet_allocator::Lease;
 
+pub mod delta;
+
 // The MAC rules (bridge, VTEP) are shared with the CNI plugin.
 pub use twill_contract::Mac;
 
@@ -127,7 +129,7 @@ pub struct KernelState {
 }
 
 /// Where this node sits: what `remote_nodes` needs besides the leases.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Local {
     /// The cluster network.
     pub network: Ipv4Net,

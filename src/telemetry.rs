@@ -44,6 +44,12 @@ pub struct Telemetry {
     public_ip_mismatch: AtomicBool,
     /// Per-peer overlay health (`twill_peer_*`, `/peers`), from src/probe.
     pub peer_health: crate::probe::PeerHealth,
+    /// Passes that applied watch events as a per-peer delta, without
+    /// reading the kernel back (a subset of `reconcile_runs`).
+    pub delta_passes: Counter,
+    /// Times the kernel dropped netlink events (ENOBUFS): each one causes a
+    /// full resync.
+    pub netlink_events_lost: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -120,6 +126,18 @@ impl Telemetry {
             last_converged.clone(),
         );
         let peer_health = crate::probe::PeerHealth::register(&mut registry);
+        let delta_passes = Counter::default();
+        registry.register(
+            "reconcile_delta_runs",
+            "Reconcile passes that applied lease events per peer, without reading the kernel",
+            delta_passes.clone(),
+        );
+        let netlink_events_lost = Counter::default();
+        registry.register(
+            "netlink_events_lost",
+            "Times the kernel dropped netlink events (ENOBUFS); each causes a full resync",
+            netlink_events_lost.clone(),
+        );
         Telemetry {
             registry,
             leases,
@@ -140,6 +158,8 @@ impl Telemetry {
             underlay_missing: AtomicBool::new(false),
             public_ip_mismatch: AtomicBool::new(false),
             peer_health,
+            delta_passes,
+            netlink_events_lost,
         }
     }
 

@@ -45,7 +45,8 @@ pub(crate) struct Sample {
     pub cpu_s: f64,
 }
 
-pub(crate) fn clk_tck() -> f64 {
+/// Clock ticks per second (`getconf CLK_TCK`), for /proc CPU times.
+pub fn clk_tck() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

@@ -17,4 +17,5 @@ pub mod report;
 pub mod results;
 pub mod scale;
 pub mod stats;
+pub mod storm;
 pub mod svg;

@@ -127,6 +127,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let mut change = Change::between(&self.underlay, &found.underlay);
         change.address6 = public_ipv6 != self.plan.attrs.public_ipv6;
         if change.any() {
+            // The devices (and their indexes) change: watch batches wait
+            // for the full pass that reads them back.
+            self.delta = None;
             self.replan(found, change, public_ipv6).await;
         }
     }

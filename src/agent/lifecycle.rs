@@ -356,7 +356,8 @@ impl WatchState {
 /// Why a reconcile pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Trigger {
-    /// Lease events arrived (batched for a moment).
+    /// Lease events arrived: applied at once, per peer; events that arrive
+    /// during a pass join the next one.
     WatchBatch,
     /// One of twill's devices changed or went away.
     LinkEvent,
@@ -368,10 +369,12 @@ pub enum Trigger {
 
 impl Trigger {
     /// How long a trigger waits for others before the pass runs, so that a
-    /// burst (many nodes joining, a device flapping) costs one pass.
+    /// burst (a device flapping) costs one pass. Lease events wait for
+    /// nothing: a pass per batch costs only the peers it touches, and the
+    /// batches that queue up during a pass join the next one.
     pub fn window(self) -> Duration {
         match self {
-            Trigger::WatchBatch => Duration::from_millis(10),
+            Trigger::WatchBatch => Duration::ZERO,
             Trigger::LinkEvent | Trigger::EventsLost => Duration::from_millis(20),
             Trigger::Resync => Duration::ZERO,
         }
@@ -683,8 +686,9 @@ mod tests {
         assert_eq!(p.due(), None);
         p.request(Trigger::LinkEvent, t0);
         p.request(Trigger::WatchBatch, t0 + Duration::from_millis(5));
-        // The earliest asked time wins: 15 ms (batch), not 20 ms (link).
-        assert_eq!(p.due(), Some(t0 + Duration::from_millis(15)));
+        // The earliest asked time wins: 5 ms (a batch is applied at once),
+        // not 20 ms (link).
+        assert_eq!(p.due(), Some(t0 + Duration::from_millis(5)));
         assert_eq!(p.take(), Some(Trigger::LinkEvent));
         assert_eq!((p.due(), p.take()), (None, None));
         p.request(Trigger::WatchBatch, t0);

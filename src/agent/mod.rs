@@ -6,13 +6,14 @@
 //! retried on a schedule and never tears the data path down or stops repairs.
 
 mod follow;
+mod delta;
 pub mod lifecycle;
 mod peers;
 pub mod plan;
 mod run;
 pub mod underlay;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::datapath::{Datapath, DeviceSpec};
 use crate::kernel::{KernelError, Underlay};
-use crate::reconcile::{desired_state, diff, remote_nodes, Local, NodeIndex};
+use crate::reconcile::{desired_state, diff, remote_nodes, Local, NodeIndex, Op, Skip};
 use crate::subnet_file::{self, SubnetFileError};
 use crate::telemetry::Telemetry;
 use lifecycle::{LeaseState, Pending, Trigger, WatchState};
@@ -145,6 +146,11 @@ pub struct Agent<S, D> {
     follow: follow::Follow,
     /// The remote nodes as probe targets, for the prober (src/probe).
     peers: tokio::sync::watch::Sender<crate::probe::PeerSet>,
+    /// The per-peer state watch batches are applied through, built by the
+    /// last full pass; `None` until then or after an operation failed.
+    delta: Option<delta::DeltaPath>,
+    /// The subnets lease events touched since the last pass.
+    touched: BTreeSet<Ipv4Net>,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -274,6 +280,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             masq_installed: None,
             follow,
             peers: tokio::sync::watch::channel(Default::default()).0,
+            delta: None,
+            touched: BTreeSet::new(),
         };
         // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;
@@ -424,6 +432,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             })
             .collect();
         self.leases = snap.leases.into_iter().map(|l| (l.subnet, l)).collect();
+        self.delta = None;
         for (s, l) in &self.leases {
             self.seen.insert(*s, l.clone());
         }
@@ -440,7 +449,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         t.reconcile_runs.inc();
         self.passes += 1;
         tracing::debug!(trigger = trigger.name(), "reconcile");
-        let result = self.reconcile_once().await;
+        let result = match trigger {
+            Trigger::WatchBatch => match self.reconcile_delta().await {
+                Some(r) => r,
+                None => self.reconcile_once().await,
+            },
+            _ => self.reconcile_once().await,
+        };
         t.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         let converged = matches!(result, Ok((_, 0)));
         t.set_converged(converged);
@@ -452,21 +467,56 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
 
     /// One pass; returns (operations issued, operations that failed).
     async fn reconcile_once(&mut self) -> Result<(usize, usize), KernelError> {
+        // Rebuilt below from what the kernel holds now.
+        self.delta = None;
+        self.touched.clear();
         let index = self.dp.ensure_devices(&self.devices()).await?;
         let leases: Vec<Lease> = self.leases.values().cloned().collect();
-        let local = Local {
+        let local = self.local();
+        let (nodes, skipped) = remote_nodes(&local, &leases);
+        self.publish_peers(&nodes);
+        let skipped_total = skipped.len() + self.unusable.len();
+        self.opts.telemetry.skipped_leases.set(skipped_total as i64);
+        self.opts.telemetry.leases.set(self.leases.len() as i64);
+        self.warn_skipped(&skipped);
+        let desired = desired_state(&nodes);
+        let mut actual = self.dp.read_state(&index).await?;
+        let ops = diff(&desired, &actual);
+        let mut failed = 0;
+        // Built only when there is something to log about.
+        let index_of_nodes = (!ops.is_empty()).then(|| NodeIndex::new(self.seen.values()));
+        for op in &ops {
+            let res = self.dp.apply(&index, op).await;
+            let node = index_of_nodes.as_ref().and_then(|idx| idx.find(op));
+            if self.applied(op, node, res) {
+                actual.apply_op(op);
+            } else {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            // Not converged: the next watch batch retries with a full pass.
+            tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
+        } else {
+            self.delta = Some(delta::DeltaPath::new(local, &self.leases, actual, index));
+        }
+        Ok((ops.len(), failed))
+    }
+
+    /// Where this node sits, as the lease map is read against.
+    fn local(&self) -> Local {
+        Local {
             network: self.cfg.network,
             subnet: self.lease.lease.subnet,
             subnet6: self.cfg.ipv6.as_ref().and(self.lease.lease.ipv6_subnet),
             v6_tunnel: self.plan.vxlan6.is_some(),
             underlay: self.plan.underlay_net,
             mode: self.plan.mode,
-        };
-        let (nodes, skipped) = remote_nodes(&local, &leases);
-        self.publish_peers(&nodes);
-        let skipped_total = skipped.len() + self.unusable.len();
-        self.opts.telemetry.skipped_leases.set(skipped_total as i64);
-        self.opts.telemetry.leases.set(self.leases.len() as i64);
+        }
+    }
+
+    /// Warns once about each lease left out (per reason).
+    fn warn_skipped<'a>(&mut self, skipped: impl IntoIterator<Item = &'a Skip>) {
         for s in skipped {
             let msg = s.to_string();
             if self.warned.insert(msg.clone()) {
@@ -478,32 +528,25 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 tracing::warn!(subnet = %s.subnet(), public_ip, "skipping lease: {msg}");
             }
         }
-        let desired = desired_state(&nodes);
-        let actual = self.dp.read_state(&index).await?;
-        let ops = diff(&desired, &actual);
-        let mut failed = 0;
-        // Built only when there is something to log about.
-        let index_of_nodes = (!ops.is_empty()).then(|| NodeIndex::new(self.seen.values()));
-        for op in &ops {
-            let res = self.dp.apply(&index, op).await;
-            self.opts.telemetry.count_op(op.kind(), res.is_ok());
-            let (subnet, public_ip) = index_of_nodes
-                .as_ref()
-                .and_then(|idx| idx.find(op))
-                .map(|l| (l.subnet.to_string(), l.attrs.public_ip.to_string()))
-                .unwrap_or_else(|| ("?".into(), "?".into()));
-            match res {
-                Ok(()) => tracing::info!(op = %op, subnet, public_ip, "applied"),
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(op = %op, subnet, public_ip, error = %e, "netlink operation failed");
-                }
+    }
+
+    /// Counts and logs one operation's result, naming the node it is for;
+    /// true when it succeeded.
+    fn applied(&self, op: &Op, node: Option<&Lease>, res: Result<(), KernelError>) -> bool {
+        self.opts.telemetry.count_op(op.kind(), res.is_ok());
+        let (subnet, public_ip) = node
+            .map(|l| (l.subnet.to_string(), l.attrs.public_ip.to_string()))
+            .unwrap_or_else(|| ("?".into(), "?".into()));
+        match res {
+            Ok(()) => {
+                tracing::info!(op = %op, subnet, public_ip, "applied");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(op = %op, subnet, public_ip, error = %e, "netlink operation failed");
+                false
             }
         }
-        if failed > 0 {
-            tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
-        }
-        Ok((ops.len(), failed))
     }
 
     fn apply_events(&mut self, events: Vec<LeaseEvent>) {
@@ -512,11 +555,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 LeaseEvent::Added(l) => {
                     tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added or changed");
                     self.unusable.retain(|_, s| *s != Some(l.subnet));
+                    self.touched.insert(l.subnet);
                     self.seen.insert(l.subnet, l.clone());
                     self.leases.insert(l.subnet, l);
                 }
                 LeaseEvent::Removed(s) => {
                     self.unusable.retain(|_, u| *u != Some(s));
+                    self.touched.insert(s);
                     if let Some(old) = self.leases.remove(&s) {
                         tracing::info!(subnet = %s, public_ip = %old.attrs.public_ip, "lease removed");
                     }
@@ -531,6 +576,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     self.unusable.remove(&key);
                 }
                 LeaseEvent::Unusable { key, subnet, .. } => {
+                    self.touched.extend(subnet);
                     if let Some(old) = subnet.and_then(|s| self.leases.remove(&s)) {
                         tracing::warn!(key, subnet = %old.subnet, public_ip = %old.attrs.public_ip, "lease now holds an unusable value");
                     }

@@ -5,7 +5,7 @@
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use subnet_allocator::{
     acquire_lease, Lease, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch,
@@ -19,6 +19,10 @@ use super::lifecycle::{
 use super::{Agent, AgentError};
 use crate::datapath::Datapath;
 use crate::kernel::{LinkSignal, UnderlayEvent};
+
+/// At most this many watch batches already waiting are folded into one
+/// pass.
+const QUEUED_BATCHES: usize = 1024;
 
 /// What the watch's store call in flight answers.
 enum WatchReply {
@@ -394,7 +398,18 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     calls.watch = None;
                     self.on_watch_reply(reply, &mut stream, &mut calls).await;
                 }
-                next = next_batch(&mut stream) => self.on_batch(next, &mut stream, &mut calls).await,
+                next = next_batch(&mut stream) => {
+                    self.on_batch(next, &mut stream, &mut calls).await;
+                    // Batches that queued up meanwhile join this pass (a
+                    // bounded number, so that a flood still lets the loop
+                    // stop, renew and repair in between).
+                    for _ in 0..QUEUED_BATCHES {
+                        let Some(more) = stream.as_mut().and_then(|w| w.next().now_or_never()) else {
+                            break;
+                        };
+                        self.on_batch(more, &mut stream, &mut calls).await;
+                    }
+                }
                 _ = until(watch_due) => self.on_watch(WatchInput::Due, &mut calls).await,
                 signal = next_signal(&mut links) => match signal {
                     None => {
@@ -402,6 +417,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                         links = None;
                     }
                     Some(LinkSignal::Lost) => {
+                        self.opts.telemetry.netlink_events_lost.inc();
                         tracing::warn!("netlink link events were lost; full resync");
                         self.pending.request(Trigger::EventsLost, Instant::now());
                     }

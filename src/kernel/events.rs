@@ -26,11 +26,34 @@ pub fn link_events() -> Result<
         rtnetlink::sys::SocketAddr,
     )>,
 > {
-    let (conn, _handle, messages) =
+    let (mut conn, _handle, messages) =
         rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
             .map_err(KernelError::Connect)?;
+    size_for_storms(netlink_sys::AsyncSocket::socket_mut(conn.socket_mut()));
     tokio::spawn(conn);
     Ok(messages)
+}
+
+/// The receive buffer of the event socket: room for a storm of events
+/// (hundreds of devices changing at once) before the kernel drops any.
+pub const EVENT_RCVBUF: usize = 8 << 20;
+
+/// Gives the event socket [`EVENT_RCVBUF`] bytes of receive buffer: with
+/// SO_RCVBUFFORCE (CAP_NET_ADMIN) past `net.core.rmem_max`, else SO_RCVBUF
+/// up to it. Events lost anyway (ENOBUFS) still mean a full resync.
+fn size_for_storms(sock: &netlink_sys::Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let forced = setsockopt(sock, sockopt::RcvBufForce, &EVENT_RCVBUF);
+    if let Err(e) = forced {
+        tracing::debug!(error = %e, "SO_RCVBUFFORCE refused; asking SO_RCVBUF");
+        if let Err(e) = sock.set_rx_buf_sz(EVENT_RCVBUF) {
+            tracing::warn!(error = %e, "cannot size the link event socket's buffer");
+        }
+    }
+    match sock.get_rx_buf_sz() {
+        Ok(size) => tracing::debug!(size, "link event socket receive buffer"),
+        Err(e) => tracing::debug!(error = %e, "cannot read the link event socket's buffer size"),
+    }
 }
 
 /// Classifies one link event against the names of twill's devices.
@@ -100,6 +123,29 @@ mod tests {
         // Nothing watched: nothing concerns twill.
         let new = event(RouteNetlinkMessage::NewLink(link(Some("twill0"))));
         assert_eq!(classify_link_event(&new, &[]), LinkSignal::Ignore);
+    }
+
+    #[test]
+    fn the_event_socket_gets_room_for_a_storm() {
+        let sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).unwrap();
+        let before = sock.get_rx_buf_sz().unwrap();
+        size_for_storms(&sock);
+        // The kernel reports twice what was asked (bookkeeping overhead).
+        // Without CAP_NET_ADMIN SO_RCVBUF is capped by rmem_max.
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let want = if nix::unistd::geteuid().is_root() {
+            EVENT_RCVBUF
+        } else {
+            EVENT_RCVBUF.min(rmem_max)
+        };
+        let after = sock.get_rx_buf_sz().unwrap();
+        assert!(
+            after >= want && after >= before,
+            "{before} -> {after}, want {want}"
+        );
     }
 
     #[test]

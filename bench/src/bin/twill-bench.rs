@@ -7,12 +7,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use twill_bench::{
     cni, converge, datapath, footprint, microbench, probe, report, results::BenchOutput, scale,
+    storm,
 };
 
 /// Benchmark order in the report.
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "cni",
     "converge",
+    "storm",
     "datapath",
     "footprint",
     "probe",
@@ -50,7 +52,21 @@ enum Cmd {
     /// CNI ADD/DEL latency, twill vs bridge + host-local.
     Cni,
     /// Convergence when a host joins and leaves.
-    Converge,
+    Converge {
+        /// Cluster sizes instead of the default ones (comma-separated).
+        #[arg(long, env = "TWILL_CONVERGE_SIZES", value_delimiter = ',')]
+        sizes: Vec<usize>,
+    },
+    /// Convergence when N hosts start their agents at once.
+    Storm {
+        /// Host counts (comma-separated); default 100,250,500 (100 with
+        /// --quick).
+        #[arg(long, env = "TWILL_STORM_SIZES", value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Seconds to wait for one size to converge.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
     /// iperf3 throughput, VXLAN and host-gw vs underlay.
     Datapath,
     /// twilld RSS / CPU, binary sizes.
@@ -93,13 +109,21 @@ fn main() -> anyhow::Result<()> {
             workers: 8,
             reps: reps(2, 3),
         })?,
-        Cmd::Converge => converge::run(&converge::ConvergeOpts {
-            sizes: if cli.quick {
-                vec![3, 10]
-            } else {
-                vec![3, 10, 25]
+        Cmd::Converge { sizes } => converge::run(&converge::ConvergeOpts {
+            sizes: match (sizes.is_empty(), cli.quick) {
+                (false, _) => sizes.clone(),
+                (true, true) => vec![3, 10],
+                (true, false) => vec![3, 10, 25],
             },
             reps: reps(3, 5),
+        })?,
+        Cmd::Storm { sizes, timeout } => storm::run(&storm::StormOpts {
+            sizes: match (sizes.is_empty(), cli.quick) {
+                (false, _) => sizes.clone(),
+                (true, true) => vec![100],
+                (true, false) => vec![100, 250, 500],
+            },
+            timeout: std::time::Duration::from_secs(*timeout),
         })?,
         Cmd::Datapath => datapath::run(&datapath::DatapathOpts {
             seconds: 5,

@@ -48,6 +48,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// The PID of `host`'s running agent (`ip netns exec` execs it in
+    /// place), for reading its CPU time and namespace from /proc.
+    pub fn agent_pid(&self, host: &str) -> Option<i32> {
+        self.agents.get(host).map(|a| a.pid())
+    }
+
     /// Starts the agents of all hosts that have none running.
     pub fn start_agents(&mut self) -> Result<()> {
         let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();

@@ -21,6 +21,8 @@ use crate::kernel::{DevIndex, KernelError, LinkSignal, Underlay, UnderlayEvent};
 use crate::masq::{MasqError, Networks};
 use crate::reconcile::{Dev, KernelState, Mac, Op};
 
+mod delta;
+
 const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TTL: Duration = Duration::from_secs(60);
 const RESYNC: Duration = Duration::from_secs(3600);
@@ -59,6 +61,8 @@ struct FakeKernel {
     underlay_events: Option<futures::channel::mpsc::UnboundedSender<UnderlayEvent>>,
     /// The underlay's global IPv6 address.
     ipv6: Option<std::net::Ipv6Addr>,
+    /// `read_state` calls: full dumps of the kernel.
+    reads: usize,
 }
 
 /// A data path that keeps twill's entries in memory and records every call.
@@ -155,7 +159,9 @@ impl Datapath for FakeDatapath {
     }
 
     async fn read_state(&self, _dev: &DevIndex) -> Result<KernelState, KernelError> {
-        Ok(self.lock().state.clone())
+        let mut k = self.lock();
+        k.reads += 1;
+        Ok(k.state.clone())
     }
 
     async fn apply(&self, _dev: &DevIndex, op: &Op) -> Result<(), KernelError> {
@@ -165,32 +171,7 @@ impl Datapath for FakeDatapath {
             k.fail_applies -= 1;
             return Err(KernelError::NoSuchLink(format!("injected failure of {op}")));
         }
-        let s = &mut k.state;
-        match op.clone() {
-            Op::DelRoute { dst } => {
-                s.routes.remove(&dst);
-            }
-            Op::SetRoute { dst, target } => {
-                s.routes.insert(dst, target);
-            }
-            Op::DelNeighbour { dev, ip } => {
-                s.neighbours.remove(&(dev, ip));
-            }
-            Op::SetNeighbour { dev, ip, mac } => {
-                s.neighbours.insert((dev, ip), mac);
-            }
-            Op::AddFdb { dev, mac, dst } => {
-                s.fdb.entry((dev, mac)).or_default().insert(dst);
-            }
-            Op::DelFdb { dev, mac, dst } => {
-                if let Some(set) = s.fdb.get_mut(&(dev, mac)) {
-                    set.remove(&dst);
-                    if set.is_empty() {
-                        s.fdb.remove(&(dev, mac));
-                    }
-                }
-            }
-        }
+        k.state.apply_op(op);
         Ok(())
     }
 

@@ -1,0 +1,84 @@
+//! Watch batches applied through the per-peer delta
+//! ([`crate::reconcile::delta`]): the operations for the peers the events
+//! touched, without reading the kernel back or walking every lease. The
+//! full pass (read the kernel, diff, apply) stays for the start, the resync
+//! tick, link events and lost netlink events; it rebuilds this state from
+//! what it read, so drift is still repaired within one resync.
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use subnet_allocator::{Lease, LeaseStore};
+
+use super::Agent;
+use crate::datapath::Datapath;
+use crate::kernel::{DevIndex, KernelError};
+use crate::reconcile::delta::PeerSet;
+use crate::reconcile::{KernelState, Local};
+
+/// What a watch batch is applied with: every peer's standing and entries,
+/// what the kernel holds, and the devices' indexes, all from the last full
+/// pass and the deltas since.
+#[derive(Debug)]
+pub(super) struct DeltaPath {
+    peers: PeerSet,
+    dev: DevIndex,
+}
+
+impl DeltaPath {
+    /// From a full pass: `programmed` is the kernel as it read it, with the
+    /// pass's successful operations applied.
+    pub(super) fn new(
+        local: Local,
+        leases: &BTreeMap<Ipv4Net, Lease>,
+        programmed: KernelState,
+        dev: DevIndex,
+    ) -> Self {
+        DeltaPath {
+            peers: PeerSet::new(local, leases, programmed),
+            dev,
+        }
+    }
+}
+
+impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
+    /// Applies the lease events since the last pass as a delta; `None` when
+    /// a full pass is needed instead (none ran yet, an operation failed
+    /// since, or this node's own subnet changed).
+    pub(super) async fn reconcile_delta(&mut self) -> Option<Result<(usize, usize), KernelError>> {
+        let local = self.local();
+        let mut path = self.delta.take().filter(|p| *p.peers.local() == local)?;
+        let touched = std::mem::take(&mut self.touched);
+        let delta = path.peers.update(&self.leases, touched);
+        let skipped = path.peers.skipped_count() + self.unusable.len();
+        self.opts.telemetry.skipped_leases.set(skipped as i64);
+        self.opts.telemetry.leases.set(self.leases.len() as i64);
+        self.warn_skipped(&delta.skipped);
+        if !delta.peers.is_empty() {
+            // The prober follows the same peers (it wakes only on a change).
+            let nodes: Vec<_> = path.peers.nodes().cloned().collect();
+            self.publish_peers(&nodes);
+        }
+        let mut failed = 0;
+        for (peer, op) in &delta.ops {
+            let res = self.dp.apply(&path.dev, op).await;
+            if self.applied(op, self.seen.get(peer), res) {
+                path.peers.record(op);
+            } else {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            // What the kernel holds is unknown now: the next pass reads it.
+            tracing::warn!(
+                failed,
+                total = delta.ops.len(),
+                "reconcile incomplete; the next pass is a full one"
+            );
+        } else {
+            self.delta = Some(path);
+        }
+        self.opts.telemetry.delta_passes.inc();
+        Some(Ok((delta.ops.len(), failed)))
+    }
+}
