@@ -164,6 +164,15 @@ fn validate_safe_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The spec's rule for a container id: it starts with a letter or a digit,
+/// then letters, digits, `_`, `.` and `-` (so it is also a safe file name).
+fn validate_container_id(id: &str) -> Result<(), String> {
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("{id:?} must start with a letter or a digit"));
+    }
+    validate_safe_name(id)
+}
+
 fn parse_ip_maybe_cidr(s: &str) -> Option<IpAddr> {
     let addr = s.split('/').next().unwrap_or(s);
     addr.parse().ok()
@@ -368,7 +377,7 @@ pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, Error> {
         let id = container_id
             .as_deref()
             .ok_or_else(|| Error::env("CNI_CONTAINERID", "is not set"))?;
-        validate_safe_name(id).map_err(|r| Error::env("CNI_CONTAINERID", r))?;
+        validate_container_id(id).map_err(|r| Error::env("CNI_CONTAINERID", r))?;
     }
     let ifname = get("CNI_IFNAME");
     if needs_attachment {
@@ -598,6 +607,25 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("CNI_CONTAINERID"));
+        for bad in ["-abc", "_abc", ".abc", "a b", "a/b", "ä"] {
+            let e = env_of(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", bad),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", "/var/run/netns/x"),
+            ])
+            .unwrap_err();
+            assert_eq!(e.code(), 4, "{bad:?}");
+            assert!(e.to_string().contains("CNI_CONTAINERID"), "{e}");
+        }
+        for good in ["a", "0-x_y.z", "Z9"] {
+            let env = env_of(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", good),
+                ("CNI_IFNAME", "eth0"),
+            ]);
+            assert!(env.is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -126,6 +126,16 @@ fn errors_have_codes_and_leave_nothing() {
     );
     rig.assert_clean(&pod, "missing CNI_IFNAME");
 
+    // The spec's container id rule: alphanumeric first, then [A-Za-z0-9_.-].
+    for bad in ["-c1", "_c1", ".c1", "c 1", "c/1", "c:1"] {
+        let out = fails_with(rig.call("ADD", bad, &p, &rig.conf), 4);
+        assert!(
+            out["details"].as_str().unwrap().contains("CNI_CONTAINERID"),
+            "{out}"
+        );
+        rig.assert_clean(&pod, bad);
+    }
+
     let missing = rig.conf_with(json!({"subnetFile": s.dir.path().join("nope.env")}));
     fails_with(rig.call("ADD", "c1", &p, &missing), 11);
     rig.assert_clean(&pod, "missing subnet file");
