@@ -17,6 +17,8 @@ pub const MSG_GETCHAIN: u16 = 4;
 pub const MSG_DELCHAIN: u16 = 5;
 pub const MSG_NEWRULE: u16 = 6;
 pub const MSG_GETRULE: u16 = 7;
+/// With only table and chain: flushes the chain.
+pub const MSG_DELRULE: u16 = 8;
 pub const MSG_NEWSET: u16 = 9;
 pub const MSG_NEWSETELEM: u16 = 12;
 pub const MSG_GETSETELEM: u16 = 13;

@@ -5,6 +5,7 @@
 //! in through the [`Datapath`] and [`LeaseStore`] traits. etcd trouble is
 //! retried on a schedule and never tears the data path down or stops repairs.
 
+mod guard;
 pub mod lifecycle;
 pub mod plan;
 mod run;
@@ -90,6 +91,8 @@ pub struct AgentConfig {
     pub ip_masq: bool,
     /// Turn IP forwarding on at start (off with `--no-set-forwarding`).
     pub set_forwarding: bool,
+    /// Accept VXLAN from members only (off with `--no-tunnel-filter`).
+    pub tunnel_filter: bool,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -131,6 +134,8 @@ pub struct Agent<S, D> {
     /// Whether the masquerade rules are in place, as the subnet file says;
     /// `None` before the first attempt.
     masq_installed: Option<bool>,
+    /// The isolation tables as last written: settings and members.
+    guard_applied: Option<(twill_nft::guard::Settings, twill_nft::guard::Peers)>,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -252,6 +257,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             resetting: false,
             status,
             masq_installed: None,
+            guard_applied: None,
         };
         // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;
@@ -455,6 +461,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 tracing::warn!(subnet = %s.subnet(), public_ip, "skipping lease: {msg}");
             }
         }
+        // Members first: a joining node's VXLAN is accepted by the time its
+        // route is there.
+        self.ensure_guard(&nodes).await;
         let desired = desired_state(&nodes);
         let actual = self.dp.read_state(&index).await?;
         let ops = diff(&desired, &actual);

@@ -260,6 +260,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         telemetry,
         ip_masq: true,
         set_forwarding: true,
+        tunnel_filter: true,
     }
 }
 
