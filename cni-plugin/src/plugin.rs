@@ -376,6 +376,12 @@ fn setup(
     if let Some(h) = hairpin {
         h.wait(l.host)?;
     }
+    crate::guard::add(
+        host_index,
+        &pod_mac,
+        addrs.v4.addr(),
+        addrs.v6.map(|n| n.addr()),
+    )?;
     Ok((host_mac, pod_mac))
 }
 
@@ -387,7 +393,9 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
     // there is no host end is the pod side looked at (a missing or unusable
     // namespace just means it is gone).
     let host_ifname = host_veth_name(cid, ifname);
+    let mut port = None;
     let host = kernel::socket().and_then(|mut h| {
+        port = kernel::index_of(&h, &host_ifname).ok().flatten();
         let deleted = kernel::delete_link(&mut h, &host_ifname);
         if !matches!(deleted, Ok(true)) {
             if let Some(Err(e)) = env.netns.as_deref().map(|path| del_pod_side(path, ifname)) {
@@ -401,6 +409,11 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
         }
         deleted
     });
+    // A pod's entries left behind are harmless (their port is gone) and
+    // go with the next DEL on this node: they fail no teardown.
+    if let Err(e) = crate::guard::remove(port) {
+        tracing::warn!(container_id = cid, ifname, error = %e, "DEL: isolation entries stay");
+    }
     let ipam = Ipam::existing(&conf.data_dir, &conf.name).release(cid, ifname);
     host?;
     ipam?;
