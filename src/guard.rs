@@ -86,20 +86,19 @@ fn listed_rules(s: &NftSocket, family: u8) -> Result<Vec<Listed>, GuardError> {
     Ok(out)
 }
 
-fn elements(s: &NftSocket, family: u8, set: &str) -> Result<Vec<Vec<u8>>, GuardError> {
+fn elements(s: &NftSocket, family: u8, set: &str) -> Result<Vec<g::Element>, GuardError> {
     let seq = s.next_seq();
     let mut keys = Vec::new();
     for msg in dump(s, &g::dump_elements(family, set, seq), seq)? {
-        keys.extend(g::element_keys(&msg).map_err(NftError::from)?);
+        keys.extend(g::listed_elements(&msg).map_err(NftError::from)?);
     }
     keys.sort();
     Ok(keys)
 }
 
 fn peers_in_place(s: &NftSocket, peers: &Peers) -> Result<bool, GuardError> {
-    let want4: Vec<Vec<u8>> = peers.v4.iter().map(|a| a.octets().to_vec()).collect();
-    let want6: Vec<Vec<u8>> = peers.v6.iter().map(|a| a.octets().to_vec()).collect();
-    Ok(elements(s, g::INET, g::PEERS4)? == want4 && elements(s, g::INET, g::PEERS6)? == want6)
+    Ok(elements(s, g::INET, g::PEERS4)? == peers.keys4()
+        && elements(s, g::INET, g::PEERS6)? == peers.keys6())
 }
 
 fn count(drops: &mut BTreeMap<String, u64>, listed: &[Listed]) {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
@@ -100,6 +101,10 @@ pub struct NetConf {
     pub runtime_ips: Vec<IpAddr>,
     /// `None` when the key is absent (GC then must not release anything).
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Prefixes a pod may send from besides its own addresses
+    /// (`allowedSourcePrefixes`): the opt-out of the source checks for pods
+    /// that route or proxy for others.
+    pub allowed_source_prefixes: Vec<IpNet>,
 }
 
 /// Best-effort extraction of `cniVersion` so that even an error about the
@@ -233,6 +238,7 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf, Error> {
         Some(_) => return Err(Error::config("prevResult", "must be an object")),
     };
     let runtime_ips = parse_runtime_ips(m.get("runtimeConfig"))?;
+    let allowed_source_prefixes = parse_prefixes(m.get("allowedSourcePrefixes"))?;
 
     let valid_attachments = ["cni.dev/valid-attachments", "cni.dev/attachments"]
         .iter()
@@ -256,7 +262,28 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf, Error> {
         prev_result,
         runtime_ips,
         valid_attachments,
+        allowed_source_prefixes,
     })
+}
+
+/// `allowedSourcePrefixes`: a list of CIDR strings, either family.
+fn parse_prefixes(v: Option<&Value>) -> Result<Vec<IpNet>, Error> {
+    const KEY: &str = "allowedSourcePrefixes";
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(Error::config(KEY, "must be a list of CIDR strings")),
+    };
+    list.iter()
+        .map(|p| {
+            let s = p
+                .as_str()
+                .ok_or_else(|| Error::config(KEY, format!("{p} is not a CIDR string")))?;
+            s.parse::<IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| Error::config(KEY, format!("{s:?} is not a CIDR prefix")))
+        })
+        .collect()
 }
 
 fn parse_runtime_ips(rc: Option<&Value>) -> Result<Vec<IpAddr>, Error> {
@@ -589,6 +616,37 @@ mod tests {
             Command::Gc
         );
         assert_eq!(env_of(&[("CNI_COMMAND", "BOGUS")]).unwrap_err().code(), 4);
+    }
+
+    #[test]
+    fn allowed_source_prefixes_are_cidrs_of_either_family() {
+        let c = parse_netconf(
+            br#"{"cniVersion":"1.1.0","name":"n","type":"twill","allowedSourcePrefixes":["192.168.9.1/24","fd00:99::/64"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.allowed_source_prefixes,
+            vec![
+                "192.168.9.0/24".parse::<IpNet>().unwrap(),
+                "fd00:99::/64".parse().unwrap()
+            ]
+        );
+        for bad in [
+            r#""10.0.0.0/8""#,
+            r#"["10.0.0.0"]"#,
+            "[7]",
+            r#"["10.0.0.0/33"]"#,
+        ] {
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"twill","allowedSourcePrefixes":{bad}}}"#
+            );
+            let e = parse_netconf(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), 7, "{bad}");
+            assert!(
+                e.to_string().contains("allowedSourcePrefixes"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

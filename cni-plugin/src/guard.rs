@@ -5,6 +5,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
+
 use twill_nft::guard::{self as g, PodPort};
 use twill_nft::wire::Messages;
 use twill_nft::{Exchange, NftSocket};
@@ -32,7 +34,13 @@ fn send(s: &NftSocket, op: &str, m: &Messages) -> Result<(), Error> {
 }
 
 /// Adds the pod on host port `ifindex` with `mac` and its addresses.
-pub fn add(ifindex: u32, mac: &[u8], v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Result<(), Error> {
+pub fn add(
+    ifindex: u32,
+    mac: &[u8],
+    v4: Ipv4Addr,
+    v6: Option<Ipv6Addr>,
+    extra: &[IpNet],
+) -> Result<(), Error> {
     let op = "adding the pod's port, MAC and addresses";
     let mac: [u8; 6] = mac
         .try_into()
@@ -42,6 +50,7 @@ pub fn add(ifindex: u32, mac: &[u8], v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> Resu
         mac,
         v4: Some(v4),
         v6,
+        extra: extra.to_vec(),
     };
     let s = NftSocket::open().map_err(|e| failed(op, e))?;
     send(&s, op, &g::add_pod(&pod, s.next_seq()))
@@ -78,13 +87,13 @@ pub fn remove(ifindex: Option<u32>) -> Result<(), Error> {
             continue;
         }
         for (_, msg) in &ex.data {
-            for key in g::element_keys(msg).map_err(|e| failed(op, e))? {
-                let Some(port) = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+            for e in g::listed_elements(msg).map_err(|e| failed(op, e))? {
+                let Some(port) = e.key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
                     continue;
                 };
                 let port = u32::from_ne_bytes(port);
                 if Some(port) == ifindex || !link_exists(port) {
-                    gone.push((set, key));
+                    gone.push((set, e));
                 }
             }
         }

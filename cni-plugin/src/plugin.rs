@@ -381,6 +381,7 @@ fn setup(
         &pod_mac,
         addrs.v4.addr(),
         addrs.v6.map(|n| n.addr()),
+        &conf.allowed_source_prefixes,
     )?;
     Ok((host_mac, pod_mac))
 }

@@ -532,7 +532,7 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     };
     let mut counters: Vec<(&str, String)> = Vec::new();
     for p in [
-        "c9100", "c9101", "c9102", "c9103", "c9104", "c9105", "c9106", "c9107",
+        "c9100", "c9101", "c9102", "c9103", "c9104", "c9105", "c9106", "c9107", "c9108", "c9109",
     ] {
         counters.push((p, format!("udp dport {}", &p[1..])));
     }
@@ -604,6 +604,67 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     }
     assert!(kernel_drops(h1.name(), "bridge", "source") >= 3 * attacks.len() as u64);
     wait_metric(h1, "source");
+
+    // The opt-out: a pod whose config names extra prefixes may send from
+    // them, and still from nothing else.
+    let po = Netns::new(format!("{}-po", c.prefix())).unwrap();
+    let h1_host = c.host("h1").unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "twill", "type": "twill",
+        "subnetFile": h1_host.subnet_file_path(), "dataDir": h1_host.ipam_dir(),
+        "allowedSourcePrefixes": ["198.18.5.0/24"],
+    })
+    .to_string();
+    let cid = format!("{}-po", c.prefix());
+    let out = c
+        .cni_raw("h1", "ADD", &cid, &po.path(), Some(&conf))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let po_mac = mac_of(&po, "eth0");
+    let allowed = udp(
+        gw_mac,
+        po_mac,
+        "198.18.5.7".parse().unwrap(),
+        ip("pr"),
+        9108,
+    );
+    listen_pr.hears("c9108", || send(po.name(), "eth0", &allowed));
+    send(
+        po.name(),
+        "eth0",
+        &udp(
+            gw_mac,
+            po_mac,
+            "198.18.6.7".parse().unwrap(),
+            ip("pr"),
+            9109,
+        ),
+    );
+    listen_pr.hears("c9108", || send(po.name(), "eth0", &allowed));
+    assert_eq!(
+        listen_pr.count("c9109"),
+        0,
+        "a source outside the extra prefixes"
+    );
+    let out = c
+        .cni_raw("h1", "DEL", &cid, &po.path(), Some(&conf))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let extra = h1
+        .exec_ok(&["nft", "list", "set", "bridge", "twill-guard", "extra4"])
+        .unwrap();
+    assert!(
+        !extra.contains("198.18.5.0"),
+        "DEL left the pod's prefix: {extra}"
+    );
 
     // Hijack: gratuitous ARP and unsolicited NA claiming pv's addresses,
     // with pa's MAC and with pv's. The bystander pw hears pa's own first.

@@ -43,6 +43,10 @@ pub const PORTS: &str = "ports";
 pub const PODS4: &str = "pods4";
 pub const PODS6: &str = "pods6";
 pub const MACS: &str = "macs";
+/// Extra source prefixes a pod may send from (`allowedSourcePrefixes`):
+/// `port . prefix`, intervals.
+pub const EXTRA4: &str = "extra4";
+pub const EXTRA6: &str = "extra6";
 pub const PEERS4: &str = "peers4";
 pub const PEERS6: &str = "peers6";
 
@@ -74,13 +78,20 @@ const RULE_USERDATA: u16 = 7;
 const SET_TABLE: u16 = 1;
 const SET_NAME: u16 = 2;
 const SET_KEY_TYPE: u16 = 4;
+const SET_FLAGS: u16 = 3;
 const SET_KEY_LEN: u16 = 5;
+const SET_DESC: u16 = 9;
+const SET_DESC_CONCAT: u16 = 2;
+const SET_FIELD_LEN: u16 = 1;
+/// `NFT_SET_INTERVAL | NFT_SET_CONCAT`: a set of ranges of concatenations.
+const SET_INTERVAL_CONCAT: u32 = 0x4 | 0x80;
 const SET_ID: u16 = 10;
 const ELEMS_TABLE: u16 = 1;
 const ELEMS_SET: u16 = 2;
 const ELEMS_ELEMENTS: u16 = 3;
 const LIST_ELEM: u16 = 1;
 const ELEM_KEY: u16 = 1;
+const ELEM_KEY_END: u16 = 10;
 /// nft's comment in rule userdata: type 0, then length, then the text.
 const UDATA_COMMENT: u8 = 0;
 const NF_ACCEPT: u32 = 1;
@@ -107,28 +118,46 @@ struct SetSpec {
     name: &'static str,
     key_type: u32,
     key_len: u32,
+    /// The field lengths of a set of ranges; empty for a hash set.
+    ranges: &'static [u32],
 }
 
-const BRIDGE_SETS: [SetSpec; 4] = [
+const BRIDGE_SETS: [SetSpec; 6] = [
     SetSpec {
         name: PORTS,
         key_type: TYPE_IFINDEX,
         key_len: 4,
+        ranges: &[],
     },
     SetSpec {
         name: MACS,
         key_type: concat(TYPE_IFINDEX, TYPE_ETHERADDR),
         key_len: 12,
+        ranges: &[],
     },
     SetSpec {
         name: PODS4,
         key_type: concat(concat(TYPE_IFINDEX, TYPE_ETHERADDR), TYPE_IPADDR),
         key_len: 16,
+        ranges: &[],
     },
     SetSpec {
         name: PODS6,
         key_type: concat(concat(TYPE_IFINDEX, TYPE_ETHERADDR), TYPE_IP6ADDR),
         key_len: 28,
+        ranges: &[],
+    },
+    SetSpec {
+        name: EXTRA4,
+        key_type: concat(TYPE_IFINDEX, TYPE_IPADDR),
+        key_len: 8,
+        ranges: &[4, 4],
+    },
+    SetSpec {
+        name: EXTRA6,
+        key_type: concat(TYPE_IFINDEX, TYPE_IP6ADDR),
+        key_len: 20,
+        ranges: &[4, 16],
     },
 ];
 
@@ -137,11 +166,13 @@ const INET_SETS: [SetSpec; 2] = [
         name: PEERS4,
         key_type: TYPE_IPADDR,
         key_len: 4,
+        ranges: &[],
     },
     SetSpec {
         name: PEERS6,
         key_type: TYPE_IP6ADDR,
         key_len: 16,
+        ranges: &[],
     },
 ];
 
@@ -172,13 +203,37 @@ fn new_sets(m: &mut Messages, family: u8, sets: &[SetSpec]) {
             .u32(SET_KEY_TYPE, s.key_type)
             .u32(SET_KEY_LEN, s.key_len)
             .u32(SET_ID, i as u32 + 1);
+        if !s.ranges.is_empty() {
+            a.u32(SET_FLAGS, SET_INTERVAL_CONCAT).nested(SET_DESC, |d| {
+                d.nested(SET_DESC_CONCAT, |c| {
+                    for len in s.ranges {
+                        c.nested(LIST_ELEM, |f| {
+                            f.u32(SET_FIELD_LEN, *len);
+                        });
+                    }
+                });
+            });
+        }
         let what = format!("adding set {} {TABLE} {}", family_name(family), s.name);
         m.nft(MSG_NEWSET, NLM_F_CREATE, family, a, what);
     }
 }
 
+/// One element of a set: its key, and for a range the key it ends at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Element {
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+}
+
+impl Element {
+    pub fn key(key: Vec<u8>) -> Self {
+        Element { key, key_end: None }
+    }
+}
+
 /// Elements `keys` added to (`MSG_NEWSETELEM`) or deleted from a set.
-fn set_elements(m: &mut Messages, cmd: u16, family: u8, set: &str, keys: &[Vec<u8>]) {
+fn set_elements(m: &mut Messages, cmd: u16, family: u8, set: &str, keys: &[Element]) {
     if keys.is_empty() {
         return;
     }
@@ -188,7 +243,10 @@ fn set_elements(m: &mut Messages, cmd: u16, family: u8, set: &str, keys: &[Vec<u
         .nested(ELEMS_ELEMENTS, |list| {
             for k in keys {
                 list.nested(LIST_ELEM, |e| {
-                    e.data(ELEM_KEY, k);
+                    e.data(ELEM_KEY, &k.key);
+                    if let Some(end) = &k.key_end {
+                        e.data(ELEM_KEY_END, end);
+                    }
                 });
             }
         });
@@ -380,12 +438,28 @@ pub fn bridge_rules(s: &Settings) -> Vec<Rule> {
     let icmp_type = |t: u8| [load(0, BASE_TRANSPORT, 0, 1), cmp(CmpOp::Eq, &[t])];
     let drop = counted_drop();
     let (ip4, arp, ip6) = (from_pod(ETH_IP), from_pod(ETH_ARP), from_pod(ETH_IP6));
+    // Not one of the pod's extra prefixes either (`port . saddr`).
+    let not_extra = |offset: u32, len: u32, set: &str| {
+        [
+            Expr::Meta {
+                reg: R0,
+                key: META_IIF,
+            },
+            load(1, BASE_NETWORK, offset, len),
+            Expr::Lookup {
+                reg: R0,
+                set: set.into(),
+                inv: true,
+            },
+        ]
+    };
     let mut r = vec![
         rule(
             "source",
             &[
                 &ip4,
                 &not_the_pods(ETHER_SADDR, (BASE_NETWORK, 12, 4), PODS4),
+                &not_extra(12, 4, EXTRA4),
                 &drop,
             ],
         ),
@@ -427,9 +501,10 @@ pub fn bridge_rules(s: &Settings) -> Vec<Rule> {
         cmp(CmpOp::Neq, &[0; 16]),
     ];
     let pods6 = not_the_pods(ETHER_SADDR, (BASE_NETWORK, 8, 16), PODS6);
+    let extra6 = not_extra(8, 16, EXTRA6);
     r.push(rule(
         "source",
-        &[&ip6, &not_ll, &not_unspecified, &pods6, &drop],
+        &[&ip6, &not_ll, &not_unspecified, &pods6, &extra6, &drop],
     ));
     let mac_only = [
         Expr::Meta {
@@ -562,12 +637,18 @@ pub struct Peers {
 }
 
 impl Peers {
-    fn keys4(&self) -> Vec<Vec<u8>> {
-        self.v4.iter().map(|a| a.octets().to_vec()).collect()
+    pub fn keys4(&self) -> Vec<Element> {
+        self.v4
+            .iter()
+            .map(|a| Element::key(a.octets().to_vec()))
+            .collect()
     }
 
-    fn keys6(&self) -> Vec<Vec<u8>> {
-        self.v6.iter().map(|a| a.octets().to_vec()).collect()
+    pub fn keys6(&self) -> Vec<Element> {
+        self.v6
+            .iter()
+            .map(|a| Element::key(a.octets().to_vec()))
+            .collect()
     }
 }
 
@@ -621,13 +702,15 @@ pub fn removal(first_seq: u32) -> Messages {
 }
 
 /// A pod's attachment as the bridge checks it: the host end of its veth,
-/// the MAC of its end, its addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the MAC of its end, its addresses, and the extra prefixes it may send
+/// from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodPort {
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
+    pub extra: Vec<IpNet>,
 }
 
 impl PodPort {
@@ -638,17 +721,41 @@ impl PodPort {
         k
     }
 
-    /// The set elements of this pod: (set, key).
-    pub fn elements(&self) -> Vec<(&'static str, Vec<u8>)> {
+    /// The set elements of this pod: (set, element).
+    pub fn elements(&self) -> Vec<(&'static str, Element)> {
+        let port = self.ifindex.to_ne_bytes().to_vec();
         let mut out = vec![
-            (PORTS, self.ifindex.to_ne_bytes().to_vec()),
-            (MACS, self.port_mac()),
+            (PORTS, Element::key(port.clone())),
+            (MACS, Element::key(self.port_mac())),
         ];
         if let Some(a) = self.v4 {
-            out.push((PODS4, [self.port_mac(), a.octets().to_vec()].concat()));
+            let key = [self.port_mac(), a.octets().to_vec()].concat();
+            out.push((PODS4, Element::key(key)));
         }
         if let Some(a) = self.v6 {
-            out.push((PODS6, [self.port_mac(), a.octets().to_vec()].concat()));
+            let key = [self.port_mac(), a.octets().to_vec()].concat();
+            out.push((PODS6, Element::key(key)));
+        }
+        for net in &self.extra {
+            let (set, first, last) = match net {
+                IpNet::V4(n) => (
+                    EXTRA4,
+                    n.network().octets().to_vec(),
+                    n.broadcast().octets().to_vec(),
+                ),
+                IpNet::V6(n) => (
+                    EXTRA6,
+                    n.network().octets().to_vec(),
+                    n.broadcast().octets().to_vec(),
+                ),
+            };
+            out.push((
+                set,
+                Element {
+                    key: [port.clone(), first].concat(),
+                    key_end: Some([port.clone(), last].concat()),
+                },
+            ));
         }
         out
     }
@@ -661,42 +768,31 @@ pub fn add_pod(pod: &PodPort, first_seq: u32) -> Messages {
     m.begin_batch();
     new_table(&mut m, BRIDGE);
     new_sets(&mut m, BRIDGE, &BRIDGE_SETS);
-    for (set, key) in pod.elements() {
-        set_elements(&mut m, MSG_NEWSETELEM, BRIDGE, set, &[key]);
+    for (set, e) in pod.elements() {
+        set_elements(&mut m, MSG_NEWSETELEM, BRIDGE, set, &[e]);
     }
     m.end_batch();
     m
 }
 
-/// The batch that deletes elements, `(set, key)`: each is added first, so
-/// that one already gone is no error.
-pub fn remove_elements(elements: &[(&'static str, Vec<u8>)], first_seq: u32) -> Messages {
+/// The batch that deletes elements, `(set, element)`: each is added first,
+/// so that one already gone is no error.
+pub fn remove_elements(elements: &[(&'static str, Element)], first_seq: u32) -> Messages {
     let mut m = Messages::new(first_seq);
     m.begin_batch();
     new_table(&mut m, BRIDGE);
     new_sets(&mut m, BRIDGE, &BRIDGE_SETS);
-    for (set, key) in elements {
-        set_elements(
-            &mut m,
-            MSG_NEWSETELEM,
-            BRIDGE,
-            set,
-            std::slice::from_ref(key),
-        );
-        set_elements(
-            &mut m,
-            MSG_DELSETELEM,
-            BRIDGE,
-            set,
-            std::slice::from_ref(key),
-        );
+    for (set, e) in elements {
+        let one = std::slice::from_ref(e);
+        set_elements(&mut m, MSG_NEWSETELEM, BRIDGE, set, one);
+        set_elements(&mut m, MSG_DELSETELEM, BRIDGE, set, one);
     }
     m.end_batch();
     m
 }
 
 /// The sets of the bridge table that hold pod elements, keyed by port first.
-pub const POD_SETS: [&str; 4] = [PORTS, MACS, PODS4, PODS6];
+pub const POD_SETS: [&str; 6] = [PORTS, MACS, PODS4, PODS6, EXTRA4, EXTRA6];
 
 /// Asks for the elements of `set` (a dump).
 pub fn dump_elements(family: u8, set: &str, seq: u32) -> Messages {
@@ -707,26 +803,32 @@ pub fn dump_elements(family: u8, set: &str, seq: u32) -> Messages {
     m
 }
 
-/// The keys of the elements a set dump listed (`NFT_MSG_NEWSETELEM`).
-pub fn element_keys(msg: &[u8]) -> Result<Vec<Vec<u8>>, Malformed> {
+/// The elements a set dump listed (`NFT_MSG_NEWSETELEM`).
+pub fn listed_elements(msg: &[u8]) -> Result<Vec<Element>, Malformed> {
     let a = attrs(msg)?;
     let Some(list) = attr(&a, ELEMS_ELEMENTS) else {
         return Ok(Vec::new());
     };
-    let mut keys = Vec::new();
+    let mut out = Vec::new();
     for (t, elem) in attrs(list)? {
         if t != LIST_ELEM {
             continue;
         }
         let e = attrs(elem)?;
-        let key = attrs(attr(&e, ELEM_KEY).ok_or(Malformed("element without a key"))?)?;
-        keys.push(
-            attr(&key, DATA_VALUE)
-                .ok_or(Malformed("key without a value"))?
-                .to_vec(),
-        );
+        let value = |ty| -> Result<Option<Vec<u8>>, Malformed> {
+            let Some(data) = attr(&e, ty) else {
+                return Ok(None);
+            };
+            let d = attrs(data)?;
+            let v = attr(&d, DATA_VALUE).ok_or(Malformed("key without a value"))?;
+            Ok(Some(v.to_vec()))
+        };
+        out.push(Element {
+            key: value(ELEM_KEY)?.ok_or(Malformed("element without a key"))?,
+            key_end: value(ELEM_KEY_END)?,
+        });
     }
-    Ok(keys)
+    Ok(out)
 }
 
 /// Asks for every rule of `family`'s table (a dump).
@@ -856,21 +958,29 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 9],
             v4: Some(Ipv4Addr::new(10, 244, 1, 5)),
             v6: None,
+            extra: vec!["192.168.8.0/22".parse().unwrap()],
         };
         let e = pod.elements();
-        assert_eq!(e.len(), 3);
-        assert_eq!(e[0], (PORTS, 7u32.to_ne_bytes().to_vec()));
+        assert_eq!(e.len(), 4);
+        assert_eq!(e[0], (PORTS, Element::key(7u32.to_ne_bytes().to_vec())));
         let mut want = 7u32.to_ne_bytes().to_vec();
         want.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0, 0, 10, 244, 1, 5]);
-        assert_eq!(e[2], (PODS4, want));
-        // Added as one transaction: table, four sets, three element lists.
-        let cmds: Vec<u16> = commands(&add_pod(&pod, 1)).iter().map(|c| c.0).collect();
-        assert_eq!(cmds.iter().filter(|&&c| c == MSG_NEWSETELEM).count(), 3);
-        assert_eq!(cmds.iter().filter(|&&c| c == MSG_NEWSET).count(), 4);
-        let listed: Vec<Vec<u8>> = commands(&add_pod(&pod, 1))
+        assert_eq!(e[2], (PODS4, Element::key(want)));
+        let port = 7u32.to_ne_bytes();
+        let extra = Element {
+            key: [&port[..], &[192, 168, 8, 0]].concat(),
+            key_end: Some([&port[..], &[192, 168, 11, 255]].concat()),
+        };
+        assert_eq!(e[3], (EXTRA4, extra));
+        // Added as one transaction: table, the sets, four element lists.
+        let m = add_pod(&pod, 1);
+        let cmds: Vec<u16> = commands(&m).iter().map(|c| c.0).collect();
+        assert_eq!(cmds.iter().filter(|&&c| c == MSG_NEWSETELEM).count(), 4);
+        assert_eq!(cmds.iter().filter(|&&c| c == MSG_NEWSET).count(), 6);
+        let listed: Vec<Element> = commands(&m)
             .into_iter()
             .filter(|c| c.0 == MSG_NEWSETELEM)
-            .flat_map(|c| element_keys(&c.2).unwrap())
+            .flat_map(|c| listed_elements(&c.2).unwrap())
             .collect();
         assert_eq!(listed, e.into_iter().map(|(_, k)| k).collect::<Vec<_>>());
     }
