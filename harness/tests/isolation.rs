@@ -831,3 +831,83 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     assert!(ping6(pa, pr6), "pa -> pr over IPv6");
     assert!(ping6(pa, pv6), "pa -> pv over IPv6");
 }
+
+#[test]
+fn the_ipv6_tunnel_accepts_vxlan_only_from_members() {
+    if !require_prereqs() {
+        return;
+    }
+    // Dual stack over an IPv6 underlay as well; h3 has an IPv6 underlay
+    // address but no agent.
+    let mut c = Cluster::builder()
+        .hosts(3)
+        .network_config(CONFIG)
+        .build()
+        .unwrap();
+    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
+        let addr = format!("2001:db8:1::{}/64", i + 1);
+        let ns = c.host(h).unwrap().ns();
+        ns.ip(["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
+            .unwrap();
+    }
+    c.start_agent("h1").unwrap();
+    c.start_agent("h2").unwrap();
+    c.wait_leases(2).unwrap();
+    c.add_pod("h1", "p1").unwrap();
+    c.add_pod("h2", "p2").unwrap();
+    let (p1, p2) = (c.pod("p1").unwrap().ns(), c.pod("p2").unwrap().ns());
+    let (p1_6, p2_6) = (global_ipv6(p1, "eth0"), global_ipv6(p2, "eth0"));
+    let ns = |h: &str| c.host(h).unwrap().ns();
+    let h2_6: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+    wait_for(
+        "h2's IPv6 tunnel",
+        WAIT,
+        || {
+            Ok(ns("h2")
+                .try_ip(["link", "show", "twill6.1"])
+                .0
+                .then_some(()))
+        },
+        String::new,
+    )
+    .unwrap();
+    let (to_mac, vtep_mac) = (mac_of(ns("h2"), "eth0"), mac_of(ns("h2"), "twill6.1"));
+    let frame_from = |h: &str, src: &str| {
+        let inner_ip = frame::udp6(p1_6, p2_6, 40000, 9002, b"twill-isolation");
+        let inner = frame::eth(vtep_mac, [0x0e, 0, 0, 0, 0, 1], 0x86dd, &inner_ip);
+        let outer = frame::udp6(
+            src.parse().unwrap(),
+            h2_6,
+            41000,
+            VXLAN_PORT,
+            &frame::vxlan(1, &inner),
+        );
+        frame::eth(to_mac, mac_of(ns(h), "eth0"), 0x86dd, &outer)
+    };
+    let (from_h1, from_h3) = (
+        frame_from("h1", "2001:db8:1::1"),
+        frame_from("h3", "2001:db8:1::3"),
+    );
+    let listen = Listener::install(p2, &[("c9002", "udp dport 9002".into())]);
+    let (h1, h2, h3) = (ns("h1").name(), ns("h2").name(), ns("h3").name());
+
+    // Positive control: a member's frame over the IPv6 underlay arrives.
+    listen.hears("c9002", || send(h1, "eth0", &from_h1));
+    let before = listen.count("c9002");
+    let dropped = kernel_drops(h2, "inet", "tunnel");
+    send(h3, "eth0", &from_h3);
+    assert!(
+        kernel_drops(h2, "inet", "tunnel") >= dropped + 3,
+        "h2 did not drop the forged IPv6 frames"
+    );
+    let sent = listen.hears("c9002", || send(h1, "eth0", &from_h1));
+    assert_eq!(
+        listen.count("c9002"),
+        before + sent,
+        "a forged frame arrived"
+    );
+    let ping6 = p1
+        .exec(&["ping", "-6", "-c1", "-W2", &p2_6.to_string()])
+        .unwrap();
+    assert!(ping6.status.success(), "p1 -> p2 over IPv6 after");
+}
