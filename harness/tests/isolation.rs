@@ -99,18 +99,22 @@ mod frame {
         [h, payload.to_vec()].concat()
     }
 
-    /// UDP in IPv4 (no checksum, which IPv4 allows).
-    pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    /// A UDP header (checksum left 0) and its data.
+    fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
         let len = (8 + data.len()) as u16;
-        let u = [
+        [
             &sport.to_be_bytes()[..],
             &dport.to_be_bytes(),
             &len.to_be_bytes(),
             &[0, 0],
             data,
         ]
-        .concat();
-        ipv4(src, dst, 17, &u)
+        .concat()
+    }
+
+    /// UDP in IPv4 (no checksum, which IPv4 allows).
+    pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+        ipv4(src, dst, 17, &udp(sport, dport, data))
     }
 
     /// An IPv6 packet with upper-layer `next` whose checksum sits at
@@ -131,16 +135,7 @@ mod frame {
     }
 
     pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
-        let len = (8 + data.len()) as u16;
-        let u = [
-            &sport.to_be_bytes()[..],
-            &dport.to_be_bytes(),
-            &len.to_be_bytes(),
-            &[0, 0],
-            data,
-        ]
-        .concat();
-        ipv6(src, dst, 17, u, 6)
+        ipv6(src, dst, 17, udp(sport, dport, data), 6)
     }
 
     pub fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, body: &[u8]) -> Vec<u8> {
@@ -616,14 +611,14 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     })
     .to_string();
     let cid = format!("{}-po", c.prefix());
-    let out = c
-        .cni_raw("h1", "ADD", &cid, &po.path(), Some(&conf))
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let cni = |verb: &str| {
+        let out = c
+            .cni_raw("h1", verb, &cid, &po.path(), Some(&conf))
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{verb}: {stdout}");
+    };
+    cni("ADD");
     let po_mac = mac_of(&po, "eth0");
     let allowed = udp(
         gw_mac,
@@ -650,14 +645,7 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
         0,
         "a source outside the extra prefixes"
     );
-    let out = c
-        .cni_raw("h1", "DEL", &cid, &po.path(), Some(&conf))
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    cni("DEL");
     let extra = h1
         .exec_ok(&["nft", "list", "set", "bridge", "twill-guard", "extra4"])
         .unwrap();

@@ -28,6 +28,10 @@ use crate::wire::{
     Messages, MSG_DELRULE, MSG_DELSETELEM, MSG_DELTABLE, MSG_GETRULE, MSG_GETSETELEM, MSG_NEWCHAIN,
     MSG_NEWRULE, MSG_NEWSET, MSG_NEWSETELEM, MSG_NEWTABLE, NLM_F_APPEND, NLM_F_CREATE,
 };
+use crate::wire::{
+    CHAIN_HOOK, CHAIN_NAME, CHAIN_POLICY, CHAIN_TABLE, CHAIN_TYPE, HOOK_HOOKNUM, HOOK_PRIORITY,
+    NF_ACCEPT, RULE_CHAIN, RULE_EXPRESSIONS, RULE_TABLE, RULE_USERDATA, TABLE_NAME,
+};
 
 /// The table's name in both families.
 pub const TABLE: &str = "twill-guard";
@@ -63,18 +67,6 @@ pub const FILTERS: [&str; 8] = [
 ];
 
 // nf_tables attribute numbers.
-const TABLE_NAME: u16 = 1;
-const CHAIN_TABLE: u16 = 1;
-const CHAIN_NAME: u16 = 3;
-const CHAIN_HOOK: u16 = 4;
-const CHAIN_POLICY: u16 = 5;
-const CHAIN_TYPE: u16 = 7;
-const HOOK_HOOKNUM: u16 = 1;
-const HOOK_PRIORITY: u16 = 2;
-const RULE_TABLE: u16 = 1;
-const RULE_CHAIN: u16 = 2;
-const RULE_EXPRESSIONS: u16 = 4;
-const RULE_USERDATA: u16 = 7;
 const SET_TABLE: u16 = 1;
 const SET_NAME: u16 = 2;
 const SET_KEY_TYPE: u16 = 4;
@@ -94,7 +86,6 @@ const ELEM_KEY: u16 = 1;
 const ELEM_KEY_END: u16 = 10;
 /// nft's comment in rule userdata: type 0, then length, then the text.
 const UDATA_COMMENT: u8 = 0;
-const NF_ACCEPT: u32 = 1;
 /// `NF_BR_PRE_ROUTING` / `NF_INET_LOCAL_IN`.
 const HOOK_BR_PREROUTING: u32 = 0;
 const HOOK_INPUT: u32 = 1;
@@ -359,8 +350,8 @@ pub struct Settings {
     pub tunnel_filter: bool,
 }
 
-/// Frames a pod port brought in, of ether type `ty`.
-fn from_pod(ty: u16) -> Vec<Expr> {
+/// Frames a pod port brought in, their ether type loaded.
+fn pod_port_ether_type() -> Vec<Expr> {
     vec![
         Expr::Meta {
             reg: R0,
@@ -376,8 +367,14 @@ fn from_pod(ty: u16) -> Vec<Expr> {
             offset: 12,
             len: 2,
         },
-        cmp(CmpOp::Eq, &ty.to_be_bytes()),
     ]
+}
+
+/// Frames a pod port brought in, of ether type `ty`.
+fn from_pod(ty: u16) -> Vec<Expr> {
+    let mut e = pod_port_ether_type();
+    e.push(cmp(CmpOp::Eq, &ty.to_be_bytes()));
+    e
 }
 
 /// The key `port . mac . <addr>` loaded from the frame (the MAC and the
@@ -560,22 +557,7 @@ pub fn bridge_rules(s: &Settings) -> Vec<Rule> {
         ));
     }
     // Anything else (VLAN tags, other protocols) from a pod port.
-    let mut other = vec![
-        Expr::Meta {
-            reg: R0,
-            key: META_IIF,
-        },
-        Expr::Lookup {
-            reg: R0,
-            set: PORTS.into(),
-            inv: false,
-        },
-        Expr::Payload {
-            base: BASE_LL,
-            offset: 12,
-            len: 2,
-        },
-    ];
+    let mut other = pod_port_ether_type();
     for ty in [ETH_IP, ETH_ARP, ETH_IP6] {
         other.push(cmp(CmpOp::Neq, &ty.to_be_bytes()));
     }

@@ -32,6 +32,22 @@ pub const NLM_F_APPEND: u16 = 0x800;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 
+// nf_tables attribute numbers (`NFTA_TABLE_*`, `NFTA_CHAIN_*`, ...).
+pub const TABLE_NAME: u16 = 1;
+pub const CHAIN_TABLE: u16 = 1;
+pub const CHAIN_NAME: u16 = 3;
+pub const CHAIN_HOOK: u16 = 4;
+pub const CHAIN_POLICY: u16 = 5;
+pub const CHAIN_TYPE: u16 = 7;
+pub const HOOK_HOOKNUM: u16 = 1;
+pub const HOOK_PRIORITY: u16 = 2;
+pub const RULE_TABLE: u16 = 1;
+pub const RULE_CHAIN: u16 = 2;
+pub const RULE_EXPRESSIONS: u16 = 4;
+pub const RULE_USERDATA: u16 = 7;
+/// `NF_ACCEPT`, as a chain's policy.
+pub const NF_ACCEPT: u32 = 1;
+
 /// Netlink messages being written, numbered from `first_seq`.
 pub struct Messages {
     buf: Vec<u8>,

@@ -20,27 +20,18 @@ use twill_nft::wire::{
     SUBSYS_NFTABLES,
 };
 use twill_nft::wire::{
+    CHAIN_HOOK, CHAIN_NAME, CHAIN_POLICY, CHAIN_TABLE, CHAIN_TYPE, HOOK_HOOKNUM, HOOK_PRIORITY,
+    NF_ACCEPT, RULE_CHAIN, RULE_EXPRESSIONS, RULE_TABLE, TABLE_NAME,
+};
+use twill_nft::wire::{
     MSG_DELTABLE, MSG_GETCHAIN, MSG_GETRULE, MSG_GETTABLE, MSG_NEWCHAIN, MSG_NEWRULE, MSG_NEWTABLE,
     NLM_F_APPEND, NLM_F_CREATE,
 };
-
-const TABLE_NAME: u16 = 1;
-const CHAIN_TABLE: u16 = 1;
-const CHAIN_NAME: u16 = 3;
-const CHAIN_HOOK: u16 = 4;
-const CHAIN_POLICY: u16 = 5;
-const CHAIN_TYPE: u16 = 7;
-const HOOK_HOOKNUM: u16 = 1;
-const HOOK_PRIORITY: u16 = 2;
-const RULE_TABLE: u16 = 1;
-const RULE_CHAIN: u16 = 2;
-const RULE_EXPRESSIONS: u16 = 4;
 
 /// `NF_INET_POST_ROUTING`.
 const HOOK_POSTROUTING: u32 = 4;
 /// The priority nft calls `srcnat`.
 const PRIO_SRCNAT: i32 = 100;
-const NF_ACCEPT: u32 = 1;
 
 /// The nftables table twill owns, in each family it uses.
 pub const TABLE: &str = "twill";
