@@ -78,6 +78,13 @@ const SET_FIELD_LEN: u16 = 1;
 /// `NFT_SET_INTERVAL | NFT_SET_CONCAT`: a set of ranges of concatenations.
 const SET_INTERVAL_CONCAT: u32 = 0x4 | 0x80;
 const SET_ID: u16 = 10;
+const SET_USERDATA: u16 = 13;
+/// nft's set userdata saying the key is in host byte order (an interface
+/// index): `NFTNL_UDATA_SET_KEYBYTEORDER`, 4 bytes, `BYTEORDER_HOST_ENDIAN`.
+/// Only for `nft list` to print the ports as numbers.
+fn host_order_key() -> Vec<u8> {
+    [&[0u8, 4][..], &1u32.to_ne_bytes()].concat()
+}
 const ELEMS_TABLE: u16 = 1;
 const ELEMS_SET: u16 = 2;
 const ELEMS_ELEMENTS: u16 = 3;
@@ -194,6 +201,9 @@ fn new_sets(m: &mut Messages, family: u8, sets: &[SetSpec]) {
             .u32(SET_KEY_TYPE, s.key_type)
             .u32(SET_KEY_LEN, s.key_len)
             .u32(SET_ID, i as u32 + 1);
+        if s.key_type == TYPE_IFINDEX {
+            a.put(SET_USERDATA, &host_order_key());
+        }
         if !s.ranges.is_empty() {
             a.u32(SET_FLAGS, SET_INTERVAL_CONCAT).nested(SET_DESC, |d| {
                 d.nested(SET_DESC_CONCAT, |c| {
