@@ -489,14 +489,11 @@ async fn tunnel_members_follow_the_lease_map_and_resyncs_check_them() {
     // Unchanged passes write nothing; each resync checks.
     let before = rig.dp.lock().guard.len();
     tokio::time::sleep(RESYNC * 3 + Duration::from_secs(1)).await;
-    let k = rig.dp.lock();
-    let later = &k.guard[before..];
-    assert!(
-        later.len() >= 3 && later.iter().all(|(_, check)| *check),
-        "{:?}",
-        later.len()
-    );
-    drop(k);
+    let later: Vec<bool> = rig.dp.lock().guard[before..]
+        .iter()
+        .map(|(_, check)| *check)
+        .collect();
+    assert!(later.len() >= 3 && later.iter().all(|c| *c), "{later:?}");
     rig.stop().await;
 }
 
