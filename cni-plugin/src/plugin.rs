@@ -575,6 +575,11 @@ fn cmd_gc(conf: &NetConf) -> Result<(), Error> {
         Ok(errs) => errors.extend(errs),
         Err(e) => errors.push(e),
     }
+    // The isolation entries of the ports just deleted, and of any other
+    // port gone without a DEL.
+    if let Err(e) = crate::guard::remove(None) {
+        errors.push(e);
+    }
     // The first error is the call's result; the others only reach the log.
     for e in errors.iter().skip(1) {
         tracing::warn!(error = %e, "GC: further failure");
