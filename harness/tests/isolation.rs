@@ -452,6 +452,12 @@ fn the_tunnel_accepts_vxlan_only_from_current_members() {
         "a departed member's frame arrived"
     );
 
+    // With --no-tunnel-filter, h2 decapsulates from anyone again (the
+    // opt-out for unusual underlays).
+    c.stop_agent("h2").unwrap();
+    c.start_agent_with("h2", &["--no-tunnel-filter"]).unwrap();
+    listen.hears("c9003", || send(&h3, "eth0", &from_h3));
+
     // Legitimate traffic still flows both ways.
     assert!(c.ping_within("p1", p2_ip, WAIT), "p1 -> p2 after");
     assert!(c.ping_within("p2", p1_ip, WAIT), "p2 -> p1 after");
