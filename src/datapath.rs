@@ -109,6 +109,7 @@ pub trait Datapath: Send + Sync {
         _settings: &twill_nft::guard::Settings,
         _peers: &twill_nft::guard::Peers,
         _check: bool,
+        _known: &crate::guard::PodEntries,
     ) -> impl Future<Output = Result<crate::guard::GuardReport, crate::guard::GuardError>> + Send
     {
         async { Ok(crate::guard::GuardReport::default()) }
@@ -222,8 +223,9 @@ impl Datapath for NetlinkDatapath {
         settings: &twill_nft::guard::Settings,
         peers: &twill_nft::guard::Peers,
         check: bool,
+        known: &crate::guard::PodEntries,
     ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
-        crate::guard::ensure(settings, peers, check).await
+        crate::guard::ensure(settings, peers, check, known).await
     }
 
     fn link_signals(

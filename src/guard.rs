@@ -49,6 +49,11 @@ pub fn tunnel_peers(nodes: &[RemoteNode]) -> Peers {
     p
 }
 
+/// The pods' entries of the bridge table as last read: put back when the
+/// table was deleted as a whole (`nft flush ruleset`), so that running pods
+/// stay checked.
+pub type PodEntries = Vec<(&'static str, g::Element)>;
+
 /// What one look at the tables found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuardReport {
@@ -56,6 +61,8 @@ pub struct GuardReport {
     pub rewritten: Vec<&'static str>,
     /// Packets dropped so far, by filter (summed over its rules).
     pub drops: BTreeMap<String, u64>,
+    /// The pods' entries now in the bridge table (read when checking).
+    pub pods: PodEntries,
 }
 
 fn send(s: &NftSocket, m: &twill_nft::wire::Messages) -> Result<(), GuardError> {
@@ -109,14 +116,26 @@ fn count(drops: &mut BTreeMap<String, u64>, listed: &[Listed]) {
     }
 }
 
+fn pod_entries(s: &NftSocket) -> Result<PodEntries, GuardError> {
+    let mut out = Vec::new();
+    for set in g::POD_SETS {
+        for e in elements(s, g::BRIDGE, set)? {
+            out.push((set, e));
+        }
+    }
+    Ok(out)
+}
+
 /// Makes both tables be as `settings` and `peers` say. With `check`, reads
 /// them back first and rewrites only what differs (and reports the
 /// counters); without, just replaces the tunnel filter's table (its
-/// members changed).
+/// members changed). `known` are the pods' entries as last read: put back
+/// when the bridge table has none left.
 pub fn ensure_blocking(
     settings: &Settings,
     peers: &Peers,
     check: bool,
+    known: &PodEntries,
 ) -> Result<GuardReport, GuardError> {
     let s = NftSocket::open()?;
     let mut report = GuardReport::default();
@@ -134,11 +153,17 @@ pub fn ensure_blocking(
         report.rewritten.push("inet");
     }
     let bridge = listed_rules(&s, g::BRIDGE)?;
+    report.pods = pod_entries(&s)?;
     if g::rules_match(&bridge, g::BRIDGE_CHAIN, &g::bridge_rules(settings)) {
         count(&mut report.drops, &bridge);
     } else {
-        send(&s, &g::refresh_bridge(settings, s.next_seq()))?;
+        let lost = report.pods.is_empty();
+        let restore: &[(&'static str, g::Element)] = if lost { known } else { &[] };
+        send(&s, &g::refresh_bridge(settings, restore, s.next_seq()))?;
         report.rewritten.push("bridge");
+        if lost {
+            report.pods = known.clone();
+        }
     }
     Ok(report)
 }
@@ -148,9 +173,10 @@ pub async fn ensure(
     settings: &Settings,
     peers: &Peers,
     check: bool,
+    known: &PodEntries,
 ) -> Result<GuardReport, GuardError> {
-    let (settings, peers) = (settings.clone(), peers.clone());
-    tokio::task::spawn_blocking(move || ensure_blocking(&settings, &peers, check))
+    let (settings, peers, known) = (settings.clone(), peers.clone(), known.clone());
+    tokio::task::spawn_blocking(move || ensure_blocking(&settings, &peers, check, &known))
         .await
         .map_err(|e| GuardError::Join(e.to_string()))?
 }

@@ -289,6 +289,21 @@ fn kernel_drops(host: &str, family: &str, filter: &str) -> u64 {
         .sum()
 }
 
+/// How many rules the bridge table's chain has in `host`.
+fn kernel_rules(host: &str) -> usize {
+    let out = exec(
+        host,
+        &["nft", "-j", "list", "table", "bridge", "twill-guard"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("rule").is_some())
+        .count()
+}
+
 fn metric(host: &Netns, filter: &str) -> f64 {
     let r = http_get(host, Ipv4Addr::LOCALHOST, METRICS_PORT, "/metrics").unwrap();
     let name = "twill_guard_dropped_packets_total";
@@ -527,7 +542,7 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     let mut counters: Vec<(&str, String)> = Vec::new();
     for p in [
         "c9100", "c9101", "c9102", "c9103", "c9104", "c9105", "c9106", "c9107", "c9108", "c9109",
-        "c9110",
+        "c9110", "c9111",
     ] {
         counters.push((p, format!("udp dport {}", &p[1..])));
     }
@@ -599,6 +614,37 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     }
     assert!(kernel_drops(h1.name(), "bridge", "source") >= 3 * attacks.len() as u64);
     wait_metric(h1, "source");
+
+    // The bridge table deleted as a whole (`nft flush ruleset`): the next
+    // resync puts it back with the running pods' entries, and pa is
+    // checked again.
+    h1.exec_ok(&["nft", "delete", "table", "bridge", "twill-guard"])
+        .unwrap();
+    let pods4 = || {
+        h1.exec_ok(&["nft", "list", "set", "bridge", "twill-guard", "pods4"])
+            .unwrap_or_default()
+    };
+    wait_for(
+        "h1 restoring its bridge table with the pods",
+        WAIT,
+        || Ok(pods4().contains(&ip("pa").to_string()).then_some(())),
+        pods4,
+    )
+    .unwrap();
+    wait_for(
+        "h1 restoring its bridge rules",
+        WAIT,
+        || Ok((kernel_rules(h1.name()) > 0).then_some(())),
+        String::new,
+    )
+    .unwrap();
+    send(
+        pa.name(),
+        "eth0",
+        &udp(gw_mac, pa_mac, ip("pv"), ip("pr"), 9111),
+    );
+    listen_pr.hears("c9100", || send(pa.name(), "eth0", &own_r));
+    assert_eq!(listen_pr.count("c9111"), 0, "spoofed after the restore");
 
     // The opt-out: a pod whose config names extra prefixes may send from
     // them, and still from nothing else.

@@ -663,12 +663,20 @@ pub fn replace_inet(s: &Settings, peers: &Peers, first_seq: u32) -> Messages {
 }
 
 /// The batch that (re)writes the bridge table's chain and rules, keeping
-/// the sets and the pods' elements in them.
-pub fn refresh_bridge(s: &Settings, first_seq: u32) -> Messages {
+/// the sets and the pods' elements in them, and puts `elements` back
+/// (those of pods whose table was deleted as a whole).
+pub fn refresh_bridge(
+    s: &Settings,
+    elements: &[(&'static str, Element)],
+    first_seq: u32,
+) -> Messages {
     let mut m = Messages::new(first_seq);
     m.begin_batch();
     new_table(&mut m, BRIDGE);
     new_sets(&mut m, BRIDGE, &BRIDGE_SETS);
+    for (set, e) in elements {
+        set_elements(&mut m, MSG_NEWSETELEM, BRIDGE, set, std::slice::from_ref(e));
+    }
     base_chain(&mut m, BRIDGE, BRIDGE_CHAIN, HOOK_BR_PREROUTING, -300);
     let mut flush = Attrs::default();
     flush.str(RULE_TABLE, TABLE).str(RULE_CHAIN, BRIDGE_CHAIN);
@@ -910,7 +918,7 @@ mod tests {
     fn rules_read_back_with_their_filter_names() {
         let s = settings();
         for (m, family, want) in [
-            (refresh_bridge(&s, 1), BRIDGE, bridge_rules(&s)),
+            (refresh_bridge(&s, &[], 1), BRIDGE, bridge_rules(&s)),
             (replace_inet(&s, &Peers::default(), 1), INET, inet_rules(&s)),
         ] {
             let listed: Vec<Listed> = commands(&m)

@@ -42,11 +42,22 @@ impl<S, D: Datapath> Agent<S, D> {
 
     async fn write_guard(&mut self, want: (Settings, Peers), check: bool) {
         let (settings, peers) = &want;
-        match self.dp.ensure_guard(settings, peers, check).await {
+        match self
+            .dp
+            .ensure_guard(settings, peers, check, &self.guard_pods)
+            .await
+        {
             Ok(report) => {
+                if check {
+                    self.guard_pods = report.pods;
+                }
                 for table in &report.rewritten {
                     if check {
-                        tracing::info!(table, "restored the isolation table");
+                        tracing::info!(
+                            table,
+                            pods = self.guard_pods.len(),
+                            "restored the isolation table"
+                        );
                     } else {
                         tracing::debug!(
                             table,

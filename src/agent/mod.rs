@@ -136,6 +136,8 @@ pub struct Agent<S, D> {
     masq_installed: Option<bool>,
     /// The isolation tables as last written: settings and members.
     guard_applied: Option<(twill_nft::guard::Settings, twill_nft::guard::Peers)>,
+    /// The pods' entries of the bridge table as last read.
+    guard_pods: crate::guard::PodEntries,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -258,6 +260,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             status,
             masq_installed: None,
             guard_applied: None,
+            guard_pods: Vec::new(),
         };
         // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;

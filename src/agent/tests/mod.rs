@@ -209,6 +209,7 @@ impl Datapath for FakeDatapath {
         _settings: &twill_nft::guard::Settings,
         peers: &twill_nft::guard::Peers,
         check: bool,
+        _known: &crate::guard::PodEntries,
     ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
         self.lock().guard.push((peers.clone(), check));
         Ok(crate::guard::GuardReport::default())
