@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::time::Duration;
 
 use twill_nft::guard::{self as g, Listed, Peers, Settings};
 use twill_nft::{Exchange, NftError, NftSocket};
@@ -195,9 +194,6 @@ pub async fn remove() -> Result<(), GuardError> {
         other => other,
     }
 }
-
-/// How long a look at the tables may take before the pass goes on.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -56,7 +56,7 @@ impl<S, D: Datapath> Agent<S, D> {
                         tracing::info!(
                             table,
                             pods = self.guard_pods.len(),
-                            "restored the isolation table"
+                            "wrote the isolation table (missing or not as twill writes it)"
                         );
                     } else {
                         tracing::debug!(
