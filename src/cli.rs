@@ -121,6 +121,11 @@ pub struct Args {
     #[arg(long, env = "TWILL_IP_MASQ")]
     pub ip_masq: bool,
 
+    /// accept VXLAN from any source, not only from the public IPs of current
+    /// leases (for underlays where members send from other addresses)
+    #[arg(long, env = "TWILL_NO_TUNNEL_FILTER")]
+    pub no_tunnel_filter: bool,
+
     /// leave net.ipv4.ip_forward and net.ipv6.conf.all.forwarding alone
     /// (by default twilld turns them on at start: pods cannot reach other
     /// nodes without forwarding)
@@ -518,6 +523,8 @@ mod tests {
     fn forwarding_is_set_unless_told_not_to() {
         assert!(!parse(&[]).no_set_forwarding);
         assert!(parse(&["--no-set-forwarding"]).no_set_forwarding);
+        assert!(!parse(&[]).no_tunnel_filter);
+        assert!(parse(&["--no-tunnel-filter"]).no_tunnel_filter);
     }
 
     #[test]

@@ -103,6 +103,18 @@ pub trait Datapath: Send + Sync {
     ) -> impl Future<Output = Result<bool, MasqError>> + Send;
     /// Removes twill's masquerade tables; `Ok(true)` when there were any.
     fn remove_masq(&self) -> impl Future<Output = Result<bool, MasqError>> + Send;
+    /// Makes the isolation tables be as `settings` and `peers` say (see
+    /// [`crate::guard::ensure`]). Data paths without nftables have none.
+    fn ensure_guard(
+        &self,
+        _settings: &twill_nft::guard::Settings,
+        _peers: &twill_nft::guard::Peers,
+        _check: bool,
+        _known: &crate::guard::PodEntries,
+    ) -> impl Future<Output = Result<crate::guard::GuardReport, crate::guard::GuardError>> + Send
+    {
+        async { Ok(crate::guard::GuardReport::default()) }
+    }
     /// Events on the devices named `names` (and lost events), from now on.
     fn link_signals(
         &self,
@@ -226,6 +238,16 @@ impl Datapath for NetlinkDatapath {
 
     async fn remove_masq(&self) -> Result<bool, MasqError> {
         crate::masq::remove().await
+    }
+
+    async fn ensure_guard(
+        &self,
+        settings: &twill_nft::guard::Settings,
+        peers: &twill_nft::guard::Peers,
+        check: bool,
+        known: &crate::guard::PodEntries,
+    ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
+        crate::guard::ensure(settings, peers, check, known).await
     }
 
     fn link_signals(

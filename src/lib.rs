@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod guard;
 pub mod health;
 pub mod install;
 pub mod kernel;

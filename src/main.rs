@@ -196,6 +196,9 @@ async fn cleanup(args: &Args) -> anyhow::Result<()> {
         Ok(false) => {}
         Err(e) => errors.push(format!("removing the ip-masq tables: {e}")),
     }
+    if let Err(e) = twill::guard::remove().await {
+        errors.push(format!("removing the isolation tables: {e}"));
+    }
     match std::fs::remove_file(&args.subnet_file) {
         Ok(()) => tracing::info!(path = %args.subnet_file.display(), "removed subnet file"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -275,6 +278,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ip_masq: args.ip_masq,
         set_forwarding: !args.no_set_forwarding,
         underlay_select: args.underlay_select(),
+        tunnel_filter: !args.no_tunnel_filter,
     };
     let datapath = twill::datapath::NetlinkDatapath::connect().context("opening netlink")?;
     let agent = match Agent::start(store, datapath, opts, &mut stop).await {

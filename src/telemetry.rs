@@ -22,6 +22,11 @@ pub struct EtcdLabels {
     pub call: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterLabels {
+    pub filter: String,
+}
+
 /// The agent's metrics and readiness state.
 pub struct Telemetry {
     registry: Registry,
@@ -50,6 +55,10 @@ pub struct Telemetry {
     /// Times the kernel dropped netlink events (ENOBUFS): each one causes a
     /// full resync.
     pub netlink_events_lost: Counter,
+    /// Packets the isolation filters dropped, by filter.
+    pub guard_drops: Family<FilterLabels, Counter>,
+    /// The kernel's counts as last read, to add only what is new.
+    guard_seen: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -138,6 +147,19 @@ impl Telemetry {
             "Times the kernel dropped netlink events (ENOBUFS); each causes a full resync",
             netlink_events_lost.clone(),
         );
+        let guard_drops = Family::<FilterLabels, Counter>::default();
+        registry.register(
+            "guard_dropped_packets",
+            "Packets dropped by the isolation filters (tunnel members, pod source checks), by filter",
+            guard_drops.clone(),
+        );
+        for filter in twill_nft::guard::FILTERS {
+            let _ = guard_drops
+                .get_or_create(&FilterLabels {
+                    filter: filter.to_string(),
+                })
+                .get();
+        }
         Telemetry {
             registry,
             leases,
@@ -160,7 +182,30 @@ impl Telemetry {
             peer_health,
             delta_passes,
             netlink_events_lost,
+            guard_drops,
+            guard_seen: Default::default(),
         }
+    }
+
+    /// Takes in a filter's drop count as the kernel has it: the counter
+    /// grows by what is new (all of it after the kernel's count restarted,
+    /// with a table rebuilt).
+    pub fn record_guard_drops(&self, filter: &str, packets: u64) {
+        let mut seen = self
+            .guard_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = seen.insert(filter.to_string(), packets).unwrap_or(0);
+        let new = if packets >= before {
+            packets - before
+        } else {
+            packets
+        };
+        self.guard_drops
+            .get_or_create(&FilterLabels {
+                filter: filter.to_string(),
+            })
+            .inc_by(new);
     }
 
     pub fn count_op(&self, op: &str, ok: bool) {
@@ -289,6 +334,25 @@ mod tests {
         t.set_underlay_missing(false);
         t.set_public_ip_mismatch(false);
         assert_eq!(t.not_ready_reason(), None);
+    }
+
+    #[test]
+    fn guard_drops_grow_by_what_the_kernel_counted_since() {
+        let t = Telemetry::new();
+        let before = t.encode();
+        assert!(
+            before.contains("twill_guard_dropped_packets_total{filter=\"tunnel\"} 0"),
+            "{before}"
+        );
+        t.record_guard_drops("tunnel", 5);
+        t.record_guard_drops("tunnel", 7);
+        // The table was rebuilt: its count started again.
+        t.record_guard_drops("tunnel", 2);
+        let text = t.encode();
+        assert!(
+            text.contains("twill_guard_dropped_packets_total{filter=\"tunnel\"} 9"),
+            "{text}"
+        );
     }
 
     #[test]

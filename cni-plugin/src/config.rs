@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
@@ -100,6 +101,10 @@ pub struct NetConf {
     pub runtime_ips: Vec<IpAddr>,
     /// `None` when the key is absent (GC then must not release anything).
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Prefixes a pod may send from besides its own addresses
+    /// (`allowedSourcePrefixes`): the opt-out of the source checks for pods
+    /// that route or proxy for others.
+    pub allowed_source_prefixes: Vec<IpNet>,
 }
 
 /// Best-effort extraction of `cniVersion` so that even an error about the
@@ -164,6 +169,15 @@ fn validate_safe_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The spec's rule for a container id: it starts with a letter or a digit,
+/// then letters, digits, `_`, `.` and `-` (so it is also a safe file name).
+fn validate_container_id(id: &str) -> Result<(), String> {
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("{id:?} must start with a letter or a digit"));
+    }
+    validate_safe_name(id)
+}
+
 fn parse_ip_maybe_cidr(s: &str) -> Option<IpAddr> {
     let addr = s.split('/').next().unwrap_or(s);
     addr.parse().ok()
@@ -224,6 +238,7 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf, Error> {
         Some(_) => return Err(Error::config("prevResult", "must be an object")),
     };
     let runtime_ips = parse_runtime_ips(m.get("runtimeConfig"))?;
+    let allowed_source_prefixes = parse_prefixes(m.get("allowedSourcePrefixes"))?;
 
     let valid_attachments = ["cni.dev/valid-attachments", "cni.dev/attachments"]
         .iter()
@@ -247,7 +262,28 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf, Error> {
         prev_result,
         runtime_ips,
         valid_attachments,
+        allowed_source_prefixes,
     })
+}
+
+/// `allowedSourcePrefixes`: a list of CIDR strings, either family.
+fn parse_prefixes(v: Option<&Value>) -> Result<Vec<IpNet>, Error> {
+    const KEY: &str = "allowedSourcePrefixes";
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(Error::config(KEY, "must be a list of CIDR strings")),
+    };
+    list.iter()
+        .map(|p| {
+            let s = p
+                .as_str()
+                .ok_or_else(|| Error::config(KEY, format!("{p} is not a CIDR string")))?;
+            s.parse::<IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| Error::config(KEY, format!("{s:?} is not a CIDR prefix")))
+        })
+        .collect()
 }
 
 fn parse_runtime_ips(rc: Option<&Value>) -> Result<Vec<IpAddr>, Error> {
@@ -368,7 +404,7 @@ pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, Error> {
         let id = container_id
             .as_deref()
             .ok_or_else(|| Error::env("CNI_CONTAINERID", "is not set"))?;
-        validate_safe_name(id).map_err(|r| Error::env("CNI_CONTAINERID", r))?;
+        validate_container_id(id).map_err(|r| Error::env("CNI_CONTAINERID", r))?;
     }
     let ifname = get("CNI_IFNAME");
     if needs_attachment {
@@ -583,6 +619,37 @@ mod tests {
     }
 
     #[test]
+    fn allowed_source_prefixes_are_cidrs_of_either_family() {
+        let c = parse_netconf(
+            br#"{"cniVersion":"1.1.0","name":"n","type":"twill","allowedSourcePrefixes":["192.168.9.1/24","fd00:99::/64"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.allowed_source_prefixes,
+            vec![
+                "192.168.9.0/24".parse::<IpNet>().unwrap(),
+                "fd00:99::/64".parse().unwrap()
+            ]
+        );
+        for bad in [
+            r#""10.0.0.0/8""#,
+            r#"["10.0.0.0"]"#,
+            "[7]",
+            r#"["10.0.0.0/33"]"#,
+        ] {
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"twill","allowedSourcePrefixes":{bad}}}"#
+            );
+            let e = parse_netconf(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), 7, "{bad}");
+            assert!(
+                e.to_string().contains("allowedSourcePrefixes"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn env_rejects_bad_names() {
         let e = env_of(&[
             ("CNI_COMMAND", "DEL"),
@@ -598,6 +665,25 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("CNI_CONTAINERID"));
+        for bad in ["-abc", "_abc", ".abc", "a b", "a/b", "ä"] {
+            let e = env_of(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", bad),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", "/var/run/netns/x"),
+            ])
+            .unwrap_err();
+            assert_eq!(e.code(), 4, "{bad:?}");
+            assert!(e.to_string().contains("CNI_CONTAINERID"), "{e}");
+        }
+        for good in ["a", "0-x_y.z", "Z9"] {
+            let env = env_of(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", good),
+                ("CNI_IFNAME", "eth0"),
+            ]);
+            assert!(env.is_ok(), "{good:?}");
+        }
     }
 
     #[test]

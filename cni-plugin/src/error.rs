@@ -50,6 +50,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("isolation table: {op}: {reason}")]
+    Guard { op: String, reason: String },
     #[error("check failed: {what}")]
     Check { what: String },
     #[error("internal error: {reason}")]
@@ -76,6 +78,7 @@ impl Error {
             Error::Check { .. } => 106,
             Error::Internal { .. } => 107,
             Error::Sysctl { .. } => 108,
+            Error::Guard { .. } => 109,
         }
     }
 
@@ -98,6 +101,7 @@ impl Error {
             Error::Check { .. } => "check failed",
             Error::Internal { .. } => "internal error",
             Error::Sysctl { .. } => "sysctl failure",
+            Error::Guard { .. } => "isolation table failure",
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod ipam;
 pub mod kernel;
 pub mod netlink;

@@ -395,6 +395,13 @@ fn setup(
     if let Some(h) = hairpin {
         h.wait(l.host)?;
     }
+    crate::guard::add(
+        host_index,
+        &pod_mac,
+        addrs.v4.map(|n| n.addr()),
+        addrs.v6.map(|n| n.addr()),
+        &conf.allowed_source_prefixes,
+    )?;
     Ok((host_mac, pod_mac))
 }
 
@@ -406,7 +413,9 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
     // there is no host end is the pod side looked at (a missing or unusable
     // namespace just means it is gone).
     let host_ifname = host_veth_name(cid, ifname);
+    let mut port = None;
     let host = kernel::socket().and_then(|mut h| {
+        port = kernel::index_of(&h, &host_ifname).ok().flatten();
         let deleted = kernel::delete_link(&mut h, &host_ifname);
         if !matches!(deleted, Ok(true)) {
             if let Some(Err(e)) = env.netns.as_deref().map(|path| del_pod_side(path, ifname)) {
@@ -420,6 +429,11 @@ fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), Error> {
         }
         deleted
     });
+    // A pod's entries left behind are harmless (their port is gone) and
+    // go with the next DEL on this node: they fail no teardown.
+    if let Err(e) = crate::guard::remove(port) {
+        tracing::warn!(container_id = cid, ifname, error = %e, "DEL: isolation entries stay");
+    }
     let ipam = Ipam::existing(&conf.data_dir, &conf.name).release(cid, ifname);
     host?;
     ipam?;
@@ -576,6 +590,11 @@ fn cmd_gc(conf: &NetConf) -> Result<(), Error> {
     match link_errors {
         Ok(errs) => errors.extend(errs),
         Err(e) => errors.push(e),
+    }
+    // The isolation entries of the ports just deleted, and of any other
+    // port gone without a DEL.
+    if let Err(e) = crate::guard::remove(None) {
+        errors.push(e);
     }
     // The first error is the call's result; the others only reach the log.
     for e in errors.iter().skip(1) {

@@ -78,10 +78,20 @@ fn add_ping_check_del_gc() {
 
     succeeds(rig.global("STATUS", &rig.conf), "STATUS");
 
+    // Both pods are in the isolation table's set, by port, MAC and address.
+    let pods4 = || {
+        let out = host
+            .exec_ok(&["nft", "list", "set", "bridge", "twill-guard", "pods4"])
+            .unwrap();
+        (out.contains(&ip1), out.contains(&ip2))
+    };
+    assert_eq!(pods4(), (true, true));
+
     // DEL twice, both succeed; pod1's veth and address are gone.
     for _ in 0..2 {
         rig.del("c1", &p1);
     }
+    assert_eq!(pods4(), (false, true), "DEL left pod1's entry");
     assert!(!pod1.link_names().unwrap().contains(&"eth0".to_string()));
     assert!(!host.link_names().unwrap().contains(&host_veth1));
     assert_eq!(s.reservations(), vec![ip2.clone()]);
@@ -95,6 +105,7 @@ fn add_ping_check_del_gc() {
     rig.gc(json!([{"containerID": "other", "ifname": "eth0"}]));
     assert!(s.reservations().is_empty(), "{:?}", s.reservations());
     assert!(!host.link_names().unwrap().contains(&pod2_veth));
+    assert_eq!(pods4(), (false, false), "GC left pod2's entry");
     let (_, br) = host.try_ip(["-o", "link", "show", "twill0"]);
     assert!(
         br.contains("0a:58:0a:f4:03:01"),
@@ -125,6 +136,16 @@ fn errors_have_codes_and_leave_nothing() {
         "{out}"
     );
     rig.assert_clean(&pod, "missing CNI_IFNAME");
+
+    // The spec's container id rule: alphanumeric first, then [A-Za-z0-9_.-].
+    for bad in ["-c1", "_c1", ".c1", "c 1", "c/1", "c:1"] {
+        let out = fails_with(rig.call("ADD", bad, &p, &rig.conf), 4);
+        assert!(
+            out["details"].as_str().unwrap().contains("CNI_CONTAINERID"),
+            "{out}"
+        );
+        rig.assert_clean(&pod, bad);
+    }
 
     let missing = rig.conf_with(json!({"subnetFile": s.dir.path().join("nope.env")}));
     fails_with(rig.call("ADD", "c1", &p, &missing), 11);

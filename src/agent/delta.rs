@@ -55,8 +55,12 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.warn_skipped(&delta.skipped);
         if !delta.peers.is_empty() {
-            // The prober follows the same peers (it wakes only on a change).
+            // What else is keyed by the peer follows the same peers: the
+            // tunnel's members (before the routes, so that a joining node's
+            // VXLAN is accepted by the time its route is there) and the
+            // prober's targets. Each is written only when it changed.
             let nodes: Vec<_> = path.peers.nodes().cloned().collect();
+            self.ensure_guard(&nodes).await;
             self.publish_peers(&nodes);
         }
         let mut failed = 0;

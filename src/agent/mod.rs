@@ -5,8 +5,9 @@
 //! in through the [`Datapath`] and [`LeaseStore`] traits. etcd trouble is
 //! retried on a schedule and never tears the data path down or stops repairs.
 
-mod follow;
 mod delta;
+mod follow;
+mod guard;
 pub mod lifecycle;
 mod peers;
 pub mod plan;
@@ -101,6 +102,8 @@ pub struct AgentConfig {
     /// Every `--iface`, `--iface-regex` and `--iface-can-reach`; when it
     /// lists no `--iface`, `iface` counts as one.
     pub underlay_select: underlay::UnderlaySelect,
+    /// Accept VXLAN from members only (off with `--no-tunnel-filter`).
+    pub tunnel_filter: bool,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -151,6 +154,10 @@ pub struct Agent<S, D> {
     delta: Option<delta::DeltaPath>,
     /// The subnets lease events touched since the last pass.
     touched: BTreeSet<Ipv4Net>,
+    /// The isolation tables as last written: settings and members.
+    guard_applied: Option<(twill_nft::guard::Settings, twill_nft::guard::Peers)>,
+    /// The pods' entries of the bridge table as last read.
+    guard_pods: crate::guard::PodEntries,
 }
 
 /// Retries a store call until it succeeds, fails for good, or `stop` fires.
@@ -282,6 +289,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             peers: tokio::sync::watch::channel(Default::default()).0,
             delta: None,
             touched: BTreeSet::new(),
+            guard_applied: None,
+            guard_pods: Vec::new(),
         };
         // Before the subnet file is written, so that it tells the truth.
         agent.ensure_masq().await;
@@ -479,6 +488,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.opts.telemetry.skipped_leases.set(skipped_total as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.warn_skipped(&skipped);
+        // Members first: a joining node's VXLAN is accepted by the time its
+        // route is there.
+        self.ensure_guard(&nodes).await;
         let desired = desired_state(&nodes);
         let mut actual = self.dp.read_state(&index).await?;
         let ops = diff(&desired, &actual);

@@ -341,6 +341,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         }
         if trigger == Trigger::Resync {
             self.ensure_masq().await;
+            self.check_guard().await;
         }
     }
 

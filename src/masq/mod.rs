@@ -14,7 +14,6 @@
 mod attr;
 mod expr;
 mod msg;
-mod socket;
 
 use std::io;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 pub use msg::{Family, TABLE};
-use socket::{Exchange, NftSocket};
+use twill_nft::{Exchange, NftError, NftSocket};
 
 const ENOENT: i32 = 2;
 
@@ -44,6 +43,17 @@ pub enum MasqError {
     Malformed(#[from] attr::Malformed),
     #[error("nftables netlink ran in a task that failed: {0}")]
     Join(String),
+}
+
+impl From<NftError> for MasqError {
+    fn from(e: NftError) -> Self {
+        match e {
+            NftError::Open(e) => MasqError::Open(e),
+            NftError::Io(e) => MasqError::Io(e),
+            NftError::Timeout(t) => MasqError::Timeout(t),
+            NftError::Malformed(m) => MasqError::Malformed(m),
+        }
+    }
 }
 
 impl MasqError {

@@ -6,47 +6,32 @@
 
 use ipnet::IpNet;
 
-use super::attr::{attr, attrs, be_u32, ne_u16, ne_u32, string, Attrs, Malformed};
+use super::attr::{attr, attrs, be_u32, string, Attrs, Malformed};
+#[cfg(test)]
+use super::attr::{ne_u16, ne_u32};
 use super::expr::{decode_list, encode_list, rules, Expr};
 
-/// `NFNL_SUBSYS_NFTABLES`: the high byte of every nf_tables message type.
-const SUBSYS_NFTABLES: u16 = 10;
-const BATCH_BEGIN: u16 = 0x10;
-const BATCH_END: u16 = 0x11;
-
-const MSG_NEWTABLE: u16 = 0;
-const MSG_GETTABLE: u16 = 1;
-const MSG_DELTABLE: u16 = 2;
-const MSG_NEWCHAIN: u16 = 3;
-const MSG_GETCHAIN: u16 = 4;
-const MSG_NEWRULE: u16 = 6;
-const MSG_GETRULE: u16 = 7;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-
-const TABLE_NAME: u16 = 1;
-const CHAIN_TABLE: u16 = 1;
-const CHAIN_NAME: u16 = 3;
-const CHAIN_HOOK: u16 = 4;
-const CHAIN_POLICY: u16 = 5;
-const CHAIN_TYPE: u16 = 7;
-const HOOK_HOOKNUM: u16 = 1;
-const HOOK_PRIORITY: u16 = 2;
-const RULE_TABLE: u16 = 1;
-const RULE_CHAIN: u16 = 2;
-const RULE_EXPRESSIONS: u16 = 4;
+pub use twill_nft::wire::Messages;
+#[cfg(test)]
+use twill_nft::wire::{parse_replies, Reply};
+#[cfg(test)]
+use twill_nft::wire::{
+    BATCH_BEGIN, BATCH_END, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    SUBSYS_NFTABLES,
+};
+use twill_nft::wire::{
+    CHAIN_HOOK, CHAIN_NAME, CHAIN_POLICY, CHAIN_TABLE, CHAIN_TYPE, HOOK_HOOKNUM, HOOK_PRIORITY,
+    NF_ACCEPT, RULE_CHAIN, RULE_EXPRESSIONS, RULE_TABLE, TABLE_NAME,
+};
+use twill_nft::wire::{
+    MSG_DELTABLE, MSG_GETCHAIN, MSG_GETRULE, MSG_GETTABLE, MSG_NEWCHAIN, MSG_NEWRULE, MSG_NEWTABLE,
+    NLM_F_APPEND, NLM_F_CREATE,
+};
 
 /// `NF_INET_POST_ROUTING`.
 const HOOK_POSTROUTING: u32 = 4;
 /// The priority nft calls `srcnat`.
 const PRIO_SRCNAT: i32 = 100;
-const NF_ACCEPT: u32 = 1;
 
 /// The nftables table twill owns, in each family it uses.
 pub const TABLE: &str = "twill";
@@ -88,68 +73,6 @@ impl Family {
     }
 }
 
-/// Netlink messages being written, numbered from `first_seq`.
-pub struct Messages {
-    buf: Vec<u8>,
-    next_seq: u32,
-    /// The sequence number of every message that asked for an ack, and what
-    /// it did, to name the message the kernel refused.
-    acked: Vec<(u32, String)>,
-}
-
-impl Messages {
-    pub fn new(first_seq: u32) -> Self {
-        Messages {
-            buf: Vec::new(),
-            next_seq: first_seq,
-            acked: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, ty: u16, flags: u16, family: u8, res_id: u16, attrs: Attrs) -> u32 {
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
-        let len = 16 + 4 + attrs.0.len();
-        self.buf.extend_from_slice(&(len as u32).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        // nfgenmsg: family, NFNETLINK_V0, res_id (big-endian).
-        self.buf.push(family);
-        self.buf.push(0);
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        self.buf.extend_from_slice(&attrs.0);
-        seq
-    }
-
-    fn nft(&mut self, cmd: u16, flags: u16, family: Family, attrs: Attrs, what: String) -> u32 {
-        let seq = self.push(
-            (SUBSYS_NFTABLES << 8) | cmd,
-            NLM_F_REQUEST | NLM_F_ACK | flags,
-            family.proto(),
-            0,
-            attrs,
-        );
-        self.acked.push((seq, what));
-        seq
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// The sequence number after the last message's.
-    pub fn next_seq(&self) -> u32 {
-        self.next_seq
-    }
-
-    /// Every message that asked for an ack, with what it did.
-    pub fn acked(&self) -> &[(u32, String)] {
-        &self.acked
-    }
-}
-
 fn table_attrs() -> Attrs {
     let mut a = Attrs::default();
     a.str(TABLE_NAME, TABLE);
@@ -163,21 +86,20 @@ pub struct Batch(Messages);
 impl Batch {
     pub fn new(first_seq: u32) -> Self {
         let mut m = Messages::new(first_seq);
-        m.push(
-            BATCH_BEGIN,
-            NLM_F_REQUEST,
-            0,
-            SUBSYS_NFTABLES,
-            Attrs::default(),
-        );
+        m.begin_batch();
         Batch(m)
     }
 
     /// Adds `family`'s table, or nothing when it exists.
     fn new_table(&mut self, family: Family) {
         let what = format!("adding table {} {TABLE}", family.name());
-        self.0
-            .nft(MSG_NEWTABLE, NLM_F_CREATE, family, table_attrs(), what);
+        self.0.nft(
+            MSG_NEWTABLE,
+            NLM_F_CREATE,
+            family.proto(),
+            table_attrs(),
+            what,
+        );
     }
 
     /// Deletes `family`'s table whether or not it exists: adding a table
@@ -188,7 +110,7 @@ impl Batch {
         self.0.nft(
             MSG_DELTABLE,
             0,
-            family,
+            family.proto(),
             table_attrs(),
             format!("deleting table {f} {TABLE}"),
         );
@@ -212,7 +134,7 @@ impl Batch {
         self.0.nft(
             MSG_NEWCHAIN,
             NLM_F_CREATE,
-            family,
+            family.proto(),
             chain,
             format!("adding chain {f} {TABLE} {CHAIN}"),
         );
@@ -224,7 +146,7 @@ impl Batch {
             self.0.nft(
                 MSG_NEWRULE,
                 NLM_F_CREATE | NLM_F_APPEND,
-                family,
+                family.proto(),
                 a,
                 format!("adding rule {} of {f} {TABLE} {CHAIN}", i + 1),
             );
@@ -232,13 +154,7 @@ impl Batch {
     }
 
     pub fn finish(mut self) -> Messages {
-        self.0.push(
-            BATCH_END,
-            NLM_F_REQUEST,
-            0,
-            SUBSYS_NFTABLES,
-            Attrs::default(),
-        );
+        self.0.end_batch();
         self.0
     }
 }
@@ -268,7 +184,7 @@ pub fn removal(families: &[Family], first_seq: u32) -> Messages {
 /// One request `cmd` that asks for an ack, numbered `seq`.
 fn request(cmd: u16, family: Family, attrs: Attrs, what: String, seq: u32) -> Messages {
     let mut m = Messages::new(seq);
-    m.nft(cmd, 0, family, attrs, what);
+    m.nft(cmd, 0, family.proto(), attrs, what);
     m
 }
 
@@ -291,66 +207,8 @@ pub fn dump_rules(family: Family, seq: u32) -> Messages {
     let mut a = Attrs::default();
     a.str(RULE_TABLE, TABLE).str(RULE_CHAIN, CHAIN);
     let mut m = Messages::new(seq);
-    m.push(
-        (SUBSYS_NFTABLES << 8) | MSG_GETRULE,
-        NLM_F_REQUEST | NLM_F_DUMP,
-        family.proto(),
-        0,
-        a,
-    );
+    m.dump(MSG_GETRULE, family.proto(), a);
     m
-}
-
-/// One netlink message of a reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// An nf_tables message: its command and its attributes (after the
-    /// nfgenmsg header).
-    Data { seq: u32, cmd: u16, attrs: Vec<u8> },
-    /// `NLMSG_ERROR` with 0: the ack of `seq`.
-    Ack { seq: u32 },
-    /// `NLMSG_ERROR` with an errno (positive).
-    Error { seq: u32, errno: i32 },
-    /// `NLMSG_DONE`: the end of a dump.
-    Done { seq: u32 },
-    /// A message of another type (`NLMSG_NOOP`, ...).
-    Other { seq: u32 },
-}
-
-/// Splits one datagram from the kernel into its messages.
-pub fn parse_replies(mut buf: &[u8]) -> Result<Vec<Reply>, Malformed> {
-    let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = ne_u32(buf, 0).ok_or(Malformed("short header"))? as usize;
-        if len < 16 || len > buf.len() {
-            return Err(Malformed("message length out of range"));
-        }
-        let ty = ne_u16(buf, 4).ok_or(Malformed("short header"))?;
-        let seq = ne_u32(buf, 8).ok_or(Malformed("short header"))?;
-        let body = &buf[16..len];
-        out.push(match ty {
-            NLMSG_ERROR => {
-                let code = ne_u32(body, 0).ok_or(Malformed("short error message"))? as i32;
-                if code == 0 {
-                    Reply::Ack { seq }
-                } else {
-                    Reply::Error {
-                        seq,
-                        errno: code.saturating_neg(),
-                    }
-                }
-            }
-            NLMSG_DONE => Reply::Done { seq },
-            t if t >> 8 == SUBSYS_NFTABLES => Reply::Data {
-                seq,
-                cmd: t & 0xff,
-                attrs: body.get(4..).ok_or(Malformed("short nfgenmsg"))?.to_vec(),
-            },
-            _ => Reply::Other { seq },
-        });
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    Ok(out)
 }
 
 /// The expressions of a rule the kernel listed (`NFT_MSG_NEWRULE` attributes).

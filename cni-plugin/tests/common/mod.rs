@@ -26,10 +26,10 @@ pub fn netns(role: &str) -> Netns {
     Netns::unique(role).unwrap()
 }
 
-/// Root and `ip`: `false` (a loud skip) or, under `CI=true`, a panic when
-/// either is missing.
+/// Root, `ip` and `nft` (the tests read the isolation table back): `false`
+/// (a loud skip) or, under `CI=true`, a panic when one is missing.
 pub fn prerequisites() -> bool {
-    twill_harness::require(&["ip"])
+    twill_harness::require(&["ip", "nft"])
 }
 
 /// A subnet file + data dir for one test.

@@ -63,6 +63,8 @@ struct FakeKernel {
     ipv6: Option<std::net::Ipv6Addr>,
     /// `read_state` calls: full dumps of the kernel.
     reads: usize,
+    /// `ensure_guard` calls: (tunnel members, whether it checked).
+    guard: Vec<(twill_nft::guard::Peers, bool)>,
 }
 
 /// A data path that keeps twill's entries in memory and records every call.
@@ -194,6 +196,17 @@ impl Datapath for FakeDatapath {
         Ok(std::mem::take(&mut k.masq_tables))
     }
 
+    async fn ensure_guard(
+        &self,
+        _settings: &twill_nft::guard::Settings,
+        peers: &twill_nft::guard::Peers,
+        check: bool,
+        _known: &crate::guard::PodEntries,
+    ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
+        self.lock().guard.push((peers.clone(), check));
+        Ok(crate::guard::GuardReport::default())
+    }
+
     fn link_signals(
         &self,
         _names: Vec<String>,
@@ -279,6 +292,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         ip_masq: true,
         set_forwarding: true,
         underlay_select: Default::default(),
+        tunnel_filter: true,
     }
 }
 
@@ -475,6 +489,42 @@ async fn watch_batches_add_and_remove_peers() {
         let k = rig.dp.lock();
         assert!(k.state.neighbours.is_empty() && k.state.fdb.is_empty());
     }
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn tunnel_members_follow_the_lease_map_and_resyncs_check_them() {
+    let mut rig = Rig::with_peer().await;
+    let members = |r: &Rig| -> Vec<String> {
+        let k = r.dp.lock();
+        let (peers, _) = k.guard.last().unwrap();
+        peers.v4.iter().map(|a| a.to_string()).collect()
+    };
+    // The first pass checks the tables and writes the peer.
+    assert!(rig.dp.lock().guard[0].1, "the first write does not check");
+    assert_eq!(members(&rig), ["192.0.2.21"]);
+    // A joining node is a member by the pass that routes it.
+    peer(&rig.store, "10.244.6.0/24", 22).await;
+    rig.until("the new peer is routed", |r| {
+        r.dp.has_route("10.244.6.0/24")
+    })
+    .await;
+    assert_eq!(members(&rig), ["192.0.2.21", "192.0.2.22"]);
+    // A departed one leaves.
+    rig.store.delete_lease(net("10.244.6.0/24")).await.unwrap();
+    rig.until("the gone peer is unrouted", |r| {
+        !r.dp.has_route("10.244.6.0/24")
+    })
+    .await;
+    assert_eq!(members(&rig), ["192.0.2.21"]);
+    // Unchanged passes write nothing; each resync checks.
+    let before = rig.dp.lock().guard.len();
+    tokio::time::sleep(RESYNC * 3 + Duration::from_secs(1)).await;
+    let later: Vec<bool> = rig.dp.lock().guard[before..]
+        .iter()
+        .map(|(_, check)| *check)
+        .collect();
+    assert!(later.len() >= 3 && later.iter().all(|c| *c), "{later:?}");
     rig.stop().await;
 }
 

@@ -11,8 +11,27 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
 
-use super::msg::{parse_replies, Messages, Reply};
-use super::MasqError;
+use crate::attr::Malformed;
+use crate::wire::{parse_replies, Messages, Reply};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot open an nftables netlink socket: {0}")]
+    Open(#[source] io::Error),
+    #[error("nftables netlink: {0}")]
+    Io(#[source] io::Error),
+    #[error("no answer from nftables netlink within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+}
+
+impl NftError {
+    /// Whether the kernel has no nf_tables netlink at all.
+    pub fn unsupported(&self) -> bool {
+        matches!(self, NftError::Open(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT))
+    }
+}
 
 /// How long one reply may take; the kernel answers at once, so this only
 /// bounds a wedged socket.
@@ -100,12 +119,11 @@ pub struct NftSocket {
 }
 
 impl NftSocket {
-    pub fn open() -> Result<Self, MasqError> {
-        let mut s = Socket::new(NETLINK_NETFILTER).map_err(MasqError::Open)?;
-        s.bind_auto().map_err(MasqError::Open)?;
+    pub fn open() -> Result<Self, NftError> {
+        let mut s = Socket::new(NETLINK_NETFILTER).map_err(NftError::Open)?;
+        s.bind_auto().map_err(NftError::Open)?;
         let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as i64, 0);
-        setsockopt(&s, ReceiveTimeout, &timeout)
-            .map_err(|e| MasqError::Open(io::Error::from(e)))?;
+        setsockopt(&s, ReceiveTimeout, &timeout).map_err(|e| NftError::Open(io::Error::from(e)))?;
         Ok(NftSocket {
             sock: s,
             next_seq: Cell::new(1),
@@ -118,11 +136,11 @@ impl NftSocket {
     }
 
     /// Sends `m` and reads replies until `ex` has all it waits for.
-    pub fn exchange(&self, m: &Messages, mut ex: Exchange) -> Result<Exchange, MasqError> {
+    pub fn exchange(&self, m: &Messages, mut ex: Exchange) -> Result<Exchange, NftError> {
         self.next_seq.set(m.next_seq());
-        let sent = self.sock.send(m.bytes(), 0).map_err(MasqError::Io)?;
+        let sent = self.sock.send(m.bytes(), 0).map_err(NftError::Io)?;
         if sent != m.bytes().len() {
-            return Err(MasqError::Io(io::Error::new(
+            return Err(NftError::Io(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("sent {sent} of {} bytes", m.bytes().len()),
             )));
@@ -138,13 +156,13 @@ impl NftSocket {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(MasqError::Timeout(REPLY_TIMEOUT))
+                    return Err(NftError::Timeout(REPLY_TIMEOUT))
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(MasqError::Io(e)),
+                Err(e) => return Err(NftError::Io(e)),
             };
             if n > buf.len() {
-                return Err(MasqError::Io(io::Error::other(format!(
+                return Err(NftError::Io(io::Error::other(format!(
                     "reply of {n} bytes truncated to {}",
                     buf.len()
                 ))));
@@ -160,7 +178,20 @@ impl NftSocket {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::masq::msg::replace;
+    use crate::attr::Attrs;
+    use crate::wire::MSG_NEWCHAIN;
+
+    /// A batch of three named commands, numbered from 1.
+    fn replace(_: &[ipnet::IpNet], first: u32) -> Messages {
+        let mut m = Messages::new(first);
+        m.begin_batch();
+        m.nft(0, 0, 2, Attrs::default(), "adding table ip twill".into());
+        let chain = "adding chain ip twill postrouting".to_string();
+        m.nft(MSG_NEWCHAIN, 0, 2, Attrs::default(), chain);
+        m.nft(6, 0, 2, Attrs::default(), "adding rule 1".into());
+        m.end_batch();
+        m
+    }
 
     #[test]
     fn a_batch_is_done_when_every_command_is_acked() {
