@@ -13,3 +13,4 @@ pub mod notify;
 pub mod reconcile;
 pub mod subnet_file;
 pub mod telemetry;
+pub mod wireguard;

@@ -192,6 +192,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
         Some(Command::Status { json }) => return status(&args, *json).await,
         Some(Command::Cleanup) => return cleanup(&args).await,
+        Some(Command::WireguardDevice(a)) => {
+            let opts = twill::wireguard::device::HelperOptions {
+                ifname: a.ifname.clone(),
+                socket: a.socket.clone(),
+                grace: std::time::Duration::from_secs(a.grace_seconds),
+            };
+            return Ok(twill::wireguard::device::serve(opts).await?);
+        }
         Some(Command::InstallCni(a)) => {
             let keys = twill::install::PluginKeys {
                 bridge: args.bridge.clone(),
@@ -250,6 +258,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         telemetry,
         ip_masq: args.ip_masq,
         set_forwarding: !args.no_set_forwarding,
+        wireguard_dir: args.wireguard_dir.clone(),
     };
     let datapath = twill::datapath::NetlinkDatapath::connect().context("opening netlink")?;
     let agent = match Agent::start(store, datapath, opts, &mut stop).await {

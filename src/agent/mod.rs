@@ -8,6 +8,7 @@
 pub mod lifecycle;
 pub mod plan;
 mod run;
+mod wireguard;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -67,7 +68,9 @@ impl AgentError {
             AgentError::Store(e) => is_config_store_error(e),
             AgentError::Kernel(e) => matches!(
                 e,
-                KernelError::UnusableUnderlay { .. } | KernelError::VxlanConflict { .. }
+                KernelError::UnusableUnderlay { .. }
+                    | KernelError::VxlanConflict { .. }
+                    | KernelError::Wireguard(crate::wireguard::WgError::Key { .. })
             ),
             AgentError::Plan(_) => true,
             AgentError::SubnetFile(_) | AgentError::Interrupted => false,
@@ -90,6 +93,9 @@ pub struct AgentConfig {
     pub ip_masq: bool,
     /// Turn IP forwarding on at start (off with `--no-set-forwarding`).
     pub set_forwarding: bool,
+    /// wireguard backend: where the key file, the device's socket and its
+    /// log live (`--wireguard-dir`).
+    pub wireguard_dir: PathBuf,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -199,6 +205,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         };
         let mut plan = Plan::new(&cfg, &underlay, public_ipv6)?;
         plan.attrs.node_name = opts.node_name.clone();
+        wireguard::prepare(&cfg, &mut plan, &opts.wireguard_dir)?;
         let vtep_mac = plan.vxlan.as_ref().map(|v| v.mac.to_string());
         let tunnel_mtu = plan.vxlan.as_ref().map(|v| v.mtu);
         tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu = underlay.mtu, tunnel_mtu, pod_mtu = plan.pod_mtu, vtep_mac, "underlay");
@@ -477,10 +484,12 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 }
             }
         }
+        let (wg_ops, wg_failed) = self.sync_wireguard(&nodes).await;
+        let (total, failed) = (ops.len() + wg_ops, failed + wg_failed);
         if failed > 0 {
-            tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
+            tracing::warn!(failed, total, "reconcile incomplete");
         }
-        Ok((ops.len(), failed))
+        Ok((total, failed))
     }
 
     fn apply_events(&mut self, events: Vec<LeaseEvent>) {

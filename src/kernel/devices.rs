@@ -442,6 +442,22 @@ impl Kernel {
         Ok(link.index)
     }
 
+    /// Gives the TUN device `name` (made by the WireGuard helper) its MTU
+    /// and brings it up; returns its index.
+    pub async fn ensure_tun(&self, name: &str, mtu: u32) -> Result<u32> {
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| KernelError::NoSuchLink(name.to_string()))?;
+        if link.mtu != Some(mtu) {
+            tracing::info!(device = name, mtu, was = ?link.mtu, "setting the tunnel MTU");
+            self.set_link(link.index, Some(mtu), name).await?;
+        } else if !link.up {
+            self.set_link(link.index, None, name).await?;
+        }
+        Ok(link.index)
+    }
+
     /// Creates the VXLAN device, or fixes it in place, or recreates it when an
     /// attribute fixed at creation differs. Returns its index.
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec, address: Option<Ipv4Net>) -> Result<u32> {

@@ -10,6 +10,8 @@ use crate::config::NetworkConfig;
 use crate::lease::Lease;
 
 /// What the node should do.
+// Made once per lease acquisition: boxing the lease buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allocation {
     /// This node (same public IP) already holds this lease: keep it.

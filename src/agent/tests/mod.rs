@@ -140,6 +140,7 @@ impl Datapath for FakeDatapath {
             vxlan: spec.vxlan.as_ref().map(|_| 10),
             vxlan6: spec.vxlan6.as_ref().map(|_| 11),
             underlay: spec.underlay_index,
+            wireguard: None,
         })
     }
 
@@ -229,6 +230,7 @@ fn peer_attrs(host: u8) -> LeaseAttrs {
         }),
         backend_v6_data: None,
         node_name: None,
+        public_key: None,
     }
 }
 
@@ -260,6 +262,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         telemetry,
         ip_masq: true,
         set_forwarding: true,
+        wireguard_dir: std::env::temp_dir(),
     }
 }
 
@@ -783,6 +786,7 @@ fn fake_kernel_round_trips_every_op() {
         vxlan: Some(10),
         vxlan6: None,
         underlay: 2,
+        wireguard: None,
     };
     let leases = vec![Lease {
         subnet: net("10.244.5.0/24"),
