@@ -246,6 +246,10 @@ impl Host {
     pub fn ipam_dir(&self) -> PathBuf {
         self.dir.join("ipam")
     }
+    /// Its agent's `--wireguard-dir` (key file, tunnel socket and log).
+    pub fn wireguard_dir(&self) -> PathBuf {
+        self.dir.join("wireguard")
+    }
     /// The agent's log file (stdout + stderr, appended across restarts).
     pub fn agent_log_path(&self) -> PathBuf {
         self.dir.join("twilld.log")
@@ -261,6 +265,8 @@ impl Host {
             IFNAME.to_owned(),
             "--subnet-file".to_owned(),
             self.subnet_file_path().to_string_lossy().into_owned(),
+            "--wireguard-dir".to_owned(),
+            self.wireguard_dir().to_string_lossy().into_owned(),
         ];
         all.extend(args);
         let mut c = self.ns.command(&bin.to_string_lossy(), all);
