@@ -206,6 +206,22 @@ fn marker_pings(ns: &Netns, ip: &str) {
     assert!(ping_marker(ns, ip.parse().unwrap()), "marker pings to {ip}");
 }
 
+/// The PID of the userspace WireGuard helper in `ns`.
+fn helper_pid(ns: &Netns) -> u32 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns.name()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("wireguard-device"))
+        })
+        .unwrap_or_else(|| panic!("no wireguard-device process in {}", ns.name()))
+}
+
 /// The RX packet count of `dev` in `ns`.
 fn rx_packets(ns: &Netns, dev: &str) -> u64 {
     let out = ns.ip(["-j", "-s", "link", "show", dev]).unwrap();
@@ -434,6 +450,22 @@ fn wireguard_encrypts_pod_traffic_and_follows_the_lease_map() {
     assert!(!wg_state(&c, "h1").peers.contains_key(&keys["h2"]));
     wait_peers(&c, "h1", &[keys["h2"].clone(), keys["h3"].clone()]);
     assert!(c.ping_within("ph1", pods[1].1, Duration::from_secs(10)));
+
+    // 4b. The helper killed: its TUN device and routes go with it; the
+    // agent starts a new one and puts keys, peers and routes back.
+    let helper = helper_pid(c.host("h1").unwrap().ns());
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &helper.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        c.ping_within("ph2", pods[0].1, Duration::from_secs(30)),
+        "h1's tunnel did not come back after its helper was killed\n{}",
+        c.diagnostics()
+    );
+    assert_ne!(helper_pid(c.host("h1").unwrap().ns()), helper);
+    wait_peers(&c, "h1", &[keys["h2"].clone(), keys["h3"].clone()]);
 
     // 5. An agent restart under 10 ms pings: the tunnel lives in the
     // helper, so nothing should be lost.

@@ -167,6 +167,8 @@ fn is_twill_device(link: &LinkInfoView, bridge: &str) -> bool {
     (link.name == bridge && link.kind.as_deref() == Some("bridge"))
         || ((link.name.starts_with("twill.") || link.name.starts_with("twill6."))
             && link.kind.as_deref() == Some("vxlan"))
+        // The WireGuard helper exits when its TUN device goes.
+        || (link.name == crate::wireguard::DEVICE_NAME && link.kind.as_deref() == Some("tun"))
 }
 
 impl Kernel {
@@ -519,9 +521,10 @@ impl Kernel {
     }
 }
 
-/// Removes every device twill made on this node: the pod bridge and every
-/// VXLAN device named `twill.<VNI>` or `twill6.<VNI>` (their routes, neighbours and FDB
-/// entries go with them). Errors are collected and the rest still removed.
+/// Removes every device twill made on this node: the pod bridge, every
+/// VXLAN device named `twill.<VNI>` or `twill6.<VNI>` and the WireGuard
+/// tunnel `twill-wg` (their routes, neighbours and FDB entries go with
+/// them). Errors are collected and the rest still removed.
 pub async fn cleanup(kernel: &Kernel, bridge: &str) -> Vec<KernelError> {
     let mut errors = Vec::new();
     let links: Vec<LinkMessage> = match kernel.handle.link().get().execute().try_collect().await {

@@ -454,10 +454,11 @@ pub async fn serve(opts: HelperOptions) -> Result<(), WgError> {
                             g.clear_ready();
                             break;
                         }
+                        // The device is gone (deleted by hand or by
+                        // `twilld cleanup`): the agent starts a new helper.
                         Err(e) => {
-                            tracing::warn!(error = ?e, "reading the TUN device");
-                            g.clear_ready();
-                            break;
+                            let _ = std::fs::remove_file(&opts.socket);
+                            return Err(helper("reading the TUN device", &e));
                         }
                     }
                 }
