@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the twill benchmarks (all, or the ones named), prints a table and
 # writes bench/RESULTS.md and bench/latency.svg.
-#   scripts/bench.sh [--quick] [cni] [converge] [datapath] [footprint] [scale] [micro]
+#   scripts/bench.sh [--quick] [cni] [converge] [datapath] [footprint] [scale] [wireguard] [micro]
 # Needs root: the benchmarks build clusters out of network namespaces.
 set -euo pipefail
 
@@ -10,7 +10,7 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root: the benchmarks create network namespaces"
 cd "$(dirname "$0")/.."
 
-ALL=(cni converge datapath footprint scale)
+ALL=(cni converge datapath footprint scale wireguard)
 quick=()
 selected=()
 micro=0
@@ -18,7 +18,7 @@ for a in "$@"; do
     case "$a" in
         --quick) quick=(--quick) ;;
         micro) micro=1 ;;
-        cni|converge|datapath|footprint|scale) selected+=("$a") ;;
+        cni|converge|datapath|footprint|scale|wireguard) selected+=("$a") ;;
         -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
         *) die "unknown benchmark '$a' (known: ${ALL[*]} micro, option --quick)" ;;
     esac

@@ -40,12 +40,12 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-struct Sample {
-    rss_mib: f64,
-    cpu_s: f64,
+pub(crate) struct Sample {
+    pub(crate) rss_mib: f64,
+    pub(crate) cpu_s: f64,
 }
 
-fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -54,7 +54,7 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn sample(pid: i32, tck: f64) -> anyhow::Result<Sample> {
+pub(crate) fn sample(pid: i32, tck: f64) -> anyhow::Result<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rss = parse_vmrss_kib(&status).ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;

@@ -17,3 +17,4 @@ pub mod results;
 pub mod scale;
 pub mod stats;
 pub mod svg;
+pub mod wireguard;

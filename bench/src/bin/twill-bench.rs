@@ -6,11 +6,19 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use twill_bench::{
-    cni, converge, datapath, footprint, microbench, report, results::BenchOutput, scale,
+    cni, converge, datapath, footprint, microbench, report, results::BenchOutput, scale, wireguard,
 };
 
 /// Benchmark order in the report.
-const ALL: [&str; 6] = ["cni", "converge", "datapath", "footprint", "scale", "micro"];
+const ALL: [&str; 7] = [
+    "cni",
+    "converge",
+    "datapath",
+    "footprint",
+    "scale",
+    "micro",
+    "wireguard",
+];
 
 #[derive(Parser)]
 #[command(about = "twill benchmarks (root: creates network namespaces)")]
@@ -49,6 +57,9 @@ enum Cmd {
     Footprint,
     /// Control-plane scale on a loopback etcd.
     Scale,
+    /// iperf3 throughput through the WireGuard tunnel vs VXLAN and the
+    /// underlay; the agent's and its helper's CPU and RSS.
+    Wireguard,
     /// Saves the criterion micro-benchmark results (run `cargo bench -p
     /// twill-bench --bench micro` first) as a benchmark output.
     Micro {
@@ -100,6 +111,10 @@ fn main() -> anyhow::Result<()> {
             reps: reps(1, 3),
             bin_dir: cli.bin_dir.clone(),
             cni_bin,
+        })?,
+        Cmd::Wireguard => wireguard::run(&wireguard::WireguardOpts {
+            seconds: 5,
+            reps: reps(1, 3),
         })?,
         Cmd::Scale => scale::run(&scale::ScaleOpts {
             sizes: vec![1000, 2000, 5000],
