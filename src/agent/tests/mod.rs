@@ -48,6 +48,8 @@ struct FakeKernel {
     /// by hand (or by a pod's port) in tests.
     bridge_mtu: Option<u32>,
     links: Option<futures::channel::mpsc::UnboundedSender<LinkSignal>>,
+    /// The WireGuard peers `sync_peers` was last asked for.
+    wg_peers: crate::wireguard::peers::PeerMap,
 }
 
 /// A data path that keeps twill's entries in memory and records every call.
@@ -211,6 +213,18 @@ impl Datapath for FakeDatapath {
         self.lock().links = Some(tx);
         Ok(rx.boxed())
     }
+
+    async fn sync_peers(
+        &self,
+        _spec: &crate::wireguard::WgSpec,
+        desired: &crate::wireguard::peers::PeerMap,
+    ) -> Result<Vec<crate::wireguard::uapi::PeerChange>, KernelError> {
+        let mut k = self.lock();
+        let actual: Vec<_> = k.wg_peers.values().cloned().collect();
+        let changes = crate::wireguard::peers::diff_peers(desired, &actual);
+        k.wg_peers = desired.clone();
+        Ok(changes)
+    }
 }
 
 fn config() -> NetworkConfig {
@@ -262,7 +276,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         telemetry,
         ip_masq: true,
         set_forwarding: true,
-        wireguard_dir: std::env::temp_dir(),
+        wireguard_dir: dir.join("wireguard"),
     }
 }
 
@@ -366,6 +380,8 @@ async fn peer(store: &MemoryStore, subnet: &str, host: u8) -> Lease {
         .await
         .unwrap()
 }
+
+mod wireguard;
 
 #[tokio::test(start_paused = true)]
 async fn start_programs_peers_and_publishes_the_subnet() {
