@@ -202,13 +202,11 @@ mod tests {
             keepalive: 0,
         };
         let changes = diff_peers(&desired, &[moved, stray]);
-        assert_eq!(
-            changes,
-            vec![
-                PeerChange::Remove(kc),
-                PeerChange::Set(desired[&ka].clone()),
-                PeerChange::Set(desired[&kb].clone()),
-            ]
-        );
+        // Removals first, then the peers to set in key order.
+        let mut sets = vec![desired[&ka].clone(), desired[&kb].clone()];
+        sets.sort_by_key(|p| p.public_key);
+        let mut want = vec![PeerChange::Remove(kc)];
+        want.extend(sets.into_iter().map(PeerChange::Set));
+        assert_eq!(changes, want);
     }
 }
