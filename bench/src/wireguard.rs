@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use twill_harness::pinger::Pinger;
+
 use crate::datapath::{measure, two_host_cluster};
 use crate::footprint::{clk_tck, sample};
 use crate::results::BenchOutput;
@@ -57,10 +59,11 @@ pub fn run(opts: &WireguardOpts) -> anyhow::Result<BenchOutput> {
          node's processes over the wireguard runs only, in % of one core; RSS after the runs. \
          What limits it: both nodes' encryption, decryption and the TUN and UDP copies run in \
          two single-threaded helpers on 2 cores shared with iperf3 and the kernel's veth and \
-         bridge work (and with other people's builds).",
+         bridge work (and with other people's builds). Last, the agent on the receiving node \
+         is restarted (SIGTERM, start) under 10 ms pings pod to pod: the goal is no loss.",
     );
     let (vx, vx_b) = two_host_cluster(None, "VXLAN")?;
-    let (wg, wg_b) = two_host_cluster(Some(WIREGUARD_CONFIG), "WireGuard")?;
+    let (mut wg, wg_b) = two_host_cluster(Some(WIREGUARD_CONFIG), "WireGuard")?;
     let tck = clk_tck();
     let h1 = pids(wg.host("h1")?.ns().name())?;
     let h2 = pids(wg.host("h2")?.ns().name())?;
@@ -151,6 +154,20 @@ pub fn run(opts: &WireguardOpts) -> anyhow::Result<BenchOutput> {
             &format!("{what} RSS (h1, after the runs)"),
             "MiB",
             sample(pid, tck)?.rss_mib,
+        );
+    }
+    // An agent restart (SIGTERM, start) on the receiving node under 10 ms
+    // pings from the other node's pod: the tunnel lives in the helper.
+    for _ in 0..opts.reps {
+        let pinger = Pinger::start(wg.pod("a")?.ns(), wg_b, 300, 10)?;
+        std::thread::sleep(Duration::from_millis(500));
+        wg.stop_agent("h2")?;
+        wg.start_agent("h2")?;
+        let summary = pinger.finish()?;
+        out.push(
+            "pings lost across an agent restart (10 ms interval)",
+            "packets",
+            f64::from(summary.lost()),
         );
     }
     Ok(out)
