@@ -43,6 +43,8 @@ pub struct HelperOptions {
 /// Large enough for a 64 KiB packet plus WireGuard's 32 bytes.
 const BUF: usize = 65_536 + 64;
 const TICK: Duration = Duration::from_millis(250);
+/// Receive and send buffer of the UDP socket (wireguard-go asks for 7 MiB).
+const SOCKET_BUFFER: usize = 4 << 20;
 
 struct Peer {
     tunn: Tunn,
@@ -218,6 +220,16 @@ impl Device {
         }
         let std = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))?;
         std.set_nonblocking(true)?;
+        // A burst of TCP windows must not overflow the socket while the
+        // helper waits for a core (the kernel's default is ~200 KiB; the
+        // forced variants pass net.core.[rw]mem_max, as root may).
+        use nix::sys::socket::{setsockopt, sockopt};
+        if setsockopt(&std, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = setsockopt(&std, sockopt::RcvBuf, &SOCKET_BUFFER);
+        }
+        if setsockopt(&std, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = setsockopt(&std, sockopt::SndBuf, &SOCKET_BUFFER);
+        }
         self.udp = Some(Arc::new(UdpSocket::from_std(std)?));
         self.port = port;
         tracing::info!(port, "listening");
