@@ -391,37 +391,50 @@ impl Device {
         s
     }
 
-    /// Serves the requests of one connection, one at a time, until it
-    /// closes or stalls.
-    async fn control(&mut self, stream: UnixStream) {
-        let (r, mut w) = stream.into_split();
-        let mut r = BufReader::new(r);
-        loop {
-            let mut req = String::new();
-            let read = async {
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await? == 0 {
-                        return Ok::<bool, io::Error>(false);
-                    }
-                    if line == "\n" {
-                        return Ok(true);
-                    }
-                    req.push_str(&line);
+    /// The answer to one UAPI request.
+    fn answer(&mut self, req: &str) -> String {
+        match req.lines().next() {
+            Some("get=1") => self.get(),
+            Some("set=1") => format!("errno={}\n\n", self.set(req)),
+            _ => format!("errno={}\n\n", libc::EINVAL),
+        }
+    }
+}
+
+/// A UAPI request and where its answer goes.
+type Request = (String, tokio::sync::oneshot::Sender<String>);
+
+/// Serves the requests of one connection, one at a time, until it closes or
+/// stalls; the device answers them in its own loop, so a slow client never
+/// holds up packets.
+async fn connection(stream: UnixStream, device: tokio::sync::mpsc::Sender<Request>) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let mut req = String::new();
+        let read = async {
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).await? == 0 {
+                    return Ok::<bool, io::Error>(false);
                 }
-            };
-            match tokio::time::timeout(Duration::from_secs(2), read).await {
-                Ok(Ok(true)) => {}
-                _ => return,
+                if line == "\n" {
+                    return Ok(true);
+                }
+                req.push_str(&line);
             }
-            let answer = match req.lines().next() {
-                Some("get=1") => self.get(),
-                Some("set=1") => format!("errno={}\n\n", self.set(&req)),
-                _ => format!("errno={}\n\n", libc::EINVAL),
-            };
-            if w.write_all(answer.as_bytes()).await.is_err() {
-                return;
-            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(true)) => {}
+            _ => return,
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if device.send((req, tx)).await.is_err() {
+            return;
+        }
+        let Ok(answer) = rx.await else { return };
+        if w.write_all(answer.as_bytes()).await.is_err() {
+            return;
         }
     }
 }
@@ -448,6 +461,7 @@ pub async fn serve(opts: HelperOptions) -> Result<(), WgError> {
     let mut out = vec![0u8; BUF];
     let mut tick = tokio::time::interval(TICK);
     let mut contact = Instant::now();
+    let (req_tx, mut req_rx) = tokio::sync::mpsc::channel::<Request>(16);
     loop {
         let udp = dev.udp.clone();
         let udp_ready = async {
@@ -494,9 +508,12 @@ pub async fn serve(opts: HelperOptions) -> Result<(), WgError> {
             }
             c = listener.accept() => {
                 if let Ok((s, _)) = c {
-                    contact = Instant::now();
-                    dev.control(s).await;
+                    tokio::spawn(connection(s, req_tx.clone()));
                 }
+            }
+            Some((req, reply)) = req_rx.recv() => {
+                contact = Instant::now();
+                let _ = reply.send(dev.answer(&req));
             }
         }
     }
