@@ -357,11 +357,17 @@ fn main() -> ExitCode {
         fatal(args.log_format, &format!("{e:#}"));
         return ExitCode::from(EXIT_CONFIG);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The WireGuard helper is one loop moving packets: on one thread, the
+    // I/O driver wakes it without a hand-off between threads.
+    let mut builder = match args.command {
+        Some(Command::WireguardDevice(_)) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             fatal(args.log_format, &format!("cannot start the runtime: {e}"));
