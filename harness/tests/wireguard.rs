@@ -630,3 +630,35 @@ fn pod_ipv6(ns: &Netns) -> Ipv6Addr {
         .parse()
         .unwrap()
 }
+
+#[test]
+fn a_key_file_without_a_key_is_refused_before_the_lease() {
+    if !require_cluster() {
+        return;
+    }
+    let mut c = Cluster::builder()
+        .hosts(1)
+        .network_config(CONFIG)
+        .build()
+        .unwrap();
+    let dir = c.host("h1").unwrap().wireguard_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("wireguard.key");
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    c.start_agent("h1").unwrap();
+    wait_for(
+        "h1's agent to stop",
+        DEFAULT_TIMEOUT,
+        || Ok((!c.agent_running("h1")).then_some(())),
+        String::new,
+    )
+    .unwrap();
+    let log = c.agent_log("h1").unwrap();
+    assert!(
+        log.contains("wireguard.key: does not hold a base64 WireGuard private key"),
+        "the refusal does not name the key file:\n{log}"
+    );
+    // Nothing changed: no lease taken, the file left as it was.
+    assert!(lease_values(&c).is_empty(), "{:?}", lease_values(&c));
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), "not a key\n");
+}

@@ -74,3 +74,22 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_key_file_is_a_configuration_error() {
+        let e = AgentError::Kernel(KernelError::Wireguard(crate::wireguard::WgError::Key {
+            path: "/var/lib/twill/wireguard.key".into(),
+            reason: "does not hold a base64 WireGuard private key".into(),
+        }));
+        assert!(e.is_config(), "exits 2, not retried");
+        assert!(e.to_string().contains("--wireguard-dir"), "{e}");
+        let helper = AgentError::Kernel(KernelError::Wireguard(crate::wireguard::WgError::Helper(
+            "gone".into(),
+        )));
+        assert!(!helper.is_config(), "trouble that passes: retried");
+    }
+}
