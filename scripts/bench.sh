@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the twill benchmarks (all, or the ones named), prints a table and
 # writes bench/RESULTS.md and bench/latency.svg.
-#   scripts/bench.sh [--quick] [cni] [converge] [storm] [datapath] [footprint] [probe] [scale] [micro]
+#   scripts/bench.sh [--quick] [cni] [converge] [storm] [datapath] [footprint] [probe] [scale] [wireguard] [micro]
 #   storm: N agents started at once (N = 100, 250, 500; TWILL_STORM_SIZES=100,250
 #   for others); converge sizes can be set with TWILL_CONVERGE_SIZES=3.
 # Needs root: the benchmarks build clusters out of network namespaces.
@@ -12,7 +12,7 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root: the benchmarks create network namespaces"
 cd "$(dirname "$0")/.."
 
-ALL=(cni converge storm datapath footprint probe scale)
+ALL=(cni converge storm datapath footprint probe scale wireguard)
 quick=()
 selected=()
 micro=0
@@ -20,7 +20,7 @@ for a in "$@"; do
     case "$a" in
         --quick) quick=(--quick) ;;
         micro) micro=1 ;;
-        cni|converge|storm|datapath|footprint|probe|scale) selected+=("$a") ;;
+        cni|converge|storm|datapath|footprint|probe|scale|wireguard) selected+=("$a") ;;
         -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
         *) die "unknown benchmark '$a' (known: ${ALL[*]} micro, option --quick)" ;;
     esac

@@ -155,6 +155,12 @@ pub struct Args {
     #[arg(long, env = "TWILL_LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
 
+    /// wireguard backend: the directory of the node's key file
+    /// (`wireguard.key`, mode 0600), the tunnel's UAPI socket and its
+    /// helper's log. Delete the key file and restart to rotate the key
+    #[arg(long, env = "TWILL_WIREGUARD_DIR", default_value = "/var/lib/twill")]
+    pub wireguard_dir: PathBuf,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -181,6 +187,23 @@ pub enum Command {
     Cleanup,
     /// install the CNI plugin binary and a conflist for the node's runtime
     InstallCni(InstallCniArgs),
+    /// run the userspace WireGuard device (started by the agent itself in
+    /// wireguard mode; not for use by hand)
+    #[command(hide = true)]
+    WireguardDevice(WireguardDeviceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WireguardDeviceArgs {
+    /// the TUN interface to create
+    #[arg(long)]
+    pub ifname: String,
+    /// the UAPI socket to serve
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// exit after this many seconds without a request from an agent
+    #[arg(long, default_value_t = 30)]
+    pub grace_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]

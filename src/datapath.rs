@@ -19,6 +19,10 @@ use crate::kernel::{
 };
 use crate::masq::{MasqError, Networks};
 use crate::reconcile::{KernelState, Op};
+use crate::wireguard::peers::{diff_peers, PeerMap};
+use crate::wireguard::uapi::PeerChange;
+use crate::wireguard::userspace::Userspace;
+use crate::wireguard::{WgDevice, WgSpec};
 
 /// Every device twill keeps on a node and the addresses they carry, as the
 /// plan and the lease imply (see `agent::plan::Plan::devices`).
@@ -40,6 +44,8 @@ pub struct DeviceSpec {
     /// lives on `vxlan6` when there is one, else on `vxlan`.
     pub vtep6: Option<(Ipv6Net, Ipv6Net)>,
     pub underlay_index: u32,
+    /// The WireGuard device, in wireguard mode.
+    pub wireguard: Option<WgSpec>,
 }
 
 impl DeviceSpec {
@@ -49,6 +55,7 @@ impl DeviceSpec {
         let mut names = vec![self.bridge.clone()];
         names.extend(self.vxlan.iter().map(|(v, _)| v.name.clone()));
         names.extend(self.vxlan6.iter().map(|v| v.name.clone()));
+        names.extend(self.wireguard.iter().map(|w| w.name.clone()));
         names
     }
 }
@@ -141,12 +148,22 @@ pub trait Datapath: Send + Sync {
     fn underlay_events(&self) -> Result<BoxStream<'static, UnderlayEvent>, KernelError> {
         Ok(futures::stream::pending().boxed())
     }
+    /// Brings the WireGuard device's peers to `desired`; returns the
+    /// changes it made. Without a WireGuard device there is nothing to do.
+    fn sync_peers(
+        &self,
+        _spec: &WgSpec,
+        _desired: &PeerMap,
+    ) -> impl Future<Output = Result<Vec<PeerChange>, KernelError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// The real data path: rtnetlink for devices and entries, nf_tables
 /// netlink for masquerading.
 pub struct NetlinkDatapath {
     kernel: Kernel,
+    wireguard: Userspace,
 }
 
 impl NetlinkDatapath {
@@ -154,6 +171,7 @@ impl NetlinkDatapath {
     pub fn connect() -> Result<Self, KernelError> {
         Ok(NetlinkDatapath {
             kernel: Kernel::connect()?,
+            wireguard: Userspace::default(),
         })
     }
 }
@@ -210,10 +228,18 @@ impl Datapath for NetlinkDatapath {
                 k.ensure_address6(index, vtep6, network6, name).await?;
             }
         }
+        let wireguard = match &spec.wireguard {
+            Some(w) => {
+                self.wireguard.ensure(w).await?;
+                Some(k.ensure_tun(&w.name, w.mtu).await?)
+            }
+            None => None,
+        };
         Ok(DevIndex {
             vxlan,
             vxlan6,
             underlay: spec.underlay_index,
+            wireguard,
         })
     }
 
@@ -248,6 +274,18 @@ impl Datapath for NetlinkDatapath {
         known: &crate::guard::PodEntries,
     ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
         crate::guard::ensure(settings, peers, check, known).await
+    }
+
+    async fn sync_peers(
+        &self,
+        spec: &WgSpec,
+        desired: &PeerMap,
+    ) -> Result<Vec<PeerChange>, KernelError> {
+        let status = self.wireguard.status(spec).await?;
+        let actual: Vec<_> = status.peers.into_iter().map(|p| p.config).collect();
+        let changes = diff_peers(desired, &actual);
+        self.wireguard.change(spec, &changes).await?;
+        Ok(changes)
     }
 
     fn link_signals(

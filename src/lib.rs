@@ -15,3 +15,4 @@ pub mod probe;
 pub mod reconcile;
 pub mod subnet_file;
 pub mod telemetry;
+pub mod wireguard;

@@ -219,6 +219,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
         Some(Command::Status { json, agent }) => return status(&args, *json, *agent).await,
         Some(Command::Cleanup) => return cleanup(&args).await,
+        Some(Command::WireguardDevice(a)) => {
+            let opts = twill::wireguard::device::HelperOptions {
+                ifname: a.ifname.clone(),
+                socket: a.socket.clone(),
+                grace: std::time::Duration::from_secs(a.grace_seconds),
+            };
+            return Ok(twill::wireguard::device::serve(opts).await?);
+        }
         Some(Command::InstallCni(a)) => {
             let keys = twill::install::PluginKeys {
                 bridge: args.bridge.clone(),
@@ -279,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         set_forwarding: !args.no_set_forwarding,
         underlay_select: args.underlay_select(),
         tunnel_filter: !args.no_tunnel_filter,
+        wireguard_dir: args.wireguard_dir.clone(),
     };
     let datapath = twill::datapath::NetlinkDatapath::connect().context("opening netlink")?;
     let agent = match Agent::start(store, datapath, opts, &mut stop).await {
@@ -399,11 +408,17 @@ fn main() -> ExitCode {
         fatal(args.log_format, &format!("{e:#}"));
         return ExitCode::from(EXIT_CONFIG);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The WireGuard helper is one loop moving packets: on one thread, the
+    // I/O driver wakes it without a hand-off between threads.
+    let mut builder = match args.command {
+        Some(Command::WireguardDevice(_)) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             fatal(args.log_format, &format!("cannot start the runtime: {e}"));

@@ -22,6 +22,8 @@ pub enum Mode {
     Vxlan { direct_routing: bool },
     /// Plain routes via each node's public IP: all nodes on one L2 segment.
     HostGw,
+    /// Every other node through the WireGuard tunnel (encrypted).
+    Wireguard,
 }
 
 /// How packets reach one remote node.
@@ -31,6 +33,8 @@ pub enum Path {
     Vxlan(Mac),
     /// Routed straight to the node's public IP on the underlay.
     Direct,
+    /// Through the WireGuard tunnel; the peer is the node's lease's key.
+    Wireguard,
 }
 
 /// One other node, as the data path needs it.
@@ -63,6 +67,8 @@ pub enum Dev {
     /// The VXLAN device over the IPv6 underlay (`twill6.<VNI>`).
     Vxlan6,
     Underlay,
+    /// The WireGuard tunnel device (`twill-wg`).
+    Wireguard,
 }
 
 impl fmt::Display for Dev {
@@ -71,6 +77,7 @@ impl fmt::Display for Dev {
             Dev::Vxlan => "vxlan",
             Dev::Vxlan6 => "vxlan6",
             Dev::Underlay => "underlay",
+            Dev::Wireguard => "wireguard",
         })
     }
 }
@@ -95,6 +102,8 @@ pub enum Skip {
     Conflict(Ipv4Net),
     /// host-gw needs the node on our underlay subnet (one L2 segment).
     NotOnLink(Ipv4Net, Ipv4Addr),
+    /// Not a wireguard lease, or no usable public key in it.
+    NoPublicKey(Ipv4Net),
 }
 
 impl fmt::Display for Skip {
@@ -112,6 +121,9 @@ impl fmt::Display for Skip {
                 f,
                 "lease {s}: host-gw needs {ip} on this node's underlay subnet (same L2 segment)"
             ),
+            Skip::NoPublicKey(s) => {
+                write!(f, "lease {s} has no usable wireguard PublicKey")
+            }
         }
     }
 }
@@ -191,6 +203,13 @@ pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Sk
                 Some(mac) => Path::Vxlan(mac),
                 None => {
                     skipped.push(Skip::NoVtep(subnet));
+                    continue;
+                }
+            },
+            Mode::Wireguard => match crate::wireguard::peers::lease_key(lease) {
+                Some(_) => Path::Wireguard,
+                None => {
+                    skipped.push(Skip::NoPublicKey(subnet));
                     continue;
                 }
             },
@@ -279,6 +298,25 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
                     state.fdb.entry((dev, vmac)).or_default().insert(dst);
                 }
             }
+            Path::Wireguard => {
+                // Onlink via the remote subnet's first address, so that the
+                // route has a gateway like every route twill owns.
+                for (dst, gateway) in [(
+                    IpNet::from(node.subnet),
+                    IpAddr::from(node.subnet.network()),
+                )]
+                .into_iter()
+                .chain(node.subnet6.map(|s6| (s6.into(), s6.network().into())))
+                {
+                    state.routes.insert(
+                        dst,
+                        RouteTarget {
+                            gateway,
+                            dev: Dev::Wireguard,
+                        },
+                    );
+                }
+            }
             Path::Direct => {
                 state.routes.insert(
                     node.subnet.into(),
@@ -353,7 +391,8 @@ impl Skip {
             | Skip::ClaimsOurSubnet(s, _)
             | Skip::NoVtep(s)
             | Skip::Conflict(s)
-            | Skip::NotOnLink(s, _) => *s,
+            | Skip::NotOnLink(s, _)
+            | Skip::NoPublicKey(s) => *s,
         }
     }
 }
@@ -533,6 +572,7 @@ mod tests {
                 }),
                 backend_v6_data: None,
                 node_name: None,
+                public_key: None,
             },
             lease_id: None,
             ttl_remaining: None,

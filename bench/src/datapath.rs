@@ -39,7 +39,7 @@ pub fn parse_iperf_bps(json: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("iperf3 output has no end.sum_received.bits_per_second"))
 }
 
-fn measure(
+pub(crate) fn measure(
     server_ns: &Netns,
     server_ip: Ipv4Addr,
     client_ns: &Netns,
@@ -70,7 +70,10 @@ pub const HOST_GW_CONFIG: &str =
 /// A two-host cluster with agents running, converged, one pod per host
 /// (`a` on h1, `b` on h2) that reach each other. Returns the cluster and
 /// pod b's IP.
-fn two_host_cluster(config: Option<&str>, what: &str) -> anyhow::Result<(Cluster, Ipv4Addr)> {
+pub(crate) fn two_host_cluster(
+    config: Option<&str>,
+    what: &str,
+) -> anyhow::Result<(Cluster, Ipv4Addr)> {
     let mut builder = Cluster::builder().hosts(2);
     if let Some(cfg) = config {
         builder = builder.network_config(cfg);

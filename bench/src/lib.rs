@@ -19,3 +19,4 @@ pub mod scale;
 pub mod stats;
 pub mod storm;
 pub mod svg;
+pub mod wireguard;

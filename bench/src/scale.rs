@@ -35,6 +35,7 @@ pub fn fake_attrs(i: u32) -> LeaseAttrs {
         }),
         backend_v6_data: None,
         node_name: None,
+        public_key: None,
     }
 }
 

@@ -249,6 +249,10 @@ impl Host {
     pub fn ipam_dir(&self) -> PathBuf {
         self.dir.join("ipam")
     }
+    /// Its agent's `--wireguard-dir` (key file, tunnel socket and log).
+    pub fn wireguard_dir(&self) -> PathBuf {
+        self.dir.join("wireguard")
+    }
     /// The agent's log file (stdout + stderr, appended across restarts).
     pub fn agent_log_path(&self) -> PathBuf {
         self.dir.join("twilld.log")
@@ -263,6 +267,8 @@ impl Host {
         let mut all = vec![
             "--subnet-file".to_owned(),
             self.subnet_file_path().to_string_lossy().into_owned(),
+            "--wireguard-dir".to_owned(),
+            self.wireguard_dir().to_string_lossy().into_owned(),
         ];
         // `--iface eth0` unless the test picks the interface itself.
         let picks = ["--iface", "--iface-regex", "--iface-can-reach"];

@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bins;
+pub mod capture;
 pub mod cluster;
 pub mod cmd;
 pub mod daemonset;

@@ -49,12 +49,16 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let local = self.local();
         let mut path = self.delta.take().filter(|p| *p.peers.local() == local)?;
         let touched = std::mem::take(&mut self.touched);
+        // A lease event can change what a peer's node does not show (a
+        // WireGuard key): the per-peer state below is checked on any.
+        let any_event = !touched.is_empty();
         let delta = path.peers.update(&self.leases, touched);
         let skipped = path.peers.skipped_count() + self.unusable.len();
         self.opts.telemetry.skipped_leases.set(skipped as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.warn_skipped(&delta.skipped);
-        if !delta.peers.is_empty() {
+        let (mut wg_ops, mut failed) = (0, 0);
+        if any_event || !delta.peers.is_empty() {
             // What else is keyed by the peer follows the same peers: the
             // tunnel's members (before the routes, so that a joining node's
             // VXLAN is accepted by the time its route is there) and the
@@ -62,8 +66,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             let nodes: Vec<_> = path.peers.nodes().cloned().collect();
             self.ensure_guard(&nodes).await;
             self.publish_peers(&nodes);
+            // A WireGuard peer before its route, so that the route never
+            // leads into a tunnel without the peer.
+            (wg_ops, failed) = self.sync_wireguard(&nodes).await;
         }
-        let mut failed = 0;
         for (peer, op) in &delta.ops {
             let res = self.dp.apply(&path.dev, op).await;
             if self.applied(op, self.seen.get(peer), res) {
@@ -72,17 +78,18 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 failed += 1;
             }
         }
+        let total = delta.ops.len() + wg_ops;
         if failed > 0 {
             // What the kernel holds is unknown now: the next pass reads it.
             tracing::warn!(
                 failed,
-                total = delta.ops.len(),
+                total,
                 "reconcile incomplete; the next pass is a full one"
             );
         } else {
             self.delta = Some(path);
         }
         self.opts.telemetry.delta_passes.inc();
-        Some(Ok((delta.ops.len(), failed)))
+        Some(Ok((total, failed)))
     }
 }

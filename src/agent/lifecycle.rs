@@ -444,6 +444,7 @@ mod tests {
                 backend_data: None,
                 backend_v6_data: None,
                 node_name: None,
+                public_key: None,
             },
             lease_id: Some(1),
             ttl_remaining: None,

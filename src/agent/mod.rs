@@ -13,6 +13,7 @@ mod peers;
 pub mod plan;
 mod run;
 pub mod underlay;
+mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
@@ -76,7 +77,9 @@ impl AgentError {
             AgentError::Store(e) => is_config_store_error(e),
             AgentError::Kernel(e) => matches!(
                 e,
-                KernelError::UnusableUnderlay { .. } | KernelError::VxlanConflict { .. }
+                KernelError::UnusableUnderlay { .. }
+                    | KernelError::VxlanConflict { .. }
+                    | KernelError::Wireguard(crate::wireguard::WgError::Key { .. })
             ),
             AgentError::Plan(_) | AgentError::Ipv6OnlyUnsupported => true,
             AgentError::SubnetFile(_) | AgentError::Interrupted => false,
@@ -104,6 +107,9 @@ pub struct AgentConfig {
     pub underlay_select: underlay::UnderlaySelect,
     /// Accept VXLAN from members only (off with `--no-tunnel-filter`).
     pub tunnel_filter: bool,
+    /// wireguard backend: where the key file, the device's socket and its
+    /// log live (`--wireguard-dir`).
+    pub wireguard_dir: PathBuf,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -232,6 +238,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         };
         let mut plan = Plan::new(&cfg, &underlay, public_ipv6)?;
         plan.attrs.node_name = opts.node_name.clone();
+        wireguard::prepare(&cfg, &mut plan, &opts.wireguard_dir)?;
         let vtep_mac = plan.vxlan.as_ref().map(|v| v.mac.to_string());
         let tunnel_mtu = plan.vxlan.as_ref().map(|v| v.mtu);
         tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu = underlay.mtu, tunnel_mtu, pod_mtu = plan.pod_mtu, vtep_mac, "underlay");
@@ -506,13 +513,15 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 failed += 1;
             }
         }
+        let (wg_ops, wg_failed) = self.sync_wireguard(&nodes).await;
+        let (total, failed) = (ops.len() + wg_ops, failed + wg_failed);
         if failed > 0 {
             // Not converged: the next watch batch retries with a full pass.
-            tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
+            tracing::warn!(failed, total, "reconcile incomplete");
         } else {
             self.delta = Some(delta::DeltaPath::new(local, &self.leases, actual, index));
         }
-        Ok((ops.len(), failed))
+        Ok((total, failed))
     }
 
     /// Where this node sits, as the lease map is read against.

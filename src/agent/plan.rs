@@ -11,6 +11,7 @@ use crate::datapath::DeviceSpec;
 use crate::kernel::{Underlay, VxlanSpec};
 use crate::reconcile::{Mac, Mode};
 use crate::subnet_file::{gateway6_of, gateway_of, SubnetEnv};
+use crate::wireguard::{WgSpec, WIREGUARD6_OVERHEAD, WIREGUARD_OVERHEAD};
 
 /// VXLAN over an IPv4 underlay costs 50 bytes per packet.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -44,6 +45,9 @@ pub struct Plan {
     /// DirectRouting reach the nodes on it directly).
     pub underlay_net: Ipv4Net,
     pub underlay_index: u32,
+    /// The WireGuard device, in wireguard mode: set by the agent once it
+    /// has the node's key (`WgSpec::load`), `None` before and otherwise.
+    pub wireguard: Option<WgSpec>,
 }
 
 /// The one MTU rule: a configured MTU wins; otherwise the underlay's MTU
@@ -87,6 +91,7 @@ impl Plan {
                 direct_routing: backend.direct_routing,
             },
             BackendType::HostGw => Mode::HostGw,
+            BackendType::Wireguard => Mode::Wireguard,
         };
         // IPv6 underlay addresses matter only in an IPv6 cluster.
         let public_ipv6 = public_ipv6.filter(|_| cfg.ipv6.is_some());
@@ -105,6 +110,24 @@ impl Plan {
                 None,
                 None,
                 tunnel_mtu(backend.mtu, underlay, 0, 576, "pods")?,
+            ),
+            // One tunnel for both families; with an IPv6 underlay address
+            // (peers that have one too are reached there) the IPv6 cost.
+            Mode::Wireguard => (
+                None,
+                None,
+                match public_ipv6 {
+                    Some(_) => tunnel_mtu(
+                        backend.mtu,
+                        underlay,
+                        WIREGUARD6_OVERHEAD,
+                        1280,
+                        "WireGuard over IPv6",
+                    )?,
+                    None => {
+                        tunnel_mtu(backend.mtu, underlay, WIREGUARD_OVERHEAD, 576, "WireGuard")?
+                    }
+                },
             ),
             Mode::Vxlan { .. } => {
                 let mtu = tunnel_mtu(backend.mtu, underlay, VXLAN_OVERHEAD, 576, "VXLAN")?;
@@ -148,6 +171,7 @@ impl Plan {
             backend_data: vxlan.as_ref().map(vxlan_data),
             backend_v6_data: vxlan6.as_ref().map(vxlan_data),
             node_name: None,
+            public_key: None,
         };
         Ok(Plan {
             mode,
@@ -157,6 +181,7 @@ impl Plan {
             attrs,
             underlay_net: underlay.net,
             underlay_index: underlay.index,
+            wireguard: None,
         })
     }
 
@@ -186,6 +211,7 @@ impl Plan {
             vxlan6: self.vxlan6.clone(),
             vtep6,
             underlay_index: self.underlay_index,
+            wireguard: self.wireguard.clone(),
         }
     }
 
@@ -336,6 +362,32 @@ mod tests {
             dev.names(),
             vec!["twill0".to_string(), "twill.1".to_string()]
         );
+    }
+
+    #[test]
+    fn wireguard_costs_60_bytes_over_ipv4_and_80_over_ipv6() {
+        let wg = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        let plan = Plan::new(&wg, &underlay(1500), Some(ip6())).unwrap();
+        assert_eq!(plan.mode, Mode::Wireguard);
+        assert_eq!((plan.vxlan.is_none(), plan.vxlan6.is_none()), (true, true));
+        // Not an IPv6 cluster: the IPv6 underlay is not used.
+        assert_eq!(plan.pod_mtu, 1440);
+        assert_eq!(plan.attrs.backend_type, "wireguard");
+        let dual = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard"}}"#,
+        );
+        assert_eq!(
+            Plan::new(&dual, &underlay(1500), None).unwrap().pod_mtu,
+            1440
+        );
+        assert_eq!(
+            Plan::new(&dual, &underlay(1500), Some(ip6()))
+                .unwrap()
+                .pod_mtu,
+            1420
+        );
+        let err = Plan::new(&dual, &underlay(1350), Some(ip6())).unwrap_err();
+        assert_eq!(err.floor, 1280);
     }
 
     #[test]

@@ -168,6 +168,8 @@ fn is_twill_device(link: &LinkInfoView, bridge: &str) -> bool {
     (link.name == bridge && link.kind.as_deref() == Some("bridge"))
         || ((link.name.starts_with("twill.") || link.name.starts_with("twill6."))
             && link.kind.as_deref() == Some("vxlan"))
+        // The WireGuard helper exits when its TUN device goes.
+        || (link.name == crate::wireguard::DEVICE_NAME && link.kind.as_deref() == Some("tun"))
 }
 
 impl Kernel {
@@ -388,6 +390,22 @@ impl Kernel {
         Ok(link.index)
     }
 
+    /// Gives the TUN device `name` (made by the WireGuard helper) its MTU
+    /// and brings it up; returns its index.
+    pub async fn ensure_tun(&self, name: &str, mtu: u32) -> Result<u32> {
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| KernelError::NoSuchLink(name.to_string()))?;
+        if link.mtu != Some(mtu) {
+            tracing::info!(device = name, mtu, was = ?link.mtu, "setting the tunnel MTU");
+            self.set_link(link.index, Some(mtu), name).await?;
+        } else if !link.up {
+            self.set_link(link.index, None, name).await?;
+        }
+        Ok(link.index)
+    }
+
     /// Creates the VXLAN device, or fixes it in place, or recreates it when an
     /// attribute fixed at creation differs. Returns its index.
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec, address: Option<Ipv4Net>) -> Result<u32> {
@@ -449,9 +467,10 @@ impl Kernel {
     }
 }
 
-/// Removes every device twill made on this node: the pod bridge and every
-/// VXLAN device named `twill.<VNI>` or `twill6.<VNI>` (their routes, neighbours and FDB
-/// entries go with them). Errors are collected and the rest still removed.
+/// Removes every device twill made on this node: the pod bridge, every
+/// VXLAN device named `twill.<VNI>` or `twill6.<VNI>` and the WireGuard
+/// tunnel `twill-wg` (their routes, neighbours and FDB entries go with
+/// them). Errors are collected and the rest still removed.
 pub async fn cleanup(kernel: &Kernel, bridge: &str) -> Vec<KernelError> {
     let mut errors = Vec::new();
     let links: Vec<LinkMessage> = match kernel.handle.link().get().execute().try_collect().await {

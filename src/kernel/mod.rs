@@ -90,6 +90,8 @@ pub enum KernelError {
         kind: String,
         want: &'static str,
     },
+    #[error(transparent)]
+    Wireguard(#[from] crate::wireguard::WgError),
 }
 
 type Result<T> = std::result::Result<T, KernelError>;
@@ -124,6 +126,8 @@ pub struct DevIndex {
     /// The VXLAN device over the IPv6 underlay, when there is one.
     pub vxlan6: Option<u32>,
     pub underlay: u32,
+    /// The WireGuard tunnel device, in wireguard mode.
+    pub wireguard: Option<u32>,
 }
 
 /// A netlink handle in the namespace the agent runs in.
@@ -188,12 +192,14 @@ mod fixtures {
         vxlan: Some(VXLAN),
         vxlan6: Some(VXLAN6),
         underlay: UNDERLAY,
+        wireguard: None,
     };
     /// host-gw mode: no tunnel.
     pub const HOST_GW: DevIndex = DevIndex {
         vxlan: None,
         vxlan6: None,
         underlay: UNDERLAY,
+        wireguard: None,
     };
 
     pub fn ip(s: &str) -> IpAddr {

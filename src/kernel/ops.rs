@@ -24,6 +24,10 @@ const SET: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE;
 /// Flags of a delete request.
 const DEL: u16 = NLM_F_REQUEST | NLM_F_ACK;
 
+fn no_wireguard() -> KernelError {
+    KernelError::NoSuchLink(crate::wireguard::DEVICE_NAME.into())
+}
+
 /// The netlink request that carries out `op` on the devices of `dev`, with
 /// the header flags it is sent with. Sets replace what is there, so
 /// applying an op twice changes nothing.
@@ -32,6 +36,7 @@ pub fn op_message(dev: &DevIndex, op: &Op) -> Result<NetlinkMessage<RouteNetlink
         Dev::Vxlan => dev.vxlan.ok_or(KernelError::NoVxlan),
         Dev::Vxlan6 => dev.vxlan6.ok_or(KernelError::NoVxlan),
         Dev::Underlay => Ok(dev.underlay),
+        Dev::Wireguard => dev.wireguard.ok_or_else(no_wireguard),
     };
     let (inner, flags) = match op {
         Op::SetRoute { dst, target } => (
@@ -115,6 +120,7 @@ fn route_message(dev: &DevIndex, dst: IpNet, target: Option<&RouteTarget>) -> Re
         Some(Dev::Vxlan) => Some((dev.vxlan.ok_or(KernelError::NoVxlan)?, true)),
         Some(Dev::Vxlan6) => Some((dev.vxlan6.ok_or(KernelError::NoVxlan)?, true)),
         Some(Dev::Underlay) => Some((dev.underlay, false)),
+        Some(Dev::Wireguard) => Some((dev.wireguard.ok_or_else(no_wireguard)?, true)),
         None => None,
     };
     // The builder refuses an IPv4 gateway for an IPv6 prefix (reconcile

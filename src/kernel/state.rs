@@ -84,6 +84,7 @@ fn twill_route(dev: &DevIndex, r: &RouteMessage) -> Option<(IpNet, RouteTarget)>
         i if Some(i) == dev.vxlan => Dev::Vxlan,
         i if Some(i) == dev.vxlan6 => Dev::Vxlan6,
         i if i == dev.underlay => Dev::Underlay,
+        i if Some(i) == dev.wireguard => Dev::Wireguard,
         _ => return None,
     };
     let net = IpNet::new(dst?, r.header.destination_prefix_length).ok()?;

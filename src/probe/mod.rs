@@ -74,7 +74,9 @@ pub fn targets(own: Ipv4Net, nodes: &[RemoteNode]) -> Vec<Target> {
         .map(|n| {
             let (src, dst) = match n.path {
                 Path::Vxlan(_) => (own.network(), n.vtep_ip()),
-                Path::Direct => (gateway(own), gateway(n.subnet)),
+                // Through the WireGuard tunnel, bridge gateway to gateway:
+                // both are on the pod path and answered by the kernels.
+                Path::Direct | Path::Wireguard => (gateway(own), gateway(n.subnet)),
             };
             Target {
                 subnet: n.subnet,

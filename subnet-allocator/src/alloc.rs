@@ -13,6 +13,8 @@ mod ipv6_only;
 pub use ipv6_only::allocate_ipv6_only;
 
 /// What the node should do.
+// Made once per lease acquisition: boxing the lease buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allocation {
     /// This node (same public IP) already holds this lease: keep it.
@@ -285,6 +287,7 @@ mod tests {
                 backend_data: None,
                 backend_v6_data: None,
                 node_name: None,
+                public_key: None,
             },
             lease_id: Some(7),
             ttl_remaining: None,

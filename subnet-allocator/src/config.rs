@@ -18,6 +18,8 @@ use ipv6::parse_ipv6;
 pub const DEFAULT_VNI: u32 = 1;
 /// Default VXLAN UDP port (the Linux kernel's, also flannel's).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Default WireGuard UDP port (WireGuard's and flannel's).
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
 /// Subnets longer than this leave too few pod addresses to be useful.
 pub const MAX_SUBNET_LEN: u8 = 30;
 /// Default IPv6 per-node subnet length (flannel's): SLAAC-sized.
@@ -64,9 +66,11 @@ pub enum ConfigError {
     #[error("network config SubnetMin {min} is after SubnetMax {max}")]
     MinAfterMax { min: Ipv4Addr, max: Ipv4Addr },
     #[error(
-        "network config field Backend.Type {0:?} is unknown (expected \"vxlan\" or \"host-gw\")"
+        "network config field Backend.Type {0:?} is unknown (expected \"vxlan\", \"host-gw\" or \"wireguard\")"
     )]
     UnknownBackend(String),
+    #[error("network config field Backend.ListenPort 0 is not a UDP port (1-65535; leave it out for {DEFAULT_WIREGUARD_PORT})")]
+    ListenPort,
     #[error("network config field Backend.VNI {0} does not fit in 24 bits")]
     Vni(u32),
     #[error("network config fields EnableIPv4 and EnableIPv6 are both false: no address family is enabled")]
@@ -110,6 +114,8 @@ pub enum BackendType {
     #[default]
     Vxlan,
     HostGw,
+    /// Encrypted: a WireGuard tunnel to every other node.
+    Wireguard,
 }
 
 impl BackendType {
@@ -118,6 +124,7 @@ impl BackendType {
         match self {
             BackendType::Vxlan => "vxlan",
             BackendType::HostGw => "host-gw",
+            BackendType::Wireguard => "wireguard",
         }
     }
 }
@@ -134,6 +141,7 @@ impl FromStr for BackendType {
         match s {
             "vxlan" => Ok(BackendType::Vxlan),
             "host-gw" => Ok(BackendType::HostGw),
+            "wireguard" => Ok(BackendType::Wireguard),
             other => Err(ConfigError::UnknownBackend(other.to_string())),
         }
     }
@@ -148,6 +156,10 @@ pub struct BackendConfig {
     pub mtu: Option<u32>,
     pub direct_routing: bool,
     pub gbp: bool,
+    /// `wireguard`: the UDP port every node's tunnel listens on.
+    pub listen_port: u16,
+    /// `wireguard`: seconds between keepalives to each peer (0: none).
+    pub persistent_keepalive: u16,
 }
 
 impl Default for BackendConfig {
@@ -159,6 +171,8 @@ impl Default for BackendConfig {
             mtu: None,
             direct_routing: false,
             gbp: false,
+            listen_port: DEFAULT_WIREGUARD_PORT,
+            persistent_keepalive: 0,
         }
     }
 }
@@ -231,6 +245,10 @@ struct RawBackend {
     direct_routing: Option<bool>,
     #[serde(rename = "GBP")]
     gbp: Option<bool>,
+    #[serde(rename = "ListenPort")]
+    listen_port: Option<u16>,
+    #[serde(rename = "PersistentKeepaliveInterval")]
+    persistent_keepalive: Option<u16>,
 }
 
 /// The raw config; a type error names its field by its JSON path
@@ -273,6 +291,11 @@ fn parse_backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> 
         None | Some(0) => DEFAULT_VXLAN_PORT,
         Some(p) => p,
     };
+    let listen_port = match b.listen_port {
+        None => DEFAULT_WIREGUARD_PORT,
+        Some(0) => return Err(ConfigError::ListenPort),
+        Some(p) => p,
+    };
     Ok(BackendConfig {
         kind,
         vni,
@@ -280,6 +303,8 @@ fn parse_backend(raw: Option<RawBackend>) -> Result<BackendConfig, ConfigError> 
         mtu: b.mtu.filter(|m| *m != 0),
         direct_routing: b.direct_routing.unwrap_or(false),
         gbp: b.gbp.unwrap_or(false),
+        listen_port,
+        persistent_keepalive: b.persistent_keepalive.unwrap_or(0),
     })
 }
 
@@ -430,6 +455,13 @@ impl NetworkConfig {
         }
         if self.backend.gbp {
             backend.insert("GBP".into(), json!(true));
+        }
+        if self.backend.kind == BackendType::Wireguard {
+            backend.insert("ListenPort".into(), json!(self.backend.listen_port));
+            backend.insert(
+                "PersistentKeepaliveInterval".into(),
+                json!(self.backend.persistent_keepalive),
+            );
         }
         if self.is_ipv6_only() {
             let mut out = json!({"EnableIPv4": false, "Backend": Value::Object(backend)});
@@ -603,9 +635,49 @@ mod tests {
                 port: 4789,
                 mtu: Some(1400),
                 direct_routing: true,
-                gbp: true
+                gbp: true,
+                listen_port: DEFAULT_WIREGUARD_PORT,
+                persistent_keepalive: 0,
             }
         );
+    }
+
+    #[test]
+    fn wireguard_backend_with_flannels_field_names() {
+        let c = NetworkConfig::parse(
+            br#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":51999,"PersistentKeepaliveInterval":25}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.backend.kind, BackendType::Wireguard);
+        assert_eq!(c.backend.listen_port, 51999);
+        assert_eq!(c.backend.persistent_keepalive, 25);
+        assert_eq!(NetworkConfig::parse(c.to_json().as_bytes()).unwrap(), c);
+        let d =
+            NetworkConfig::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#)
+                .unwrap();
+        assert_eq!(
+            (d.backend.listen_port, d.backend.persistent_keepalive),
+            (51820, 0)
+        );
+        // Bad values are refused naming the field.
+        for (bad, field) in [
+            (r#"{"ListenPort":0}"#, "Backend.ListenPort"),
+            (r#"{"ListenPort":70000}"#, "Backend.ListenPort"),
+            (r#"{"ListenPort":"x"}"#, "Backend.ListenPort"),
+            (
+                r#"{"PersistentKeepaliveInterval":-1}"#,
+                "Backend.PersistentKeepaliveInterval",
+            ),
+        ] {
+            let json = format!(
+                r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard",{}}}}}"#,
+                &bad[1..bad.len() - 1]
+            );
+            let err = NetworkConfig::parse(json.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct LeaseAttrs {
     /// flannel's and older twill's values): two nodes that claim one public
     /// IP are told apart by it.
     pub node_name: Option<String>,
+    /// A `wireguard` lease's public key (base64, `BackendData.PublicKey` as
+    /// flannel's wireguard backend writes it); `None` for other backends.
+    pub public_key: Option<String>,
 }
 
 /// A subnet lease as read from or written to a store.
@@ -106,6 +109,12 @@ struct RawAttrs {
 }
 
 #[derive(Deserialize)]
+struct RawWireguard {
+    #[serde(rename = "PublicKey", default)]
+    public_key: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct RawVxlan {
     #[serde(rename = "VNI", default)]
     vni: u32,
@@ -136,6 +145,11 @@ impl LeaseAttrs {
             Some(_) => format!(r#","BackendV6Data":{}"#, vxlan(&self.backend_v6_data)),
             None => String::new(),
         };
+        // A wireguard lease's BackendData is its public key, as flannel's.
+        let data = match &self.public_key {
+            Some(k) if self.backend_data.is_none() => json!({ "PublicKey": k }),
+            _ => vxlan(&self.backend_data),
+        };
         let node = match &self.node_name {
             Some(n) => format!(r#","NodeName":{}"#, Value::String(n.clone())),
             None => String::new(),
@@ -147,7 +161,7 @@ impl LeaseAttrs {
             Value::String(self.public_ip.to_string()),
             ipv6,
             Value::String(self.backend_type.clone()),
-            vxlan(&self.backend_data),
+            data,
             v6_data,
             node
         )
@@ -166,6 +180,15 @@ impl LeaseAttrs {
             None => None,
             Some(s) if s.is_empty() => None,
             Some(s) => Some(s.parse().map_err(|_| LeaseError::PublicIpv6(s.clone()))?),
+        };
+        // A wireguard lease without a usable key still parses: the agents
+        // skip it (and say why) rather than treat the entry as unusable.
+        let public_key = match &raw.backend_data {
+            Some(v) if raw.backend_type == "wireguard" => RawWireguard::deserialize(v)
+                .ok()
+                .and_then(|w| w.public_key)
+                .filter(|k| !k.is_empty()),
+            _ => None,
         };
         // Only a vxlan lease's IPv6 data is interpreted; absent or null is
         // an IPv4-only lease.
@@ -205,6 +228,7 @@ impl LeaseAttrs {
             backend_data,
             backend_v6_data,
             node_name: raw.node_name.filter(|n| !n.is_empty()),
+            public_key,
         })
     }
 }
@@ -231,6 +255,7 @@ mod tests {
                 }),
                 backend_v6_data: None,
                 node_name: None,
+                public_key: None,
             }
         );
         assert_eq!(a.to_json(), FLANNEL_SAMPLE);
@@ -245,6 +270,7 @@ mod tests {
             backend_data: None,
             backend_v6_data: None,
             node_name: None,
+            public_key: None,
         };
         assert!(a.to_json().contains(r#""BackendData":null"#));
         assert_eq!(LeaseAttrs::parse(a.to_json().as_bytes()).unwrap(), a);
@@ -254,6 +280,9 @@ mod tests {
         .unwrap();
         assert_eq!(w.backend_type, "wireguard");
         assert_eq!(w.backend_data, None);
+        assert_eq!(w.public_key.as_deref(), Some("abc"));
+        assert!(w.to_json().contains(r#""BackendData":{"PublicKey":"abc"}"#));
+        assert_eq!(LeaseAttrs::parse(w.to_json().as_bytes()).unwrap(), w);
     }
 
     #[test]
@@ -308,6 +337,7 @@ mod tests {
                     vtep_mac: "ce:35:60:a1:2f:07".into()
                 }),
                 node_name: None,
+                public_key: None,
             }
         );
         assert_eq!(a.to_json(), FLANNEL_DUAL_SAMPLE);
@@ -326,6 +356,7 @@ mod tests {
             backend_data: None,
             backend_v6_data: None,
             node_name: None,
+            public_key: None,
         };
         assert_eq!(
             hg.to_json(),

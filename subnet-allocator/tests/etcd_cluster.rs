@@ -65,6 +65,7 @@ fn attrs(i: u8) -> LeaseAttrs {
         public_ipv6: None,
         backend_v6_data: None,
         node_name: None,
+        public_key: None,
     }
 }
 

@@ -7,11 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use twill_bench::{
     cni, converge, datapath, footprint, microbench, probe, report, results::BenchOutput, scale,
-    storm,
+    storm, wireguard,
 };
 
 /// Benchmark order in the report.
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "cni",
     "converge",
     "storm",
@@ -20,6 +20,7 @@ const ALL: [&str; 8] = [
     "probe",
     "scale",
     "micro",
+    "wireguard",
 ];
 
 #[derive(Parser)]
@@ -75,6 +76,9 @@ enum Cmd {
     Scale,
     /// twilld CPU of peer probing: 3 nodes idle, 1,000 simulated peers.
     Probe,
+    /// iperf3 throughput through the WireGuard tunnel vs VXLAN and the
+    /// underlay; the agent's and its helper's CPU and RSS.
+    Wireguard,
     /// Saves the criterion micro-benchmark results (run `cargo bench -p
     /// twill-bench --bench micro` first) as a benchmark output.
     Micro {
@@ -134,6 +138,10 @@ fn main() -> anyhow::Result<()> {
             reps: reps(1, 3),
             bin_dir: cli.bin_dir.clone(),
             cni_bin,
+        })?,
+        Cmd::Wireguard => wireguard::run(&wireguard::WireguardOpts {
+            seconds: 5,
+            reps: reps(1, 3),
         })?,
         Cmd::Scale => scale::run(&scale::ScaleOpts {
             sizes: vec![1000, 2000, 5000],

@@ -65,6 +65,8 @@ struct FakeKernel {
     reads: usize,
     /// `ensure_guard` calls: (tunnel members, whether it checked).
     guard: Vec<(twill_nft::guard::Peers, bool)>,
+    /// The WireGuard peers `sync_peers` was last asked for.
+    wg_peers: crate::wireguard::peers::PeerMap,
 }
 
 /// A data path that keeps twill's entries in memory and records every call.
@@ -157,6 +159,7 @@ impl Datapath for FakeDatapath {
             vxlan: spec.vxlan.as_ref().map(|_| 10),
             vxlan6: spec.vxlan6.as_ref().map(|_| 11),
             underlay: spec.underlay_index,
+            wireguard: None,
         })
     }
 
@@ -241,6 +244,18 @@ impl Datapath for FakeDatapath {
         self.lock().underlay_events = Some(tx);
         Ok(rx.boxed())
     }
+
+    async fn sync_peers(
+        &self,
+        _spec: &crate::wireguard::WgSpec,
+        desired: &crate::wireguard::peers::PeerMap,
+    ) -> Result<Vec<crate::wireguard::uapi::PeerChange>, KernelError> {
+        let mut k = self.lock();
+        let actual: Vec<_> = k.wg_peers.values().cloned().collect();
+        let changes = crate::wireguard::peers::diff_peers(desired, &actual);
+        k.wg_peers = desired.clone();
+        Ok(changes)
+    }
 }
 
 fn config() -> NetworkConfig {
@@ -260,6 +275,7 @@ fn peer_attrs(host: u8) -> LeaseAttrs {
         }),
         backend_v6_data: None,
         node_name: None,
+        public_key: None,
     }
 }
 
@@ -293,6 +309,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         set_forwarding: true,
         underlay_select: Default::default(),
         tunnel_filter: true,
+        wireguard_dir: dir.join("wireguard"),
     }
 }
 
@@ -407,6 +424,8 @@ async fn peer(store: &MemoryStore, subnet: &str, host: u8) -> Lease {
         .await
         .unwrap()
 }
+
+mod wireguard;
 
 #[tokio::test(start_paused = true)]
 async fn start_programs_peers_and_publishes_the_subnet() {
@@ -863,6 +882,7 @@ fn fake_kernel_round_trips_every_op() {
         vxlan: Some(10),
         vxlan6: None,
         underlay: 2,
+        wireguard: None,
     };
     let leases = vec![Lease {
         subnet: net("10.244.5.0/24"),

@@ -14,6 +14,7 @@ type Leases = BTreeMap<Ipv4Net, Lease>;
 
 /// A change to the lease map as a watch reports it.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // test events, a handful at a time
 enum Ev {
     Put(Lease),
     Del(Ipv4Net),
@@ -42,6 +43,7 @@ fn lease(subnet: &str, ip: Ipv4Addr, vtep: &str) -> Lease {
             }),
             backend_v6_data: None,
             node_name: None,
+            public_key: None,
         },
         lease_id: None,
         ttl_remaining: None,

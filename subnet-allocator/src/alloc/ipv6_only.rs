@@ -135,6 +135,7 @@ mod tests {
                 vtep_mac: format!("02:00:00:00:00:{host:02x}"),
             }),
             node_name: node.map(str::to_string),
+            public_key: None,
         }
     }
 

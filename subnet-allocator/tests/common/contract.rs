@@ -128,6 +128,7 @@ pub fn host_gw(i: u8) -> LeaseAttrs {
         public_ipv6: None,
         backend_v6_data: None,
         node_name: None,
+        public_key: None,
     }
 }
 

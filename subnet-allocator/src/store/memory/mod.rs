@@ -441,6 +441,7 @@ mod tests {
             public_ipv6: None,
             backend_v6_data: None,
             node_name: None,
+            public_key: None,
         }
     }
 
