@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(etcd-server etcd-client protobuf-compiler iproute2 iputils-ping nftables
           iperf3 containernetworking-plugins build-essential pkg-config openssl
           util-linux podman runc conmon catatonit uidmap busybox-static
-          mmdebstrap)
+          mmdebstrap python3)
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 
