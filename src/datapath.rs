@@ -164,6 +164,10 @@ pub trait Datapath: Send + Sync {
 pub struct NetlinkDatapath {
     kernel: Kernel,
     wireguard: Userspace,
+    /// The isolation table's settings and tunnel members as last written,
+    /// so that a changed member set is written as the peers that came and
+    /// went; `None` until a write succeeded or after one failed.
+    guard_written: std::sync::Mutex<GuardWritten>,
 }
 
 impl NetlinkDatapath {
@@ -172,7 +176,18 @@ impl NetlinkDatapath {
         Ok(NetlinkDatapath {
             kernel: Kernel::connect()?,
             wireguard: Userspace::default(),
+            guard_written: std::sync::Mutex::new(None),
         })
+    }
+}
+
+type GuardWritten = Option<(twill_nft::guard::Settings, twill_nft::guard::Peers)>;
+
+impl NetlinkDatapath {
+    fn guard_written(&self) -> std::sync::MutexGuard<'_, GuardWritten> {
+        self.guard_written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -273,7 +288,15 @@ impl Datapath for NetlinkDatapath {
         check: bool,
         known: &crate::guard::PodEntries,
     ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
-        crate::guard::ensure(settings, peers, check, known).await
+        // A check reads the table back and may rewrite it whole.
+        let last = if check {
+            None
+        } else {
+            self.guard_written().clone()
+        };
+        let r = crate::guard::ensure(settings, peers, check, known, last).await;
+        *self.guard_written() = r.as_ref().ok().map(|_| (settings.clone(), peers.clone()));
+        r
     }
 
     async fn sync_peers(

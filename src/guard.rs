@@ -135,10 +135,27 @@ pub fn ensure_blocking(
     peers: &Peers,
     check: bool,
     known: &PodEntries,
+    written: Option<&(Settings, Peers)>,
 ) -> Result<GuardReport, GuardError> {
     let s = NftSocket::open()?;
     let mut report = GuardReport::default();
     if !check {
+        if let Some((_, was_peers)) = written.filter(|(w, _)| w == settings) {
+            // Only the members changed: the peers that came and went.
+            let (added, removed) = (peers.minus(was_peers), was_peers.minus(peers));
+            if added.is_empty() && removed.is_empty() {
+                return Ok(report);
+            }
+            match send(&s, &g::update_peers(&added, &removed, s.next_seq())) {
+                Ok(()) => {
+                    report.rewritten.push("inet");
+                    return Ok(report);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot update the tunnel members in place; replacing the table");
+                }
+            }
+        }
         send(&s, &g::replace_inet(settings, peers, s.next_seq()))?;
         report.rewritten.push("inet");
         return Ok(report);
@@ -173,11 +190,14 @@ pub async fn ensure(
     peers: &Peers,
     check: bool,
     known: &PodEntries,
+    written: Option<(Settings, Peers)>,
 ) -> Result<GuardReport, GuardError> {
     let (settings, peers, known) = (settings.clone(), peers.clone(), known.clone());
-    tokio::task::spawn_blocking(move || ensure_blocking(&settings, &peers, check, &known))
-        .await
-        .map_err(|e| GuardError::Join(e.to_string()))?
+    tokio::task::spawn_blocking(move || {
+        ensure_blocking(&settings, &peers, check, &known, written.as_ref())
+    })
+    .await
+    .map_err(|e| GuardError::Join(e.to_string()))?
 }
 
 /// Removes both tables (`twilld --uninstall`); a kernel without nf_tables

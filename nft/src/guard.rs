@@ -644,6 +644,39 @@ impl Peers {
     }
 }
 
+/// The batch that adds `added` to the tunnel's member sets and takes
+/// `removed` out of them, leaving the rest of the table as it is: the cost
+/// of one peer joining or leaving does not grow with the cluster. Each
+/// removed element is added first, so that one already gone is no error;
+/// a missing table or set fails the batch (the caller then replaces the
+/// table as a whole).
+pub fn update_peers(added: &Peers, removed: &Peers, first_seq: u32) -> Messages {
+    let mut m = Messages::new(first_seq);
+    m.begin_batch();
+    set_elements(&mut m, MSG_NEWSETELEM, INET, PEERS4, &added.keys4());
+    set_elements(&mut m, MSG_NEWSETELEM, INET, PEERS6, &added.keys6());
+    for (set, keys) in [(PEERS4, removed.keys4()), (PEERS6, removed.keys6())] {
+        set_elements(&mut m, MSG_NEWSETELEM, INET, set, &keys);
+        set_elements(&mut m, MSG_DELSETELEM, INET, set, &keys);
+    }
+    m.end_batch();
+    m
+}
+
+impl Peers {
+    /// What is in `self` and not in `other`.
+    pub fn minus(&self, other: &Peers) -> Peers {
+        Peers {
+            v4: self.v4.difference(&other.v4).copied().collect(),
+            v6: self.v6.difference(&other.v6).copied().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+}
+
 /// The batch that replaces the inet table (sets with their elements, chain,
 /// rules) as a whole.
 pub fn replace_inet(s: &Settings, peers: &Peers, first_seq: u32) -> Messages {
@@ -938,6 +971,26 @@ mod tests {
                 .all(|l| FILTERS.contains(&l.filter.as_deref().unwrap())));
             assert!(!rules_match(&listed[1..], chain, &want));
         }
+    }
+
+    #[test]
+    fn a_changed_member_set_is_written_as_the_peers_that_came_and_went() {
+        let peers = |v4: &[u8]| Peers {
+            v4: v4.iter().map(|h| Ipv4Addr::new(192, 0, 2, *h)).collect(),
+            v6: Default::default(),
+        };
+        let (was, now) = (peers(&[1, 2, 3]), peers(&[2, 3, 4]));
+        let (added, removed) = (now.minus(&was), was.minus(&now));
+        assert_eq!(added, peers(&[4]));
+        assert_eq!(removed, peers(&[1]));
+        assert!(now.minus(&now).is_empty());
+        // One element added, one added then deleted (no error when gone);
+        // no table, set, chain or rule touched, nothing else sent.
+        let cmds: Vec<u16> = commands(&update_peers(&added, &removed, 1))
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(cmds, [MSG_NEWSETELEM, MSG_NEWSETELEM, MSG_DELSETELEM]);
     }
 
     #[test]
