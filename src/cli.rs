@@ -168,6 +168,11 @@ pub struct Args {
     /// 256 peers a round, in rotation; see docs/configuration.md)
     #[arg(long, env = "TWILL_PROBE_INTERVAL", default_value_t = crate::probe::DEFAULT_INTERVAL_SECS)]
     pub probe_interval: u64,
+
+    /// do not probe peers through the overlay (/peers and the twill_peer_*
+    /// gauges stay empty)
+    #[arg(long, env = "TWILL_NO_PROBE")]
+    pub no_probe: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -540,6 +545,12 @@ mod tests {
             unusable_underlay_address(Ipv4Addr::new(169, 254, 0, 9)),
             Some("link-local")
         );
+    }
+
+    #[test]
+    fn probing_is_on_unless_told_not_to() {
+        assert!(!parse(&[]).no_probe);
+        assert!(parse(&["--no-probe"]).no_probe);
     }
 
     #[test]

@@ -318,6 +318,10 @@ fn spawn_prober<S, D>(
     S: subnet_allocator::LeaseStore + 'static,
     D: twill::datapath::Datapath,
 {
+    if args.no_probe {
+        tracing::info!("peer probing is off (--no-probe): /peers and twill_peer_* stay empty");
+        return;
+    }
     match twill::probe::Prober::open(args.probe_interval(), telemetry.clone()) {
         Ok(p) => {
             tracing::info!(interval = ?args.probe_interval(), per_round = twill::probe::MAX_PEERS_PER_ROUND, "probing peers through the overlay");

@@ -84,7 +84,8 @@ pub fn run(opts: &StormOpts) -> anyhow::Result<BenchOutput> {
         "storm",
         "2b. Convergence: a join storm",
         "N hosts (namespaces on one 198.18.0.0/15 segment, /26 subnets, lease TTL 1 h, \
-         --resync-interval 3600) start twilld at once against one etcd. Converged: the \
+         --resync-interval 3600, --no-probe: probes would need N x N ARP entries in the \
+         neighbour table all namespaces share) start twilld at once against one etcd. Converged: the \
          host's namespace has a route via the VXLAN device to every other host \
          (/proc/<twilld pid>/net/route, polled every 100 ms). Agent CPU: the host's twilld's \
          CPU time (its threads' /proc schedstat) when its host converged; per joining peer = that / (N - 1). \
@@ -124,6 +125,11 @@ fn storm(out: &mut BenchOutput, n: usize, timeout: Duration) -> anyhow::Result<(
         .network_config(NETWORK_CONFIG)
         .resync_interval(3600)
         .lease_ttl(LEASE_TTL_SECS)
+        // The control plane is measured. Probes would make every host
+        // resolve every other's underlay address: N x N ARP entries in the
+        // one neighbour table all namespaces share (1024 by default), which
+        // overflows at N=500 and cuts hosts off from etcd.
+        .agent_args(["--no-probe"])
         .build()?;
     c.underlay()
         .ip(["addr", "add", BRIDGE_ADDR, "dev", "ul0"])?;
