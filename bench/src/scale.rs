@@ -14,7 +14,8 @@ use subnet_allocator::{
     acquire_lease, EtcdOptions, EtcdStore, Lease, LeaseAttrs, LeaseEvent, LeaseStore,
     NetworkConfig, VxlanData,
 };
-use twill::reconcile::{desired_state, diff, remote_nodes, KernelState, Local, Mode};
+use twill::reconcile::delta::PeerSet;
+use twill::reconcile::{desired_state, diff, remote_nodes, KernelState, Local, Mode, Op};
 
 use crate::localetcd::LocalEtcd;
 use crate::results::{BenchOutput, Target};
@@ -156,8 +157,9 @@ async fn run_async(opts: &ScaleOpts, endpoint: &str) -> anyhow::Result<BenchOutp
         "Fake vxlan leases for N nodes in a real etcd 3.4 (/29 subnets of 10.244.0.0/16). \
          Full sync = list_leases + remote_nodes + desired_state + diff against an empty \
          KernelState. Per event = put/delete one lease -> watch event received -> lease map \
-         updated -> remote_nodes + desired_state + diff against the previous desired state \
-         (what the agent does before touching the kernel). Race = N agents, each with its own \
+         updated -> the agent's per-peer delta (PeerSet::update: the ops for the touched \
+         peer, what the agent applies without reading the kernel; its cost should not grow \
+         with N). Race = N agents, each with its own \
          etcd connection, calling acquire_lease at once on a /16 with /24 subnets.",
     );
     for &n in &opts.sizes {
@@ -229,13 +231,6 @@ async fn run_async(opts: &ScaleOpts, endpoint: &str) -> anyhow::Result<BenchOutp
                 "ms",
                 quantile(&compute, 1.0).unwrap_or(f64::NAN),
             );
-            // The agent recomputes the whole desired state per event, so
-            // linear scaling shows as a flat cost per node.
-            out.push(
-                &format!("per event, {n} nodes: event -> diff done per node (p50)"),
-                "us",
-                median(&compute).unwrap_or(f64::NAN) * 1000.0 / f64::from(n),
-            );
             out.samples("scale", &format!("event->diff, {n} nodes"), &compute);
         }
     }
@@ -280,12 +275,12 @@ async fn events(
     let mut map: BTreeMap<Ipv4Net, Lease> =
         snap.leases.into_iter().map(|l| (l.subnet, l)).collect();
     let mut watch = store.watch_leases(snap.revision).await?;
-    let current = |map: &BTreeMap<Ipv4Net, Lease>| {
-        let leases: Vec<Lease> = map.values().cloned().collect();
-        let (nodes, _) = remote_nodes(&local_view(cfg.network, local_subnet, local_ip), &leases);
-        desired_state(&nodes)
-    };
-    let mut prev = current(&map);
+    // The agent's per-peer delta, from a kernel that holds the full desired
+    // state (what its last full pass left).
+    let local = local_view(cfg.network, local_subnet, local_ip);
+    let leases: Vec<Lease> = map.values().cloned().collect();
+    let programmed = desired_state(&remote_nodes(&local, &leases).0);
+    let mut peers = PeerSet::new(local, &map, programmed);
     let (mut rtt, mut compute) = (Vec::new(), Vec::new());
     let extra: Vec<Lease> = (0..events)
         .map(|k| fake_lease(cfg.network, cfg.subnet_len, n + 1 + k))
@@ -308,20 +303,30 @@ async fn events(
             .await?
             .ok_or_else(|| anyhow::anyhow!("etcd closed the lease watch"))?;
         let t1 = Instant::now();
+        let mut touched = Vec::new();
         for ev in batch {
             match ev {
                 LeaseEvent::Added(l) => {
+                    touched.push(l.subnet);
                     map.insert(l.subnet, l);
                 }
                 LeaseEvent::Removed(s) => {
+                    touched.push(s);
                     map.remove(&s);
                 }
                 // The bench's leases are IPv4 ones.
                 LeaseEvent::RemovedIpv6Only(_) | LeaseEvent::Unusable { .. } => {}
             }
         }
-        let desired = current(&map);
-        let ops = diff(&desired, &prev);
+        let ops: Vec<Op> = peers
+            .update(&map, touched)
+            .ops
+            .into_iter()
+            .map(|(_, op)| op)
+            .collect();
+        for op in &ops {
+            peers.record(op);
+        }
         let t2 = Instant::now();
         anyhow::ensure!(
             ops.len() == 3,
@@ -329,7 +334,6 @@ async fn events(
             if join { "join" } else { "leave" },
             ops.len()
         );
-        prev = desired;
         rtt.push(ms(t1 - t0));
         compute.push(ms(t2 - t1));
     }
@@ -344,6 +348,20 @@ fn linearity_notes(out: &mut BenchOutput, sizes: &[u32]) {
     if lo == hi {
         return;
     }
+    let event = |n: u32| {
+        let fig = format!("per event, {n} nodes: event -> diff done (p50)");
+        out.rows
+            .iter()
+            .find(|r| r.figure == fig)
+            .and_then(|r| median(&r.runs))
+    };
+    if let (Some(a), Some(b)) = (event(lo), event(hi)) {
+        out.notes.push(format!(
+            "per-event compute (the per-peer delta): {a:.3} ms at {lo} nodes, {b:.3} ms at {hi} nodes ({:.2}x for {:.0}x the nodes)",
+            b / a,
+            f64::from(hi) / f64::from(lo)
+        ));
+    }
     let per_node = |out: &BenchOutput, fig: &str, n: u32| {
         out.rows
             .iter()
@@ -356,10 +374,6 @@ fn linearity_notes(out: &mut BenchOutput, sizes: &[u32]) {
         (
             "full sync compute",
             "full sync, {n} nodes: compute (remote_nodes+desired+diff)",
-        ),
-        (
-            "per-event compute",
-            "per event, {n} nodes: event -> diff done (p50)",
         ),
     ] {
         let a = per_node(out, &fig.replace("{n}", &lo.to_string()), lo);
