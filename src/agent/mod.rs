@@ -11,6 +11,7 @@ mod guard;
 pub mod lifecycle;
 mod peers;
 pub mod plan;
+pub mod plan6;
 mod run;
 pub mod underlay;
 mod wireguard;

@@ -77,6 +77,28 @@ pub fn tunnel_mtu(
     }
 }
 
+/// The VXLAN device of `cfg`'s backend named `name`, on `underlay` from
+/// `local`.
+pub(super) fn vxlan_spec(
+    cfg: &NetworkConfig,
+    underlay: &Underlay,
+    name: String,
+    local: IpAddr,
+    mtu: u32,
+    mac: Mac,
+) -> VxlanSpec {
+    VxlanSpec {
+        name,
+        vni: cfg.backend.vni,
+        port: cfg.backend.port,
+        local,
+        underlay_index: underlay.index,
+        mtu,
+        mac,
+        gbp: cfg.backend.gbp,
+    }
+}
+
 impl Plan {
     /// Plans the data path for `cfg` on `underlay` (with `public_ipv6`, the
     /// underlay's global IPv6 address, when it has one).
@@ -95,15 +117,8 @@ impl Plan {
         };
         // IPv6 underlay addresses matter only in an IPv6 cluster.
         let public_ipv6 = public_ipv6.filter(|_| cfg.ipv6.is_some());
-        let spec = |name: String, local: IpAddr, mtu: u32, mac: Mac| VxlanSpec {
-            name,
-            vni: backend.vni,
-            port: backend.port,
-            local,
-            underlay_index: underlay.index,
-            mtu,
-            mac,
-            gbp: backend.gbp,
+        let spec = |name: String, local: IpAddr, mtu: u32, mac: Mac| {
+            vxlan_spec(cfg, underlay, name, local, mtu, mac)
         };
         let (vxlan, vxlan6, pod_mtu) = match mode {
             Mode::HostGw => (
@@ -232,11 +247,11 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn underlay(mtu: u32) -> Underlay {
+    pub(in crate::agent) fn underlay(mtu: u32) -> Underlay {
         Underlay {
             name: "eth0".into(),
             index: 7,
