@@ -14,6 +14,7 @@ pub mod plan;
 pub mod plan6;
 mod run;
 pub mod underlay;
+pub mod underlay6;
 mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
