@@ -112,6 +112,9 @@ pub struct AgentConfig {
     /// wireguard backend: where the key file, the device's socket and its
     /// log live (`--wireguard-dir`).
     pub wireguard_dir: PathBuf,
+    /// `--public-ipv6`: the node's IPv6 underlay address, instead of the
+    /// interface's first global one.
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -234,9 +237,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let found = dp.select_underlay(&follow.select, opts.public_ip).await?;
         follow.started_on(&found);
         let underlay = found.underlay;
-        let public_ipv6 = match cfg.ipv6 {
-            Some(_) => dp.global_ipv6(underlay.index).await?,
-            None => None,
+        let public_ipv6 = match (cfg.ipv6.is_some(), opts.public_ipv6) {
+            (true, Some(ip)) => Some(ip),
+            (true, None) => dp.global_ipv6(underlay.index).await?,
+            (false, _) => None,
         };
         let mut plan = Plan::new(&cfg, &underlay, public_ipv6)?;
         plan.attrs.node_name = opts.node_name.clone();

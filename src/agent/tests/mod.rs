@@ -310,6 +310,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         underlay_select: Default::default(),
         tunnel_filter: true,
         wireguard_dir: dir.join("wireguard"),
+        public_ipv6: None,
     }
 }
 
