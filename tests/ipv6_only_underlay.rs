@@ -40,24 +40,40 @@ fn choose_in(
     .unwrap()
 }
 
+/// A namespace (`role`) whose links are veths named by `links`, each with
+/// only the IPv6 address given and up (their peers, up, in the second
+/// namespace returned).
+fn v6_only_node(role: &str, links: &[(&str, &str)]) -> (Netns, Netns) {
+    let ns = Netns::unique(role).unwrap();
+    let peer = Netns::unique(&format!("{role}p")).unwrap();
+    for (i, (dev, addr)) in links.iter().enumerate() {
+        let p = format!("p{i}");
+        ns.ip(["link", "add", dev, "type", "veth", "peer", "name", &p])
+            .unwrap();
+        ns.ip(["link", "set", &p, "netns", peer.name()]).unwrap();
+        peer.ip(["link", "set", &p, "up"]).unwrap();
+        ns.ip(["-6", "addr", "add", addr, "dev", dev, "nodad"])
+            .unwrap();
+        ns.ip(["link", "set", dev, "up"]).unwrap();
+    }
+    (ns, peer)
+}
+
+/// An IPv6 default route out of `eth0`.
+fn default_route6(ns: &Netns) {
+    let via = ["-6", "route", "add", "default", "via", "2001:db8::fe"];
+    ns.ip(via.iter().chain(&["dev", "eth0"])).unwrap();
+}
+
 #[test]
 fn an_ipv6_only_node_finds_its_underlay_by_default_route_name_or_address() {
     if !gate() {
         return;
     }
-    let ns = Netns::unique("u6").unwrap();
-    let peer = Netns::unique("u6p").unwrap();
-    for (dev, p) in [("eth0", "p0"), ("eth1", "p1")] {
-        ns.ip(["link", "add", dev, "type", "veth", "peer", "name", p])
-            .unwrap();
-        ns.ip(["link", "set", p, "netns", peer.name()]).unwrap();
-        peer.ip(["link", "set", p, "up"]).unwrap();
-    }
-    for (dev, addr) in [("eth0", "2001:db8::1/64"), ("eth1", "2001:db8:1::1/64")] {
-        ns.ip(["-6", "addr", "add", addr, "dev", dev, "nodad"])
-            .unwrap();
-        ns.ip(["link", "set", dev, "up"]).unwrap();
-    }
+    let (ns, _peer) = v6_only_node(
+        "u6",
+        &[("eth0", "2001:db8::1/64"), ("eth1", "2001:db8:1::1/64")],
+    );
     // No IPv4 address in the namespace but loopback's.
     let v4 = ns.ip(["-4", "-o", "addr", "show"]).unwrap();
     let v4: Vec<&str> = v4.lines().filter(|l| !l.contains(" lo ")).collect();
@@ -67,17 +83,7 @@ fn an_ipv6_only_node_finds_its_underlay_by_default_route_name_or_address() {
     let e = choose_in(&ns, UnderlaySelect::default(), None).unwrap_err();
     assert!(matches!(e, KernelError::NoDefaultRoute), "{e}");
 
-    ns.ip([
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8::fe",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
+    default_route6(&ns);
     let f = choose_in(&ns, UnderlaySelect::default(), None).unwrap();
     assert_eq!(f.name, "eth0");
     assert_eq!(f.net, "2001:db8::1/64".parse().unwrap());
@@ -114,4 +120,116 @@ fn an_ipv6_only_node_finds_its_underlay_by_default_route_name_or_address() {
         matches!(&e, KernelError::NoAddress(n) if n == "eth1"),
         "{e}"
     );
+}
+
+/// A v6-only lease of `s6` as the plan publishes it.
+fn lease6(s6: &str, attrs: subnet_allocator::LeaseAttrs) -> subnet_allocator::Lease {
+    subnet_allocator::Lease {
+        subnet: "0.0.0.0/0".parse().unwrap(),
+        ipv6_subnet: Some(s6.parse().unwrap()),
+        attrs,
+        lease_id: Some(1),
+        ttl_remaining: None,
+    }
+}
+
+#[test]
+fn an_ipv6_only_node_gets_its_devices_and_ipv6_entries_only() {
+    use twill::agent::plan::Plan;
+    use twill::datapath::{Datapath, NetlinkDatapath};
+    use twill::reconcile::ipv6_only::{desired_state6, remote_nodes6, Local6};
+    use twill::reconcile::{diff, Mac, Mode};
+
+    if !gate() {
+        return;
+    }
+    let (ns, _peer) = v6_only_node("d6", &[("eth0", "2001:db8::1/64")]);
+    default_route6(&ns);
+
+    let cfg = subnet_allocator::NetworkConfig::parse(
+        br#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let (desired, after) = in_netns(&ns.path(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let r: Result<_, Box<dyn std::error::Error + Send + Sync>> = rt.block_on(async {
+            let dp = NetlinkDatapath::connect()?;
+            let k = Kernel::connect()?;
+            let snap = k.underlay_snapshot(None, true).await?;
+            let found = choose_ipv6(&UnderlaySelect::default(), None, &snap)?;
+            let underlay = twill::kernel::Underlay {
+                name: found.name.clone(),
+                index: found.index,
+                mtu: found.mtu,
+                ip: std::net::Ipv4Addr::UNSPECIFIED,
+                net: "0.0.0.0/32".parse()?,
+            };
+            let plan = Plan::ipv6_only(&cfg, &underlay, found.ip())?;
+            let own = lease6("fd00:10:244:5::/64", plan.attrs.clone());
+            let spec = plan.devices(&cfg, "twill0", &own);
+            let dev = dp.ensure_devices(&spec).await?;
+            let mut peer_attrs = plan.attrs.clone();
+            let peer_ip: Ipv6Addr = "2001:db8:9::7".parse()?;
+            peer_attrs.public_ipv6 = Some(peer_ip);
+            let peer_mac = Mac::for_vtep6(peer_ip, 1);
+            if let Some(d) = peer_attrs.backend_v6_data.as_mut() {
+                d.vtep_mac = peer_mac.to_string();
+            }
+            let local = Local6 {
+                network6: "fd00:10:244::/48".parse()?,
+                subnet6: "fd00:10:244:5::/64".parse()?,
+                underlay6: found.net,
+                mode: plan.mode,
+            };
+            assert_eq!(
+                plan.mode,
+                Mode::Vxlan {
+                    direct_routing: false
+                }
+            );
+            let leases = [own, lease6("fd00:10:244:7::/64", peer_attrs)];
+            let (nodes, skipped) = remote_nodes6(&local, &leases);
+            assert!(skipped.is_empty(), "{skipped:?}");
+            let desired = desired_state6(&nodes);
+            for op in diff(&desired, &dp.read_state(&dev).await?) {
+                dp.apply(&dev, &op).await?;
+            }
+            let after = dp.read_state(&dev).await?;
+            Ok((desired, after))
+        });
+        r.map_err(std::io::Error::other)
+    })
+    .unwrap();
+    // What was applied is what the kernel holds, and diff finds nothing.
+    assert_eq!(diff(&desired, &after), vec![]);
+    assert_eq!(desired.routes.len(), 1);
+
+    // The devices, seen by ip: no IPv4 anywhere on them, no twill.1.
+    let links = ns.link_names().unwrap();
+    assert!(links.contains(&"twill6.1".to_string()), "{links:?}");
+    assert!(!links.contains(&"twill.1".to_string()), "{links:?}");
+    let br = ns.ip(["addr", "show", "dev", "twill0"]).unwrap();
+    assert!(br.contains("inet6 fd00:10:244:5::1/64"), "{br}");
+    assert!(!br.contains("inet "), "{br}");
+    let gw6: Ipv6Addr = "fd00:10:244:5::1".parse().unwrap();
+    let mac = twill::reconcile::Mac::for_bridge6(gw6).to_string();
+    assert!(br.contains(&format!("link/ether {mac}")), "{br}");
+    let vx = ns.ip(["-d", "addr", "show", "dev", "twill6.1"]).unwrap();
+    assert!(vx.contains("mtu 1430"), "{vx}");
+    assert!(vx.contains("local 2001:db8::1"), "{vx}");
+    assert!(vx.contains("inet6 fd00:10:244:5::/128"), "{vx}");
+    assert!(!vx.contains("inet "), "{vx}");
+    let r6 = ns.ip(["-6", "route", "show", "dev", "twill6.1"]).unwrap();
+    assert!(
+        r6.contains("fd00:10:244:7::/64 via fd00:10:244:7::"),
+        "{r6}"
+    );
+    let fdb = ns
+        .exec_ok(&["bridge", "fdb", "show", "dev", "twill6.1"])
+        .unwrap();
+    assert!(fdb.contains("dst 2001:db8:9::7"), "{fdb}");
+    let r4 = ns.ip(["-4", "route", "show"]).unwrap();
+    assert!(r4.trim().is_empty(), "{r4}");
 }

@@ -211,7 +211,7 @@ impl Plan {
             )
         });
         let vtep = Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet);
-        let vtep6 = match self.vxlan {
+        let vtep6 = match self.vxlan.as_ref().or(self.vxlan6.as_ref()) {
             Some(_) => {
                 v6.map(|(network6, s6)| (Ipv6Net::new(s6.network(), 128).unwrap_or(s6), network6))
             }
@@ -219,7 +219,9 @@ impl Plan {
         };
         DeviceSpec {
             bridge: bridge.to_string(),
-            gateway: Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet),
+            // An IPv6-only lease has no IPv4 subnet (0.0.0.0/0).
+            gateway: (!lease.is_ipv6_only())
+                .then(|| Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet)),
             mtu: self.pod_mtu,
             gateway6,
             vxlan: self.vxlan.clone().map(|v| (v, vtep)),
@@ -434,7 +436,10 @@ pub(super) mod tests {
         let plan = Plan::new(&cfg, &underlay(1500), None).unwrap();
         let l = lease(&cfg, &plan, "10.244.3.0/24");
         let dev = plan.devices(&cfg, "twill0", &l);
-        assert_eq!(dev.gateway, "10.244.3.1/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(
+            dev.gateway,
+            Some("10.244.3.1/24".parse::<Ipv4Net>().unwrap())
+        );
         assert_eq!(dev.mtu, 1450);
         let (spec, vtep) = dev.vxlan.as_ref().unwrap();
         assert_eq!(spec, plan.vxlan.as_ref().unwrap());

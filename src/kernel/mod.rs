@@ -92,6 +92,9 @@ pub enum KernelError {
     },
     #[error(transparent)]
     Wireguard(#[from] crate::wireguard::WgError),
+    /// A bridge with neither an IPv4 nor an IPv6 gateway: a plan bug.
+    #[error("bridge {0} has no gateway address to be given")]
+    NoBridgeGateway(String),
 }
 
 type Result<T> = std::result::Result<T, KernelError>;

@@ -98,7 +98,7 @@ impl FakeDatapath {
     }
 
     fn gateway(&self) -> Option<Ipv4Net> {
-        self.lock().devices.as_ref().map(|d| d.gateway)
+        self.lock().devices.as_ref().and_then(|d| d.gateway)
     }
 }
 
