@@ -406,7 +406,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             return;
         }
         let networks = crate::masq::Networks {
-            v4: self.cfg.network,
+            v4: (!self.cfg.is_ipv6_only()).then_some(self.cfg.network),
             v6: self.cfg.ipv6.as_ref().map(|c| c.network),
         };
         let installed = match self.dp.ensure_masq(&networks).await {

@@ -447,7 +447,7 @@ async fn start_programs_peers_and_publishes_the_subnet() {
         // Checked at start and on every resync, always for the cluster network.
         let v4: Ipv4Net = "10.244.0.0/16".parse().unwrap();
         assert!(!k.masq.is_empty());
-        assert!(k.masq.iter().all(|n| n.v4 == v4 && n.v6.is_none()));
+        assert!(k.masq.iter().all(|n| n.v4 == Some(v4) && n.v6.is_none()));
     }
     rig.stop().await;
 }

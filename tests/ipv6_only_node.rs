@@ -1,9 +1,12 @@
-//! An IPv6-only node's underlay, found in a real namespace with no IPv4
-//! address at all (step 1 of docs/design.md's "IPv6-only clusters"): the
-//! kernel's snapshot carries the links' IPv6 addresses and the IPv6
-//! default route, and `choose_ipv6` picks from it. The agent does not run
-//! IPv6-only yet (it refuses `EnableIPv4: false`); this is the part of the
-//! underlay choice that is done.
+//! The parts of an IPv6-only node (`EnableIPv4: false`) that are done, in
+//! real namespaces without IPv4 (steps 1, 2, 4 and 5 of docs/design.md's
+//! "IPv6-only clusters", below the agent): the underlay found from the
+//! kernel's snapshot (IPv6 addresses, IPv6 default route) by `choose_ipv6`;
+//! the devices of `Plan::ipv6_only` (bridge with the IPv6 gateway only,
+//! `twill6.<VNI>`, no `twill.<VNI>`) with the IPv6 entries of
+//! `remote_nodes6`/`desired_state6` applied; ip-masq with the IPv6 table
+//! only. The agent itself still refuses `EnableIPv4: false` at start: the
+//! lease, the lease map and the cluster test are what remain.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -232,4 +235,42 @@ fn an_ipv6_only_node_gets_its_devices_and_ipv6_entries_only() {
     assert!(fdb.contains("dst 2001:db8:9::7"), "{fdb}");
     let r4 = ns.ip(["-4", "route", "show"]).unwrap();
     assert!(r4.trim().is_empty(), "{r4}");
+}
+
+#[test]
+fn ip_masq_of_an_ipv6_only_cluster_has_the_ipv6_table_only() {
+    use twill::masq::{apply, in_place, Networks};
+
+    if !Prereqs::new().root().tools(&["ip", "nft"]).require() {
+        return;
+    }
+    let ns = Netns::unique("m6").unwrap();
+    let dual = Networks {
+        v4: Some("10.244.0.0/16".parse().unwrap()),
+        v6: Some("fd00:10:244::/48".parse().unwrap()),
+    };
+    let v6_only = Networks { v4: None, ..dual };
+    let (before, after, dual_after) = in_netns(&ns.path(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let r: Result<_, twill::masq::MasqError> = rt.block_on(async {
+            // A dual-stack run left both tables; the IPv6-only one keeps
+            // only its own.
+            apply(&dual).await?;
+            let before = in_place(&v6_only).await?;
+            apply(&v6_only).await?;
+            Ok((before, in_place(&v6_only).await?, in_place(&dual).await?))
+        });
+        r.map_err(std::io::Error::other)
+    })
+    .unwrap();
+    assert!(!before, "the IPv4 table counts as not in place");
+    assert!(after, "the IPv6 table in place, and no IPv4 one");
+    assert!(!dual_after);
+    let tables = ns.exec_ok(&["nft", "list", "tables"]).unwrap();
+    assert!(tables.contains("table ip6 "), "{tables}");
+    assert!(!tables.contains("table ip "), "{tables}");
+    let rules = ns.exec_ok(&["nft", "list", "ruleset"]).unwrap();
+    assert!(rules.contains("fd00:10:244::/48"), "{rules}");
 }
