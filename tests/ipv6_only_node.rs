@@ -84,7 +84,7 @@ fn an_ipv6_only_node_finds_its_underlay_by_default_route_name_or_address() {
 
     // No IPv6 default route yet: the default choice has nothing to go by.
     let e = choose_in(&ns, UnderlaySelect::default(), None).unwrap_err();
-    assert!(matches!(e, KernelError::NoDefaultRoute), "{e}");
+    assert!(matches!(e, KernelError::NoDefaultRoute6), "{e}");
 
     default_route6(&ns);
     let f = choose_in(&ns, UnderlaySelect::default(), None).unwrap();

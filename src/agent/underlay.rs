@@ -171,8 +171,10 @@ pub(super) fn select_link<'a>(
 ) -> Result<&'a LinkAddrs, KernelError> {
     let by_index = |i: u32| snap.links.iter().find(|l| l.link.index == i);
     if select.by_default_route() {
-        let oif = if v6 { snap.route6_oif } else { snap.route_oif };
-        let oif = oif.ok_or(KernelError::NoDefaultRoute)?;
+        let oif = match v6 {
+            true => snap.route6_oif.ok_or(KernelError::NoDefaultRoute6)?,
+            false => snap.route_oif.ok_or(KernelError::NoDefaultRoute)?,
+        };
         return by_index(oif).ok_or_else(|| KernelError::NoSuchLink(oif.to_string()));
     }
     let by_iface = select
@@ -218,6 +220,7 @@ pub fn is_missing(e: &KernelError) -> bool {
             | KernelError::NoAddress(_)
             | KernelError::NoUnderlayMatch(_)
             | KernelError::NoDefaultRoute
+            | KernelError::NoDefaultRoute6
     )
 }
 

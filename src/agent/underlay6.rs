@@ -151,10 +151,11 @@ mod tests {
         let f = choose_ipv6(&s, None, &node(Some(2))).unwrap();
         assert_eq!((f.index, f.mtu, f.on_iface), (2, 1500, true));
         assert_eq!(f.net.prefix_len(), 64);
-        assert!(matches!(
-            choose_ipv6(&s, None, &node(None)),
-            Err(KernelError::NoDefaultRoute)
-        ));
+        let e = choose_ipv6(&s, None, &node(None)).unwrap_err();
+        assert!(matches!(e, KernelError::NoDefaultRoute6), "{e}");
+        assert!(e.to_string().contains("IPv6 default route"), "{e}");
+        // Missing, not misconfigured: the agent waits for it.
+        assert!(super::super::underlay::is_missing(&e));
     }
 
     #[test]
