@@ -9,7 +9,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use subnet_allocator::{BackendType, LeaseAttrs, NetworkConfig, VxlanData};
+use subnet_allocator::{BackendType, Lease, LeaseAttrs, NetworkConfig, VxlanData};
+use twill_contract::Ipv6OnlySubnetEnv;
 
 use super::plan::{tunnel_mtu, vxlan_spec, Plan, PlanError, VXLAN6_OVERHEAD};
 use crate::kernel::Underlay;
@@ -90,6 +91,24 @@ impl Plan {
             underlay_net: underlay.net,
             underlay_index: underlay.index,
             wireguard: None,
+        })
+    }
+
+    /// What an IPv6-only node's subnet file says for `lease`; `None` when
+    /// the config or the lease is not IPv6-only.
+    pub fn subnet_env6(
+        &self,
+        cfg: &NetworkConfig,
+        ip_masq: bool,
+        lease: &Lease,
+    ) -> Option<Ipv6OnlySubnetEnv> {
+        let network6 = cfg.ipv6.as_ref().filter(|_| cfg.is_ipv6_only())?.network;
+        let subnet6 = lease.ipv6_subnet.filter(|_| lease.is_ipv6_only())?;
+        Some(Ipv6OnlySubnetEnv {
+            network6,
+            subnet6,
+            mtu: self.pod_mtu,
+            ip_masq,
         })
     }
 }
@@ -202,6 +221,43 @@ mod tests {
         let cfg = config(r#"{"Type":"vxlan","MTU":1300}"#);
         let plan = Plan::ipv6_only(&cfg, &underlay(9000), ip6()).unwrap();
         assert_eq!((plan.pod_mtu, plan.vxlan6.unwrap().mtu), (1300, 1300));
+    }
+
+    #[test]
+    fn the_subnet_file_has_ipv6_keys_only_and_is_read_back_as_a_preference() {
+        let cfg = config(r#"{"Type":"vxlan"}"#);
+        let plan = Plan::ipv6_only(&cfg, &underlay(1500), ip6()).unwrap();
+        let lease = Lease {
+            subnet: "0.0.0.0/0".parse().unwrap(),
+            ipv6_subnet: Some("fd00:10:244:3::/64".parse().unwrap()),
+            attrs: plan.attrs.clone(),
+            lease_id: Some(1),
+            ttl_remaining: None,
+        };
+        let env = plan.subnet_env6(&cfg, true, &lease).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        crate::subnet_file::write_ipv6_only(&path, &env).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "TWILL_IPV6_NETWORK=fd00:10:244::/48\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\nTWILL_MTU=1430\nTWILL_IPMASQ=true\n"
+        );
+        let p = crate::subnet_file::read_previous_preferred(&path);
+        assert_eq!((p.v4, p.v6), (None, lease.ipv6_subnet));
+        // Not an IPv6-only lease or config: no such file.
+        let mut dual = lease.clone();
+        dual.subnet = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(plan.subnet_env6(&cfg, true, &dual), None);
+        let v4 = NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        assert_eq!(plan.subnet_env6(&v4, true, &lease), None);
+        // An IPv4 node's file gives its IPv4 subnet; garbage, nothing.
+        let p = crate::subnet_file::parse_previous_preferred(
+            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.7.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=false\n",
+        );
+        assert_eq!((p.v4, p.v6), (Some("10.244.7.0/24".parse().unwrap()), None));
+        let p = crate::subnet_file::parse_previous_preferred("junk");
+        assert_eq!((p.v4, p.v6), (None, None));
     }
 
     #[test]
