@@ -91,6 +91,11 @@ pub struct Args {
     #[arg(long, env = "TWILL_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 
+    /// this node's IPv6 address on the underlay, for IPv6 pod traffic
+    /// (default: first global IPv6 address of the underlay interface)
+    #[arg(long, env = "TWILL_PUBLIC_IPV6")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+
     /// this node's name, written into its lease so that two nodes claiming
     /// one public IP are refused (the manifest sets it from spec.nodeName,
     /// the systemd unit to the host name); it must not change when the
@@ -277,6 +282,11 @@ pub enum ArgsError {
     },
     #[error("--public-ip: {ip} is a {kind} address; other nodes cannot reach this node there")]
     PublicIp { ip: Ipv4Addr, kind: &'static str },
+    #[error("--public-ipv6: {ip} is a {kind} address; other nodes cannot reach this node there")]
+    PublicIpv6 {
+        ip: std::net::Ipv6Addr,
+        kind: &'static str,
+    },
     #[error("--log-level: {directive:?} in {value:?} is not a level (off, error, warn, info, debug, trace) or a filter directive such as twill=debug")]
     LogLevel { value: String, directive: String },
     /// The flag, the pattern and why it does not compile.
@@ -377,6 +387,11 @@ impl Args {
         if let Some(ip) = self.public_ip {
             if let Some(kind) = unusable_underlay_address(ip) {
                 return Err(ArgsError::PublicIp { ip, kind });
+            }
+        }
+        if let Some(ip) = self.public_ipv6 {
+            if let Some(kind) = crate::agent::underlay6::unusable_underlay_address6(ip) {
+                return Err(ArgsError::PublicIpv6 { ip, kind });
             }
         }
         if let Some(bad) = self
@@ -489,6 +504,10 @@ mod tests {
             (vec!["--public-ip", "127.0.0.1"], "--public-ip"),
             (vec!["--public-ip", "169.254.1.1"], "--public-ip"),
             (vec!["--public-ip", "0.0.0.0"], "--public-ip"),
+            (vec!["--public-ipv6", "fe80::1"], "--public-ipv6"),
+            (vec!["--public-ipv6", "::1"], "--public-ipv6"),
+            (vec!["--public-ipv6", "::"], "--public-ipv6"),
+            (vec!["--public-ipv6", "ff02::1"], "--public-ipv6"),
             (vec!["--log-level", "warning"], "--log-level"),
             (vec!["--log-level", "info,verbose"], "--log-level"),
             (vec!["--log-level", ""], "--log-level"),

@@ -18,6 +18,7 @@ use crate::kernel::{
     KernelError, LinkSignal, Underlay, UnderlayEvent, VxlanSpec,
 };
 use crate::masq::{MasqError, Networks};
+use crate::reconcile::Mac;
 use crate::reconcile::{KernelState, Op};
 use crate::wireguard::peers::{diff_peers, PeerMap};
 use crate::wireguard::uapi::PeerChange;
@@ -28,9 +29,10 @@ use crate::wireguard::{WgDevice, WgSpec};
 /// plan and the lease imply (see `agent::plan::Plan::devices`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSpec {
-    /// The pod bridge, its gateway address (`<subnet>.1/len`) and MTU.
+    /// The pod bridge, its gateway address (`<subnet>.1/len`; `None` on an
+    /// IPv6-only node, whose bridge has the IPv6 gateway only) and MTU.
     pub bridge: String,
-    pub gateway: Ipv4Net,
+    pub gateway: Option<Ipv4Net>,
     pub mtu: u32,
     /// The bridge's IPv6 gateway address and the cluster's IPv6 network, in
     /// a dual-stack cluster.
@@ -218,8 +220,15 @@ impl Datapath for NetlinkDatapath {
 
     async fn ensure_devices(&self, spec: &DeviceSpec) -> Result<DevIndex, KernelError> {
         let k = &self.kernel;
+        // The bridge's MAC comes from its IPv4 gateway, or on an IPv6-only
+        // node from its IPv6 one (as the CNI plugin's does).
+        let mac = match (spec.gateway, spec.gateway6) {
+            (Some(gw), _) => Mac::for_bridge(gw.addr()),
+            (None, Some((gw6, _))) => Mac::for_bridge6(gw6.addr()),
+            (None, None) => return Err(KernelError::NoBridgeGateway(spec.bridge.clone())),
+        };
         let bridge = k
-            .ensure_bridge(&spec.bridge, spec.gateway, spec.mtu)
+            .ensure_bridge(&spec.bridge, mac, spec.gateway, spec.mtu)
             .await?;
         if let Some((gw6, network6)) = spec.gateway6 {
             k.ensure_address6(bridge, gw6, network6, &spec.bridge)

@@ -288,6 +288,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         underlay_select: args.underlay_select(),
         tunnel_filter: !args.no_tunnel_filter,
         wireguard_dir: args.wireguard_dir.clone(),
+        public_ipv6: args.public_ipv6,
     };
     let datapath = twill::datapath::NetlinkDatapath::connect().context("opening netlink")?;
     let agent = match Agent::start(store, datapath, opts, &mut stop).await {

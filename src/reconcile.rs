@@ -10,6 +10,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet_allocator::Lease;
 
 pub mod delta;
+pub mod ipv6_only;
 
 // The MAC rules (bridge, VTEP) are shared with the CNI plugin.
 pub use twill_contract::Mac;
@@ -140,6 +141,28 @@ pub struct KernelState {
     pub fdb: BTreeMap<(Dev, Mac), BTreeSet<IpAddr>>,
 }
 
+impl KernelState {
+    /// What reaches `dst` through the tunnel `dev`: an onlink route via the
+    /// remote VTEP address `vtep`, its neighbour entry (`mac`), and the FDB
+    /// entry sending `mac` to the remote underlay address `remote`.
+    pub(crate) fn tunnel(&mut self, dev: Dev, dst: IpNet, vtep: IpAddr, mac: Mac, remote: IpAddr) {
+        self.routes.insert(dst, RouteTarget { gateway: vtep, dev });
+        self.neighbours.insert((dev, vtep), mac);
+        self.fdb.entry((dev, mac)).or_default().insert(remote);
+    }
+
+    /// A plain route to `dst` via the node's underlay address `via`.
+    pub(crate) fn direct(&mut self, dst: IpNet, via: IpAddr) {
+        self.routes.insert(
+            dst,
+            RouteTarget {
+                gateway: via,
+                dev: Dev::Underlay,
+            },
+        );
+    }
+}
+
 /// Where this node sits: what `remote_nodes` needs besides the leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Local {
@@ -154,6 +177,49 @@ pub struct Local {
     pub mode: Mode,
     /// This node has a VXLAN device over the IPv6 underlay.
     pub v6_tunnel: bool,
+}
+
+/// Why a lease gives no path to its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoPath {
+    /// host-gw, and the node is not on our underlay segment.
+    NotOnLink,
+    /// vxlan, and no usable VTEP MAC.
+    NoVtep,
+    /// wireguard, and no usable peer.
+    NoWireguard,
+}
+
+/// How this node (in `mode`) reaches a node: directly when it is `on_link`
+/// (host-gw, DirectRouting), else through the tunnel to its VTEP (`vtep`)
+/// or its WireGuard peer (`wireguard`: whether it has a usable one).
+pub(crate) fn choose_path(
+    mode: Mode,
+    on_link: bool,
+    vtep: impl FnOnce() -> Option<Mac>,
+    wireguard: impl FnOnce() -> bool,
+) -> Result<Path, NoPath> {
+    match mode {
+        Mode::HostGw if on_link => Ok(Path::Direct),
+        Mode::HostGw => Err(NoPath::NotOnLink),
+        Mode::Vxlan {
+            direct_routing: true,
+        } if on_link => Ok(Path::Direct),
+        Mode::Vxlan { .. } => vtep().map(Path::Vxlan).ok_or(NoPath::NoVtep),
+        Mode::Wireguard if wireguard() => Ok(Path::Wireguard),
+        Mode::Wireguard => Err(NoPath::NoWireguard),
+    }
+}
+
+/// The VTEP MAC in `data` (a vxlan lease's `BackendData` or
+/// `BackendV6Data`), when it is a usable one: unicast, not zero.
+pub(crate) fn usable_vtep(
+    lease: &Lease,
+    data: Option<&subnet_allocator::VxlanData>,
+) -> Option<Mac> {
+    data.filter(|_| lease.attrs.backend_type == "vxlan")
+        .and_then(|d| Mac::parse(&d.vtep_mac))
+        .filter(|m| !m.is_zero() && m.0[0] & 1 == 0)
 }
 
 /// Builds the desired remote-node list from all leases. The local node's own
@@ -181,38 +247,26 @@ pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Sk
             continue;
         }
         let on_link = local.underlay.contains(&public_ip) && public_ip != local_public_ip;
-        let vtep = || {
-            lease
-                .attrs
-                .backend_data
-                .as_ref()
-                .filter(|_| lease.attrs.backend_type == "vxlan")
-                .and_then(|d| Mac::parse(&d.vtep_mac))
-                .filter(|m| !m.is_zero() && m.0[0] & 1 == 0)
-        };
-        let path = match local.mode {
-            Mode::HostGw if on_link => Path::Direct,
-            Mode::HostGw => {
+        let path = choose_path(
+            local.mode,
+            on_link,
+            || usable_vtep(lease, lease.attrs.backend_data.as_ref()),
+            || crate::wireguard::peers::lease_key(lease).is_some(),
+        );
+        let path = match path {
+            Ok(p) => p,
+            Err(NoPath::NotOnLink) => {
                 skipped.push(Skip::NotOnLink(subnet, public_ip));
                 continue;
             }
-            Mode::Vxlan {
-                direct_routing: true,
-            } if on_link => Path::Direct,
-            Mode::Vxlan { .. } => match vtep() {
-                Some(mac) => Path::Vxlan(mac),
-                None => {
-                    skipped.push(Skip::NoVtep(subnet));
-                    continue;
-                }
-            },
-            Mode::Wireguard => match crate::wireguard::peers::lease_key(lease) {
-                Some(_) => Path::Wireguard,
-                None => {
-                    skipped.push(Skip::NoPublicKey(subnet));
-                    continue;
-                }
-            },
+            Err(NoPath::NoVtep) => {
+                skipped.push(Skip::NoVtep(subnet));
+                continue;
+            }
+            Err(NoPath::NoWireguard) => {
+                skipped.push(Skip::NoPublicKey(subnet));
+                continue;
+            }
         };
         // Leases come sorted by (address, prefix) and accepted ones are
         // disjoint, so the only accepted node this one can overlap is the
@@ -237,12 +291,7 @@ pub fn remote_nodes(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Sk
             _ => None,
         };
         let vtep6 = if local.v6_tunnel && subnet6.is_some() && lease.attrs.public_ipv6.is_some() {
-            lease
-                .attrs
-                .backend_v6_data
-                .as_ref()
-                .and_then(|d| Mac::parse(&d.vtep_mac))
-                .filter(|m| !m.is_zero() && m.0[0] & 1 == 0)
+            usable_vtep(lease, lease.attrs.backend_v6_data.as_ref())
         } else {
             None
         };
@@ -264,21 +313,13 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
     for node in nodes {
         match node.path {
             Path::Vxlan(mac) => {
-                state.routes.insert(
+                state.tunnel(
+                    Dev::Vxlan,
                     node.subnet.into(),
-                    RouteTarget {
-                        gateway: node.vtep_ip().into(),
-                        dev: Dev::Vxlan,
-                    },
+                    node.vtep_ip().into(),
+                    mac,
+                    node.public_ip.into(),
                 );
-                state
-                    .neighbours
-                    .insert((Dev::Vxlan, node.vtep_ip().into()), mac);
-                state
-                    .fdb
-                    .entry((Dev::Vxlan, mac))
-                    .or_default()
-                    .insert(node.public_ip.into());
                 if let Some(s6) = node.subnet6 {
                     // Over the IPv6 underlay when both ends have a tunnel
                     // there; else inside the IPv4 tunnel, where the remote
@@ -287,15 +328,7 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
                         (Some(m6), Some(ip6)) => (Dev::Vxlan6, m6, IpAddr::from(ip6)),
                         _ => (Dev::Vxlan, mac, IpAddr::from(node.public_ip)),
                     };
-                    state.routes.insert(
-                        s6.into(),
-                        RouteTarget {
-                            gateway: s6.network().into(),
-                            dev,
-                        },
-                    );
-                    state.neighbours.insert((dev, s6.network().into()), vmac);
-                    state.fdb.entry((dev, vmac)).or_default().insert(dst);
+                    state.tunnel(dev, s6.into(), s6.network().into(), vmac, dst);
                 }
             }
             Path::Wireguard => {
@@ -318,21 +351,9 @@ pub fn desired_state(nodes: &[RemoteNode]) -> KernelState {
                 }
             }
             Path::Direct => {
-                state.routes.insert(
-                    node.subnet.into(),
-                    RouteTarget {
-                        gateway: node.public_ip.into(),
-                        dev: Dev::Underlay,
-                    },
-                );
+                state.direct(node.subnet.into(), node.public_ip.into());
                 if let (Some(s6), Some(ip6)) = (node.subnet6, node.public_ipv6) {
-                    state.routes.insert(
-                        s6.into(),
-                        RouteTarget {
-                            gateway: ip6.into(),
-                            dev: Dev::Underlay,
-                        },
-                    );
+                    state.direct(s6.into(), ip6.into());
                 }
             }
         }

@@ -24,6 +24,19 @@ pub enum SubnetFileError {
 /// Writes the file atomically: a temp file in the same directory, fsync,
 /// rename over the old one.
 pub fn write(path: &Path, env: &SubnetEnv) -> Result<(), SubnetFileError> {
+    write_text(path, &env.render())
+}
+
+/// [`write`] for an IPv6-only node: IPv6 keys only.
+pub fn write_ipv6_only(
+    path: &Path,
+    env: &twill_contract::Ipv6OnlySubnetEnv,
+) -> Result<(), SubnetFileError> {
+    write_text(path, &env.render())
+}
+
+/// Writes `text` to `path` atomically.
+fn write_text(path: &Path, text: &str) -> Result<(), SubnetFileError> {
     let err = |source| SubnetFileError::Write {
         path: path.to_path_buf(),
         source,
@@ -40,7 +53,7 @@ pub fn write(path: &Path, env: &SubnetEnv) -> Result<(), SubnetFileError> {
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(env.render().as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -56,6 +69,32 @@ pub fn write(path: &Path, env: &SubnetEnv) -> Result<(), SubnetFileError> {
 pub fn read_previous_subnet(path: &Path) -> Option<Ipv4Net> {
     let text = std::fs::read_to_string(path).ok()?;
     parse_previous_subnet(&text)
+}
+
+/// The subnets recorded in an existing subnet file, either form (an IPv4 or
+/// dual-stack node's: its IPv4 subnet; an IPv6-only node's: its IPv6
+/// subnet), to ask for the same again after a restart. A missing or
+/// unreadable file is no preference.
+pub fn read_previous_preferred(path: &Path) -> subnet_allocator::Preferred {
+    std::fs::read_to_string(path)
+        .map(|t| parse_previous_preferred(&t))
+        .unwrap_or_default()
+}
+
+/// [`read_previous_preferred`] of a file's text.
+pub fn parse_previous_preferred(text: &str) -> subnet_allocator::Preferred {
+    use twill_contract::NodeSubnets;
+    match NodeSubnets::parse(text) {
+        Ok(NodeSubnets::Ipv4(n)) => subnet_allocator::Preferred {
+            v4: Some(n.subnet()),
+            v6: None,
+        },
+        Ok(NodeSubnets::Ipv6Only { ipv6, .. }) => subnet_allocator::Preferred {
+            v4: None,
+            v6: Some(ipv6.subnet()),
+        },
+        Err(_) => subnet_allocator::Preferred::default(),
+    }
 }
 
 /// The node subnet of a subnet file's text; `None` when the file does not

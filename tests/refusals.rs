@@ -67,6 +67,10 @@ fn a_loopback_or_link_local_public_ip_is_refused() {
         &["--public-ip", "169.254.10.1"],
         &["--public-ip", "link-local"],
     );
+    assert_refused(
+        &["--public-ipv6", "fe80::1"],
+        &["--public-ipv6", "link-local"],
+    );
 }
 
 #[test]

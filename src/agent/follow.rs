@@ -183,6 +183,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         underlay: &crate::kernel::Underlay,
     ) -> Option<std::net::Ipv6Addr> {
         self.cfg.ipv6.as_ref()?;
+        if let Some(ip) = self.opts.public_ipv6 {
+            return Some(ip);
+        }
         match self.dp.global_ipv6(underlay.index).await {
             Ok(ip) => ip,
             Err(e) => {

@@ -11,8 +11,10 @@ mod guard;
 pub mod lifecycle;
 mod peers;
 pub mod plan;
+pub mod plan6;
 mod run;
 pub mod underlay;
+pub mod underlay6;
 mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -110,6 +112,9 @@ pub struct AgentConfig {
     /// wireguard backend: where the key file, the device's socket and its
     /// log live (`--wireguard-dir`).
     pub wireguard_dir: PathBuf,
+    /// `--public-ipv6`: the node's IPv6 underlay address, instead of the
+    /// interface's first global one.
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// Where the agent stands, for status pages and tests.
@@ -232,9 +237,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let found = dp.select_underlay(&follow.select, opts.public_ip).await?;
         follow.started_on(&found);
         let underlay = found.underlay;
-        let public_ipv6 = match cfg.ipv6 {
-            Some(_) => dp.global_ipv6(underlay.index).await?,
-            None => None,
+        let public_ipv6 = match (cfg.ipv6.is_some(), opts.public_ipv6) {
+            (true, Some(ip)) => Some(ip),
+            (true, None) => dp.global_ipv6(underlay.index).await?,
+            (false, _) => None,
         };
         let mut plan = Plan::new(&cfg, &underlay, public_ipv6)?;
         plan.attrs.node_name = opts.node_name.clone();
@@ -400,7 +406,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             return;
         }
         let networks = crate::masq::Networks {
-            v4: self.cfg.network,
+            v4: (!self.cfg.is_ipv6_only()).then_some(self.cfg.network),
             v6: self.cfg.ipv6.as_ref().map(|c| c.network),
         };
         let installed = match self.dp.ensure_masq(&networks).await {

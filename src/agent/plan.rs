@@ -77,6 +77,28 @@ pub fn tunnel_mtu(
     }
 }
 
+/// The VXLAN device of `cfg`'s backend named `name`, on `underlay` from
+/// `local`.
+pub(super) fn vxlan_spec(
+    cfg: &NetworkConfig,
+    underlay: &Underlay,
+    name: String,
+    local: IpAddr,
+    mtu: u32,
+    mac: Mac,
+) -> VxlanSpec {
+    VxlanSpec {
+        name,
+        vni: cfg.backend.vni,
+        port: cfg.backend.port,
+        local,
+        underlay_index: underlay.index,
+        mtu,
+        mac,
+        gbp: cfg.backend.gbp,
+    }
+}
+
 impl Plan {
     /// Plans the data path for `cfg` on `underlay` (with `public_ipv6`, the
     /// underlay's global IPv6 address, when it has one).
@@ -95,15 +117,8 @@ impl Plan {
         };
         // IPv6 underlay addresses matter only in an IPv6 cluster.
         let public_ipv6 = public_ipv6.filter(|_| cfg.ipv6.is_some());
-        let spec = |name: String, local: IpAddr, mtu: u32, mac: Mac| VxlanSpec {
-            name,
-            vni: backend.vni,
-            port: backend.port,
-            local,
-            underlay_index: underlay.index,
-            mtu,
-            mac,
-            gbp: backend.gbp,
+        let spec = |name: String, local: IpAddr, mtu: u32, mac: Mac| {
+            vxlan_spec(cfg, underlay, name, local, mtu, mac)
         };
         let (vxlan, vxlan6, pod_mtu) = match mode {
             Mode::HostGw => (
@@ -196,7 +211,7 @@ impl Plan {
             )
         });
         let vtep = Ipv4Net::new(subnet.network(), 32).unwrap_or(subnet);
-        let vtep6 = match self.vxlan {
+        let vtep6 = match self.vxlan.as_ref().or(self.vxlan6.as_ref()) {
             Some(_) => {
                 v6.map(|(network6, s6)| (Ipv6Net::new(s6.network(), 128).unwrap_or(s6), network6))
             }
@@ -204,7 +219,9 @@ impl Plan {
         };
         DeviceSpec {
             bridge: bridge.to_string(),
-            gateway: Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet),
+            // An IPv6-only lease has no IPv4 subnet (0.0.0.0/0).
+            gateway: (!lease.is_ipv6_only())
+                .then(|| Ipv4Net::new(gateway_of(subnet), subnet.prefix_len()).unwrap_or(subnet)),
             mtu: self.pod_mtu,
             gateway6,
             vxlan: self.vxlan.clone().map(|v| (v, vtep)),
@@ -232,11 +249,11 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn underlay(mtu: u32) -> Underlay {
+    pub(in crate::agent) fn underlay(mtu: u32) -> Underlay {
         Underlay {
             name: "eth0".into(),
             index: 7,
@@ -419,7 +436,10 @@ mod tests {
         let plan = Plan::new(&cfg, &underlay(1500), None).unwrap();
         let l = lease(&cfg, &plan, "10.244.3.0/24");
         let dev = plan.devices(&cfg, "twill0", &l);
-        assert_eq!(dev.gateway, "10.244.3.1/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(
+            dev.gateway,
+            Some("10.244.3.1/24".parse::<Ipv4Net>().unwrap())
+        );
         assert_eq!(dev.mtu, 1450);
         let (spec, vtep) = dev.vxlan.as_ref().unwrap();
         assert_eq!(spec, plan.vxlan.as_ref().unwrap());

@@ -6,9 +6,9 @@
 //! `kernel::Kernel::underlay_snapshot`, the events classified by
 //! `kernel::classify_underlay_event`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use regex::Regex;
 
 use crate::kernel::{underlay_problem, KernelError, LinkInfoView, Underlay, UnderlayEvent};
@@ -70,11 +70,34 @@ impl UnderlaySelect {
     }
 }
 
-/// One link of the node with its IPv4 addresses, in the kernel's order.
+/// One link of the node with its addresses, in the kernel's order.
 #[derive(Debug, Clone, Default)]
 pub struct LinkAddrs {
     pub link: LinkInfoView,
     pub v4: Vec<Ipv4Net>,
+    /// Its IPv6 addresses (link-local ones too; an IPv6-only node's
+    /// underlay is chosen from these, `super::underlay6`).
+    pub v6: Vec<Ipv6Net>,
+}
+
+impl LinkAddrs {
+    /// Whether the link holds `ip`, in the family `v6` says.
+    fn holds(&self, ip: IpAddr, v6: bool) -> bool {
+        match ip {
+            IpAddr::V4(ip) if !v6 => self.v4.iter().any(|n| n.addr() == ip),
+            IpAddr::V6(ip) if v6 => self.v6.iter().any(|n| n.addr() == ip),
+            _ => false,
+        }
+    }
+
+    /// Its addresses of the family `v6` says, as text (for `--iface-regex`).
+    fn addresses(&self, v6: bool) -> Vec<String> {
+        if v6 {
+            self.v6.iter().map(|n| n.addr().to_string()).collect()
+        } else {
+            self.v4.iter().map(|n| n.addr().to_string()).collect()
+        }
+    }
 }
 
 /// What the choice is made from.
@@ -84,6 +107,9 @@ pub struct Snapshot {
     /// The output interface of the route to `--iface-can-reach`, or of the
     /// default route when no flag picks the interface.
     pub route_oif: Option<u32>,
+    /// The output interface of the IPv6 default route, when no flag picks
+    /// the interface (an IPv6-only node's default).
+    pub route6_oif: Option<u32>,
 }
 
 /// The underlay found.
@@ -103,42 +129,7 @@ pub fn choose(
     public_ip: Option<Ipv4Addr>,
     snap: &Snapshot,
 ) -> Result<Found, KernelError> {
-    let by_index = |i: u32| snap.links.iter().find(|l| l.link.index == i);
-    let link = if select.by_default_route() {
-        let oif = snap.route_oif.ok_or(KernelError::NoDefaultRoute)?;
-        by_index(oif).ok_or_else(|| KernelError::NoSuchLink(oif.to_string()))?
-    } else {
-        let by_iface = select
-            .ifaces
-            .iter()
-            .find_map(|want| match want.parse::<Ipv4Addr>() {
-                Ok(ip) => snap
-                    .links
-                    .iter()
-                    .find(|l| l.v4.iter().any(|n| n.addr() == ip)),
-                Err(_) => snap.links.iter().find(|l| l.link.name == *want),
-            });
-        let by_regex = || {
-            select.regexes.iter().find_map(|r| {
-                snap.links.iter().find(|l| {
-                    r.is_match(&l.link.name)
-                        || l.v4.iter().any(|n| r.is_match(&n.addr().to_string()))
-                })
-            })
-        };
-        let by_route = || select.can_reach.and(snap.route_oif).and_then(by_index);
-        match by_iface.or_else(by_regex).or_else(by_route) {
-            Some(l) => l,
-            // One plain --iface keeps its plain message.
-            None if select.ifaces.len() == 1
-                && select.regexes.is_empty()
-                && select.can_reach.is_none() =>
-            {
-                return Err(KernelError::NoSuchLink(select.ifaces[0].clone()))
-            }
-            None => return Err(KernelError::NoUnderlayMatch(select.describe())),
-        }
-    };
+    let link = select_link(select, snap, false)?;
     let (net, on_iface) = match public_ip {
         Some(ip) => match link.v4.iter().find(|n| n.addr() == ip) {
             Some(n) => (*n, true),
@@ -170,6 +161,56 @@ pub fn choose(
     })
 }
 
+/// The link `select` names (or the default route's): by `--iface` (a name,
+/// or an address of the family `v6` says), `--iface-regex` (on names and
+/// those addresses), then `--iface-can-reach` (IPv4 only: not with `v6`).
+pub(super) fn select_link<'a>(
+    select: &UnderlaySelect,
+    snap: &'a Snapshot,
+    v6: bool,
+) -> Result<&'a LinkAddrs, KernelError> {
+    let by_index = |i: u32| snap.links.iter().find(|l| l.link.index == i);
+    if select.by_default_route() {
+        let oif = match v6 {
+            true => snap.route6_oif.ok_or(KernelError::NoDefaultRoute6)?,
+            false => snap.route_oif.ok_or(KernelError::NoDefaultRoute)?,
+        };
+        return by_index(oif).ok_or_else(|| KernelError::NoSuchLink(oif.to_string()));
+    }
+    let by_iface = select
+        .ifaces
+        .iter()
+        .find_map(|want| match want.parse::<IpAddr>() {
+            Ok(ip) => snap.links.iter().find(|l| l.holds(ip, v6)),
+            Err(_) => snap.links.iter().find(|l| l.link.name == *want),
+        });
+    let by_regex = || {
+        select.regexes.iter().find_map(|r| {
+            snap.links
+                .iter()
+                .find(|l| r.is_match(&l.link.name) || l.addresses(v6).iter().any(|a| r.is_match(a)))
+        })
+    };
+    let by_route = || {
+        select
+            .can_reach
+            .filter(|_| !v6)
+            .and(snap.route_oif)
+            .and_then(by_index)
+    };
+    match by_iface.or_else(by_regex).or_else(by_route) {
+        Some(l) => Ok(l),
+        // One plain --iface keeps its plain message.
+        None if select.ifaces.len() == 1
+            && select.regexes.is_empty()
+            && select.can_reach.is_none() =>
+        {
+            Err(KernelError::NoSuchLink(select.ifaces[0].clone()))
+        }
+        None => Err(KernelError::NoUnderlayMatch(select.describe())),
+    }
+}
+
 /// Whether the underlay is missing rather than misconfigured: the
 /// interface is gone or has no address yet. The agent waits for it.
 pub fn is_missing(e: &KernelError) -> bool {
@@ -179,6 +220,7 @@ pub fn is_missing(e: &KernelError) -> bool {
             | KernelError::NoAddress(_)
             | KernelError::NoUnderlayMatch(_)
             | KernelError::NoDefaultRoute
+            | KernelError::NoDefaultRoute6
     )
 }
 
@@ -224,10 +266,10 @@ impl Change {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn link(index: u32, name: &str, v4: &[&str]) -> LinkAddrs {
+    pub(in crate::agent) fn link(index: u32, name: &str, v4: &[&str]) -> LinkAddrs {
         LinkAddrs {
             link: LinkInfoView {
                 index,
@@ -238,6 +280,7 @@ mod tests {
                 ..Default::default()
             },
             v4: v4.iter().map(|s| s.parse().unwrap()).collect(),
+            v6: Vec::new(),
         }
     }
 
@@ -251,10 +294,15 @@ mod tests {
                 link(4, "ens5", &[]),
             ],
             route_oif,
+            route6_oif: None,
         }
     }
 
-    fn select(ifaces: &[&str], regexes: &[&str], can_reach: Option<&str>) -> UnderlaySelect {
+    pub(in crate::agent) fn select(
+        ifaces: &[&str],
+        regexes: &[&str],
+        can_reach: Option<&str>,
+    ) -> UnderlaySelect {
         let patterns: Vec<String> = regexes.iter().map(|s| s.to_string()).collect();
         UnderlaySelect {
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),

@@ -353,13 +353,19 @@ impl Kernel {
     /// address on it, gives it the pod MTU and brings it up. The MTU is put
     /// back like any other state: a port with a smaller MTU, or a hand,
     /// must not leave the bridge lower than its pods.
-    pub async fn ensure_bridge(&self, name: &str, gateway: Ipv4Net, mtu: u32) -> Result<u32> {
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mac: Mac,
+        gateway: Option<Ipv4Net>,
+        mtu: u32,
+    ) -> Result<u32> {
         let link = match self.link(name).await? {
             Some(l) => l,
             None => {
                 tracing::info!(bridge = name, "creating bridge");
                 let msg = LinkBridge::new(name)
-                    .address(Mac::for_bridge(gateway.addr()).0.to_vec())
+                    .address(mac.0.to_vec())
                     .mtu(mtu)
                     .build();
                 match self.handle.link().add(msg).execute().await {
@@ -386,7 +392,9 @@ impl Kernel {
         } else if !link.up {
             self.set_link(link.index, None, name).await?;
         }
-        self.ensure_only_address(link.index, gateway, name).await?;
+        if let Some(gateway) = gateway {
+            self.ensure_only_address(link.index, gateway, name).await?;
+        }
         Ok(link.index)
     }
 

@@ -92,6 +92,11 @@ pub enum KernelError {
     },
     #[error(transparent)]
     Wireguard(#[from] crate::wireguard::WgError),
+    /// A bridge with neither an IPv4 nor an IPv6 gateway: a plan bug.
+    #[error("bridge {0} has no gateway address to be given")]
+    NoBridgeGateway(String),
+    #[error("no --iface given and no IPv6 default route to pick the underlay interface of this IPv6-only node from")]
+    NoDefaultRoute6,
 }
 
 type Result<T> = std::result::Result<T, KernelError>;

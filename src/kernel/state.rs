@@ -200,7 +200,7 @@ impl Kernel {
             .map_err(nl("list IPv4 routes"))
     }
 
-    async fn ipv6_routes(&self) -> Result<Vec<RouteMessage>> {
+    pub(super) async fn ipv6_routes(&self) -> Result<Vec<RouteMessage>> {
         self.handle
             .route()
             .get(RouteMessageBuilder::<Ipv6Addr>::new().build())

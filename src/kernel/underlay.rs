@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -74,11 +74,17 @@ pub fn underlay_events() -> Result<
 }
 
 /// Groups IPv4 addresses by their link, in the kernel's order.
-fn ipv4_by_link(msgs: &[AddressMessage]) -> BTreeMap<u32, Vec<Ipv4Net>> {
-    let mut by: BTreeMap<u32, Vec<Ipv4Net>> = BTreeMap::new();
+type ByLink = BTreeMap<u32, (Vec<Ipv4Net>, Vec<Ipv6Net>)>;
+
+/// Each link's IPv4 and IPv6 addresses, in the kernel's order.
+fn addresses_by_link(msgs: &[AddressMessage]) -> ByLink {
+    let mut by = ByLink::new();
     for m in msgs {
-        if let Some(IpNet::V4(n)) = address_net(m) {
-            by.entry(m.header.index).or_default().push(n);
+        let e = by.entry(m.header.index).or_default();
+        match address_net(m) {
+            Some(IpNet::V4(n)) => e.0.push(n),
+            Some(IpNet::V6(n)) => e.1.push(n),
+            None => {}
         }
     }
     by
@@ -102,21 +108,31 @@ impl Kernel {
             .try_collect()
             .await
             .map_err(nl("list addresses"))?;
-        let mut v4 = ipv4_by_link(&addrs);
+        let mut by_link = addresses_by_link(&addrs);
         let route_oif = match (can_reach, default_route) {
             (Some(dst), _) => self.route_oif(dst).await?,
             (None, true) => super::devices::default_oif(&self.ipv4_routes().await?),
             (None, false) => None,
         };
+        // A node without IPv6 (disabled in the kernel) has no IPv6 route to
+        // list: that is no default route, not an error.
+        let route6_oif = match default_route {
+            true => match self.ipv6_routes().await {
+                Ok(routes) => super::devices::default_oif(&routes),
+                Err(_) => None,
+            },
+            false => None,
+        };
         Ok(Snapshot {
             links: links
                 .into_iter()
-                .map(|link| LinkAddrs {
-                    v4: v4.remove(&link.index).unwrap_or_default(),
-                    link,
+                .map(|link| {
+                    let (v4, v6) = by_link.remove(&link.index).unwrap_or_default();
+                    LinkAddrs { link, v4, v6 }
                 })
                 .collect(),
             route_oif,
+            route6_oif,
         })
     }
 
@@ -210,14 +226,16 @@ mod tests {
         v6.attributes.push(AddressAttribute::Address(
             "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().into(),
         ));
-        let by = ipv4_by_link(&[
+        let by = addresses_by_link(&[
             addr(2, [192, 0, 2, 1], 24),
             v6,
             addr(3, [198, 18, 0, 1], 15),
             addr(2, [192, 0, 2, 9], 24),
         ]);
         let nets = |v: &[&str]| -> Vec<Ipv4Net> { v.iter().map(|s| s.parse().unwrap()).collect() };
-        assert_eq!(by[&2], nets(&["192.0.2.1/24", "192.0.2.9/24"]));
-        assert_eq!(by[&3], nets(&["198.18.0.1/15"]));
+        assert_eq!(by[&2].0, nets(&["192.0.2.1/24", "192.0.2.9/24"]));
+        assert_eq!(by[&3].0, nets(&["198.18.0.1/15"]));
+        assert_eq!(by[&2].1, vec!["2001:db8::1/64".parse::<Ipv6Net>().unwrap()]);
+        assert!(by[&3].1.is_empty());
     }
 }

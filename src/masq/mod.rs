@@ -65,11 +65,12 @@ impl MasqError {
     }
 }
 
-/// The networks twill masquerades for: the cluster's IPv4 network and, in a
-/// dual-stack cluster, its IPv6 network.
+/// The networks twill masquerades for: the cluster's IPv4 network (none in
+/// an IPv6-only cluster) and, in a dual-stack or IPv6-only cluster, its
+/// IPv6 network. A family without a network has no table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Networks {
-    pub v4: Ipv4Net,
+    pub v4: Option<Ipv4Net>,
     pub v6: Option<Ipv6Net>,
 }
 
@@ -77,7 +78,7 @@ impl Networks {
     /// The cluster network of `family`, when twill keeps a table there.
     fn of(&self, family: Family) -> Option<IpNet> {
         match family {
-            Family::Ip => Some(IpNet::V4(self.v4)),
+            Family::Ip => self.v4.map(IpNet::V4),
             Family::Ip6 => self.v6.map(IpNet::V6),
         }
     }

@@ -98,7 +98,7 @@ impl FakeDatapath {
     }
 
     fn gateway(&self) -> Option<Ipv4Net> {
-        self.lock().devices.as_ref().map(|d| d.gateway)
+        self.lock().devices.as_ref().and_then(|d| d.gateway)
     }
 }
 
@@ -310,6 +310,7 @@ fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
         underlay_select: Default::default(),
         tunnel_filter: true,
         wireguard_dir: dir.join("wireguard"),
+        public_ipv6: None,
     }
 }
 
@@ -446,7 +447,7 @@ async fn start_programs_peers_and_publishes_the_subnet() {
         // Checked at start and on every resync, always for the cluster network.
         let v4: Ipv4Net = "10.244.0.0/16".parse().unwrap();
         assert!(!k.masq.is_empty());
-        assert!(k.masq.iter().all(|n| n.v4 == v4 && n.v6.is_none()));
+        assert!(k.masq.iter().all(|n| n.v4 == Some(v4) && n.v6.is_none()));
     }
     rig.stop().await;
 }
