@@ -258,8 +258,13 @@ impl Datapath for FakeDatapath {
     }
 }
 
+/// The agent picks its own subnet from 10.244.100.0 up: below that, the
+/// tests' peers (10.244.1.0 .. 10.244.99.0) never meet it by chance.
 fn config() -> NetworkConfig {
-    NetworkConfig::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap()
+    NetworkConfig::parse(
+        br#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap()
 }
 
 /// The lease another node (`192.0.2.<host>`) holds.
@@ -483,12 +488,12 @@ async fn start_prefers_the_subnet_in_the_subnet_file() {
     let rig = Rig::start_with(store, |dir| {
         std::fs::write(
             dir.join("subnet.env"),
-            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.42.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=true\n",
+            "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.142.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=true\n",
         )
         .unwrap();
     })
     .await;
-    assert_eq!(rig.status.borrow().subnet, net("10.244.42.0/24"));
+    assert_eq!(rig.status.borrow().subnet, net("10.244.142.0/24"));
     rig.stop().await;
 }
 
