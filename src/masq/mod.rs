@@ -16,7 +16,6 @@ mod expr;
 mod msg;
 
 use std::io;
-use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -27,32 +26,23 @@ const ENOENT: i32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasqError {
-    #[error("cannot open an nftables netlink socket: {0}")]
-    Open(#[source] io::Error),
-    #[error("nftables netlink: {0}")]
-    Io(#[source] io::Error),
-    #[error("no answer from nftables netlink within {0:?}")]
-    Timeout(Duration),
+    /// The socket, a timeout or a malformed answer (as the guard's errors).
+    #[error(transparent)]
+    Nft(#[from] NftError),
     #[error("the kernel refused {what}: {source}")]
     Refused {
         what: String,
         #[source]
         source: io::Error,
     },
-    #[error(transparent)]
-    Malformed(#[from] attr::Malformed),
     #[error("nftables netlink ran in a task that failed: {0}")]
     Join(String),
 }
 
-impl From<NftError> for MasqError {
-    fn from(e: NftError) -> Self {
-        match e {
-            NftError::Open(e) => MasqError::Open(e),
-            NftError::Io(e) => MasqError::Io(e),
-            NftError::Timeout(t) => MasqError::Timeout(t),
-            NftError::Malformed(m) => MasqError::Malformed(m),
-        }
+/// A reply the rules are read from that does not parse.
+impl From<attr::Malformed> for MasqError {
+    fn from(m: attr::Malformed) -> Self {
+        MasqError::Nft(m.into())
     }
 }
 
@@ -195,7 +185,7 @@ pub async fn remove() -> Result<bool, MasqError> {
     })
     .await;
     match r {
-        Err(MasqError::Open(e)) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => Ok(false),
+        Err(MasqError::Nft(e)) if e.unsupported() => Ok(false),
         other => other,
     }
 }

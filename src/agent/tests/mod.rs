@@ -183,8 +183,8 @@ impl Datapath for FakeDatapath {
     async fn ensure_masq(&self, networks: &Networks) -> Result<bool, MasqError> {
         let mut k = self.lock();
         if k.fail_masq {
-            return Err(MasqError::Open(std::io::Error::from_raw_os_error(
-                libc::EPROTONOSUPPORT,
+            return Err(MasqError::Nft(twill_nft::NftError::Open(
+                std::io::Error::from_raw_os_error(libc::EPROTONOSUPPORT),
             )));
         }
         let changed = k.masq.last() != Some(networks) || !k.masq_tables;
