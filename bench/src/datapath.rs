@@ -96,6 +96,34 @@ pub(crate) fn two_host_cluster(
 }
 
 /// Pushes a throughput figure and its ratio to the underlay.
+/// iperf3 from pod `a` to pod `b` (at `b_ip`) of a two-host cluster.
+pub(crate) fn pod_to_pod(
+    c: &Cluster,
+    b_ip: Ipv4Addr,
+    streams: u32,
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    measure(c.pod("b")?.ns(), b_ip, c.pod("a")?.ns(), streams, seconds)
+}
+
+/// iperf3 from host h1 to host h2 over the bare underlay, recorded as
+/// the run's underlay figure.
+pub(crate) fn underlay(
+    out: &mut BenchOutput,
+    c: &Cluster,
+    streams: u32,
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    let h2 = c.host("h2")?;
+    let ul = measure(h2.ns(), h2.ip(), c.host("h1")?.ns(), streams, seconds)?;
+    out.push(
+        &format!("underlay host-to-host, {streams} stream(s)"),
+        "Gbit/s",
+        ul,
+    );
+    Ok(ul)
+}
+
 fn push_path(out: &mut BenchOutput, path: &str, streams: u32, gbps: f64, underlay: f64) {
     out.push(
         &format!("{path} pod-to-pod, {streams} stream(s)"),
@@ -123,36 +151,12 @@ pub fn run(opts: &DatapathOpts) -> anyhow::Result<BenchOutput> {
     );
     let (vx, vx_b) = two_host_cluster(None, "VXLAN")?;
     let (gw, gw_b) = two_host_cluster(Some(HOST_GW_CONFIG), "host-gw")?;
-    let h2_ip = vx.host("h2")?.ip();
     for _ in 0..opts.reps {
         for streams in [1u32, 4] {
-            let ul = measure(
-                vx.host("h2")?.ns(),
-                h2_ip,
-                vx.host("h1")?.ns(),
-                streams,
-                opts.seconds,
-            )?;
-            out.push(
-                &format!("underlay host-to-host, {streams} stream(s)"),
-                "Gbit/s",
-                ul,
-            );
-            let v = measure(
-                vx.pod("b")?.ns(),
-                vx_b,
-                vx.pod("a")?.ns(),
-                streams,
-                opts.seconds,
-            )?;
+            let ul = underlay(&mut out, &vx, streams, opts.seconds)?;
+            let v = pod_to_pod(&vx, vx_b, streams, opts.seconds)?;
             push_path(&mut out, "vxlan", streams, v, ul);
-            let g = measure(
-                gw.pod("b")?.ns(),
-                gw_b,
-                gw.pod("a")?.ns(),
-                streams,
-                opts.seconds,
-            )?;
+            let g = pod_to_pod(&gw, gw_b, streams, opts.seconds)?;
             push_path(&mut out, "host-gw", streams, g, ul);
         }
     }

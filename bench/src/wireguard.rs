@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use twill_harness::pinger::Pinger;
 
-use crate::datapath::{measure, two_host_cluster};
+use crate::datapath::{pod_to_pod, two_host_cluster, underlay};
 use crate::footprint::{clk_tck, sample};
 use crate::results::BenchOutput;
 
@@ -76,28 +76,10 @@ pub fn run(opts: &WireguardOpts) -> anyhow::Result<BenchOutput> {
     let cpu = |pid| sample(pid, tck).map(|s| s.cpu_s);
     let mut wg_time = Duration::ZERO;
     let mut cpu_used = [0.0f64; 4];
-    let h2_ip = vx.host("h2")?.ip();
     for _ in 0..opts.reps {
         for streams in [1u32, 4] {
-            let ul = measure(
-                vx.host("h2")?.ns(),
-                h2_ip,
-                vx.host("h1")?.ns(),
-                streams,
-                opts.seconds,
-            )?;
-            out.push(
-                &format!("underlay host-to-host, {streams} stream(s)"),
-                "Gbit/s",
-                ul,
-            );
-            let v = measure(
-                vx.pod("b")?.ns(),
-                vx_b,
-                vx.pod("a")?.ns(),
-                streams,
-                opts.seconds,
-            )?;
+            let ul = underlay(&mut out, &vx, streams, opts.seconds)?;
+            let v = pod_to_pod(&vx, vx_b, streams, opts.seconds)?;
             out.push(
                 &format!("vxlan pod-to-pod, {streams} stream(s)"),
                 "Gbit/s",
@@ -108,13 +90,7 @@ pub fn run(opts: &WireguardOpts) -> anyhow::Result<BenchOutput> {
                 .map(|(_, p)| cpu(*p))
                 .collect::<Result<_, _>>()?;
             let start = Instant::now();
-            let w = measure(
-                wg.pod("b")?.ns(),
-                wg_b,
-                wg.pod("a")?.ns(),
-                streams,
-                opts.seconds,
-            )?;
+            let w = pod_to_pod(&wg, wg_b, streams, opts.seconds)?;
             wg_time += start.elapsed();
             for (i, (_, p)) in procs.iter().enumerate() {
                 cpu_used[i] += cpu(*p)? - before[i];
