@@ -50,7 +50,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let mut path = self.delta.take().filter(|p| *p.peers.local() == local)?;
         let touched = std::mem::take(&mut self.touched);
         // A lease event can change what a peer's node does not show (a
-        // WireGuard key): the per-peer state below is checked on any.
+        // WireGuard key): the per-peer state below is checked on any (a
+        // changed peer always comes from one).
         let any_event = !touched.is_empty();
         let delta = path.peers.update(&self.leases, touched);
         let skipped = path.peers.skipped_count() + self.unusable.len();
@@ -58,7 +59,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.warn_skipped(&delta.skipped);
         let (mut wg_ops, mut failed) = (0, 0);
-        if any_event || !delta.peers.is_empty() {
+        if any_event {
             // What else is keyed by the peer follows the same peers: the
             // tunnel's members (before the routes, so that a joining node's
             // VXLAN is accepted by the time its route is there) and the
