@@ -113,13 +113,16 @@ pub trait Datapath: Send + Sync {
     /// Removes twill's masquerade tables; `Ok(true)` when there were any.
     fn remove_masq(&self) -> impl Future<Output = Result<bool, MasqError>> + Send;
     /// Makes the isolation tables be as `settings` and `peers` say (see
-    /// [`crate::guard::ensure`]). Data paths without nftables have none.
+    /// [`crate::guard::ensure`]); `was`, the members in place now (written
+    /// with the same settings), lets it send only the difference. Data
+    /// paths without nftables have none.
     fn ensure_guard(
         &self,
         _settings: &twill_nft::guard::Settings,
         _peers: &twill_nft::guard::Peers,
         _check: bool,
         _known: &crate::guard::PodEntries,
+        _was: Option<twill_nft::guard::Peers>,
     ) -> impl Future<Output = Result<crate::guard::GuardReport, crate::guard::GuardError>> + Send
     {
         async { Ok(crate::guard::GuardReport::default()) }
@@ -166,10 +169,6 @@ pub trait Datapath: Send + Sync {
 pub struct NetlinkDatapath {
     kernel: Kernel,
     wireguard: Userspace,
-    /// The isolation table's settings and tunnel members as last written,
-    /// so that a changed member set is written as the peers that came and
-    /// went; `None` until a write succeeded or after one failed.
-    guard_written: std::sync::Mutex<GuardWritten>,
 }
 
 impl NetlinkDatapath {
@@ -178,18 +177,7 @@ impl NetlinkDatapath {
         Ok(NetlinkDatapath {
             kernel: Kernel::connect()?,
             wireguard: Userspace::default(),
-            guard_written: std::sync::Mutex::new(None),
         })
-    }
-}
-
-type GuardWritten = Option<(twill_nft::guard::Settings, twill_nft::guard::Peers)>;
-
-impl NetlinkDatapath {
-    fn guard_written(&self) -> std::sync::MutexGuard<'_, GuardWritten> {
-        self.guard_written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -296,16 +284,9 @@ impl Datapath for NetlinkDatapath {
         peers: &twill_nft::guard::Peers,
         check: bool,
         known: &crate::guard::PodEntries,
+        was: Option<twill_nft::guard::Peers>,
     ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
-        // A check reads the table back and may rewrite it whole.
-        let last = if check {
-            None
-        } else {
-            self.guard_written().clone()
-        };
-        let r = crate::guard::ensure(settings, peers, check, known, last).await;
-        *self.guard_written() = r.as_ref().ok().map(|_| (settings.clone(), peers.clone()));
-        r
+        crate::guard::ensure(settings, peers, check, known, was).await
     }
 
     async fn sync_peers(

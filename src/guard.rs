@@ -127,20 +127,21 @@ fn pod_entries(s: &NftSocket) -> Result<PodEntries, GuardError> {
 
 /// Makes both tables be as `settings` and `peers` say. With `check`, reads
 /// them back first and rewrites only what differs (and reports the
-/// counters); without, just replaces the tunnel filter's table (its
-/// members changed). `known` are the pods' entries as last read: put back
-/// when the bridge table has none left.
+/// counters); without, writes the tunnel's members: as the peers that came
+/// and went when `was` holds those in place (written with the same
+/// settings), else by replacing the tunnel filter's table. `known` are the
+/// pods' entries as last read: put back when the bridge table has none left.
 pub fn ensure_blocking(
     settings: &Settings,
     peers: &Peers,
     check: bool,
     known: &PodEntries,
-    written: Option<&(Settings, Peers)>,
+    was: Option<&Peers>,
 ) -> Result<GuardReport, GuardError> {
     let s = NftSocket::open()?;
     let mut report = GuardReport::default();
     if !check {
-        if let Some((_, was_peers)) = written.filter(|(w, _)| w == settings) {
+        if let Some(was_peers) = was {
             // Only the members changed: the peers that came and went.
             let (added, removed) = (peers.minus(was_peers), was_peers.minus(peers));
             if added.is_empty() && removed.is_empty() {
@@ -190,11 +191,11 @@ pub async fn ensure(
     peers: &Peers,
     check: bool,
     known: &PodEntries,
-    written: Option<(Settings, Peers)>,
+    was: Option<Peers>,
 ) -> Result<GuardReport, GuardError> {
     let (settings, peers, known) = (settings.clone(), peers.clone(), known.clone());
     tokio::task::spawn_blocking(move || {
-        ensure_blocking(&settings, &peers, check, &known, written.as_ref())
+        ensure_blocking(&settings, &peers, check, &known, was.as_ref())
     })
     .await
     .map_err(|e| GuardError::Join(e.to_string()))?

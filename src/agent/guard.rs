@@ -24,10 +24,14 @@ impl<S, D: Datapath> Agent<S, D> {
     /// since the last write; the first time, checks both tables.
     pub(super) async fn ensure_guard(&mut self, nodes: &[RemoteNode]) {
         let want = (self.guard_settings(), tunnel_peers(nodes));
-        match &self.guard_applied {
-            Some(applied) if *applied == want => {}
-            Some(_) => self.write_guard(want, false).await,
-            None => self.write_guard(want, true).await,
+        match self.guard_applied.take() {
+            Some(applied) if applied == want => self.guard_applied = Some(applied),
+            // Same settings: only the members that came and went.
+            Some((settings, was)) if settings == want.0 => {
+                self.write_guard(want, false, Some(was)).await
+            }
+            Some(_) => self.write_guard(want, false, None).await,
+            None => self.write_guard(want, true, None).await,
         }
     }
 
@@ -37,14 +41,14 @@ impl<S, D: Datapath> Agent<S, D> {
             Some((_, peers)) => (self.guard_settings(), peers.clone()),
             None => (self.guard_settings(), Peers::default()),
         };
-        self.write_guard(want, true).await;
+        self.write_guard(want, true, None).await;
     }
 
-    async fn write_guard(&mut self, want: (Settings, Peers), check: bool) {
+    async fn write_guard(&mut self, want: (Settings, Peers), check: bool, was: Option<Peers>) {
         let (settings, peers) = &want;
         match self
             .dp
-            .ensure_guard(settings, peers, check, &self.guard_pods)
+            .ensure_guard(settings, peers, check, &self.guard_pods, was)
             .await
         {
             Ok(report) => {

@@ -205,6 +205,7 @@ impl Datapath for FakeDatapath {
         peers: &twill_nft::guard::Peers,
         check: bool,
         _known: &crate::guard::PodEntries,
+        _was: Option<twill_nft::guard::Peers>,
     ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
         self.lock().guard.push((peers.clone(), check));
         Ok(crate::guard::GuardReport::default())
