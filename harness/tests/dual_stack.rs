@@ -159,14 +159,7 @@ fn ipv6_rides_an_ipv6_underlay_tunnel_when_hosts_have_ipv6() {
         .unwrap();
     // An IPv6 underlay beside the IPv4 one (documentation prefix, inside the
     // test's namespaces only).
-    for (i, h) in ["h1", "h2"].iter().enumerate() {
-        let addr = format!("2001:db8:1::{}/64", i + 1);
-        c.host(h)
-            .unwrap()
-            .ns()
-            .ip(["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
-            .unwrap();
-    }
+    c.add_ipv6_underlay(&["h1", "h2"]).unwrap();
     c.start_agents().unwrap();
     c.wait_converged().unwrap();
 

@@ -880,12 +880,7 @@ fn the_ipv6_tunnel_accepts_vxlan_only_from_members() {
         .network_config(CONFIG)
         .build()
         .unwrap();
-    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
-        let addr = format!("2001:db8:1::{}/64", i + 1);
-        let ns = c.host(h).unwrap().ns();
-        ns.ip(["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
-            .unwrap();
-    }
+    c.add_ipv6_underlay(&["h1", "h2", "h3"]).unwrap();
     c.start_agent("h1").unwrap();
     c.start_agent("h2").unwrap();
     c.wait_leases(2).unwrap();

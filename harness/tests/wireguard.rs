@@ -564,14 +564,7 @@ fn wireguard_dual_stack_over_an_ipv6_underlay() {
         .resync_interval(RESYNC_SECS)
         .build()
         .unwrap();
-    for (i, h) in ["h1", "h2"].iter().enumerate() {
-        let addr = format!("2001:db8:1::{}/64", i + 1);
-        c.host(h)
-            .unwrap()
-            .ns()
-            .ip(["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
-            .unwrap();
-    }
+    c.add_ipv6_underlay(&["h1", "h2"]).unwrap();
     c.start_agents().unwrap();
     let hosts = vec!["h1".to_owned(), "h2".to_owned()];
     let pods = pod_per_host(&mut c, &hosts);

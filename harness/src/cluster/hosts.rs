@@ -117,4 +117,17 @@ impl Cluster {
         }
         Ok(outside)
     }
+
+    /// An IPv6 underlay beside the IPv4 one: each host gets
+    /// `2001:db8:1::<n>/64` on `eth0` (n = 1, 2, ... in `hosts` order;
+    /// documentation prefix, no duplicate address detection).
+    pub fn add_ipv6_underlay(&self, hosts: &[&str]) -> Result<()> {
+        for (i, h) in hosts.iter().enumerate() {
+            let addr = format!("2001:db8:1::{}/64", i + 1);
+            self.host(h)?
+                .ns()
+                .ip(["-6", "addr", "add", &addr, "dev", IFNAME, "nodad"])?;
+        }
+        Ok(())
+    }
 }
