@@ -4,13 +4,13 @@
 //! is torn down on drop, also when a test panics.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -25,8 +25,14 @@ use crate::wait::{wait_for, DEFAULT_TIMEOUT};
 
 mod agents;
 mod hosts;
+mod ipv6_only;
 mod pods;
 mod state;
+
+pub use ipv6_only::{
+    ipv4_addresses, IPV6_ONLY_HOST_GW_CONFIG, IPV6_ONLY_VXLAN_CONFIG, UNDERLAY6_PREFIX_LEN,
+    UNDERLAY_IP6, VXLAN6_DEV,
+};
 
 /// Address of the underlay bridge `ul0`, where etcd listens.
 pub const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -64,6 +70,7 @@ pub struct ClusterBuilder {
     etcd_members: usize,
     etcd_prefix: String,
     agent_args: Vec<String>,
+    ipv6_only: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -79,6 +86,7 @@ impl Default for ClusterBuilder {
             etcd_members: 1,
             etcd_prefix: ETCD_PREFIX.to_owned(),
             agent_args: Vec::new(),
+            ipv6_only: false,
         }
     }
 }
@@ -161,6 +169,7 @@ impl ClusterBuilder {
                 reason: format!("{} is not in 1..={MAX_ETCD_MEMBERS}", self.etcd_members),
             });
         }
+        let network_config = self.ipv6_only_config()?;
         let prefix = self.prefix.clone().unwrap_or_else(run_prefix);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-"))
@@ -171,18 +180,16 @@ impl ClusterBuilder {
             })?;
         let underlay = Netns::new(format!("{prefix}-ul"))?;
         underlay.ip(["link", "add", "ul0", "type", "bridge"])?;
-        underlay.ip(["addr", "add", &format!("{UNDERLAY_IP}/24"), "dev", "ul0"])?;
+        let etcd_ip: IpAddr = if self.ipv6_only {
+            ipv6_only::underlay_only_ipv6(&underlay)?;
+            UNDERLAY_IP6.into()
+        } else {
+            underlay.ip(["addr", "add", &format!("{UNDERLAY_IP}/24"), "dev", "ul0"])?;
+            UNDERLAY_IP.into()
+        };
         underlay.ip(["link", "set", "ul0", "up"])?;
-        let etcd = Etcd::start(
-            underlay.name(),
-            UNDERLAY_IP,
-            dir.path(),
-            self.own_process_group,
-        )?;
-        etcd.put(
-            &format!("{}/config", self.etcd_prefix),
-            &self.network_config,
-        )?;
+        let etcd = Etcd::start(underlay.name(), etcd_ip, dir.path(), self.own_process_group)?;
+        etcd.put(&format!("{}/config", self.etcd_prefix), &network_config)?;
         let etcd_cluster = if self.etcd_members > 1 {
             let ips: Vec<Ipv4Addr> = (0..self.etcd_members as u8)
                 .map(|i| Ipv4Addr::new(192, 0, 2, FIRST_ETCD_MEMBER_OCTET + i))
@@ -212,6 +219,7 @@ impl ClusterBuilder {
             own_process_group: self.own_process_group,
             bin_dir: self.bin_dir,
             dir,
+            ipv6_only: self.ipv6_only,
         };
         for _ in 0..self.hosts {
             cluster.add_host()?;
@@ -227,6 +235,7 @@ pub struct Host {
     ns: Netns,
     ip: Ipv4Addr,
     dir: PathBuf,
+    ip6: Option<Ipv6Addr>,
 }
 
 impl Host {
@@ -238,9 +247,15 @@ impl Host {
     pub fn ns(&self) -> &Netns {
         &self.ns
     }
-    /// Its underlay (public) address.
+    /// Its underlay (public) address; `0.0.0.0` on an IPv6-only underlay
+    /// (see [`Host::ipv6`]).
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+    /// Its IPv6 underlay address on an IPv6-only underlay
+    /// ([`ClusterBuilder::ipv6_only`]).
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.ip6
     }
     /// Where its agent writes the subnet file.
     pub fn subnet_file_path(&self) -> PathBuf {
@@ -296,6 +311,7 @@ pub struct Pod {
     ns: Netns,
     addr: Ipv4Net,
     container_id: String,
+    addr6: Option<Ipv6Net>,
 }
 
 impl Pod {
@@ -311,9 +327,14 @@ impl Pod {
     pub fn ns(&self) -> &Netns {
         &self.ns
     }
-    /// Its IP.
+    /// Its IP; `0.0.0.0` for an IPv6-only pod (see [`Pod::ip6`]).
     pub fn ip(&self) -> Ipv4Addr {
         self.addr.addr()
+    }
+    /// Its IPv6 address, when the CNI result gave one (dual-stack or
+    /// IPv6-only cluster).
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.addr6.map(|a| a.addr())
     }
     /// Its IP with prefix length, as the CNI result gave it.
     pub fn cidr(&self) -> Ipv4Net {
@@ -339,6 +360,7 @@ pub struct Cluster {
     own_process_group: bool,
     bin_dir: Option<PathBuf>,
     dir: tempfile::TempDir,
+    ipv6_only: bool,
 }
 
 impl Cluster {

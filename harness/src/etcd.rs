@@ -1,7 +1,7 @@
 //! A real etcd (Debian's `/usr/bin/etcd`) running inside a test namespace,
 //! with `etcdctl` helpers; killed by PID on drop.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,12 +56,26 @@ pub(crate) fn etcd_command(a: &EtcdArgs<'_>) -> Result<Command> {
     Ok(c)
 }
 
+/// `http://<ip>:<port>`, with the brackets an IPv6 address needs.
+fn url(ip: IpAddr, port: u16) -> String {
+    format!("http://{}", SocketAddr::new(ip, port))
+}
+
+/// The loopback address of `ip`'s family.
+fn loopback(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    }
+}
+
 /// An etcd server inside namespace `ns`, listening on `listen_ip` and the
-/// namespace's loopback.
+/// namespace's loopback of the same family (`127.0.0.1`, or `::1` for an
+/// IPv6 `listen_ip`, so an IPv6-only namespace needs no IPv4 address).
 #[derive(Debug)]
 pub struct Etcd {
     ns: String,
-    listen_ip: Ipv4Addr,
+    listen_ip: IpAddr,
     child: ChildGuard,
     log: PathBuf,
 }
@@ -69,17 +83,27 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd in `ns` with its data dir and log under `dir`, and waits
     /// until it reports healthy. Ports are fixed: each namespace has its own.
-    pub fn start(ns: &str, listen_ip: Ipv4Addr, dir: &Path, own_pgrp: bool) -> Result<Self> {
+    pub fn start(
+        ns: &str,
+        listen_ip: impl Into<IpAddr>,
+        dir: &Path,
+        own_pgrp: bool,
+    ) -> Result<Self> {
+        let listen_ip = listen_ip.into();
         let data = dir.join("etcd-data");
         let log = dir.join("etcd.log");
-        let client = format!("http://{listen_ip}:{CLIENT_PORT},http://127.0.0.1:{CLIENT_PORT}");
-        let peer = format!("http://127.0.0.1:{PEER_PORT}");
+        let client = format!(
+            "{},{}",
+            url(listen_ip, CLIENT_PORT),
+            url(loopback(listen_ip), CLIENT_PORT)
+        );
+        let peer = url(loopback(listen_ip), PEER_PORT);
         let mut c = etcd_command(&EtcdArgs {
             ns,
             name: "twilltest",
             data_dir: &data,
             listen_client_urls: &client,
-            advertise_client_url: &format!("http://{listen_ip}:{CLIENT_PORT}"),
+            advertise_client_url: &url(listen_ip, CLIENT_PORT),
             peer_url: &peer,
             initial_cluster: &format!("twilltest={peer}"),
             log: &log,
@@ -115,7 +139,7 @@ impl Etcd {
 
     /// Client URL reachable from other namespaces on the underlay.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.listen_ip)
+        url(self.listen_ip, CLIENT_PORT)
     }
 
     /// Its PID (that of the etcd process itself: `ip netns exec` execs).
@@ -144,7 +168,10 @@ impl Etcd {
     fn ctl_command(&self, args: &[&str]) -> Command {
         let mut c = ip(["netns", "exec", &self.ns, "etcdctl"]);
         c.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=http://127.0.0.1:{CLIENT_PORT}"))
+            .arg(format!(
+                "--endpoints={}",
+                url(loopback(self.listen_ip), CLIENT_PORT)
+            ))
             .arg("--command-timeout=5s")
             .args(args);
         c

@@ -1,7 +1,7 @@
 //! Pure parsers for what the harness reads back: subnet files, lease keys
 //! and values, `etcdctl -w json` output, `ip -j route` output, CNI results.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
@@ -75,6 +75,13 @@ pub struct Lease {
     pub backend_type: Option<String>,
     #[serde(rename = "BackendData", default)]
     pub backend_data: Option<BackendData>,
+    /// The node's IPv6 underlay address (dual-stack with an IPv6 underlay,
+    /// or IPv6-only).
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The IPv6 VTEP (`twill6.<VNI>`) of a VXLAN lease over IPv6.
+    #[serde(rename = "BackendV6Data", default)]
+    pub backend_v6_data: Option<BackendData>,
 }
 
 impl Lease {
@@ -161,6 +168,30 @@ pub fn parse_etcdctl_get(json: &str) -> Result<Vec<(String, Vec<u8>)>> {
         .collect()
 }
 
+/// One IPv6 route as `ip -j -6 route show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route6 {
+    pub dst: Ipv6Net,
+    pub gateway: Option<Ipv6Addr>,
+    pub dev: String,
+    pub onlink: bool,
+}
+
+/// Parses `ip -j -6 route show ...` output (empty output = no routes).
+pub fn parse_routes6(json: &str) -> Result<Vec<Route6>> {
+    raw_routes(json)?
+        .into_iter()
+        .map(|r| {
+            Ok(Route6 {
+                dst: r.dst(128)?,
+                onlink: r.onlink(),
+                gateway: r.gateway,
+                dev: r.dev,
+            })
+        })
+        .collect()
+}
+
 /// One route as `ip -j route show` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -170,33 +201,55 @@ pub struct Route {
 }
 
 #[derive(Deserialize)]
-struct RawRoute {
+struct RawRoute<A> {
     dst: String,
+    #[serde(default = "Option::default")]
+    gateway: Option<A>,
     #[serde(default)]
-    gateway: Option<Ipv4Addr>,
+    dev: String,
     #[serde(default)]
     flags: Vec<String>,
 }
 
-/// Parses `ip -j route show ...` output (empty output = no routes).
-pub fn parse_routes(json: &str) -> Result<Vec<Route>> {
+impl<A> RawRoute<A> {
+    /// The destination; `ip` prints host routes (`host_len`) without a
+    /// prefix length.
+    fn dst<N>(&self, host_len: u8) -> Result<N>
+    where
+        N: std::str::FromStr,
+        N::Err: std::fmt::Display,
+    {
+        let d = &self.dst;
+        if d.contains('/') {
+            d.parse()
+        } else {
+            format!("{d}/{host_len}").parse()
+        }
+        .map_err(|e| perr(format!("route dst {d}"), e))
+    }
+
+    fn onlink(&self) -> bool {
+        self.flags.iter().any(|f| f == "onlink")
+    }
+}
+
+/// `ip -j route` output of either family, gateways as `A`.
+fn raw_routes<A: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<RawRoute<A>>> {
     if json.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let raw: Vec<RawRoute> = serde_json::from_str(json).map_err(|e| perr("ip -j route", e))?;
-    raw.into_iter()
+    serde_json::from_str(json).map_err(|e| perr("ip -j route", e))
+}
+
+/// Parses `ip -j route show ...` output (empty output = no routes).
+pub fn parse_routes(json: &str) -> Result<Vec<Route>> {
+    raw_routes::<Ipv4Addr>(json)?
+        .into_iter()
         .map(|r| {
-            // `ip` prints host routes without a prefix length.
-            let dst = if r.dst.contains('/') {
-                r.dst.parse()
-            } else {
-                format!("{}/32", r.dst).parse()
-            }
-            .map_err(|e| perr(format!("route dst {}", r.dst), e))?;
             Ok(Route {
-                dst,
+                dst: r.dst(32)?,
                 gateway: r.gateway,
-                onlink: r.flags.iter().any(|f| f == "onlink"),
+                onlink: r.onlink(),
             })
         })
         .collect()
@@ -213,6 +266,35 @@ pub fn parse_cni_result_ip(json: &str) -> Result<Ipv4Net> {
         .ok_or_else(|| perr("cni result", format!("no ips[0].address in {json}")))?;
     addr.parse()
         .map_err(|e| perr(format!("cni result address {addr}"), e))
+}
+
+/// The IPv4 and the IPv6 address of a CNI ADD result (the first of each
+/// family in `ips`), each `None` when the result has none.
+pub fn parse_cni_result_ips(json: &str) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>)> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| perr("cni result", e))?;
+    let ips = v
+        .get("ips")
+        .and_then(|ips| ips.as_array())
+        .ok_or_else(|| perr("cni result", format!("no ips in {json}")))?;
+    let (mut v4, mut v6) = (None, None);
+    for ip in ips {
+        let addr = ip.get("address").and_then(|a| a.as_str()).ok_or_else(|| {
+            perr(
+                "cni result",
+                format!("an ips entry without address in {json}"),
+            )
+        })?;
+        let bad = |e: ipnet::AddrParseError| perr(format!("cni result address {addr}"), e);
+        if addr.contains(':') {
+            v6 = v6.or(Some(addr.parse().map_err(bad)?));
+        } else {
+            v4 = v4.or(Some(addr.parse().map_err(bad)?));
+        }
+    }
+    if v4.is_none() && v6.is_none() {
+        return Err(perr("cni result", format!("no address in {json}")));
+    }
+    Ok((v4, v6))
 }
 
 #[cfg(test)]
@@ -315,5 +397,38 @@ mod tests {
         .unwrap();
         assert_eq!(ip.addr(), Ipv4Addr::new(10, 244, 3, 2));
         assert!(parse_cni_result_ip(r#"{"code":7,"msg":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn cni_result_addresses_of_each_family() {
+        let (v4, v6) = parse_cni_result_ips(
+            r#"{"ips":[{"address":"fd00:10:244:3::2/64","gateway":"fd00:10:244:3::1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v4, None);
+        assert_eq!(v6, Some("fd00:10:244:3::2/64".parse().unwrap()));
+        let (v4, v6) = parse_cni_result_ips(
+            r#"{"ips":[{"address":"10.244.3.2/24"},{"address":"fd00:10:244:3::2/64"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v4, Some("10.244.3.2/24".parse().unwrap()));
+        assert!(v6.is_some());
+        assert!(parse_cni_result_ips(r#"{"ips":[]}"#).is_err());
+        assert!(parse_cni_result_ips(r#"{"code":7,"msg":"x"}"#).is_err());
+        assert!(parse_cni_result_ips(r#"{"ips":[{"address":"fd00::zz/64"}]}"#).is_err());
+    }
+
+    #[test]
+    fn ipv6_routes_from_ip_json() {
+        let r = parse_routes6(
+            r#"[{"dst":"fd00:10:244:2::/64","gateway":"fd00:10:244:2::","dev":"twill6.1","protocol":"77","flags":["onlink"]},{"dst":"fd00:10:244:3::/64","gateway":"2001:db8::3","dev":"eth0","flags":[]}]"#,
+        )
+        .unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].dst, "fd00:10:244:2::/64".parse::<Ipv6Net>().unwrap());
+        assert_eq!(r[0].dev, "twill6.1");
+        assert!(r[0].onlink);
+        assert_eq!(r[1].gateway, Some("2001:db8::3".parse().unwrap()));
+        assert!(parse_routes6("").unwrap().is_empty());
     }
 }

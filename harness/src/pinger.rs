@@ -2,7 +2,7 @@
 //! disturbs the cluster, and the parse of its summary: how many packets
 //! went out and how many came back.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use crate::cmd::ChildGuard;
@@ -59,8 +59,14 @@ pub struct Pinger {
 
 impl Pinger {
     /// Starts `ping -c count -i interval_ms/1000 target` inside `ns`
-    /// (intervals below 200 ms need root, which the netns tests have).
-    pub fn start(ns: &Netns, target: Ipv4Addr, count: u32, interval_ms: u32) -> Result<Pinger> {
+    /// (intervals below 200 ms need root, which the netns tests have);
+    /// `target` of either family.
+    pub fn start(
+        ns: &Netns,
+        target: impl Into<IpAddr>,
+        count: u32,
+        interval_ms: u32,
+    ) -> Result<Pinger> {
         let interval = format!("{}.{:03}", interval_ms / 1000, interval_ms % 1000);
         let c = ns.command(
             "ping",
@@ -73,7 +79,7 @@ impl Pinger {
                 &interval,
                 "-W",
                 "1",
-                &target.to_string(),
+                &target.into().to_string(),
             ],
         );
         Ok(Pinger {

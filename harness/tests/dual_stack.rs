@@ -80,12 +80,7 @@ fn ipv6_pods_reach_each_other_across_hosts() {
     dedup.sort();
     dedup.dedup();
     assert_eq!(dedup.len(), 3, "IPv6 subnets not distinct: {subnets6:?}");
-    let keys: Vec<String> = c
-        .store_get_prefix(&format!("{}/subnets/", c.etcd_prefix()))
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys = c.lease_keys().unwrap();
     for s6 in &subnets6 {
         let part = format!("&{}-64", s6.network());
         assert!(

@@ -4,15 +4,20 @@
 use super::*;
 
 impl Cluster {
-    /// Adds host `h<N+1>` at `192.0.2.<N+1>`: namespace, veth `eth0` whose
-    /// peer is on the underlay bridge, forwarding on (as on any k8s node).
-    /// Its agent is not started. Returns the host's name.
+    /// Adds host `h<N+1>` at `192.0.2.<N+1>` (on an IPv6-only underlay:
+    /// at `2001:db8::<N+1>`, see [`ClusterBuilder::ipv6_only`]): namespace,
+    /// veth `eth0` whose peer is on the underlay bridge, forwarding on (as
+    /// on any k8s node). Its agent is not started. Returns the host's name.
     pub fn add_host(&mut self) -> Result<String> {
         if self.hosts.len() >= MAX_HOSTS {
             return Err(HarnessError::Exists {
                 kind: "host slot",
                 name: format!("h{} (max {MAX_HOSTS})", self.hosts.len() + 1),
             });
+        }
+        if self.ipv6_only {
+            let addr = ipv6_only::host_addr(self.hosts.len() + 1);
+            return self.add_host_with(addr.into(), "ul0");
         }
         let octet = u8::try_from(self.hosts.len() + 1).unwrap_or(u8::MAX);
         let addr =
@@ -28,6 +33,12 @@ impl Cluster {
     /// second underlay segment, see `routed`). Routes to other segments are
     /// the caller's to add.
     pub fn add_host_at(&mut self, addr: Ipv4Net, bridge: &str) -> Result<String> {
+        self.add_host_with(addr.into(), bridge)
+    }
+
+    /// [`Cluster::add_host_at`] for an address of either family; a host
+    /// with an IPv6 address has no IPv4 address at all, not even on `lo`.
+    fn add_host_with(&mut self, addr: IpNet, bridge: &str) -> Result<String> {
         let i = self.hosts.len() + 1;
         if i > MAX_HOSTS_AT {
             return Err(HarnessError::Exists {
@@ -36,17 +47,29 @@ impl Cluster {
             });
         }
         let name = format!("h{i}");
-        let ip = addr.addr();
+        let (ip, ip6) = match addr {
+            IpNet::V4(a) => (a.addr(), None),
+            IpNet::V6(a) => (Ipv4Addr::UNSPECIFIED, Some(a.addr())),
+        };
         let dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&dir).map_err(|source| HarnessError::Io {
             path: dir.clone(),
             source,
         })?;
         let ns = Netns::new(format!("{}-{name}", self.prefix))?;
+        if ip6.is_some() {
+            ipv6_only::strip_ipv4(&ns)?;
+        }
         self.plug_nic(&ns, IFNAME, &name, addr, bridge)?;
         ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
-        self.hosts.push(Host { name, ns, ip, dir });
+        self.hosts.push(Host {
+            name,
+            ns,
+            ip,
+            dir,
+            ip6,
+        });
         Ok(self.hosts[i - 1].name.clone())
     }
 
@@ -54,14 +77,16 @@ impl Cluster {
     /// joins `bridge` in the underlay namespace. Created inside `ns` with
     /// the peer placed straight in the underlay one: nothing ever touches
     /// the root namespace. Also how a test puts back a NIC it deleted.
+    /// An IPv6 `addr` skips duplicate address detection.
     pub fn plug_nic(
         &self,
         ns: &Netns,
         ifname: &str,
         peer: &str,
-        addr: Ipv4Net,
+        addr: impl Into<IpNet>,
         bridge: &str,
     ) -> Result<()> {
+        let addr = addr.into();
         ns.ip([
             "link",
             "add",
@@ -74,7 +99,7 @@ impl Cluster {
             "netns",
             self.underlay.name(),
         ])?;
-        ns.ip(["addr", "add", &addr.to_string(), "dev", ifname])?;
+        add_addr(ns, ifname, &addr.to_string())?;
         ns.ip(["link", "set", ifname, "up"])?;
         self.underlay
             .ip(["link", "set", peer, "master", bridge, "up"])?;
@@ -108,11 +133,7 @@ impl Cluster {
             outside.name(),
         ])?;
         for (ns, dev, addr) in [(h, "inet0", host_addr), (&outside, "eth0", outside_addr)] {
-            let mut args = vec!["addr", "add", addr, "dev", dev];
-            if addr.contains(':') {
-                args.push("nodad");
-            }
-            ns.ip(args)?;
+            add_addr(ns, dev, addr)?;
             ns.ip(["link", "set", dev, "up"])?;
         }
         Ok(outside)
@@ -130,4 +151,14 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// `ip addr add <addr> dev <dev>` in `ns`, without duplicate address
+/// detection for an IPv6 `addr` (a CIDR string of either family).
+fn add_addr(ns: &Netns, dev: &str, addr: &str) -> Result<()> {
+    let mut args = vec!["addr", "add", addr, "dev", dev];
+    if addr.contains(':') {
+        args.push("nodad");
+    }
+    ns.ip(args).map(drop)
 }

@@ -41,8 +41,14 @@ impl Cluster {
     }
 
     /// Creates pod `name` on `host`: a namespace plus a CNI ADD. Returns its
-    /// IP. On failure the pod namespace is removed again.
+    /// IP (`0.0.0.0` for an IPv6-only pod: see [`Cluster::add_pod6`]). On
+    /// failure the pod namespace is removed again.
     pub fn add_pod(&mut self, host: &str, name: &str) -> Result<Ipv4Addr> {
+        self.create_pod(host, name).map(Pod::ip)
+    }
+
+    /// [`Cluster::add_pod`], returning the pod.
+    pub(super) fn create_pod(&mut self, host: &str, name: &str) -> Result<&Pod> {
         if self.pod(name).is_ok() || self.host(name).is_ok() {
             return Err(HarnessError::Exists {
                 kind: "pod or host",
@@ -51,6 +57,9 @@ impl Cluster {
         }
         self.host(host)?;
         let ns = Netns::new(format!("{}-{name}", self.prefix))?;
+        if self.ipv6_only {
+            ipv6_only::strip_ipv4(&ns)?;
+        }
         let container_id = format!("{}-{name}", self.prefix);
         let out = self.cni_raw(host, "ADD", &container_id, &ns.path(), None)?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -66,15 +75,19 @@ impl Cluster {
                 ),
             });
         }
-        let addr = parse::parse_cni_result_ip(&stdout)?;
+        let (addr, addr6) = parse::parse_cni_result_ips(&stdout)?;
         self.pods.push(Pod {
             name: name.to_owned(),
             host: host.to_owned(),
             ns,
-            addr,
+            // An IPv6-only pod's IPv4 side is the contract's empty network,
+            // as an IPv6-only lease's is.
+            addr: addr.unwrap_or(twill_contract::lease_key::V6_ONLY_V4),
             container_id,
+            addr6,
         });
-        Ok(addr.addr())
+        let i = self.pods.len() - 1;
+        Ok(&self.pods[i])
     }
 
     /// CNI DEL of pod `name`, then removes its namespace.
@@ -102,14 +115,14 @@ impl Cluster {
         }
     }
 
-    /// Whether a host or pod named `from` can ping `ip`, retrying for up to
-    /// 5 s (ARP/FDB may still be settling).
-    pub fn ping(&self, from: &str, ip: Ipv4Addr) -> bool {
+    /// Whether a host or pod named `from` can ping `ip` (either family),
+    /// retrying for up to 5 s (ARP/FDB may still be settling).
+    pub fn ping(&self, from: &str, ip: impl Into<IpAddr>) -> bool {
         self.ping_within(from, ip, Duration::from_secs(5))
     }
 
     /// [`Cluster::ping`] with an explicit deadline.
-    pub fn ping_within(&self, from: &str, ip: Ipv4Addr, deadline: Duration) -> bool {
+    pub fn ping_within(&self, from: &str, ip: impl Into<IpAddr>, deadline: Duration) -> bool {
         self.ping_poll(from, ip, deadline, Duration::from_millis(200))
             .is_some()
     }
@@ -120,10 +133,11 @@ impl Cluster {
     pub fn ping_poll(
         &self,
         from: &str,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         deadline: Duration,
         interval: Duration,
     ) -> Option<Instant> {
+        let ip = ip.into();
         let ns = self.ns_of(from).ok()?;
         let start = Instant::now();
         loop {

@@ -55,6 +55,15 @@ impl Cluster {
         }
     }
 
+    /// The keys of all leases in the etcd the agents use.
+    pub fn lease_keys(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store_get_prefix(&format!("{}/subnets/", self.etcd_prefix))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     /// The lease of `subnet`, `None` when there is none; unlike
     /// [`Cluster::leases`] this works with garbage under other keys.
     pub fn lease(&self, subnet: Ipv4Net) -> Result<Option<Lease>> {
