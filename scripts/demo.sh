@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the twill demo (etcd + 3 hosts + agents + 2 pods per host in network
 # namespaces). `demo.sh --keep` leaves it up until Ctrl-C; `demo.sh --down`
-# removes whatever a killed demo left behind.
+# removes whatever a killed demo left behind. `demo.sh --ipv6-only` (also
+# with --keep) runs an IPv6-only cluster on an IPv6-only underlay instead.
 set -euo pipefail
 
 PREFIX=twdemo-

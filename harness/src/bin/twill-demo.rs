@@ -1,6 +1,8 @@
 //! twill-demo: brings up etcd, 3 hosts running `twilld` and 2 pods per host
 //! in namespaces, prints the leases and a pod-to-pod ping matrix, and tears
 //! it all down (also on Ctrl-C / SIGTERM). `--keep` keeps it up until then.
+//! `--ipv6-only` builds an IPv6-only cluster (`EnableIPv4: false`) on an
+//! IPv6-only underlay instead: no IPv4 address in any namespace.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +21,15 @@ const PODS_PER_HOST: usize = 2;
 static STOP: AtomicBool = AtomicBool::new(false);
 
 fn usage() -> &'static str {
-    "usage: twill-demo [--keep]\n  --keep  leave the cluster running until Ctrl-C"
+    "usage: twill-demo [--keep] [--ipv6-only]\n  --keep       leave the cluster running until Ctrl-C\n  --ipv6-only  an IPv6-only cluster on an IPv6-only underlay (2001:db8::/64, pods in fd00:10:244::/48)"
 }
 
 fn main() -> ExitCode {
-    let mut keep = false;
+    let (mut keep, mut ipv6_only) = (false, false);
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--keep" => keep = true,
+            "--ipv6-only" => ipv6_only = true,
             "-h" | "--help" => {
                 println!("{}", usage());
                 return ExitCode::SUCCESS;
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
             STOP.store(true, Ordering::SeqCst);
         }
     });
-    match run(keep) {
+    match run(keep, ipv6_only) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -72,7 +75,7 @@ fn interrupted() -> Result<()> {
 
 /// Returns whether every ping succeeded. The cluster is torn down when it
 /// goes out of scope, whichever way this returns.
-fn run(keep: bool) -> Result<bool> {
+fn run(keep: bool, ipv6_only: bool) -> Result<bool> {
     Prereqs::new()
         .root()
         .tools(CLUSTER_TOOLS)
@@ -83,18 +86,24 @@ fn run(keep: bool) -> Result<bool> {
     if !leftovers.is_empty() {
         bail!("demo namespaces already exist ({leftovers:?}): another demo is running, or run `scripts/demo.sh --down`");
     }
-    println!("building underlay, etcd and {HOSTS} hosts...");
+    let kind = if ipv6_only { "IPv6-only " } else { "" };
+    println!("building {kind}underlay, etcd and {HOSTS} hosts...");
     let mut c = Cluster::builder()
         .prefix(PREFIX)
         .hosts(HOSTS)
+        .ipv6_only(ipv6_only)
         .own_process_group(true)
         .build()
         .context("building the cluster")?;
     interrupted()?;
     println!("starting twilld on every host...");
     c.start_agents()?;
-    c.wait_converged()
-        .context("waiting for the agents to converge")?;
+    if ipv6_only {
+        c.wait_converged6()
+    } else {
+        c.wait_converged()
+    }
+    .context("waiting for the agents to converge")?;
     interrupted()?;
     for h in 1..=HOSTS {
         for p in 1..=PODS_PER_HOST {
@@ -112,7 +121,10 @@ fn run(keep: bool) -> Result<bool> {
         c.etcd().endpoint()
     );
     for h in c.hosts() {
-        println!("  {:<14} host {} ({})", h.ns().name(), h.name(), h.ip());
+        let ip = h
+            .ipv6()
+            .map_or_else(|| h.ip().to_string(), |ip6| ip6.to_string());
+        println!("  {:<14} host {} ({ip})", h.ns().name(), h.name());
     }
     for p in c.pods() {
         println!(
@@ -120,10 +132,34 @@ fn run(keep: bool) -> Result<bool> {
             p.ns().name(),
             p.name(),
             p.host(),
-            p.cidr()
+            c.pod_addr(p)
         );
     }
 
+    if ipv6_only {
+        print_leases6(&c)?;
+    } else {
+        print_leases(&c)?;
+    }
+    let all_ok = print_ping_matrix(&c)?;
+    if !all_ok {
+        eprintln!("{}", c.diagnostics());
+    }
+
+    if keep {
+        println!(
+            "cluster is up (logs in {}); press Ctrl-C to tear it down",
+            c.dir().display()
+        );
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!("tearing down...");
+    Ok(all_ok)
+}
+
+fn print_leases(c: &Cluster) -> Result<()> {
     println!("\nleases in etcd:");
     println!(
         "  {:<5} {:<16} {:<12} VtepMAC",
@@ -143,12 +179,44 @@ fn run(keep: bool) -> Result<bool> {
             lease.vtep_mac().unwrap_or_else(|| "-".into())
         );
     }
+    Ok(())
+}
 
+/// The leases of an IPv6-only cluster, by IPv6 subnet (they all share the
+/// IPv4 part `0.0.0.0-0` of their key).
+fn print_leases6(c: &Cluster) -> Result<()> {
+    println!("\nleases in etcd (IPv6-only: key 0.0.0.0-0&<subnet>):");
+    println!(
+        "  {:<5} {:<22} {:<14} VtepMAC",
+        "host", "IPv6 subnet", "PublicIPv6"
+    );
+    for (subnet, lease) in c.leases6()? {
+        let host = c
+            .hosts()
+            .iter()
+            .find(|h| h.ipv6().is_some() && h.ipv6() == lease.public_ipv6)
+            .map_or("?", |h| h.name());
+        let vtep = lease.backend_v6_data.and_then(|b| b.vtep_mac);
+        println!(
+            "  {:<5} {:<22} {:<14} {}",
+            host,
+            subnet.to_string(),
+            lease
+                .public_ipv6
+                .map_or_else(|| "-".into(), |ip| ip.to_string()),
+            vtep.unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
+
+/// Prints who reaches whom; whether every ping succeeded.
+fn print_ping_matrix(c: &Cluster) -> Result<bool> {
     println!("\nping matrix (row pings column):");
-    let pods: Vec<(String, std::net::Ipv4Addr)> = c
+    let pods: Vec<(String, std::net::IpAddr)> = c
         .pods()
         .iter()
-        .map(|p| (p.name().to_owned(), p.ip()))
+        .map(|p| (p.name().to_owned(), c.pod_addr(p)))
         .collect();
     print!("  {:<6}", "");
     for (n, _) in &pods {
@@ -180,19 +248,5 @@ fn run(keep: bool) -> Result<bool> {
             "SOME PINGS FAILED"
         }
     );
-    if !all_ok {
-        eprintln!("{}", c.diagnostics());
-    }
-
-    if keep {
-        println!(
-            "cluster is up (logs in {}); press Ctrl-C to tear it down",
-            c.dir().display()
-        );
-        while !STOP.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    println!("tearing down...");
     Ok(all_ok)
 }
