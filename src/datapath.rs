@@ -13,6 +13,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::agent::plan::Plan;
 use crate::agent::underlay::{choose, Found, UnderlaySelect};
+use crate::agent::underlay6::{choose_ipv6, Found6};
 use crate::kernel::{
     classify_link_event, classify_underlay_event, link_events, underlay_events, DevIndex, Kernel,
     KernelError, LinkSignal, Underlay, UnderlayEvent, VxlanSpec,
@@ -144,6 +145,33 @@ pub trait Datapath: Send + Sync {
             let underlay = self.underlay(iface, public_ip).await?;
             Ok(Found {
                 underlay,
+                on_iface: true,
+            })
+        }
+    }
+    /// An IPv6-only node's underlay, `select` and `public_ipv6` pick now
+    /// (see `agent::underlay6::choose_ipv6`). By default, the first
+    /// `--iface` and its global IPv6 address (or `public_ipv6`), as a /128.
+    fn select_underlay6(
+        &self,
+        select: &UnderlaySelect,
+        public_ipv6: Option<Ipv6Addr>,
+    ) -> impl Future<Output = Result<Found6, KernelError>> + Send {
+        async move {
+            let iface = select.ifaces.first().map(String::as_str);
+            let u = self.underlay(iface, None).await?;
+            let ip = match public_ipv6 {
+                Some(ip) => ip,
+                None => self
+                    .global_ipv6(u.index)
+                    .await?
+                    .ok_or_else(|| KernelError::NoAddress(u.name.clone()))?,
+            };
+            Ok(Found6 {
+                name: u.name,
+                index: u.index,
+                mtu: u.mtu,
+                net: Ipv6Net::from(ip),
                 on_iface: true,
             })
         }
@@ -325,6 +353,18 @@ impl Datapath for NetlinkDatapath {
             .underlay_snapshot(select.can_reach, select.by_default_route())
             .await?;
         choose(select, public_ip, &snap)
+    }
+
+    async fn select_underlay6(
+        &self,
+        select: &UnderlaySelect,
+        public_ipv6: Option<Ipv6Addr>,
+    ) -> Result<Found6, KernelError> {
+        let snap = self
+            .kernel
+            .underlay_snapshot(None, select.by_default_route())
+            .await?;
+        choose_ipv6(select, public_ipv6, &snap)
     }
 
     fn underlay_events(&self) -> Result<BoxStream<'static, UnderlayEvent>, KernelError> {

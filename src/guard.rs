@@ -48,6 +48,14 @@ pub fn tunnel_peers(nodes: &[RemoteNode]) -> Peers {
     p
 }
 
+/// The tunnel's members of an IPv6-only node: the other nodes' IPv6
+/// underlay addresses.
+pub fn tunnel_peers6(nodes: &[crate::reconcile::ipv6_only::RemoteNode6]) -> Peers {
+    let mut p = Peers::default();
+    p.v6.extend(nodes.iter().map(|n| n.public_ipv6));
+    p
+}
+
 /// The pods' entries of the bridge table as last read: put back when the
 /// table was deleted as a whole (`nft flush ruleset`), so that running pods
 /// stay checked.

@@ -14,7 +14,6 @@ use subnet_allocator::LeaseStore;
 use tokio::time::Instant;
 
 use super::lifecycle::Trigger;
-use super::plan::Plan;
 use super::underlay::{self, Change, Found, UnderlaySelect};
 use super::{Agent, AgentConfig};
 use crate::datapath::Datapath;
@@ -97,12 +96,16 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// Finds the underlay again and follows it where it went.
     pub(super) async fn check_underlay(&mut self) {
         self.follow.due = None;
-        let found = self
-            .dp
-            .select_underlay(&self.follow.select, self.opts.public_ip)
-            .await;
-        let found = match found {
-            Ok(f) => f,
+        let found = super::v6only::locate(
+            &self.dp,
+            &self.cfg,
+            &self.follow.select,
+            self.opts.public_ip,
+            self.opts.public_ipv6,
+        )
+        .await;
+        let (found, net6) = match found {
+            Ok(l) => (l.found, l.net6),
             Err(e) if underlay::is_missing(&e) => return self.underlay_missing(&e),
             Err(e) => {
                 let msg = e.to_string();
@@ -123,14 +126,17 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             tracing::info!(iface = %found.underlay.name, index = found.underlay.index, public_ip = %found.underlay.ip, "underlay interface is back");
         }
         self.check_public_ip(&found);
-        let public_ipv6 = self.underlay_ipv6(&found.underlay).await;
+        let public_ipv6 = match net6 {
+            Some(n) => Some(n.addr()),
+            None => self.underlay_ipv6(&found.underlay).await,
+        };
         let mut change = Change::between(&self.underlay, &found.underlay);
-        change.address6 = public_ipv6 != self.plan.attrs.public_ipv6;
+        change.address6 = public_ipv6 != self.plan.attrs.public_ipv6 || net6 != self.underlay6;
         if change.any() {
             // The devices (and their indexes) change: watch batches wait
             // for the full pass that reads them back.
             self.delta = None;
-            self.replan(found, change, public_ipv6).await;
+            self.replan(found, change, public_ipv6, net6).await;
         }
     }
 
@@ -161,8 +167,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// With `--public-ip`: says once when the interface stops or starts
     /// holding it again.
     fn check_public_ip(&mut self, found: &Found) {
-        let Some(ip) = self.opts.public_ip else {
-            return;
+        let ip = match (self.opts.public_ip, self.opts.public_ipv6) {
+            (Some(ip), _) => std::net::IpAddr::from(ip),
+            (None, Some(ip6)) if self.cfg.is_ipv6_only() => ip6.into(),
+            _ => return,
         };
         let mismatch = !found.on_iface;
         if mismatch != self.follow.mismatch {
@@ -203,9 +211,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         found: Found,
         change: Change,
         public_ipv6: Option<std::net::Ipv6Addr>,
+        net6: Option<ipnet::Ipv6Net>,
     ) {
         let new = found.underlay;
-        let mut plan = match Plan::new(&self.cfg, &new, public_ipv6) {
+        let mut plan = match super::v6only::make_plan(&self.cfg, &new, public_ipv6) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot plan the data path on the new underlay; keeping the old one");
@@ -214,7 +223,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         };
         plan.attrs.node_name = self.plan.attrs.node_name.clone();
         let old = std::mem::replace(&mut self.underlay, new);
-        tracing::info!(iface = %self.underlay.name, index = self.underlay.index, public_ip = %self.underlay.ip, mtu = self.underlay.mtu,
+        self.underlay6 = net6;
+        tracing::info!(iface = %self.underlay.name, index = self.underlay.index, public_ip = %self.underlay.ip, ?public_ipv6, mtu = self.underlay.mtu,
             old_iface = %old.name, old_index = old.index, old_public_ip = %old.ip, link = change.link, address = change.address, address6 = change.address6,
             "underlay changed; rebuilding the data path on it, same subnet");
         self.follow.rewrite = plan.attrs != self.plan.attrs;
@@ -224,7 +234,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             // with the old public IP it would pass for another node's
             // claim on our subnet until the watch brings the rewrite.
             let attrs = self.plan.attrs.clone();
-            if let Some(own) = self.leases.get_mut(&self.lease.lease.subnet) {
+            if let Some(own) = self.own_entry_mut() {
                 own.attrs = attrs;
             }
         }

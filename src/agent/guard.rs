@@ -15,7 +15,13 @@ impl<S, D: Datapath> Agent<S, D> {
         Settings {
             network: self.cfg.network,
             network6: self.cfg.ipv6.as_ref().map(|v| v.network),
-            vxlan_port: self.plan.vxlan.as_ref().map(|v| v.port),
+            // An IPv6-only node has only the tunnel over IPv6.
+            vxlan_port: self
+                .plan
+                .vxlan
+                .as_ref()
+                .or(self.plan.vxlan6.as_ref())
+                .map(|v| v.port),
             tunnel_filter: self.opts.tunnel_filter,
         }
     }
@@ -23,7 +29,12 @@ impl<S, D: Datapath> Agent<S, D> {
     /// Writes the tunnel's members when they (or the settings) changed
     /// since the last write; the first time, checks both tables.
     pub(super) async fn ensure_guard(&mut self, nodes: &[RemoteNode]) {
-        let want = (self.guard_settings(), tunnel_peers(nodes));
+        self.ensure_guard_peers(tunnel_peers(nodes)).await
+    }
+
+    /// [`Self::ensure_guard`] with the members given.
+    pub(super) async fn ensure_guard_peers(&mut self, members: Peers) {
+        let want = (self.guard_settings(), members);
         match self.guard_applied.take() {
             Some(applied) if applied == want => self.guard_applied = Some(applied),
             // Same settings: only the members that came and went.

@@ -419,10 +419,19 @@ impl Pending {
 
 /// Whether `events` remove our lease or show it held by another node.
 pub fn loses_own(events: &[LeaseEvent], own: &Lease) -> bool {
+    // Every IPv6-only lease has the IPv4 part 0.0.0.0/0 and the PublicIP
+    // 0.0.0.0: such a lease is ours by its key and its PublicIPv6.
+    let v6only = own.is_ipv6_only();
     events.iter().any(|ev| match ev {
+        LeaseEvent::Added(l) if v6only => {
+            l.key_name() == own.key_name() && l.attrs.public_ipv6 != own.attrs.public_ipv6
+        }
         LeaseEvent::Added(l) => l.subnet == own.subnet && l.attrs.public_ip != own.attrs.public_ip,
-        LeaseEvent::Removed(s) => *s == own.subnet,
-        LeaseEvent::RemovedIpv6Only(s6) => own.is_ipv6_only() && own.ipv6_subnet == Some(*s6),
+        LeaseEvent::Removed(s) => !v6only && *s == own.subnet,
+        LeaseEvent::RemovedIpv6Only(s6) => v6only && own.ipv6_subnet == Some(*s6),
+        LeaseEvent::Unusable {
+            key, gone: false, ..
+        } if v6only => *key == own.key_name(),
         LeaseEvent::Unusable { subnet, gone, .. } => !gone && *subnet == Some(own.subnet),
     })
 }

@@ -16,6 +16,7 @@ pub mod plan6;
 mod run;
 pub mod underlay;
 pub mod underlay6;
+mod v6only;
 mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -27,8 +28,8 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use subnet_allocator::{
-    acquire_lease, retry, Backoff, Lease, LeaseEvent, LeaseSnapshot, LeaseStore, NetworkConfig,
-    StoreError,
+    acquire_lease_preferring, retry, Backoff, Lease, LeaseEvent, LeaseSnapshot, LeaseStore,
+    NetworkConfig, StoreError,
 };
 use tokio::time::Instant;
 
@@ -52,10 +53,10 @@ pub enum AgentError {
     Plan(#[from] PlanError),
     #[error("stopped before the node had a lease")]
     Interrupted,
-    /// The store's config is IPv6-only (`EnableIPv4: false`): the allocator
-    /// and the CNI plugin support it, the agent's data path not yet.
-    #[error("network config field EnableIPv4 is false (an IPv6-only cluster): twilld cannot run one yet (its data path needs an IPv4 underlay and IPv4 subnets); the lease store and the CNI plugin support it")]
-    Ipv6OnlyUnsupported,
+    /// An IPv6-only node that cannot be planned (an MTU too small, or a
+    /// backend without an IPv6-only form).
+    #[error(transparent)]
+    Plan6(#[from] plan6::Ipv6OnlyPlanError),
 }
 
 /// Whether a store error is the operator's configuration refused (the
@@ -84,7 +85,7 @@ impl AgentError {
                     | KernelError::VxlanConflict { .. }
                     | KernelError::Wireguard(crate::wireguard::WgError::Key { .. })
             ),
-            AgentError::Plan(_) | AgentError::Ipv6OnlyUnsupported => true,
+            AgentError::Plan(_) | AgentError::Plan6(_) => true,
             AgentError::SubnetFile(_) | AgentError::Interrupted => false,
         }
     }
@@ -121,7 +122,10 @@ pub struct AgentConfig {
 /// Where the agent stands, for status pages and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentStatus {
+    /// `0.0.0.0/0` on an IPv6-only node (see `subnet6`).
     pub subnet: Ipv4Net,
+    /// The node's IPv6 subnet, if it has one.
+    pub subnet6: Option<ipnet::Ipv6Net>,
     pub lease: &'static str,
     pub watch: &'static str,
     /// The store revision the lease map is complete up to.
@@ -142,9 +146,15 @@ pub struct Agent<S, D> {
     watch: WatchState,
     pending: Pending,
     leases: BTreeMap<Ipv4Net, Lease>,
+    /// The leases of the IPv6-only form (`0.0.0.0-0&<v6>-<len>`), by their
+    /// IPv6 subnet: they all share the IPv4 part `0.0.0.0/0`.
+    leases6: BTreeMap<ipnet::Ipv6Net, Lease>,
     /// Every lease seen since start, also after it went away, so that log
     /// lines about removing a node's entries can still name the node.
     seen: BTreeMap<Ipv4Net, Lease>,
+    seen6: BTreeMap<ipnet::Ipv6Net, Lease>,
+    /// An IPv6-only node's public IPv6 address with its underlay prefix.
+    underlay6: Option<ipnet::Ipv6Net>,
     warned: HashSet<String>,
     /// Entries that hold no usable lease (malformed key or value, outside
     /// the network), by key, with the subnet their key names: counted as
@@ -230,25 +240,24 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         })
         .await?;
         tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config");
-        if cfg.is_ipv6_only() {
-            return Err(AgentError::Ipv6OnlyUnsupported);
-        }
-
         let mut follow = follow::Follow::new(&opts);
-        let found = dp.select_underlay(&follow.select, opts.public_ip).await?;
-        follow.started_on(&found);
-        let underlay = found.underlay;
-        let public_ipv6 = match (cfg.ipv6.is_some(), opts.public_ipv6) {
-            (true, Some(ip)) => Some(ip),
-            (true, None) => dp.global_ipv6(underlay.index).await?,
-            (false, _) => None,
+        let located =
+            v6only::locate(&dp, &cfg, &follow.select, opts.public_ip, opts.public_ipv6).await?;
+        follow.started_on(&located.found);
+        let underlay = located.found.underlay;
+        let underlay6 = located.net6;
+        let public_ipv6 = match (underlay6, cfg.ipv6.is_some(), opts.public_ipv6) {
+            (Some(n), _, _) => Some(n.addr()),
+            (None, true, Some(ip)) => Some(ip),
+            (None, true, None) => dp.global_ipv6(underlay.index).await?,
+            (None, false, _) => None,
         };
-        let mut plan = Plan::new(&cfg, &underlay, public_ipv6)?;
+        let mut plan = v6only::make_plan(&cfg, &underlay, public_ipv6)?;
         plan.attrs.node_name = opts.node_name.clone();
         wireguard::prepare(&cfg, &mut plan, &opts.wireguard_dir)?;
         let vtep_mac = plan.vxlan.as_ref().map(|v| v.mac.to_string());
         let tunnel_mtu = plan.vxlan.as_ref().map(|v| v.mtu);
-        tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, mtu = underlay.mtu, tunnel_mtu, pod_mtu = plan.pod_mtu, vtep_mac, "underlay");
+        tracing::info!(iface = %underlay.name, public_ip = %underlay.ip, ?public_ipv6, mtu = underlay.mtu, tunnel_mtu, pod_mtu = plan.pod_mtu, vtep_mac, "underlay");
         // Refusals come before the lease: a node that cannot build its
         // devices must leave nothing behind in etcd or in the kernel.
         dp.preflight(&plan).await?;
@@ -257,9 +266,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             tracing::info!(public_ipv6 = %v6.local, mtu = v6.mtu, vtep_mac = %v6.mac, "IPv6 underlay tunnel");
         }
 
-        let preferred = subnet_file::read_previous_subnet(&opts.subnet_file);
+        let preferred = subnet_file::read_previous_preferred(&opts.subnet_file);
         let lease = retrying("acquiring a subnet lease", &t, stop, || {
-            acquire_lease(
+            acquire_lease_preferring(
                 &*store,
                 &cfg,
                 underlay.ip,
@@ -269,12 +278,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             )
         })
         .await?;
-        tracing::info!(subnet = %lease.subnet, public_ip = %underlay.ip, "acquired lease");
+        tracing::info!(subnet = %lease.subnet, subnet6 = ?lease.ipv6_subnet, public_ip = %underlay.ip, ?public_ipv6, "acquired lease");
         t.set_lease_held(true);
 
         let now = Instant::now();
         let (status, _) = tokio::sync::watch::channel(AgentStatus {
             subnet: lease.subnet,
+            subnet6: lease.ipv6_subnet,
             lease: "held",
             watch: "opening",
             revision: 0,
@@ -292,7 +302,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             plan,
             underlay,
             leases: BTreeMap::new(),
+            leases6: BTreeMap::new(),
             seen: BTreeMap::new(),
+            seen6: BTreeMap::new(),
+            underlay6,
             warned: HashSet::new(),
             unusable: BTreeMap::new(),
             passes: 0,
@@ -349,10 +362,11 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     fn publish_status(&self) {
         let now = AgentStatus {
             subnet: self.lease.lease.subnet,
+            subnet6: self.lease.lease.ipv6_subnet,
             lease: self.lease.phase.name(),
             watch: self.watch.phase.name(),
             revision: self.watch.revision,
-            leases: self.leases.len(),
+            leases: self.lease_count(),
             passes: self.passes,
         };
         self.status.send_if_modified(|s| {
@@ -371,6 +385,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// addresses: done at start and whenever the lease's subnet changes.
     async fn publish(&mut self) -> Result<(), AgentError> {
         let lease = &self.lease.lease;
+        if let Some(env6) = self.plan.subnet_env6(&self.cfg, self.masq_claim(), lease) {
+            self.dp.ensure_devices(&self.devices()).await?;
+            subnet_file::write_ipv6_only(&self.opts.subnet_file, &env6)?;
+            self.opts.telemetry.set_subnet_file_written(true);
+            tracing::info!(path = %self.opts.subnet_file.display(), subnet6 = %env6.subnet6, "wrote subnet file");
+            return Ok(());
+        }
         let env = self.plan.subnet_env(&self.cfg, self.masq_claim(), lease);
         self.dp.ensure_devices(&self.devices()).await?;
         subnet_file::write(&self.opts.subnet_file, &env)?;
@@ -389,13 +410,14 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 (k, subnet)
             })
             .collect();
-        self.leases = snap.leases.into_iter().map(|l| (l.subnet, l)).collect();
+        self.leases.clear();
+        self.leases6.clear();
         self.delta = None;
-        for (s, l) in &self.leases {
-            self.seen.insert(*s, l.clone());
+        for l in snap.leases {
+            self.insert_lease(l);
         }
-        self.opts.telemetry.leases.set(self.leases.len() as i64);
-        tracing::info!(leases = self.leases.len(), revision, "loaded lease map");
+        self.opts.telemetry.leases.set(self.lease_count() as i64);
+        tracing::info!(leases = self.lease_count(), revision, "loaded lease map");
     }
 
     /// Reads the kernel, diffs it against the lease map and applies the
@@ -425,6 +447,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
 
     /// One pass; returns (operations issued, operations that failed).
     async fn reconcile_once(&mut self) -> Result<(usize, usize), KernelError> {
+        if self.cfg.is_ipv6_only() {
+            return self.reconcile_once6().await;
+        }
         // Rebuilt below from what the kernel holds now.
         self.delta = None;
         self.touched.clear();
@@ -515,6 +540,12 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     fn apply_events(&mut self, events: Vec<LeaseEvent>) {
         for ev in events {
             match ev {
+                LeaseEvent::Added(l) if l.is_ipv6_only() => {
+                    tracing::info!(subnet6 = ?l.ipv6_subnet, public_ipv6 = ?l.attrs.public_ipv6, "lease added or changed");
+                    let key = l.key_name();
+                    self.unusable.retain(|k, _| *k != key);
+                    self.insert_lease(l);
+                }
                 LeaseEvent::Added(l) => {
                     tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added or changed");
                     self.unusable.retain(|_, s| *s != Some(l.subnet));
@@ -530,8 +561,12 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     }
                 }
                 LeaseEvent::RemovedIpv6Only(s6) => {
-                    let gone = |l: &Lease| l.is_ipv6_only() && l.ipv6_subnet == Some(s6);
-                    self.leases.retain(|_, l| !gone(l));
+                    self.unusable.retain(|k, _| {
+                        subnet_allocator::parse_lease_key(k).map(|(_, v6)| v6) != Some(Some(s6))
+                    });
+                    if let Some(old) = self.leases6.remove(&s6) {
+                        tracing::info!(subnet6 = %s6, public_ipv6 = ?old.attrs.public_ipv6, "lease removed");
+                    }
                 }
                 LeaseEvent::Unusable {
                     key, gone: true, ..
@@ -539,6 +574,15 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     self.unusable.remove(&key);
                 }
                 LeaseEvent::Unusable { key, subnet, .. } => {
+                    if let Some((v4, Some(s6))) = subnet_allocator::parse_lease_key(&key) {
+                        if v4 == twill_contract::lease_key::V6_ONLY_V4 {
+                            if let Some(old) = self.leases6.remove(&s6) {
+                                tracing::warn!(key, subnet6 = %s6, public_ipv6 = ?old.attrs.public_ipv6, "lease now holds an unusable value");
+                            }
+                            self.unusable.insert(key, None);
+                            continue;
+                        }
+                    }
                     self.touched.extend(subnet);
                     if let Some(old) = subnet.and_then(|s| self.leases.remove(&s)) {
                         tracing::warn!(key, subnet = %old.subnet, public_ip = %old.attrs.public_ip, "lease now holds an unusable value");

@@ -7,6 +7,7 @@ use subnet_allocator::LeaseStore;
 use super::Agent;
 use crate::datapath::Datapath;
 use crate::probe::{targets, PeerSet};
+use crate::reconcile::ipv6_only::RemoteNode6;
 use crate::reconcile::RemoteNode;
 
 impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
@@ -24,6 +25,16 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.peers.send_if_modified(|s| {
             let changed = *s != now;
             *s = now;
+            changed
+        });
+    }
+
+    /// The probe targets of an IPv6-only node.
+    pub(super) fn publish_peers6(&self, _own6: ipnet::Ipv6Net, _nodes: &[RemoteNode6]) {
+        // IPv6 probes: see src/probe (not yet).
+        self.peers.send_if_modified(|s| {
+            let changed = !s.targets.is_empty();
+            s.targets.clear();
             changed
         });
     }

@@ -8,8 +8,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use subnet_allocator::{
-    acquire_lease, Lease, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore, LeaseWatch,
-    StoreError,
+    acquire_lease_preferring, Lease, LeaseEvent, LeaseRequest, LeaseSnapshot, LeaseStore,
+    LeaseWatch, Preferred, StoreError,
 };
 use tokio::time::Instant;
 
@@ -98,10 +98,29 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let own = self.lease.lease.clone();
         let ttl = self.opts.lease_ttl;
         Box::pin(async move {
-            let to = LeaseRequest::new(own.subnet, cfg.ipv6_subnet_for(own.subnet), &attrs, ttl);
+            let (to, preferred) = if own.is_ipv6_only() {
+                let to = LeaseRequest::same_key(&own, &attrs, ttl);
+                (
+                    to,
+                    Preferred {
+                        v4: None,
+                        v6: own.ipv6_subnet,
+                    },
+                )
+            } else {
+                let to =
+                    LeaseRequest::new(own.subnet, cfg.ipv6_subnet_for(own.subnet), &attrs, ttl);
+                (
+                    to,
+                    Preferred {
+                        v4: Some(own.subnet),
+                        v6: None,
+                    },
+                )
+            };
             match store.rewrite_lease(&own, to).await {
                 Err(StoreError::NotOwner(_) | StoreError::AlreadyTaken(_)) => {
-                    acquire_lease(&*store, &cfg, public_ip, &attrs, Some(own.subnet), ttl).await
+                    acquire_lease_preferring(&*store, &cfg, public_ip, &attrs, preferred, ttl).await
                 }
                 other => other,
             }
@@ -159,7 +178,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 } else {
                     tracing::info!(subnet = %old, "re-acquired our lease");
                 }
-                self.leases.insert(lease.subnet, lease);
+                self.insert_lease(lease);
                 if let Err(e) = self.publish().await {
                     self.lease.step(LeaseInput::PublishFailed, Instant::now());
                     self.lease_retry_log(&e.to_string());
@@ -260,9 +279,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     // (etcd lost it, or it expired while we were not
                     // watching), write it again at once.
                     let own = self.lease.lease.clone();
-                    let listed = snap.leases.iter().any(|l| {
-                        l.subnet == own.subnet && l.attrs.public_ip == own.attrs.public_ip
-                    });
+                    let listed = snap.leases.iter().any(|l| super::v6only::is_own(l, &own));
                     self.load(snap);
                     if !listed {
                         tracing::warn!(subnet = %own.subnet, "our lease is missing from the lease list");

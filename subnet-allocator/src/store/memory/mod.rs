@@ -159,6 +159,20 @@ impl MemoryStore {
         });
     }
 
+    /// [`MemoryStore::expire`] of the one key named `key` (below the
+    /// subnets prefix): how an IPv6-only lease, whose IPv4 part every such
+    /// lease shares, is expired.
+    pub fn expire_key(&self, key: &str) {
+        self.inspect(|s| match s.keys.get(key).map(|e| e.lease_id) {
+            Some(0) => {
+                s.revision += 1;
+                s.delete(key);
+            }
+            Some(id) => s.revoke(id),
+            None => {}
+        });
+    }
+
     /// Writes `lease` unconditionally under its key, as another node (or
     /// etcdctl) would, bound to a new store lease of `lease.ttl_remaining`
     /// (none: no expiry); watchers see it as `Added`. Returns the lease as
