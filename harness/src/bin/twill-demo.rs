@@ -137,6 +137,17 @@ fn run(keep: bool, ipv6_only: bool) -> Result<bool> {
     }
 
     if ipv6_only {
+        let v4: Vec<String> = c
+            .ipv4_addresses_everywhere()?
+            .into_iter()
+            .filter(|(_, a)| !a.is_empty())
+            .map(|(ns, a)| format!("{ns}: {}", a.join(", ")))
+            .collect();
+        if v4.is_empty() {
+            println!("  (no IPv4 address in any of them, loopback included)");
+        } else {
+            bail!("IPv4 addresses in an IPv6-only cluster: {v4:?}");
+        }
         print_leases6(&c)?;
     } else {
         print_leases(&c)?;
