@@ -98,12 +98,8 @@ fn run(keep: bool, ipv6_only: bool) -> Result<bool> {
     interrupted()?;
     println!("starting twilld on every host...");
     c.start_agents()?;
-    if ipv6_only {
-        c.wait_converged6()
-    } else {
-        c.wait_converged()
-    }
-    .context("waiting for the agents to converge")?;
+    c.wait_converged()
+        .context("waiting for the agents to converge")?;
     interrupted()?;
     for h in 1..=HOSTS {
         for p in 1..=PODS_PER_HOST {

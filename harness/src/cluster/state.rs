@@ -129,8 +129,12 @@ impl Cluster {
     }
 
     /// Waits until every host with a running agent has a route to every
-    /// other such host's subnet (and nothing else).
+    /// other such host's subnet (and nothing else); in an IPv6-only
+    /// cluster, [`Cluster::wait_converged6`].
     pub fn wait_converged(&self) -> Result<()> {
+        if self.ipv6_only {
+            return self.wait_converged6();
+        }
         let subnets: BTreeMap<String, Ipv4Net> = self
             .agents
             .keys()
