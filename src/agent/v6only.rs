@@ -93,35 +93,6 @@ pub fn key6(l: &Lease) -> Option<Ipv6Net> {
 }
 
 impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
-    /// Every lease held, either kind.
-    pub(super) fn lease_count(&self) -> usize {
-        self.leases.len() + self.leases6.len()
-    }
-
-    /// Puts a lease in its map; a lease of the IPv6-only form goes in the
-    /// map of them.
-    pub(super) fn insert_lease(&mut self, l: Lease) {
-        match key6(&l) {
-            Some(s6) => {
-                self.seen6.insert(s6, l.clone());
-                self.leases6.insert(s6, l);
-            }
-            None => {
-                self.seen.insert(l.subnet, l.clone());
-                self.leases.insert(l.subnet, l);
-            }
-        }
-    }
-
-    /// Our own entry in the lease map.
-    pub(super) fn own_entry_mut(&mut self) -> Option<&mut Lease> {
-        let own = &self.lease.lease;
-        match key6(own) {
-            Some(s6) => self.leases6.get_mut(&s6),
-            None => self.leases.get_mut(&own.subnet),
-        }
-    }
-
     /// Where this IPv6-only node sits; `None` on any other node.
     fn local6(&self) -> Option<Local6> {
         Some(Local6 {
