@@ -4,8 +4,8 @@
 //! `--public-ipv6`, else its first global IPv6 address. Pure, like
 //! [`super::underlay::choose`], from the same snapshot.
 //!
-//! Not yet used by the agent: twilld still refuses `EnableIPv4: false` at
-//! start.
+//! The agent finds an IPv6-only node's underlay with it, at start and
+//! when following the underlay (`Datapath::select_underlay6`).
 
 use std::net::Ipv6Addr;
 
