@@ -52,6 +52,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.leases.clear();
         self.leases6.clear();
         self.delta = None;
+        self.delta6 = None;
         for l in snap.leases {
             self.insert_lease(l);
         }
@@ -66,6 +67,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     tracing::info!(subnet6 = ?l.ipv6_subnet, public_ipv6 = ?l.attrs.public_ipv6, "lease added or changed");
                     let key = l.key_name();
                     self.unusable.retain(|k, _| *k != key);
+                    self.touched6.extend(key6(&l));
                     self.insert_lease(l);
                 }
                 LeaseEvent::Added(l) => {
@@ -86,6 +88,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     self.unusable.retain(|k, _| {
                         subnet_allocator::parse_lease_key(k).map(|(_, v6)| v6) != Some(Some(s6))
                     });
+                    self.touched6.insert(s6);
                     if let Some(old) = self.leases6.remove(&s6) {
                         tracing::info!(subnet6 = %s6, public_ipv6 = ?old.attrs.public_ipv6, "lease removed");
                     }
@@ -98,6 +101,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 LeaseEvent::Unusable { key, subnet, .. } => {
                     if let Some((v4, Some(s6))) = subnet_allocator::parse_lease_key(&key) {
                         if v4 == twill_contract::lease_key::V6_ONLY_V4 {
+                            self.touched6.insert(s6);
                             if let Some(old) = self.leases6.remove(&s6) {
                                 tracing::warn!(key, subnet6 = %s6, public_ipv6 = ?old.attrs.public_ipv6, "lease now holds an unusable value");
                             }

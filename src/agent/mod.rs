@@ -176,6 +176,9 @@ pub struct Agent<S, D> {
     delta: Option<delta::DeltaPath>,
     /// The subnets lease events touched since the last pass.
     touched: BTreeSet<Ipv4Net>,
+    /// The same for an IPv6-only node's peers, keyed by IPv6 subnet.
+    delta6: Option<delta::DeltaPath<crate::reconcile::delta::V6>>,
+    touched6: BTreeSet<ipnet::Ipv6Net>,
     /// The isolation tables as last written: settings and members.
     guard_applied: Option<(twill_nft::guard::Settings, twill_nft::guard::Peers)>,
     /// The pods' entries of the bridge table as last read.
@@ -316,6 +319,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             peers: tokio::sync::watch::channel(Default::default()).0,
             delta: None,
             touched: BTreeSet::new(),
+            delta6: None,
+            touched6: BTreeSet::new(),
             guard_applied: None,
             guard_pods: Vec::new(),
         };
