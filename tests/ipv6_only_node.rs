@@ -120,7 +120,7 @@ fn an_ipv6_only_node_finds_its_underlay_by_default_route_name_or_address() {
         .unwrap();
     let e = choose_in(&ns, UnderlaySelect::named(Some("eth1")), None).unwrap_err();
     assert!(
-        matches!(&e, KernelError::NoAddress(n) if n == "eth1"),
+        matches!(&e, KernelError::NoAddress6(n) if n == "eth1"),
         "{e}"
     );
 }

@@ -77,7 +77,7 @@ pub fn make_plan(
     if !cfg.is_ipv6_only() {
         return Ok(Plan::new(cfg, underlay, public_ipv6)?);
     }
-    let ip6 = public_ipv6.ok_or_else(|| KernelError::NoAddress(underlay.name.clone()))?;
+    let ip6 = public_ipv6.ok_or_else(|| KernelError::NoAddress6(underlay.name.clone()))?;
     Ok(Plan::ipv6_only(cfg, underlay, ip6)?)
 }
 
@@ -113,7 +113,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.touched6.clear();
         let index = self.dp.ensure_devices(&self.devices()).await?;
         let Some(local) = self.local6() else {
-            return Err(KernelError::NoAddress(self.underlay.name.clone()));
+            return Err(KernelError::NoAddress6(self.underlay.name.clone()));
         };
         // Leases of another form are reported as such, not dropped unsaid.
         let leases: Vec<Lease> = self
