@@ -165,7 +165,7 @@ pub trait Datapath: Send + Sync {
                 None => self
                     .global_ipv6(u.index)
                     .await?
-                    .ok_or_else(|| KernelError::NoAddress(u.name.clone()))?,
+                    .ok_or_else(|| KernelError::NoAddress6(u.name.clone()))?,
             };
             Ok(Found6 {
                 name: u.name,

@@ -103,6 +103,24 @@ async fn lease_ttl(store: &EtcdStore, id: i64) -> Option<std::time::Duration> {
         .map(std::time::Duration::from_secs)
 }
 
+/// A lease's subnet, public address and VTEP MAC as `status` shows them:
+/// an IPv6-only lease (whose IPv4 part is `0.0.0.0/0`) by its IPv6 ones.
+fn shown(l: &subnet_allocator::Lease) -> (String, String, &str) {
+    let (subnet, ip, data) = match (l.ipv6_subnet, l.attrs.public_ipv6) {
+        (Some(s6), Some(ip6)) if l.is_ipv6_only() => (
+            s6.to_string(),
+            ip6.to_string(),
+            l.attrs.backend_v6_data.as_ref(),
+        ),
+        _ => (
+            l.subnet.to_string(),
+            l.attrs.public_ip.to_string(),
+            l.attrs.backend_data.as_ref(),
+        ),
+    };
+    (subnet, ip, data.map(|d| d.vtep_mac.as_str()).unwrap_or("-"))
+}
+
 async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::Result<()> {
     let store = EtcdStore::connect(etcd_options(args))
         .await
@@ -127,7 +145,7 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
     let probe_of = |l: &subnet_allocator::Lease| {
         peers
             .as_ref()
-            .map(|v| twill::probe::client::column(v, &l.subnet.to_string()))
+            .map(|v| twill::probe::client::column(v, &shown(l).0))
     };
     if json {
         let v: Vec<serde_json::Value> = rows
@@ -140,6 +158,16 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
                     "vtepMAC": l.attrs.backend_data.as_ref().map(|d| d.vtep_mac.clone()),
                     "ttlSeconds": ttl.map(|t| t.as_secs()),
                 });
+                if let Some(s6) = l.ipv6_subnet {
+                    row["ipv6Subnet"] = s6.to_string().into();
+                    row["publicIPv6"] = l.attrs.public_ipv6.map(|a| a.to_string()).into();
+                    row["vtepMACv6"] = l
+                        .attrs
+                        .backend_v6_data
+                        .as_ref()
+                        .map(|d| d.vtep_mac.clone())
+                        .into();
+                }
                 if let Some(p) = probe_of(l) {
                     row["probe"] = p.into();
                 }
@@ -163,19 +191,14 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
         with_probe("TTL", peers.as_ref().map(|_| "PROBE".to_string()))
     );
     for (l, ttl) in rows {
-        let mac = l
-            .attrs
-            .backend_data
-            .as_ref()
-            .map(|d| d.vtep_mac.as_str())
-            .unwrap_or("-");
+        let (subnet, public_ip, mac) = shown(l);
         let ttl = ttl
             .map(|t| format!("{}s", t.as_secs()))
             .unwrap_or_else(|| "-".into());
         println!(
             "{:<20} {:<16} {:<10} {:<18} {}",
-            l.subnet.to_string(),
-            l.attrs.public_ip.to_string(),
+            subnet,
+            public_ip,
             l.attrs.backend_type,
             mac,
             with_probe(&ttl, probe_of(l))

@@ -5,8 +5,8 @@
 //! the devices of `Plan::ipv6_only` (bridge with the IPv6 gateway only,
 //! `twill6.<VNI>`, no `twill.<VNI>`) with the IPv6 entries of
 //! `remote_nodes6`/`desired_state6` applied; ip-masq with the IPv6 table
-//! only. The agent itself still refuses `EnableIPv4: false` at start: the
-//! lease, the lease map and the cluster test are what remain.
+//! only. The agent runs them (harness/tests/ipv6_only.rs is the cluster
+//! test); this file checks each part on its own against a real kernel.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -120,7 +120,7 @@ fn an_ipv6_only_node_finds_its_underlay_by_default_route_name_or_address() {
         .unwrap();
     let e = choose_in(&ns, UnderlaySelect::named(Some("eth1")), None).unwrap_err();
     assert!(
-        matches!(&e, KernelError::NoAddress(n) if n == "eth1"),
+        matches!(&e, KernelError::NoAddress6(n) if n == "eth1"),
         "{e}"
     );
 }

@@ -7,35 +7,34 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
 use subnet_allocator::{Lease, LeaseStore};
 
 use super::Agent;
 use crate::datapath::Datapath;
 use crate::kernel::{DevIndex, KernelError};
-use crate::reconcile::delta::PeerSet;
-use crate::reconcile::{KernelState, Local};
+use crate::reconcile::delta::{Family, PeerSetOf, V4};
+use crate::reconcile::KernelState;
 
 /// What a watch batch is applied with: every peer's standing and entries,
 /// what the kernel holds, and the devices' indexes, all from the last full
 /// pass and the deltas since.
 #[derive(Debug)]
-pub(super) struct DeltaPath {
-    peers: PeerSet,
-    dev: DevIndex,
+pub(super) struct DeltaPath<F: Family = V4> {
+    pub(super) peers: PeerSetOf<F>,
+    pub(super) dev: DevIndex,
 }
 
-impl DeltaPath {
+impl<F: Family> DeltaPath<F> {
     /// From a full pass: `programmed` is the kernel as it read it, with the
     /// pass's successful operations applied.
     pub(super) fn new(
-        local: Local,
-        leases: &BTreeMap<Ipv4Net, Lease>,
+        local: F::Local,
+        leases: &BTreeMap<F::Key, Lease>,
         programmed: KernelState,
         dev: DevIndex,
     ) -> Self {
         DeltaPath {
-            peers: PeerSet::new(local, leases, programmed),
+            peers: PeerSetOf::new(local, leases, programmed),
             dev,
         }
     }
@@ -46,6 +45,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// a full pass is needed instead (none ran yet, an operation failed
     /// since, or this node's own subnet changed).
     pub(super) async fn reconcile_delta(&mut self) -> Option<Result<(usize, usize), KernelError>> {
+        if self.cfg.is_ipv6_only() {
+            return self.reconcile_delta6().await;
+        }
         let local = self.local();
         let mut path = self.delta.take().filter(|p| *p.peers.local() == local)?;
         let touched = std::mem::take(&mut self.touched);

@@ -136,6 +136,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             // The devices (and their indexes) change: watch batches wait
             // for the full pass that reads them back.
             self.delta = None;
+            self.delta6 = None;
             self.replan(found, change, public_ipv6, net6).await;
         }
     }

@@ -8,6 +8,7 @@
 mod delta;
 mod follow;
 mod guard;
+mod leases;
 pub mod lifecycle;
 mod masq;
 mod peers;
@@ -28,8 +29,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use subnet_allocator::{
-    acquire_lease_preferring, retry, Backoff, Lease, LeaseEvent, LeaseSnapshot, LeaseStore,
-    NetworkConfig, StoreError,
+    acquire_lease_preferring, retry, Backoff, Lease, LeaseStore, NetworkConfig, StoreError,
 };
 use tokio::time::Instant;
 
@@ -176,6 +176,9 @@ pub struct Agent<S, D> {
     delta: Option<delta::DeltaPath>,
     /// The subnets lease events touched since the last pass.
     touched: BTreeSet<Ipv4Net>,
+    /// The same for an IPv6-only node's peers, keyed by IPv6 subnet.
+    delta6: Option<delta::DeltaPath<crate::reconcile::delta::V6>>,
+    touched6: BTreeSet<ipnet::Ipv6Net>,
     /// The isolation tables as last written: settings and members.
     guard_applied: Option<(twill_nft::guard::Settings, twill_nft::guard::Peers)>,
     /// The pods' entries of the bridge table as last read.
@@ -316,6 +319,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             peers: tokio::sync::watch::channel(Default::default()).0,
             delta: None,
             touched: BTreeSet::new(),
+            delta6: None,
+            touched6: BTreeSet::new(),
             guard_applied: None,
             guard_pods: Vec::new(),
         };
@@ -398,26 +403,6 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.opts.telemetry.set_subnet_file_written(true);
         tracing::info!(path = %self.opts.subnet_file.display(), subnet = %env.subnet, "wrote subnet file");
         Ok(())
-    }
-
-    fn load(&mut self, snap: LeaseSnapshot) {
-        let revision = snap.revision;
-        self.unusable = snap
-            .unusable
-            .into_iter()
-            .map(|k| {
-                let subnet = subnet_allocator::parse_lease_key(&k).map(|(v4, _)| v4);
-                (k, subnet)
-            })
-            .collect();
-        self.leases.clear();
-        self.leases6.clear();
-        self.delta = None;
-        for l in snap.leases {
-            self.insert_lease(l);
-        }
-        self.opts.telemetry.leases.set(self.lease_count() as i64);
-        tracing::info!(leases = self.lease_count(), revision, "loaded lease map");
     }
 
     /// Reads the kernel, diffs it against the lease map and applies the
@@ -523,7 +508,11 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     fn applied(&self, op: &Op, node: Option<&Lease>, res: Result<(), KernelError>) -> bool {
         self.opts.telemetry.count_op(op.kind(), res.is_ok());
         let (subnet, public_ip) = node
-            .map(|l| (l.subnet.to_string(), l.attrs.public_ip.to_string()))
+            .map(|l| match (l.ipv6_subnet, l.attrs.public_ipv6) {
+                // An IPv6-only node: its IPv4 part says nothing.
+                (Some(s6), Some(ip6)) if l.is_ipv6_only() => (s6.to_string(), ip6.to_string()),
+                _ => (l.subnet.to_string(), l.attrs.public_ip.to_string()),
+            })
             .unwrap_or_else(|| ("?".into(), "?".into()));
         match res {
             Ok(()) => {
@@ -533,62 +522,6 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             Err(e) => {
                 tracing::warn!(op = %op, subnet, public_ip, error = %e, "netlink operation failed");
                 false
-            }
-        }
-    }
-
-    fn apply_events(&mut self, events: Vec<LeaseEvent>) {
-        for ev in events {
-            match ev {
-                LeaseEvent::Added(l) if l.is_ipv6_only() => {
-                    tracing::info!(subnet6 = ?l.ipv6_subnet, public_ipv6 = ?l.attrs.public_ipv6, "lease added or changed");
-                    let key = l.key_name();
-                    self.unusable.retain(|k, _| *k != key);
-                    self.insert_lease(l);
-                }
-                LeaseEvent::Added(l) => {
-                    tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added or changed");
-                    self.unusable.retain(|_, s| *s != Some(l.subnet));
-                    self.touched.insert(l.subnet);
-                    self.seen.insert(l.subnet, l.clone());
-                    self.leases.insert(l.subnet, l);
-                }
-                LeaseEvent::Removed(s) => {
-                    self.unusable.retain(|_, u| *u != Some(s));
-                    self.touched.insert(s);
-                    if let Some(old) = self.leases.remove(&s) {
-                        tracing::info!(subnet = %s, public_ip = %old.attrs.public_ip, "lease removed");
-                    }
-                }
-                LeaseEvent::RemovedIpv6Only(s6) => {
-                    self.unusable.retain(|k, _| {
-                        subnet_allocator::parse_lease_key(k).map(|(_, v6)| v6) != Some(Some(s6))
-                    });
-                    if let Some(old) = self.leases6.remove(&s6) {
-                        tracing::info!(subnet6 = %s6, public_ipv6 = ?old.attrs.public_ipv6, "lease removed");
-                    }
-                }
-                LeaseEvent::Unusable {
-                    key, gone: true, ..
-                } => {
-                    self.unusable.remove(&key);
-                }
-                LeaseEvent::Unusable { key, subnet, .. } => {
-                    if let Some((v4, Some(s6))) = subnet_allocator::parse_lease_key(&key) {
-                        if v4 == twill_contract::lease_key::V6_ONLY_V4 {
-                            if let Some(old) = self.leases6.remove(&s6) {
-                                tracing::warn!(key, subnet6 = %s6, public_ipv6 = ?old.attrs.public_ipv6, "lease now holds an unusable value");
-                            }
-                            self.unusable.insert(key, None);
-                            continue;
-                        }
-                    }
-                    self.touched.extend(subnet);
-                    if let Some(old) = subnet.and_then(|s| self.leases.remove(&s)) {
-                        tracing::warn!(key, subnet = %old.subnet, public_ip = %old.attrs.public_ip, "lease now holds an unusable value");
-                    }
-                    self.unusable.insert(key, subnet);
-                }
             }
         }
     }

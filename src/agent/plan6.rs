@@ -4,8 +4,8 @@
 //! host-gw mode none. The lease says `PublicIP` `0.0.0.0` (flannel's form
 //! for a node without IPv4), `PublicIPv6`, and `BackendV6Data` only.
 //!
-//! Not yet used by the agent: twilld still refuses such a config at start
-//! (the underlay, the lease map and the devices are the steps that remain).
+//! The agent plans with it when the config is IPv6-only
+//! (`agent::v6only::make_plan`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

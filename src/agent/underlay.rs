@@ -218,6 +218,7 @@ pub fn is_missing(e: &KernelError) -> bool {
         e,
         KernelError::NoSuchLink(_)
             | KernelError::NoAddress(_)
+            | KernelError::NoAddress6(_)
             | KernelError::NoUnderlayMatch(_)
             | KernelError::NoDefaultRoute
             | KernelError::NoDefaultRoute6

@@ -4,8 +4,8 @@
 //! `--public-ipv6`, else its first global IPv6 address. Pure, like
 //! [`super::underlay::choose`], from the same snapshot.
 //!
-//! Not yet used by the agent: twilld still refuses `EnableIPv4: false` at
-//! start.
+//! The agent finds an IPv6-only node's underlay with it, at start and
+//! when following the underlay (`Datapath::select_underlay6`).
 
 use std::net::Ipv6Addr;
 
@@ -86,7 +86,7 @@ pub fn choose_ipv6(
                 .v6
                 .iter()
                 .find(|n| unusable_underlay_address6(n.addr()).is_none())
-                .ok_or_else(|| KernelError::NoAddress(link.link.name.clone()))?,
+                .ok_or_else(|| KernelError::NoAddress6(link.link.name.clone()))?,
             true,
         ),
     };
@@ -189,7 +189,7 @@ mod tests {
     fn a_link_with_only_link_local_addresses_has_no_address_yet() {
         let e = choose_ipv6(&select(&["ens5"], &[]), None, &node(None)).unwrap_err();
         assert!(
-            matches!(&e, KernelError::NoAddress(n) if n == "ens5"),
+            matches!(&e, KernelError::NoAddress6(n) if n == "ens5"),
             "{e}"
         );
         assert!(super::super::underlay::is_missing(&e));

@@ -5,14 +5,15 @@
 //! shares the IPv4 part `0.0.0.0/0`, so the agent keeps these leases in a
 //! map of their own, keyed by the IPv6 subnet (their key); and a pass reads
 //! them with `reconcile::ipv6_only`, which never produces an IPv4 entry.
-//! Watch batches run full passes (the per-peer delta path is keyed by the
-//! IPv4 subnet).
+//! Watch batches go through the per-peer delta (`reconcile::delta::PeerSet6`)
+//! as they do on other nodes.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use subnet_allocator::{Lease, LeaseStore, NetworkConfig};
 
+use super::delta::DeltaPath;
 use super::plan::Plan;
 use super::underlay::{Found, UnderlaySelect};
 use super::underlay6::Found6;
@@ -76,7 +77,7 @@ pub fn make_plan(
     if !cfg.is_ipv6_only() {
         return Ok(Plan::new(cfg, underlay, public_ipv6)?);
     }
-    let ip6 = public_ipv6.ok_or_else(|| KernelError::NoAddress(underlay.name.clone()))?;
+    let ip6 = public_ipv6.ok_or_else(|| KernelError::NoAddress6(underlay.name.clone()))?;
     Ok(Plan::ipv6_only(cfg, underlay, ip6)?)
 }
 
@@ -93,35 +94,6 @@ pub fn key6(l: &Lease) -> Option<Ipv6Net> {
 }
 
 impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
-    /// Every lease held, either kind.
-    pub(super) fn lease_count(&self) -> usize {
-        self.leases.len() + self.leases6.len()
-    }
-
-    /// Puts a lease in its map; a lease of the IPv6-only form goes in the
-    /// map of them.
-    pub(super) fn insert_lease(&mut self, l: Lease) {
-        match key6(&l) {
-            Some(s6) => {
-                self.seen6.insert(s6, l.clone());
-                self.leases6.insert(s6, l);
-            }
-            None => {
-                self.seen.insert(l.subnet, l.clone());
-                self.leases.insert(l.subnet, l);
-            }
-        }
-    }
-
-    /// Our own entry in the lease map.
-    pub(super) fn own_entry_mut(&mut self) -> Option<&mut Lease> {
-        let own = &self.lease.lease;
-        match key6(own) {
-            Some(s6) => self.leases6.get_mut(&s6),
-            None => self.leases.get_mut(&own.subnet),
-        }
-    }
-
     /// Where this IPv6-only node sits; `None` on any other node.
     fn local6(&self) -> Option<Local6> {
         Some(Local6 {
@@ -136,11 +108,12 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// IPv6-only leases read by `reconcile::ipv6_only`. Returns (operations
     /// issued, operations that failed).
     pub(super) async fn reconcile_once6(&mut self) -> Result<(usize, usize), KernelError> {
-        self.delta = None;
-        self.touched.clear();
+        // Rebuilt below from what the kernel holds now.
+        self.delta6 = None;
+        self.touched6.clear();
         let index = self.dp.ensure_devices(&self.devices()).await?;
         let Some(local) = self.local6() else {
-            return Err(KernelError::NoAddress(self.underlay.name.clone()));
+            return Err(KernelError::NoAddress6(self.underlay.name.clone()));
         };
         // Leases of another form are reported as such, not dropped unsaid.
         let leases: Vec<Lease> = self
@@ -172,9 +145,53 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             }
         }
         if failed > 0 {
+            // Not converged: the next watch batch retries with a full pass.
             tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
+        } else {
+            self.delta6 = Some(DeltaPath::new(local, &self.leases6, actual, index));
         }
         Ok((ops.len(), failed))
+    }
+
+    /// [`Self::reconcile_delta`] of an IPv6-only node: the operations for
+    /// the peers the events touched, through the same per-peer state.
+    pub(super) async fn reconcile_delta6(&mut self) -> Option<Result<(usize, usize), KernelError>> {
+        let local = self.local6()?;
+        let mut path = self.delta6.take().filter(|p| *p.peers.local() == local)?;
+        let touched = std::mem::take(&mut self.touched6);
+        let any_event = !touched.is_empty();
+        let delta = path.peers.update(&self.leases6, touched);
+        let t = self.opts.telemetry.clone();
+        t.skipped_leases
+            .set((path.peers.skipped_count() + self.unusable.len()) as i64);
+        t.leases.set(self.lease_count() as i64);
+        self.warn_skipped6(&delta.skipped);
+        if any_event {
+            // The tunnel's members before the routes, as in the full pass.
+            let nodes: Vec<_> = path.peers.nodes().cloned().collect();
+            self.ensure_guard_peers(tunnel_peers6(&nodes)).await;
+            self.publish_peers6(local.subnet6, &nodes);
+        }
+        let mut failed = 0;
+        for (peer, op) in &delta.ops {
+            let res = self.dp.apply(&path.dev, op).await;
+            if self.applied(op, self.seen6.get(peer), res) {
+                path.peers.record(op);
+            } else {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                total = delta.ops.len(),
+                "reconcile incomplete; the next pass is a full one"
+            );
+        } else {
+            self.delta6 = Some(path);
+        }
+        t.delta_passes.inc();
+        Some(Ok((delta.ops.len(), failed)))
     }
 
     /// Warns once about each IPv6-only lease left out (per reason).

@@ -97,6 +97,8 @@ pub enum KernelError {
     NoBridgeGateway(String),
     #[error("no --iface given and no IPv6 default route to pick the underlay interface of this IPv6-only node from")]
     NoDefaultRoute6,
+    #[error("interface {0} has no global IPv6 address, which a node of an IPv6-only cluster needs; give it one or pass --public-ipv6")]
+    NoAddress6(String),
 }
 
 type Result<T> = std::result::Result<T, KernelError>;

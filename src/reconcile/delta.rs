@@ -21,6 +21,10 @@
 //! (That relies on subnets without host bits, which lease keys guarantee:
 //! `parse_subnet_key` refuses any other.)
 //!
+//! The same holds for an IPv6-only cluster's peers (`reconcile::ipv6_only`,
+//! keyed by their IPv6 subnet): the set is generic over the [`Family`] of
+//! keys, nodes and skips, [`PeerSet`] for IPv4 keys, [`PeerSet6`] for IPv6.
+//!
 //! # Extension point: other per-peer state
 //!
 //! [`Delta::peers`] lists every peer whose [`RemoteNode`] appeared, went or
@@ -34,74 +38,48 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use std::fmt::Debug;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet_allocator::Lease;
 
+use super::ipv6_only::{desired_state6, remote_nodes6, Local6, RemoteNode6, Skip6};
 use super::{
     desired_state, remote_nodes, Dev, KernelState, Local, Mac, Op, Path, RemoteNode, Skip,
 };
 
-/// One peer whose remote node changed: `None` when it was (or is now) not a
-/// usable node (absent, our own lease, or skipped).
+/// What the set needs to know of one kind of peers: how a lease stands on
+/// its own, and the keys (subnets) the conflict rule walks.
+pub trait Family: Debug + Clone + PartialEq + Eq {
+    type Key: Copy + Ord + Debug + std::hash::Hash;
+    type Local: Clone + PartialEq + Debug;
+    type Node: Clone + PartialEq + Eq + Debug;
+    type Skip: Clone + PartialEq + Eq + Debug;
+    /// Where `lease` goes in a map of leases of this kind.
+    fn key_of(lease: &Lease) -> Self::Key;
+    /// The full pass's decision: the remote nodes and the skipped leases.
+    fn remote(local: &Self::Local, leases: &[Lease]) -> (Vec<Self::Node>, Vec<Self::Skip>);
+    /// The kernel entries `nodes` need.
+    fn entries(nodes: &[Self::Node]) -> KernelState;
+    fn path(node: &Self::Node) -> Path;
+    fn conflict(key: Self::Key) -> Self::Skip;
+    fn overlaps(a: Self::Key, b: Self::Key) -> bool;
+    /// The last key inside `key` (its last address, host-length).
+    fn last(key: Self::Key) -> Self::Key;
+}
+
+/// The nodes of IPv4 and dual-stack clusters, keyed by the IPv4 subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerChange {
-    pub subnet: Ipv4Net,
-    pub before: Option<RemoteNode>,
-    pub after: Option<RemoteNode>,
-}
+pub struct V4;
 
-/// What one batch of lease events changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delta {
-    /// The kernel operations, each with the peer whose change asked for it
-    /// (for logs), in [`super::diff`]'s order.
-    pub ops: Vec<(Ipv4Net, Op)>,
-    /// The peers whose remote node appeared, went or changed.
-    pub peers: Vec<PeerChange>,
-    /// Leases newly skipped, or skipped for another reason than before.
-    pub skipped: Vec<Skip>,
-}
-
-/// A lease's standing among the others.
-type Standing = Result<RemoteNode, Skip>;
-
-/// Every peer's standing and kernel entries, and what the kernel holds.
-#[derive(Debug, Clone)]
-pub struct PeerSet {
-    local: Local,
-    /// The standing of every lease but our own.
-    standing: BTreeMap<Ipv4Net, Standing>,
-    /// How many of those are skipped.
-    skipped: usize,
-    /// The accepted nodes' subnets, for the overlap rule.
-    accepted: BTreeSet<Ipv4Net>,
-    /// VTEP MAC -> the accepted node that uses it.
-    accepted_mac: HashMap<Mac, Ipv4Net>,
-    /// VTEP MAC -> every lease that would use it if it were accepted, and
-    /// the other way round.
-    wants_mac: HashMap<Mac, BTreeSet<Ipv4Net>>,
-    wants: BTreeMap<Ipv4Net, Mac>,
-    /// The desired entries, each with the peers that ask for it. When two
-    /// peers ask for the same route or neighbour the one with the greater
-    /// subnet wins, as in [`desired_state`] (the later insert).
-    routes: BTreeMap<IpNet, BTreeMap<Ipv4Net, super::RouteTarget>>,
-    neighbours: BTreeMap<(Dev, IpAddr), BTreeMap<Ipv4Net, Mac>>,
-    fdb: BTreeMap<(Dev, Mac, IpAddr), BTreeSet<Ipv4Net>>,
-    programmed: KernelState,
-}
-
-/// The desired entries one peer's change touched, with that peer.
-#[derive(Default)]
-struct Touched {
-    routes: BTreeMap<IpNet, Ipv4Net>,
-    neighbours: BTreeMap<(Dev, IpAddr), Ipv4Net>,
-    fdb: BTreeMap<(Dev, Mac, IpAddr), Ipv4Net>,
-}
+/// The nodes of IPv6-only clusters, keyed by the IPv6 subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V6;
 
 /// The standing of `lease` on its own (no conflict rule); `None` for our
 /// own lease.
-fn alone(local: &Local, lease: &Lease) -> Option<Standing> {
-    let (mut nodes, mut skipped) = remote_nodes(local, std::slice::from_ref(lease));
+fn alone<F: Family>(local: &F::Local, lease: &Lease) -> Option<Standing<F>> {
+    let (mut nodes, mut skipped) = F::remote(local, std::slice::from_ref(lease));
     match (nodes.pop(), skipped.pop()) {
         (Some(n), _) => Some(Ok(n)),
         (None, Some(s)) => Some(Err(s)),
@@ -109,21 +87,160 @@ fn alone(local: &Local, lease: &Lease) -> Option<Standing> {
     }
 }
 
-fn vxlan_mac(s: &Standing) -> Option<Mac> {
-    match s {
-        Ok(RemoteNode {
-            path: Path::Vxlan(m),
-            ..
-        }) => Some(*m),
+impl Family for V4 {
+    type Key = Ipv4Net;
+    type Local = Local;
+    type Node = RemoteNode;
+    type Skip = Skip;
+    fn key_of(lease: &Lease) -> Ipv4Net {
+        lease.subnet
+    }
+    fn remote(local: &Local, leases: &[Lease]) -> (Vec<RemoteNode>, Vec<Skip>) {
+        remote_nodes(local, leases)
+    }
+    fn entries(nodes: &[RemoteNode]) -> KernelState {
+        desired_state(nodes)
+    }
+    fn path(node: &RemoteNode) -> Path {
+        node.path
+    }
+    fn conflict(key: Ipv4Net) -> Skip {
+        Skip::Conflict(key)
+    }
+    fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+        a.contains(&b) || b.contains(&a)
+    }
+    fn last(key: Ipv4Net) -> Ipv4Net {
+        Ipv4Net::new(key.broadcast(), 32).unwrap_or(key)
+    }
+}
+
+impl Family for V6 {
+    type Key = Ipv6Net;
+    type Local = Local6;
+    type Node = RemoteNode6;
+    type Skip = Skip6;
+    /// An IPv6-only lease by its IPv6 subnet (`remote_nodes6` skips a
+    /// lease of another form; its key here is then its IPv6 subnet or
+    /// `::/0`).
+    fn key_of(lease: &Lease) -> Ipv6Net {
+        lease.ipv6_subnet.unwrap_or_default()
+    }
+    fn remote(local: &Local6, leases: &[Lease]) -> (Vec<RemoteNode6>, Vec<Skip6>) {
+        remote_nodes6(local, leases)
+    }
+    fn entries(nodes: &[RemoteNode6]) -> KernelState {
+        desired_state6(nodes)
+    }
+    fn path(node: &RemoteNode6) -> Path {
+        node.path
+    }
+    fn conflict(key: Ipv6Net) -> Skip6 {
+        Skip6::Conflict(key)
+    }
+    fn overlaps(a: Ipv6Net, b: Ipv6Net) -> bool {
+        a.contains(&b) || b.contains(&a)
+    }
+    fn last(key: Ipv6Net) -> Ipv6Net {
+        Ipv6Net::new(key.broadcast(), 128).unwrap_or(key)
+    }
+}
+
+/// One peer whose remote node changed: `None` when it was (or is now) not a
+/// usable node (absent, our own lease, or skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerChangeOf<F: Family> {
+    pub subnet: F::Key,
+    pub before: Option<F::Node>,
+    pub after: Option<F::Node>,
+}
+
+/// What one batch of lease events changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaOf<F: Family> {
+    /// The kernel operations, each with the peer whose change asked for it
+    /// (for logs), in [`super::diff`]'s order.
+    pub ops: Vec<(F::Key, Op)>,
+    /// The peers whose remote node appeared, went or changed.
+    pub peers: Vec<PeerChangeOf<F>>,
+    /// Leases newly skipped, or skipped for another reason than before.
+    pub skipped: Vec<F::Skip>,
+}
+
+impl<F: Family> Default for DeltaOf<F> {
+    fn default() -> Self {
+        DeltaOf {
+            ops: Vec::new(),
+            peers: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
+pub type PeerChange = PeerChangeOf<V4>;
+pub type Delta = DeltaOf<V4>;
+/// The peers of IPv4 and dual-stack clusters.
+pub type PeerSet = PeerSetOf<V4>;
+/// The peers of IPv6-only clusters.
+pub type PeerSet6 = PeerSetOf<V6>;
+
+/// A lease's standing among the others.
+type Standing<F> = Result<<F as Family>::Node, <F as Family>::Skip>;
+
+/// Every peer's standing and kernel entries, and what the kernel holds.
+#[derive(Debug, Clone)]
+pub struct PeerSetOf<F: Family> {
+    local: F::Local,
+    /// The standing of every lease but our own.
+    standing: BTreeMap<F::Key, Standing<F>>,
+    /// How many of those are skipped.
+    skipped: usize,
+    /// The accepted nodes' subnets, for the overlap rule.
+    accepted: BTreeSet<F::Key>,
+    /// VTEP MAC -> the accepted node that uses it.
+    accepted_mac: HashMap<Mac, F::Key>,
+    /// VTEP MAC -> every lease that would use it if it were accepted, and
+    /// the other way round.
+    wants_mac: HashMap<Mac, BTreeSet<F::Key>>,
+    wants: BTreeMap<F::Key, Mac>,
+    /// The desired entries, each with the peers that ask for it. When two
+    /// peers ask for the same route or neighbour the one with the greater
+    /// subnet wins, as in [`desired_state`] (the later insert).
+    routes: BTreeMap<IpNet, BTreeMap<F::Key, super::RouteTarget>>,
+    neighbours: BTreeMap<(Dev, IpAddr), BTreeMap<F::Key, Mac>>,
+    fdb: BTreeMap<(Dev, Mac, IpAddr), BTreeSet<F::Key>>,
+    programmed: KernelState,
+}
+
+/// The desired entries one peer's change touched, with that peer.
+struct Touched<K> {
+    routes: BTreeMap<IpNet, K>,
+    neighbours: BTreeMap<(Dev, IpAddr), K>,
+    fdb: BTreeMap<(Dev, Mac, IpAddr), K>,
+}
+
+impl<K> Default for Touched<K> {
+    fn default() -> Self {
+        Touched {
+            routes: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            fdb: BTreeMap::new(),
+        }
+    }
+}
+
+fn vxlan_mac<F: Family>(s: &Standing<F>) -> Option<Mac> {
+    match s.as_ref().map(F::path) {
+        Ok(Path::Vxlan(m)) => Some(m),
         _ => None,
     }
 }
 
-impl PeerSet {
+impl<F: Family> PeerSetOf<F> {
     /// The standing of every lease in `leases`, with `programmed` what the
     /// kernel holds now (read at a full pass, with its operations applied).
-    pub fn new(local: Local, leases: &BTreeMap<Ipv4Net, Lease>, programmed: KernelState) -> Self {
-        let mut set = PeerSet {
+    pub fn new(local: F::Local, leases: &BTreeMap<F::Key, Lease>, programmed: KernelState) -> Self {
+        let mut set = PeerSetOf {
             local,
             standing: BTreeMap::new(),
             skipped: 0,
@@ -142,17 +259,17 @@ impl PeerSet {
 
     /// Where this node stood when the set was built: a set built for
     /// another local subnet or mode is rebuilt, not updated.
-    pub fn local(&self) -> &Local {
+    pub fn local(&self) -> &F::Local {
         &self.local
     }
 
     /// The accepted remote nodes, by subnet.
-    pub fn nodes(&self) -> impl Iterator<Item = &RemoteNode> {
+    pub fn nodes(&self) -> impl Iterator<Item = &F::Node> {
         self.standing.values().filter_map(|s| s.as_ref().ok())
     }
 
     /// The leases left out, with why.
-    pub fn skipped(&self) -> impl Iterator<Item = &Skip> {
+    pub fn skipped(&self) -> impl Iterator<Item = &F::Skip> {
         self.standing.values().filter_map(|s| s.as_ref().err())
     }
 
@@ -197,17 +314,17 @@ impl PeerSet {
     /// The caller applies them and [`record`](Self::record)s each success.
     pub fn update(
         &mut self,
-        leases: &BTreeMap<Ipv4Net, Lease>,
-        touched: impl IntoIterator<Item = Ipv4Net>,
-    ) -> Delta {
-        let mut work: BTreeSet<Ipv4Net> = touched.into_iter().collect();
-        let mut delta = Delta::default();
+        leases: &BTreeMap<F::Key, Lease>,
+        touched: impl IntoIterator<Item = F::Key>,
+    ) -> DeltaOf<F> {
+        let mut work: BTreeSet<F::Key> = touched.into_iter().collect();
+        let mut delta = DeltaOf::default();
         let mut keys = Touched::default();
         // In subnet order: a lease's standing depends only on those before
         // it, which are final by the time it is taken.
         while let Some(subnet) = work.pop_first() {
-            let alone = leases.get(&subnet).and_then(|l| alone(&self.local, l));
-            self.want(subnet, alone.as_ref().and_then(vxlan_mac));
+            let alone = leases.get(&subnet).and_then(|l| alone::<F>(&self.local, l));
+            self.want(subnet, alone.as_ref().and_then(vxlan_mac::<F>));
             let now = alone.map(|a| self.decide(subnet, a));
             let before = self.standing.get(&subnet).cloned();
             if now == before {
@@ -232,14 +349,13 @@ impl PeerSet {
             }
             // The leases whose conflict standing may follow this one's.
             for n in old_node.iter().chain(new_node.iter()) {
-                let last = Ipv4Net::new(n.subnet.broadcast(), 32).unwrap_or(n.subnet);
                 work.extend(
                     leases
-                        .range(n.subnet..=last)
+                        .range(subnet..=F::last(subnet))
                         .map(|(s, _)| *s)
                         .filter(|s| *s != subnet),
                 );
-                if let Path::Vxlan(m) = n.path {
+                if let Path::Vxlan(m) = F::path(n) {
                     if let Some(set) = self.wants_mac.get(&m) {
                         work.extend(set.range(subnet..).filter(|s| **s != subnet));
                     }
@@ -247,21 +363,21 @@ impl PeerSet {
             }
             if let Some(n) = &old_node {
                 self.accepted.remove(&subnet);
-                if let Path::Vxlan(m) = n.path {
+                if let Path::Vxlan(m) = F::path(n) {
                     if self.accepted_mac.get(&m) == Some(&subnet) {
                         self.accepted_mac.remove(&m);
                     }
                 }
-                self.entries(n, false, &mut keys);
+                self.entries(subnet, n, false, &mut keys);
             }
             if let Some(n) = &new_node {
                 self.accepted.insert(subnet);
-                if let Path::Vxlan(m) = n.path {
+                if let Path::Vxlan(m) = F::path(n) {
                     self.accepted_mac.insert(m, subnet);
                 }
-                self.entries(n, true, &mut keys);
+                self.entries(subnet, n, true, &mut keys);
             }
-            delta.peers.push(PeerChange {
+            delta.peers.push(PeerChangeOf {
                 subnet,
                 before: old_node,
                 after: new_node,
@@ -272,7 +388,7 @@ impl PeerSet {
     }
 
     /// Notes the VTEP MAC the lease at `subnet` would use, if any.
-    fn want(&mut self, subnet: Ipv4Net, mac: Option<Mac>) {
+    fn want(&mut self, subnet: F::Key, mac: Option<Mac>) {
         let old = match mac {
             Some(m) => self.wants.insert(subnet, m),
             None => self.wants.remove(&subnet),
@@ -295,25 +411,24 @@ impl PeerSet {
 
     /// The standing of the lease at `subnet`, `alone` its standing on its
     /// own, given every decision before it.
-    fn decide(&self, subnet: Ipv4Net, alone: Standing) -> Standing {
+    fn decide(&self, subnet: F::Key, alone: Standing<F>) -> Standing<F> {
         let node = alone?;
         let overlaps = self
             .accepted
             .range(..subnet)
             .next_back()
-            .is_some_and(|n| n.contains(&subnet) || subnet.contains(n));
-        let mac_taken = matches!(node.path, Path::Vxlan(m)
+            .is_some_and(|n| F::overlaps(*n, subnet));
+        let mac_taken = matches!(F::path(&node), Path::Vxlan(m)
             if self.accepted_mac.get(&m).is_some_and(|owner| *owner < subnet));
         if overlaps || mac_taken {
-            return Err(Skip::Conflict(subnet));
+            return Err(F::conflict(subnet));
         }
         Ok(node)
     }
 
     /// Adds (or removes) the entries `node` asks for.
-    fn entries(&mut self, node: &RemoteNode, add: bool, keys: &mut Touched) {
-        let peer = node.subnet;
-        let mine = desired_state(std::slice::from_ref(node));
+    fn entries(&mut self, peer: F::Key, node: &F::Node, add: bool, keys: &mut Touched<F::Key>) {
+        let mine = F::entries(std::slice::from_ref(node));
         for (dst, target) in mine.routes {
             keys.routes.insert(dst, peer);
             owned(&mut self.routes, dst, peer, add.then_some(target));
@@ -340,7 +455,7 @@ impl PeerSet {
     }
 
     /// `diff(desired, programmed)` restricted to the touched entries.
-    fn ops(&self, keys: &Touched) -> Vec<(Ipv4Net, Op)> {
+    fn ops(&self, keys: &Touched<F::Key>) -> Vec<(F::Key, Op)> {
         let p = &self.programmed;
         let route = |k: &IpNet| {
             self.routes
@@ -397,12 +512,7 @@ impl PeerSet {
 }
 
 /// Sets (`Some`) or drops (`None`) `peer`'s claim on `key`.
-fn owned<K: Ord, V>(
-    map: &mut BTreeMap<K, BTreeMap<Ipv4Net, V>>,
-    key: K,
-    peer: Ipv4Net,
-    v: Option<V>,
-) {
+fn owned<K: Ord, P: Ord, V>(map: &mut BTreeMap<K, BTreeMap<P, V>>, key: K, peer: P, v: Option<V>) {
     match v {
         Some(v) => {
             map.entry(key).or_default().insert(peer, v);
@@ -450,4 +560,6 @@ impl KernelState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
+#[cfg(test)]
+mod tests6;

@@ -7,8 +7,7 @@
 //! `twill6.<VNI>`, its neighbour and FDB entry (to `PublicIPv6`); host-gw
 //! and DirectRouting: a route via `PublicIPv6` on the underlay.
 //!
-//! Not yet used by the agent (the lease map, the delta path, the isolation
-//! tables and the start-time refusal are the steps that remain).
+//! The agent's full pass of an IPv6-only node (`agent::v6only`) runs it.
 
 use std::collections::HashSet;
 use std::fmt;

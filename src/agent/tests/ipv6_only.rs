@@ -123,8 +123,12 @@ async fn an_ipv6_only_node_leases_builds_and_follows_its_peers() {
         assert!(members.v4.is_empty());
         assert_eq!(members.v6.len(), 2);
     }
-    let status = agent.status();
+    let mut status = agent.status();
     let (tx, task) = run(agent);
+    // The first resync tick's full pass, then watch batches only.
+    let first = tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.passes >= 2));
+    assert!(first.await.is_ok(), "the first resync never ran");
+    let reads = dp.lock().reads;
     // A third node joins, one leaves: only its entries go.
     peer6(&store, "fd00:10:244:23::/64", 0x23);
     settle(&dp, "the joining node is routed", |k| {
@@ -136,6 +140,11 @@ async fn an_ipv6_only_node_leases_builds_and_follows_its_peers() {
         !route6(k, "fd00:10:244:21::/64")
     })
     .await;
+    assert_eq!(
+        dp.lock().reads,
+        reads,
+        "watch batches went through the delta, without a kernel dump"
+    );
     {
         let k = dp.lock();
         assert!(route6(&k, "fd00:10:244:22::/64") && route6(&k, "fd00:10:244:23::/64"));

@@ -15,10 +15,12 @@ type Leases = BTreeMap<Ipv4Net, Lease>;
 /// A change to the lease map as a watch reports it.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // test events, a handful at a time
-enum Ev {
+pub(super) enum EvOf<K> {
     Put(Lease),
-    Del(Ipv4Net),
+    Del(K),
 }
+
+type Ev = EvOf<Ipv4Net>;
 
 fn net(s: &str) -> Ipv4Net {
     s.parse().unwrap()
@@ -89,25 +91,74 @@ fn vxlan() -> Local {
 }
 
 fn full_desired(local: &Local, leases: &Leases) -> KernelState {
+    full_desired_of::<V4>(local, leases)
+}
+
+fn full_desired_of<F: Family>(local: &F::Local, leases: &BTreeMap<F::Key, Lease>) -> KernelState {
     let all: Vec<Lease> = leases.values().cloned().collect();
-    desired_state(&remote_nodes(local, &all).0)
+    F::entries(&F::remote(local, &all).0)
 }
 
 fn apply(leases: &mut Leases, events: &[Ev]) -> BTreeSet<Ipv4Net> {
+    apply_of::<V4>(leases, events)
+}
+
+pub(super) fn apply_of<F: Family>(
+    leases: &mut BTreeMap<F::Key, Lease>,
+    events: &[EvOf<F::Key>],
+) -> BTreeSet<F::Key> {
     let mut touched = BTreeSet::new();
     for ev in events {
         match ev {
-            Ev::Put(l) => {
-                touched.insert(l.subnet);
-                leases.insert(l.subnet, l.clone());
+            EvOf::Put(l) => {
+                touched.insert(F::key_of(l));
+                leases.insert(F::key_of(l), l.clone());
             }
-            Ev::Del(s) => {
+            EvOf::Del(s) => {
                 touched.insert(*s);
                 leases.remove(s);
             }
         }
     }
     touched
+}
+
+/// Starts converged on `start`, applies each batch both ways, and checks
+/// after each that the delta's operations are the full diff's, that both
+/// reach the same kernel, and that the set accepts and skips what the full
+/// pass does.
+pub(super) fn same_as_full<F: Family>(
+    l: F::Local,
+    start: Vec<Lease>,
+    batches: &[Vec<EvOf<F::Key>>],
+) -> Result<(), TestCaseError> {
+    let mut leases: BTreeMap<F::Key, Lease> =
+        start.into_iter().map(|l| (F::key_of(&l), l)).collect();
+    let mut by_full = full_desired_of::<F>(&l, &leases);
+    let mut set = PeerSetOf::<F>::new(l.clone(), &leases, by_full.clone());
+    let mut by_delta = by_full.clone();
+    for batch in batches {
+        let touched = apply_of::<F>(&mut leases, batch);
+        let delta = set.update(&leases, touched);
+        let full_ops = diff(&full_desired_of::<F>(&l, &leases), &by_full);
+        let ops: Vec<Op> = delta.ops.into_iter().map(|(_, op)| op).collect();
+        prop_assert_eq!(&ops, &full_ops);
+        for op in &ops {
+            by_delta.apply_op(op);
+            set.record(op);
+        }
+        for op in &full_ops {
+            by_full.apply_op(op);
+        }
+        prop_assert_eq!(&by_delta, &by_full);
+        prop_assert_eq!(&by_delta, &full_desired_of::<F>(&l, &leases));
+        let all: Vec<Lease> = leases.values().cloned().collect();
+        let (nodes, skipped) = F::remote(&l, &all);
+        prop_assert_eq!(set.nodes().cloned().collect::<Vec<_>>(), nodes);
+        prop_assert_eq!(set.skipped_count(), skipped.len());
+        prop_assert_eq!(set.skipped().cloned().collect::<Vec<_>>(), skipped);
+    }
+    Ok(())
 }
 
 /// Starts converged on `before`, applies `events` both ways, checks the
@@ -426,30 +477,6 @@ proptest! {
         start in prop::collection::vec(arb_lease(), 0..6),
         batches in prop::collection::vec(arb_batch(), 1..8),
     ) {
-        let mut leases: Leases = start.into_iter().map(|l| (l.subnet, l)).collect();
-        let mut by_full = full_desired(&l, &leases);
-        let mut set = PeerSet::new(l, &leases, by_full.clone());
-        let mut by_delta = by_full.clone();
-        for batch in &batches {
-            let touched = apply(&mut leases, batch);
-            let delta = set.update(&leases, touched);
-            let full_ops = diff(&full_desired(&l, &leases), &by_full);
-            let ops: Vec<Op> = delta.ops.into_iter().map(|(_, op)| op).collect();
-            prop_assert_eq!(&ops, &full_ops);
-            for op in &ops {
-                by_delta.apply_op(op);
-                set.record(op);
-            }
-            for op in &full_ops {
-                by_full.apply_op(op);
-            }
-            prop_assert_eq!(&by_delta, &by_full);
-            prop_assert_eq!(&by_delta, &full_desired(&l, &leases));
-            let all: Vec<Lease> = leases.values().cloned().collect();
-            let (nodes, skipped) = remote_nodes(&l, &all);
-            prop_assert_eq!(set.nodes().cloned().collect::<Vec<_>>(), nodes);
-            prop_assert_eq!(set.skipped_count(), skipped.len());
-            prop_assert_eq!(set.skipped().cloned().collect::<Vec<_>>(), skipped);
-        }
+        same_as_full::<V4>(l, start, &batches)?;
     }
 }
