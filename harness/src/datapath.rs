@@ -238,6 +238,16 @@ pub fn peer(c: &Cluster, host: &str) -> Result<Peer> {
     })
 }
 
+/// The lower link of device `dev` in `ns` as `ip -d -j` shows it: a JSON
+/// string of its name when the index it holds is a link that exists, else
+/// the bare index.
+pub fn lower_link(ns: &Netns, dev: &str) -> Result<String> {
+    let out = ns.ip(["-d", "-j", "link", "show", dev])?;
+    let v: Value =
+        serde_json::from_str(&out).map_err(|e| perr(&format!("ip -j link show {dev}"), e))?;
+    Ok(v[0]["linkinfo"]["info_data"]["link"].to_string())
+}
+
 /// Agent log lines of a netlink call that changes something: `applied
 /// op=...` from the reconcile, and the device fixes of the kernel module.
 pub const CHANGE_MARKERS: &[&str] = &[

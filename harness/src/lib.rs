@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod daemonset;
 pub mod datapath;
+pub mod datapath6;
 pub mod error;
 pub mod etcd;
 pub mod etcd_cluster;

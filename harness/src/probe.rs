@@ -4,16 +4,20 @@
 //! ping loop that opens a new flow per packet (so NAT rules are needed for
 //! every packet, not only for the first of a conntrack entry).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::Value;
 
+use crate::cluster::Cluster;
 use crate::cmd::{self, ChildGuard};
 use crate::error::{HarnessError, Result};
 use crate::netns::Netns;
 use crate::pinger::{parse_ping_summary, spawn_piped, PingSummary};
+use crate::wait::wait_for;
 
 /// Seconds an HTTP probe may take before `timeout` ends it.
 const HTTP_TIMEOUT_SECS: u32 = 10;
@@ -56,8 +60,10 @@ pub fn parse_http_response(raw: &str) -> Result<HttpResponse> {
     Ok(HttpResponse { status, body })
 }
 
-/// `GET path` on `ip:port` from inside `ns`, with bash's `/dev/tcp`.
-pub fn http_get(ns: &Netns, ip: Ipv4Addr, port: u16, path: &str) -> Result<HttpResponse> {
+/// `GET path` on `ip:port` (either family) from inside `ns`, with bash's
+/// `/dev/tcp`.
+pub fn http_get(ns: &Netns, ip: impl Into<IpAddr>, port: u16, path: &str) -> Result<HttpResponse> {
+    let ip = ip.into();
     // The path goes in as "$1", never into the script text.
     let script = format!(
         "exec 3<>/dev/tcp/{ip}/{port} || exit 7; printf 'GET %s HTTP/1.0\\r\\n\\r\\n' \"$1\" >&3; cat <&3"
@@ -65,6 +71,45 @@ pub fn http_get(ns: &Netns, ip: Ipv4Addr, port: u16, path: &str) -> Result<HttpR
     let secs = HTTP_TIMEOUT_SECS.to_string();
     let out = ns.exec_ok(&["timeout", &secs, "bash", "-c", &script, "probe", path])?;
     parse_http_response(&out)
+}
+
+/// `GET /readyz` from `host`'s namespace at `at`: status and trimmed body.
+pub fn readyz(c: &Cluster, host: &str, at: SocketAddr) -> Result<(u16, String)> {
+    let r = http_get(c.ns_of(host)?, at.ip(), at.port(), "/readyz")?;
+    Ok((r.status, r.body.trim().to_owned()))
+}
+
+/// Waits up to `deadline` until `host`'s [`readyz`] at `at` is what `want`
+/// accepts (`what` says what, for the timeout error, with the agent's log).
+pub fn wait_readyz(
+    c: &Cluster,
+    host: &str,
+    at: SocketAddr,
+    what: &str,
+    deadline: Duration,
+    want: impl Fn(u16, &str) -> bool,
+) -> Result<()> {
+    wait_for(
+        &format!("/readyz of {host}: {what}"),
+        deadline,
+        || {
+            let (status, body) = readyz(c, host, at)?;
+            Ok(want(status, &body).then_some(()))
+        },
+        || c.agent_log_tail(host),
+    )
+}
+
+/// Runs `twilld <global..> status <sub..>` in `ns`, bounded by `timeout
+/// 60`.
+pub fn twilld_status(ns: &Netns, global: &[&str], sub: &[&str]) -> Result<Output> {
+    let twilld = crate::bins::twilld()?;
+    let twilld = twilld.to_string_lossy();
+    let mut argv = vec!["timeout", "60", twilld.as_ref()];
+    argv.extend_from_slice(global);
+    argv.push("status");
+    argv.extend_from_slice(sub);
+    ns.exec(&argv)
 }
 
 /// Values of the samples of metric `name` in a Prometheus/OpenMetrics text
@@ -99,45 +144,48 @@ pub fn parse_nft_counter(json: &str) -> Result<u64> {
         .ok_or_else(|| perr("nft counter listing", format!("no packets in {json}")))
 }
 
-/// nftables counters in a namespace of ours, one per source network, that
-/// count ICMP echo requests arriving for local delivery (`input` hook).
+/// nftables counters in a namespace of ours, one per source network (of
+/// either family), that count ICMP (ICMPv6) echo requests arriving for
+/// local delivery (`input` hook).
 #[derive(Debug)]
 pub struct EchoCounters<'a> {
     ns: &'a Netns,
-    sources: Vec<Ipv4Net>,
+    sources: Vec<IpNet>,
 }
 
 impl<'a> EchoCounters<'a> {
     /// Installs table [`PROBE_TABLE`] in `ns` with a counter per source,
     /// replacing the counters of an earlier `install` in `ns`. Overlapping
     /// sources each count their packets.
-    pub fn install(ns: &'a Netns, sources: &[Ipv4Net]) -> Result<Self> {
+    pub fn install<N: Into<IpNet> + Copy>(ns: &'a Netns, sources: &[N]) -> Result<Self> {
+        let sources: Vec<IpNet> = sources.iter().map(|s| (*s).into()).collect();
         // One transaction: the add makes the delete safe on a first install;
         // counters are declared before the rules that name them.
         let mut script = format!(
-            "add table ip {PROBE_TABLE}\ndelete table ip {PROBE_TABLE}\ntable ip {PROBE_TABLE} {{\n"
+            "add table inet {PROBE_TABLE}\ndelete table inet {PROBE_TABLE}\ntable inet {PROBE_TABLE} {{\n"
         );
         for i in 0..sources.len() {
             script.push_str(&format!(" counter c{i} {{ }}\n"));
         }
         script.push_str(" chain input {\n  type filter hook input priority 0; policy accept;\n");
         for (i, s) in sources.iter().enumerate() {
-            script.push_str(&format!(
-                "  ip saddr {s} icmp type echo-request counter name c{i}\n"
-            ));
+            let rule = match s {
+                IpNet::V4(_) => "ip saddr {s} icmp type echo-request",
+                IpNet::V6(_) => "ip6 saddr {s} icmpv6 type echo-request",
+            };
+            let rule = rule.replace("{s}", &s.to_string());
+            script.push_str(&format!("  {rule} counter name c{i}\n"));
         }
         script.push_str(" }\n}\n");
         let mut c = ns.command("nft", ["-f", "-"]);
         let out = cmd::run_with_stdin(&mut c, Some(script.as_bytes()))?;
         cmd::check(&c, out)?;
-        Ok(EchoCounters {
-            ns,
-            sources: sources.to_vec(),
-        })
+        Ok(EchoCounters { ns, sources })
     }
 
     /// Echo requests seen so far from `source` (one given to `install`).
-    pub fn packets(&self, source: Ipv4Net) -> Result<u64> {
+    pub fn packets(&self, source: impl Into<IpNet>) -> Result<u64> {
+        let source = source.into();
         let i = self
             .sources
             .iter()
@@ -151,7 +199,7 @@ impl<'a> EchoCounters<'a> {
             "-j",
             "list",
             "counter",
-            "ip",
+            "inet",
             PROBE_TABLE,
             &format!("c{i}"),
         ])?;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use twill_harness::cluster::VXLAN_DEV;
 use twill_harness::datapath::{self, Peer};
-use twill_harness::probe::{http_get, metric_values, EchoCounters, FreshFlowPinger};
+use twill_harness::probe::{self, http_get, metric_values, EchoCounters, FreshFlowPinger};
 use twill_harness::wait::wait_for;
 use twill_harness::{bins, Cluster, Netns, Prereqs, CLUSTER_TOOLS};
 
@@ -538,14 +538,10 @@ fn cmd_tail(p: &std::path::Path) -> String {
     twill_harness::cmd::tail(p, 20)
 }
 
-/// Runs `twilld <global..> status <sub..>` in `host`, bounded by `timeout`.
+/// Runs `twilld <global..> status <sub..>` in `host` (see
+/// [`probe::twilld_status`]).
 fn status(c: &Cluster, host: &str, global: &[&str], sub: &[&str]) -> std::process::Output {
-    let twilld = bins::twilld().unwrap();
-    let mut argv = vec!["timeout", "60", twilld.to_str().unwrap()];
-    argv.extend_from_slice(global);
-    argv.push("status");
-    argv.extend_from_slice(sub);
-    c.host(host).unwrap().ns().exec(&argv).unwrap()
+    probe::twilld_status(c.host(host).unwrap().ns(), global, sub).unwrap()
 }
 
 #[test]

@@ -10,13 +10,13 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use twill_harness::cluster::{DEFAULT_NETWORK_CONFIG, IFNAME, VXLAN_DEV};
 use twill_harness::datapath::{self, change_lines, Peer};
-use twill_harness::probe::http_get;
+use twill_harness::probe;
 use twill_harness::routed;
 use twill_harness::wait::wait_for;
 use twill_harness::{require_cluster, Cluster};
@@ -55,23 +55,9 @@ fn two_hosts_with_pods_on(config: &str, resync: u64) -> (Cluster, Ipv4Addr, Ipv4
     (c, ip1, ip2)
 }
 
-/// `host`'s `/readyz`: status and body.
-fn readyz(c: &Cluster, host: &str) -> twill_harness::Result<(u16, String)> {
-    let r = http_get(c.ns_of(host)?, Ipv4Addr::LOCALHOST, HEALTH_PORT, "/readyz")?;
-    Ok((r.status, r.body.trim().to_owned()))
-}
-
 fn wait_readyz(c: &Cluster, host: &str, what: &str, want: impl Fn(u16, &str) -> bool) {
-    wait_for(
-        &format!("/readyz of {host}: {what}"),
-        HEAL,
-        || {
-            let (status, body) = readyz(c, host)?;
-            Ok(want(status, &body).then_some(()))
-        },
-        || c.agent_log_tail(host),
-    )
-    .unwrap();
+    let at = SocketAddr::from((Ipv4Addr::LOCALHOST, HEALTH_PORT));
+    probe::wait_readyz(c, host, at, what, HEAL, want).unwrap();
 }
 
 fn both_ways(c: &Cluster, ip1: Ipv4Addr, ip2: Ipv4Addr, why: &str) {
@@ -91,13 +77,9 @@ fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
-/// The lower link of `host`'s VXLAN device as `ip` shows it: a name when
-/// the index it holds is a link that exists, else the bare index.
+/// The lower link of `host`'s VXLAN device (see [`datapath::lower_link`]).
 fn vxlan_lower(c: &Cluster, host: &str) -> String {
-    let ns = c.host(host).unwrap().ns();
-    let out = ns.ip(["-d", "-j", "link", "show", VXLAN_DEV]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v[0]["linkinfo"]["info_data"]["link"].to_string()
+    datapath::lower_link(c.host(host).unwrap().ns(), VXLAN_DEV).unwrap()
 }
 
 #[test]

@@ -1,0 +1,463 @@
+//! Issue 15, the repairs of an IPv6-only node (`EnableIPv4: false`, an
+//! IPv6-only underlay, no IPv4 address anywhere): hand-deleted routes,
+//! neighbours, FDB entries and the `twill6.1` device come back; a lease
+//! deleted from etcd under a running agent is written back with the same
+//! IPv6 subnet and PublicIPv6; a NIC deleted and re-added, and a node
+//! renumbered, are followed (the lease names the new address, the peers
+//! re-point at it); `--ip-masq` hides pods behind the node's IPv6 address
+//! toward the outside only; `twilld status` shows each lease by its IPv6
+//! subnet and PublicIPv6. Each on 2 hosts with a pod each, whose pings both
+//! ways are the positive control before anything is broken.
+//!
+//! Needs root, `ip`, `bridge`, `nft`, `bash`, `timeout`, `etcd`, `etcdctl`,
+//! `ping` and the workspace binaries; under `CI=true` a missing prerequisite
+//! fails the test.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::Ipv6Net;
+use twill_harness::cluster::{IFNAME, VXLAN6_DEV};
+use twill_harness::datapath::lower_link;
+use twill_harness::datapath6::{peer6, wait_owned6, Peer6};
+use twill_harness::probe::{twilld_status, wait_readyz, EchoCounters};
+use twill_harness::wait::wait_for;
+use twill_harness::{Cluster, Prereqs, CLUSTER_TOOLS};
+
+const RESYNC_SECS: u64 = 2;
+/// Generous: the machine is shared; a repair that does not happen takes
+/// forever, not 30 s.
+const HEAL: Duration = Duration::from_secs(30);
+const HEALTH_PORT: u16 = 10256;
+/// The underlay MTU (veth default) less VXLAN over IPv6.
+const VXLAN6_MTU: u64 = 1500 - 70;
+
+fn require_prereqs() -> bool {
+    Prereqs::new()
+        .root()
+        .tools(CLUSTER_TOOLS)
+        .tools(&["bridge", "nft", "bash", "timeout"])
+        .require()
+}
+
+/// `/readyz` of the agents: on `::1`, as the hosts have no IPv4 loopback.
+fn health_addr() -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::LOCALHOST, HEALTH_PORT))
+}
+
+/// Two converged IPv6-only hosts (agents with `extra` flags, `/readyz` on
+/// [`health_addr`]), pod p1 on h1 and p2 on h2 each reaching the other:
+/// the positive control of every test here. Returns p1's and p2's address.
+fn two_hosts(extra: &[&str]) -> (Cluster, Ipv6Addr, Ipv6Addr) {
+    let health = health_addr().to_string();
+    let mut c = Cluster::builder()
+        .ipv6_only(true)
+        .hosts(2)
+        .resync_interval(RESYNC_SECS)
+        .agent_args(
+            ["--healthz-addr", health.as_str()]
+                .into_iter()
+                .chain(extra.iter().copied()),
+        )
+        .build()
+        .unwrap();
+    c.start_agents().unwrap();
+    c.wait_converged6().unwrap();
+    let ip1 = c.add_pod6("h1", "p1").unwrap();
+    let ip2 = c.add_pod6("h2", "p2").unwrap();
+    both_ways(&c, ip1, ip2, "control: converged");
+    (c, ip1, ip2)
+}
+
+fn both_ways(c: &Cluster, ip1: Ipv6Addr, ip2: Ipv6Addr, why: &str) {
+    for (from, to) in [("p1", ip2), ("p2", ip1)] {
+        assert!(
+            c.ping_within(from, to, HEAL),
+            "{from} -> {to} {why}\n{}\n{}",
+            c.agent_log_tail("h1"),
+            c.agent_log_tail("h2")
+        );
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+fn wait_ready(c: &Cluster, host: &str, what: &str, want: impl Fn(u16, &str) -> bool) {
+    wait_readyz(c, host, health_addr(), what, HEAL, want).unwrap();
+}
+
+/// Each host's entries for the other are exactly its lease's.
+fn both_hold_each_other(c: &Cluster, why: &str) -> (Peer6, Peer6) {
+    let (p1, p2) = (peer6(c, "h1").unwrap(), peer6(c, "h2").unwrap());
+    wait_owned6(c, "h1", &[&p2], HEAL, why).unwrap();
+    wait_owned6(c, "h2", &[&p1], HEAL, why).unwrap();
+    (p1, p2)
+}
+
+/// `twill6.1` of `host`: (MTU, MAC, up).
+fn vtep(c: &Cluster, host: &str) -> twill_harness::Result<(u64, String, bool)> {
+    let out = c.host(host)?.ns().ip(["-j", "link", "show", VXLAN6_DEV])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| twill_harness::HarnessError::Parse {
+            what: format!("ip -j link show {VXLAN6_DEV}"),
+            reason: e.to_string(),
+        })?;
+    let up = v[0]["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "UP"));
+    Ok((
+        v[0]["mtu"].as_u64().unwrap_or(0),
+        v[0]["address"].as_str().unwrap_or("").to_ascii_lowercase(),
+        up,
+    ))
+}
+
+#[test]
+fn drifted_routes_neighbours_fdb_and_a_deleted_vtep_are_repaired() {
+    if !require_prereqs() {
+        return;
+    }
+    let (c, ip1, ip2) = two_hosts(&[]);
+    let (p1, p2) = both_hold_each_other(&c, "converged");
+    let ns = c.host("h1").unwrap().ns();
+    let (s2, vtep2) = (p2.subnet.to_string(), p2.subnet.network().to_string());
+
+    // Damage: twill's three entries for h2 go; each command fails unless
+    // the entry was there, so the damage is real.
+    ns.ip(["-6", "route", "del", &s2, "dev", VXLAN6_DEV, "proto", "77"])
+        .unwrap();
+    ns.ip(["-6", "neigh", "del", &vtep2, "dev", VXLAN6_DEV])
+        .unwrap();
+    ns.exec_ok(&[
+        "bridge",
+        "fdb",
+        "del",
+        &p2.mac,
+        "dev",
+        VXLAN6_DEV,
+        "dst",
+        &p2.public_ip.to_string(),
+        "self",
+    ])
+    .unwrap();
+    wait_owned6(&c, "h1", &[&p2], HEAL, "h2's entries restored").unwrap();
+    both_ways(&c, ip1, ip2, "after h2's entries on h1 were deleted");
+
+    // The whole device: rebuilt with the lease's MAC (h2's neighbour for
+    // h1 still names it) and the IPv6 VXLAN MTU, entries and all.
+    ns.ip(["link", "del", VXLAN6_DEV]).unwrap();
+    wait_for(
+        &format!("h1's {VXLAN6_DEV} rebuilt"),
+        HEAL,
+        || {
+            Ok(vtep(&c, "h1")
+                .ok()
+                .filter(|(mtu, mac, up)| *mtu == VXLAN6_MTU && *mac == p1.mac && *up)
+                .map(drop))
+        },
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    wait_owned6(&c, "h1", &[&p2], HEAL, "after the device was deleted").unwrap();
+    both_ways(&c, ip1, ip2, "after h1's VTEP was deleted");
+    assert_eq!(peer6(&c, "h1").unwrap(), p1, "h1's lease changed");
+    assert_eq!(c.leases6().unwrap().len(), 2);
+}
+
+#[test]
+fn a_deleted_own_lease_is_written_back_with_the_same_subnet_and_address() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, ip1, ip2) = two_hosts(&[]);
+    let (p1, _) = both_hold_each_other(&c, "converged");
+    assert_eq!(Some(p1.public_ip), c.host("h1").unwrap().ipv6());
+
+    assert_eq!(c.etcd().del(&c.lease_key6(p1.subnet)).unwrap(), 1);
+    wait_for(
+        "h1's lease to be back",
+        HEAL,
+        || Ok(c.leases6()?.contains_key(&p1.subnet).then_some(())),
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    assert_eq!(
+        peer6(&c, "h1").unwrap(),
+        p1,
+        "not the same subnet, PublicIPv6 and MAC"
+    );
+    assert_eq!(c.subnet6_of("h1").unwrap(), p1.subnet);
+    assert_eq!(c.leases6().unwrap().len(), 2, "no second lease");
+    assert!(
+        c.agent_running("h1"),
+        "h1's agent exited\n{}",
+        c.agent_log_tail("h1")
+    );
+    let log = c.agent_log("h1").unwrap();
+    assert_eq!(count(&log, "re-acquired our lease"), 1, "{log}");
+    both_hold_each_other(&c, "after the lease came back");
+    both_ways(&c, ip1, ip2, "after h1's lease was deleted");
+}
+
+#[test]
+fn a_nic_deleted_and_added_back_heals_with_the_same_subnet() {
+    if !require_prereqs() {
+        return;
+    }
+    let (c, ip1, ip2) = two_hosts(&[]);
+    wait_ready(&c, "h1", "ready", |s, _| s == 200);
+    let (p1, _) = both_hold_each_other(&c, "converged");
+    let h1 = c.host("h1").unwrap();
+    let addr = Ipv6Net::new(p1.public_ip, 64).unwrap();
+
+    h1.ns().ip(["link", "del", IFNAME]).unwrap();
+    wait_ready(&c, "h1", "says the underlay is gone", |s, b| {
+        s == 503 && b.contains("underlay interface gone")
+    });
+    assert!(
+        !c.ping_within("p1", ip2, Duration::from_secs(2)),
+        "no path while the NIC is away"
+    );
+
+    // Back, as after a driver reload: same name and address, new index.
+    c.plug_nic(h1.ns(), IFNAME, "h1", addr, "ul0").unwrap();
+    both_ways(&c, ip1, ip2, "after the NIC came back");
+    wait_ready(&c, "h1", "ready again", |s, _| s == 200);
+    assert_eq!(
+        lower_link(h1.ns(), VXLAN6_DEV).unwrap(),
+        format!("\"{IFNAME}\""),
+        "{VXLAN6_DEV} rides the new {IFNAME}"
+    );
+    assert_eq!(c.subnet6_of("h1").unwrap(), p1.subnet, "same subnet");
+    assert_eq!(peer6(&c, "h1").unwrap(), p1, "same lease");
+    assert_eq!(c.leases6().unwrap().len(), 2, "no second lease");
+    both_hold_each_other(&c, "after the NIC came back");
+    let log = c.agent_log("h1").unwrap();
+    assert_eq!(count(&log, "underlay interface gone"), 1, "{log}");
+    assert_eq!(count(&log, "underlay interface is back"), 1, "{log}");
+    assert_eq!(
+        count(&log, "writing our lease again"),
+        0,
+        "same address: no etcd write\n{log}"
+    );
+}
+
+#[test]
+fn a_renumbered_node_rewrites_its_lease_and_the_peers_follow() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, ip1, ip2) = two_hosts(&[]);
+    let (p1, _) = both_hold_each_other(&c, "converged");
+    let new_ip: Ipv6Addr = "2001:db8::65".parse().unwrap();
+    let ns = c.host("h1").unwrap().ns();
+
+    // Renumbered: the old address goes, the new one comes.
+    let old = Ipv6Net::new(p1.public_ip, 64).unwrap().to_string();
+    ns.ip(["-6", "addr", "del", &old, "dev", IFNAME]).unwrap();
+    ns.ip([
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::65/64",
+        "dev",
+        IFNAME,
+        "nodad",
+    ])
+    .unwrap();
+
+    wait_for(
+        "h1's lease to name 2001:db8::65",
+        HEAL,
+        || {
+            Ok(c.leases6()?
+                .get(&p1.subnet)
+                .filter(|l| l.public_ipv6 == Some(new_ip))
+                .map(drop))
+        },
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    let leases = c.leases6().unwrap();
+    assert_eq!(leases.len(), 2, "rewritten in place: {leases:?}");
+    assert_eq!(c.subnet6_of("h1").unwrap(), p1.subnet, "same subnet");
+    // The VTEP's MAC derives from its address: the lease carries the new
+    // one, which h1's rebuilt twill6.1 has.
+    let moved = peer6(&c, "h1").unwrap();
+    assert_eq!((moved.subnet, moved.public_ip), (p1.subnet, new_ip));
+    assert_eq!(vtep(&c, "h1").unwrap().1, moved.mac, "{moved:?}");
+    // h2's FDB entry for h1 follows the new address; the old one is gone.
+    wait_owned6(&c, "h2", &[&moved], HEAL, "h1 renumbered").unwrap();
+    both_ways(&c, ip1, ip2, "after h1 was renumbered");
+    assert!(c.agent_running("h1"), "no restart");
+    let log = c.agent_log("h1").unwrap();
+    let rewrites = count(&log, "writing our lease again");
+    assert!(
+        (1..=2).contains(&rewrites),
+        "bounded etcd writes: {rewrites}\n{log}"
+    );
+}
+
+/// Whether table `ip6 twill` (or `ip twill` for "ip") exists on `host`.
+fn masq_table(c: &Cluster, host: &str, family: &str) -> Option<String> {
+    let out = c
+        .host(host)
+        .unwrap()
+        .ns()
+        .exec(&["nft", "list", "table", family, "twill"])
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn ip_masq_hides_pods_behind_the_node_toward_the_outside_only() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, ip1, ip2) = two_hosts(&["--ip-masq"]);
+    for h in ["h1", "h2"] {
+        let file = std::fs::read_to_string(c.host(h).unwrap().subnet_file_path()).unwrap();
+        assert!(file.contains("TWILL_IPMASQ=true"), "{h}: {file}");
+        let table = masq_table(&c, h, "ip6").unwrap_or_else(|| panic!("{h}: no ip6 twill"));
+        for want in [
+            "ip6 saddr fd00:10:244::/48 ip6 daddr fd00:10:244::/48 return",
+            "masquerade fully-random",
+        ] {
+            assert!(table.contains(want), "{h}: no {want:?} in\n{table}");
+        }
+        assert!(
+            masq_table(&c, h, "ip").is_none(),
+            "{h}: an IPv4 table in an IPv6-only cluster"
+        );
+    }
+
+    // The "internet": one veth to h1, no route back to the pod network.
+    let inet = c
+        .attach_outside("h1", "inet", "2001:db8:ff::1/64", "2001:db8:ff::2/64")
+        .unwrap();
+    let outside: Ipv6Addr = "2001:db8:ff::2".parse().unwrap();
+    let node = Ipv6Net::new("2001:db8:ff::1".parse().unwrap(), 128).unwrap();
+    let pod_net: Ipv6Net = "fd00:10:244::/48".parse().unwrap();
+    let counts = EchoCounters::install(&inet, &[node, pod_net]).unwrap();
+    // The reply can only come back when the source was rewritten.
+    assert!(
+        c.ping("p1", outside),
+        "p1 cannot reach the outside\n{}",
+        c.agent_log_tail("h1")
+    );
+    assert!(counts.packets(node).unwrap() > 0, "nothing from the node");
+    assert_eq!(counts.packets(pod_net).unwrap(), 0, "a pod address leaked");
+
+    // Pod to pod across hosts: the receiver sees the sender's own address.
+    let from_p2 = Ipv6Net::new(ip2, 128).unwrap();
+    let any: Ipv6Net = "::/0".parse().unwrap();
+    let p1_counts = EchoCounters::install(c.pod("p1").unwrap().ns(), &[from_p2, any]).unwrap();
+    assert!(c.ping("p2", ip1), "p2 -> p1");
+    let seen = p1_counts.packets(from_p2).unwrap();
+    assert!(seen > 0, "p1 saw no echo request from {ip2}");
+    assert_eq!(
+        p1_counts.packets(any).unwrap(),
+        seen,
+        "p1 got echo requests from an address other than p2's: masqueraded"
+    );
+
+    // Positive control: with the agent stopped and its table deleted, the
+    // same ping arrives from the pod's own address (and gets no answer).
+    c.stop_agent("h1").unwrap();
+    c.host("h1")
+        .unwrap()
+        .ns()
+        .exec_ok(&["nft", "delete", "table", "ip6", "twill"])
+        .unwrap();
+    let counts = EchoCounters::install(&inet, &[node, pod_net]).unwrap();
+    assert!(
+        !c.pod("p1").unwrap().ns().ping_once(&outside.to_string(), 1),
+        "p1 reached the outside without masquerading"
+    );
+    assert!(counts.packets(pod_net).unwrap() > 0, "not from {ip1}");
+    assert_eq!(counts.packets(node).unwrap(), 0, "still masqueraded");
+
+    // A start puts the table back.
+    c.start_agent("h1").unwrap();
+    wait_for(
+        "h1's agent to install table ip6 twill again",
+        HEAL,
+        || Ok(masq_table(&c, "h1", "ip6").map(drop)),
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    assert!(c.ping_within("p1", outside, HEAL), "p1 -> outside again");
+}
+
+#[test]
+fn status_shows_each_lease_by_its_ipv6_subnet_and_address() {
+    if !require_prereqs() {
+        return;
+    }
+    let (c, _, _) = two_hosts(&[]);
+    let peers: BTreeMap<Ipv6Net, Peer6> = ["h1", "h2"]
+        .iter()
+        .map(|h| peer6(&c, h).unwrap())
+        .map(|p| (p.subnet, p))
+        .collect();
+    let ep = c.etcd_endpoints();
+    let ns = c.host("h1").unwrap().ns();
+    let args = ["--etcd-endpoints", &ep, "--etcd-prefix", c.etcd_prefix()];
+
+    let out = twilld_status(ns, &[], &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows = BTreeMap::new();
+    for l in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 5, "row {l:?} of\n{text}");
+        let subnet: Ipv6Net = f[0]
+            .parse()
+            .unwrap_or_else(|e| panic!("{l:?}: {e}\n{text}"));
+        let ip: Ipv6Addr = f[1]
+            .parse()
+            .unwrap_or_else(|e| panic!("{l:?}: {e}\n{text}"));
+        assert_eq!(f[2], "vxlan", "{text}");
+        rows.insert(
+            subnet,
+            Peer6 {
+                subnet,
+                public_ip: ip,
+                mac: f[3].to_ascii_lowercase(),
+            },
+        );
+    }
+    assert_eq!(rows, peers, "{text}");
+
+    let out = twilld_status(ns, &[], &[&args[..], &["--json"]].concat()).unwrap();
+    assert!(
+        out.status.success(),
+        "status --json failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for row in rows {
+        let subnet: Ipv6Net = row["ipv6Subnet"].as_str().unwrap().parse().unwrap();
+        let p = &peers[&subnet];
+        assert_eq!(row["publicIPv6"], p.public_ip.to_string(), "{row}");
+        assert_eq!(
+            row["vtepMACv6"].as_str().map(str::to_ascii_lowercase),
+            Some(p.mac.clone()),
+            "{row}"
+        );
+        assert_eq!(row["backendType"], "vxlan", "{row}");
+    }
+}
