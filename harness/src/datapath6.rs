@@ -192,6 +192,13 @@ pub fn wait_owned6(
     )
 }
 
+/// [`wait_owned6`] for every other IPv6-only lease in etcd now (see
+/// [`peers6_of`]): `host` holds exactly their entries.
+pub fn wait_leases_held6(c: &Cluster, host: &str, deadline: Duration, why: &str) -> Result<()> {
+    let peers = peers6_of(c, host)?;
+    wait_owned6(c, host, &peers.iter().collect::<Vec<_>>(), deadline, why)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

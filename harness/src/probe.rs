@@ -112,6 +112,16 @@ pub fn twilld_status(ns: &Netns, global: &[&str], sub: &[&str]) -> Result<Output
     ns.exec(&argv)
 }
 
+/// `nft list table <family> <name>` in `ns`: the listing, or `None` when
+/// there is no such table.
+pub fn nft_table(ns: &Netns, family: &str, name: &str) -> Result<Option<String>> {
+    let out = ns.exec(&["nft", "list", "table", family, name])?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
 /// Values of the samples of metric `name` in a Prometheus/OpenMetrics text
 /// (any labels); comments and other metrics are left out.
 pub fn metric_values(text: &str, name: &str) -> Vec<f64> {

@@ -54,8 +54,7 @@ fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
 
 /// Whether table `ip twill` exists in `ns`.
 fn masq_table(ns: &Netns) -> bool {
-    ns.exec(&["nft", "list", "table", "ip", "twill"])
-        .is_ok_and(|o| o.status.success())
+    probe::nft_table(ns, "ip", "twill").is_ok_and(|t| t.is_some())
 }
 
 /// Waits until the log of `host` after byte `offset` says the lease map is

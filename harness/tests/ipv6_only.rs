@@ -13,7 +13,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
@@ -21,8 +20,8 @@ use ipnet::Ipv6Net;
 use twill_harness::cluster::{
     IPV6_ONLY_HOST_GW_CONFIG, IPV6_ONLY_VXLAN_CONFIG, UNDERLAY_IP6, VXLAN6_DEV,
 };
+use twill_harness::datapath6::wait_leases_held6;
 use twill_harness::pinger::Pinger;
-use twill_harness::wait::wait_for;
 use twill_harness::{require_cluster, Cluster};
 
 /// The underlay's MTU (veth default) and what VXLAN over IPv6 leaves of it.
@@ -30,6 +29,8 @@ const UNDERLAY_MTU: u64 = 1500;
 const VXLAN6_OVERHEAD: u64 = 70;
 const PODS_PER_HOST: usize = 2;
 const PING_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the VXLAN entries may take to follow the leases.
+const VXLAN_ENTRIES: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
@@ -195,62 +196,8 @@ fn check_node(c: &Cluster, host: &str, backend: Backend) {
     // wait_converged6 has matched the routes to the leases; the VXLAN
     // entries behind them must be there too.
     if backend == Backend::Vxlan {
-        let peers = peer_ipv6s(c, host);
-        wait_vxlan_entries(c, host, &peers, &BTreeMap::new());
+        wait_leases_held6(c, host, VXLAN_ENTRIES, "converged").unwrap();
     }
-}
-
-/// Every other lease's (IPv6 subnet, PublicIPv6).
-fn peer_ipv6s(c: &Cluster, host: &str) -> BTreeMap<Ipv6Net, Ipv6Addr> {
-    let own = c.subnet6_of(host).unwrap();
-    c.leases6()
-        .unwrap()
-        .into_iter()
-        .filter(|(s6, _)| *s6 != own)
-        .map(|(s6, l)| (s6, l.public_ipv6.unwrap()))
-        .collect()
-}
-
-/// Waits until `host`'s `twill6.1` has a neighbour entry for each of
-/// `present`'s subnets and an FDB entry to each of their PublicIPv6, and
-/// none for `gone`'s.
-fn wait_vxlan_entries(
-    c: &Cluster,
-    host: &str,
-    present: &BTreeMap<Ipv6Net, Ipv6Addr>,
-    gone: &BTreeMap<Ipv6Net, Ipv6Addr>,
-) {
-    let ns = c.host(host).unwrap().ns();
-    wait_for(
-        &format!("neighbour and FDB entries of {host} on {VXLAN6_DEV}"),
-        Duration::from_secs(20),
-        || {
-            let neigh = ns.ip(["-6", "neigh", "show", "dev", VXLAN6_DEV])?;
-            let fdb = ns.exec_ok(&["bridge", "fdb", "show", "dev", VXLAN6_DEV])?;
-            let has_neigh = |s6: &Ipv6Net| {
-                neigh
-                    .lines()
-                    .any(|l| l.split_whitespace().next() == Some(&s6.network().to_string()))
-            };
-            let has_fdb = |ip6: &Ipv6Addr| fdb.contains(&format!("dst {ip6} "));
-            let ok = present
-                .iter()
-                .all(|(s6, ip6)| has_neigh(s6) && has_fdb(ip6))
-                && gone.iter().all(|(s6, ip6)| !has_neigh(s6) && !has_fdb(ip6));
-            if ok {
-                Ok(Some(()))
-            } else {
-                Err(twill_harness::HarnessError::Parse {
-                    what: format!("{VXLAN6_DEV} of {host}"),
-                    reason: format!(
-                        "want {present:?}, none of {gone:?}; neigh:\n{neigh}fdb:\n{fdb}"
-                    ),
-                })
-            }
-        },
-        || c.agent_log_tail(host),
-    )
-    .unwrap();
 }
 
 /// The leases: flannel's IPv6-only key, `PublicIP` 0.0.0.0, the host's
@@ -337,8 +284,8 @@ fn lease_deleted(c: &mut Cluster, backend: Backend, host: &str) {
             "{h} still routes to {s6}: {routes:?}"
         );
         if backend == Backend::Vxlan {
-            let gone = BTreeMap::from([(s6, ip6)]);
-            wait_vxlan_entries(c, h, &peer_ipv6s(c, h), &gone);
+            // Exactly the remaining leases' entries: none for s6 or ip6.
+            wait_leases_held6(c, h, VXLAN_ENTRIES, "a lease deleted").unwrap();
         }
     }
     assert!(

@@ -23,7 +23,7 @@ use ipnet::Ipv6Net;
 use twill_harness::cluster::{IFNAME, VXLAN6_DEV};
 use twill_harness::datapath::lower_link;
 use twill_harness::datapath6::{peer6, wait_owned6, Peer6};
-use twill_harness::probe::{twilld_status, wait_readyz, EchoCounters};
+use twill_harness::probe::{nft_table, twilld_status, wait_readyz, EchoCounters};
 use twill_harness::wait::wait_for;
 use twill_harness::{Cluster, Prereqs, CLUSTER_TOOLS};
 
@@ -303,17 +303,9 @@ fn a_renumbered_node_rewrites_its_lease_and_the_peers_follow() {
     );
 }
 
-/// Whether table `ip6 twill` (or `ip twill` for "ip") exists on `host`.
+/// The listing of table `<family> twill` on `host`, if it exists.
 fn masq_table(c: &Cluster, host: &str, family: &str) -> Option<String> {
-    let out = c
-        .host(host)
-        .unwrap()
-        .ns()
-        .exec(&["nft", "list", "table", family, "twill"])
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    nft_table(c.host(host).unwrap().ns(), family, "twill").unwrap()
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use twill_harness::probe::{http_get, EchoCounters};
+use twill_harness::probe::{http_get, nft_table, EchoCounters};
 use twill_harness::wait::wait_for;
 use twill_harness::{bins, Cluster, ClusterBuilder, Netns, Prereqs, CLUSTER_TOOLS};
 
@@ -106,10 +106,7 @@ fn host32(ip: Ipv4Addr) -> Ipv4Net {
 
 /// `nft list table <family> twill` in `ns`, if the table exists.
 fn twill_table(ns: &Netns, family: &str) -> Option<String> {
-    let out = ns.exec(&["nft", "list", "table", family, "twill"]).unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    nft_table(ns, family, "twill").unwrap()
 }
 
 #[test]
