@@ -122,6 +122,25 @@ pub fn nft_table(ns: &Netns, family: &str, name: &str) -> Result<Option<String>>
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
+/// The packets the rules of the agent's isolation table commented
+/// `filter` dropped (summed over those rules), from `nft -j list table
+/// <family> twill-guard`.
+pub fn parse_guard_drops(json: &str, filter: &str) -> Result<u64> {
+    let v: Value = serde_json::from_str(json).map_err(|e| perr("nft guard table listing", e))?;
+    let items = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| perr("nft guard table listing", format!("no nftables in {json}")))?;
+    Ok(items
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter(|r| r["comment"] == filter)
+        .filter_map(|r| r["expr"].as_array())
+        .flatten()
+        .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
+        .sum())
+}
+
 /// Values of the samples of metric `name` in a Prometheus/OpenMetrics text
 /// (any labels); comments and other metrics are left out.
 pub fn metric_values(text: &str, name: &str) -> Vec<f64> {
@@ -303,6 +322,17 @@ mod tests {
             vec![2.0, 5.0]
         );
         assert!(metric_values(text, "twill_reconcile_runs_total").is_empty());
+    }
+
+    #[test]
+    fn guard_drops_sum_the_counters_of_the_rules_of_one_filter() {
+        let j = r#"{"nftables":[{"metainfo":{}},{"table":{"family":"inet","name":"twill-guard"}},
+            {"rule":{"comment":"tunnel","expr":[{"match":{}},{"counter":{"packets":3,"bytes":9}},{"drop":null}]}},
+            {"rule":{"comment":"tunnel","expr":[{"counter":{"packets":2,"bytes":9}}]}},
+            {"rule":{"comment":"source","expr":[{"counter":{"packets":7,"bytes":9}}]}}]}"#;
+        assert_eq!(parse_guard_drops(j, "tunnel").unwrap(), 5);
+        assert_eq!(parse_guard_drops(j, "pod_vxlan").unwrap(), 0);
+        assert!(parse_guard_drops("nope", "tunnel").is_err());
     }
 
     #[test]

@@ -23,7 +23,9 @@ use ipnet::Ipv6Net;
 use twill_harness::cluster::{IFNAME, VXLAN6_DEV};
 use twill_harness::datapath::lower_link;
 use twill_harness::datapath6::{peer6, wait_owned6, Peer6};
-use twill_harness::probe::{nft_table, twilld_status, wait_readyz, EchoCounters};
+use twill_harness::probe::{
+    nft_table, parse_guard_drops, twilld_status, wait_readyz, EchoCounters,
+};
 use twill_harness::wait::wait_for;
 use twill_harness::{Cluster, Prereqs, CLUSTER_TOOLS};
 
@@ -170,7 +172,7 @@ fn drifted_routes_neighbours_fdb_and_a_deleted_vtep_are_repaired() {
 }
 
 #[test]
-fn a_deleted_own_lease_is_written_back_with_the_same_subnet_and_address() {
+fn a_deleted_or_revoked_own_lease_is_written_back_with_the_same_subnet_and_address() {
     if !require_prereqs() {
         return;
     }
@@ -178,30 +180,56 @@ fn a_deleted_own_lease_is_written_back_with_the_same_subnet_and_address() {
     let (p1, _) = both_hold_each_other(&c, "converged");
     assert_eq!(Some(p1.public_ip), c.host("h1").unwrap().ipv6());
 
-    assert_eq!(c.etcd().del(&c.lease_key6(p1.subnet)).unwrap(), 1);
+    let key = c.lease_key6(p1.subnet);
+    let before = etcd_lease_id(&c, &key).expect("h1's lease has an etcd lease");
+    assert_eq!(c.etcd().del(&key).unwrap(), 1);
+    back_the_same(&mut c, &p1, 1, "after its key was deleted");
+    both_ways(&c, ip1, ip2, "after h1's lease was deleted");
+
+    // Its etcd lease revoked (the key goes with it): back under a new one.
+    let id = etcd_lease_id(&c, &key).expect("h1's lease has an etcd lease");
+    assert_ne!(
+        id, before,
+        "written back under the etcd lease of the old key"
+    );
+    c.etcd()
+        .ctl(&["lease", "revoke", &format!("{id:x}")])
+        .unwrap();
+    back_the_same(&mut c, &p1, 2, "after its etcd lease was revoked");
+    assert_ne!(etcd_lease_id(&c, &key), Some(id), "the revoked etcd lease");
+    both_ways(&c, ip1, ip2, "after h1's etcd lease was revoked");
+}
+
+/// The etcd lease `key` is attached to, when it exists and has one.
+fn etcd_lease_id(c: &Cluster, key: &str) -> Option<i64> {
+    let out = c.etcd().ctl(&["get", key, "-w", "json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["kvs"][0]["lease"].as_i64()
+}
+
+/// Waits until h1's lease is back in etcd and checks it is `p1` (same IPv6
+/// subnet, PublicIPv6 and MAC), the only other lease being h2's, the agent
+/// still running and saying it took it back for the `n`th time, and h2
+/// holding h1's entries.
+fn back_the_same(c: &mut Cluster, p1: &Peer6, n: usize, why: &str) {
     wait_for(
-        "h1's lease to be back",
+        &format!("h1's lease to be back ({why})"),
         HEAL,
         || Ok(c.leases6()?.contains_key(&p1.subnet).then_some(())),
         || c.agent_log_tail("h1"),
     )
     .unwrap();
-    assert_eq!(
-        peer6(&c, "h1").unwrap(),
-        p1,
-        "not the same subnet, PublicIPv6 and MAC"
-    );
+    assert_eq!(&peer6(c, "h1").unwrap(), p1, "not the same lease {why}");
     assert_eq!(c.subnet6_of("h1").unwrap(), p1.subnet);
-    assert_eq!(c.leases6().unwrap().len(), 2, "no second lease");
+    assert_eq!(c.leases6().unwrap().len(), 2, "no second lease {why}");
     assert!(
         c.agent_running("h1"),
-        "h1's agent exited\n{}",
+        "h1's agent exited {why}\n{}",
         c.agent_log_tail("h1")
     );
     let log = c.agent_log("h1").unwrap();
-    assert_eq!(count(&log, "re-acquired our lease"), 1, "{log}");
-    both_hold_each_other(&c, "after the lease came back");
-    both_ways(&c, ip1, ip2, "after h1's lease was deleted");
+    assert_eq!(count(&log, "re-acquired our lease"), n, "{why}\n{log}");
+    both_hold_each_other(c, why);
 }
 
 #[test]
@@ -452,4 +480,155 @@ fn status_shows_each_lease_by_its_ipv6_subnet_and_address() {
         );
         assert_eq!(row["backendType"], "vxlan", "{row}");
     }
+}
+
+/// The PROBE column of `host`'s `twilld status --agent --json` for each
+/// lease, by IPv6 subnet.
+fn probe_column(c: &Cluster, host: &str) -> twill_harness::Result<BTreeMap<Ipv6Net, String>> {
+    let ep = c.etcd_endpoints();
+    let agent = health_addr().to_string();
+    let args = [
+        "--etcd-endpoints",
+        &ep,
+        "--etcd-prefix",
+        c.etcd_prefix(),
+        "--json",
+        "--agent",
+        &agent,
+    ];
+    let out = twilld_status(c.host(host)?.ns(), &[], &args)?;
+    let bad = |reason: String| twill_harness::HarnessError::Parse {
+        what: format!("twilld status --agent --json on {host}"),
+        reason,
+    };
+    if !out.status.success() {
+        return Err(bad(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| bad(e.to_string()))?;
+    let rows = v.as_array().ok_or_else(|| bad(v.to_string()))?;
+    rows.iter()
+        .map(|r| {
+            let s6 = r["ipv6Subnet"].as_str().and_then(|s| s.parse().ok());
+            let probe = r["probe"].as_str().map(str::to_owned);
+            s6.zip(probe).ok_or_else(|| bad(r.to_string()))
+        })
+        .collect()
+}
+
+/// Waits until `host`'s status shows `peer`'s probe column as `want`
+/// accepts; returns the column.
+fn wait_probe(
+    c: &Cluster,
+    host: &str,
+    peer: Ipv6Net,
+    why: &str,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    wait_for(
+        &format!("{host}'s probe of {peer}: {why}"),
+        HEAL,
+        || Ok(probe_column(c, host)?.remove(&peer).filter(|p| want(p))),
+        || format!("{:?}\n{}", probe_column(c, host), c.agent_log_tail(host)),
+    )
+    .unwrap()
+}
+
+#[test]
+#[ignore = "issue 15: an IPv6-only node hands the prober no targets yet (src/agent/peers.rs publish_peers6, src/probe is IPv4-only)"]
+fn peers_are_probed_over_the_ipv6_underlay_and_a_break_is_seen() {
+    if !require_prereqs() {
+        return;
+    }
+    let (c, ip1, ip2) = two_hosts(&["--probe-interval", "1"]);
+    let (p1, p2) = both_hold_each_other(&c, "converged");
+    // Positive control: each sees the other answer through the overlay,
+    // and itself not at all.
+    for (from, own, peer) in [("h1", &p1, &p2), ("h2", &p2, &p1)] {
+        wait_probe(&c, from, peer.subnet, "answering", |p| p.starts_with("ok"));
+        assert_eq!(probe_column(&c, from).unwrap()[&own.subnet], "-");
+    }
+
+    // VXLAN over IPv6 dropped both ways in the underlay bridge.
+    let (a, b) = (p1.public_ip, p2.public_ip);
+    let rules = format!(
+        "add table bridge habreak; \
+         add chain bridge habreak f {{ type filter hook forward priority 0; }}; \
+         add rule bridge habreak f ip6 saddr {a} ip6 daddr {b} udp dport 8472 drop; \
+         add rule bridge habreak f ip6 saddr {b} ip6 daddr {a} udp dport 8472 drop"
+    );
+    c.underlay().exec_ok(&["nft", &rules]).unwrap();
+    assert!(
+        !c.ping_within("p1", ip2, Duration::from_secs(2)),
+        "the break is real"
+    );
+    for (from, peer) in [("h1", &p2), ("h2", &p1)] {
+        wait_probe(&c, from, peer.subnet, "lost", |p| p == "UNREACHABLE");
+    }
+
+    c.underlay()
+        .exec_ok(&["nft", "delete", "table", "bridge", "habreak"])
+        .unwrap();
+    for (from, peer) in [("h1", &p2), ("h2", &p1)] {
+        wait_probe(&c, from, peer.subnet, "back", |p| p.starts_with("ok"));
+    }
+    both_ways(&c, ip1, ip2, "after the break was lifted");
+}
+
+/// The packets `host`'s isolation table `inet twill-guard` dropped as
+/// tunnel traffic from non-members.
+fn tunnel_drops(c: &Cluster, host: &str) -> u64 {
+    let ns = c.host(host).unwrap().ns();
+    let out = ns
+        .exec_ok(&["nft", "-j", "list", "table", "inet", "twill-guard"])
+        .unwrap();
+    parse_guard_drops(&out, "tunnel").unwrap()
+}
+
+#[test]
+fn a_node_whose_lease_is_gone_can_no_longer_send_into_the_tunnel() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, ip1, ip2) = two_hosts(&[]);
+    let (_, p2) = both_hold_each_other(&c, "converged");
+    let from_p2 = Ipv6Net::new(ip2, 128).unwrap();
+    // Positive control: p1 hears p2's echo requests through the tunnel.
+    let heard = EchoCounters::install(c.pod("p1").unwrap().ns(), &[from_p2]).unwrap();
+    assert!(c.ping("p2", ip1), "p2 -> p1");
+    assert!(heard.packets(from_p2).unwrap() > 0, "p1 heard nothing");
+
+    // h2 stops (its data path stays, so it still sends into the tunnel)
+    // and its lease goes: h1 takes it out of the tunnel's members.
+    let status = c.stop_agent("h2").unwrap();
+    assert!(status.success(), "twilld on h2 exited with {status}");
+    assert_eq!(c.etcd().del(&c.lease_key6(p2.subnet)).unwrap(), 1);
+    wait_owned6(&c, "h1", &[], HEAL, "h2's lease deleted").unwrap();
+    let dropped = tunnel_drops(&c, "h1");
+    let heard = EchoCounters::install(c.pod("p1").unwrap().ns(), &[from_p2]).unwrap();
+    assert!(
+        !c.ping_within("p2", ip1, Duration::from_secs(2)),
+        "p2 -> p1 with h2's lease gone"
+    );
+    assert_eq!(
+        heard.packets(from_p2).unwrap(),
+        0,
+        "a non-member's VXLAN reached p1"
+    );
+    assert!(
+        tunnel_drops(&c, "h1") > dropped,
+        "h1's tunnel filter dropped nothing\n{}",
+        c.agent_log_tail("h1")
+    );
+
+    // h2 back: a member again, heard again.
+    c.start_agent("h2").unwrap();
+    c.wait_converged6().unwrap();
+    both_hold_each_other(&c, "h2 back");
+    let heard = EchoCounters::install(c.pod("p1").unwrap().ns(), &[from_p2]).unwrap();
+    both_ways(&c, ip1, ip2, "after h2 came back");
+    assert!(
+        heard.packets(from_p2).unwrap() > 0,
+        "p1 heard nothing after"
+    );
 }

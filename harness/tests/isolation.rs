@@ -15,7 +15,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use twill_harness::probe::{http_get, metric_values, parse_nft_counter};
+use twill_harness::probe::{http_get, metric_values, parse_guard_drops, parse_nft_counter};
 use twill_harness::wait::wait_for;
 use twill_harness::{Cluster, Netns, Prereqs, CLUSTER_TOOLS};
 
@@ -277,16 +277,7 @@ impl Listener {
 /// them (summed over its rules).
 fn kernel_drops(host: &str, family: &str, filter: &str) -> u64 {
     let out = exec(host, &["nft", "-j", "list", "table", family, "twill-guard"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i.get("rule"))
-        .filter(|r| r["comment"] == filter)
-        .flat_map(|r| r["expr"].as_array().unwrap().iter())
-        .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
-        .sum()
+    parse_guard_drops(&out, filter).unwrap()
 }
 
 /// How many rules the bridge table's chain has in `host`.
