@@ -157,7 +157,9 @@ impl LeaseState {
             // only say what the watch already did.
             (P::Held { .. } | P::Renewing, I::LostInWatch) => self.lose(),
             (P::Reacquiring, I::Reacquired(Ok(lease))) => {
-                let moved = lease.subnet != self.lease.subnet;
+                // By key: every IPv6-only lease has the IPv4 part 0.0.0.0/0,
+                // so the IPv6 subnet tells whether such a node moved.
+                let moved = lease.key_name() != self.lease.key_name();
                 self.lease = lease;
                 self.reacquire_backoff.reset();
                 self.renew_backoff.reset();
@@ -545,6 +547,26 @@ mod tests {
             LeaseAction::Publish { moved: true }
         );
         assert_eq!(s.lease.subnet, "10.244.9.0/24".parse::<Ipv4Net>().unwrap());
+    }
+
+    #[test]
+    fn reacquire_of_another_ipv6_only_subnet_says_moved() {
+        let t0 = Instant::now();
+        let v6only = |s6: &str| Lease {
+            ipv6_subnet: Some(s6.parse().unwrap()),
+            ..lease("0.0.0.0/0", [0, 0, 0, 0])
+        };
+        let mut s = LeaseState::held(v6only("fd00:10:244:1::/64"), TTL, t0);
+        s.step(LeaseInput::LostInWatch, t0);
+        assert_eq!(
+            s.step(LeaseInput::Reacquired(Ok(v6only("fd00:10:244:1::/64"))), t0),
+            LeaseAction::Publish { moved: false }
+        );
+        s.step(LeaseInput::LostInWatch, t0);
+        assert_eq!(
+            s.step(LeaseInput::Reacquired(Ok(v6only("fd00:10:244:9::/64"))), t0),
+            LeaseAction::Publish { moved: true }
+        );
     }
 
     #[test]

@@ -142,6 +142,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// Advances the lease and performs what its step asks for.
     async fn on_lease(&mut self, input: LeaseInput, calls: &mut InFlight) {
         let old = self.lease.lease.subnet;
+        let old6 = self.lease.lease.ipv6_subnet;
         let failure = match &input {
             LeaseInput::Renewed(Err(e)) | LeaseInput::Reacquired(Err(e)) => Some(e.to_string()),
             _ => None,
@@ -152,7 +153,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             LeaseAction::Renew => calls.lease = Some(self.renew_call()),
             LeaseAction::Reacquire => {
                 if was_held {
-                    tracing::warn!(subnet = %old, "our lease expired, was revoked, removed or taken in etcd; re-acquiring");
+                    tracing::warn!(subnet = %old, subnet6 = ?old6, "our lease expired, was revoked, removed or taken in etcd; re-acquiring");
                 }
                 // Replaces a renewal in flight: its answer is moot now.
                 calls.lease = Some(self.reacquire_call());
@@ -174,9 +175,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 let lease = self.lease.lease.clone();
                 if moved {
                     tracing::error!(old = %old, new = %lease.subnet, public_ip = %self.underlay.ip,
+                        old6 = ?old6, new6 = ?lease.ipv6_subnet, public_ipv6 = ?lease.attrs.public_ipv6,
                         "our subnet now belongs to another node; moved to a new subnet: pods on the old subnet must be restarted");
                 } else {
-                    tracing::info!(subnet = %old, "re-acquired our lease");
+                    tracing::info!(subnet = %old, subnet6 = ?old6, "re-acquired our lease");
                 }
                 self.insert_lease(lease);
                 if let Err(e) = self.publish().await {
