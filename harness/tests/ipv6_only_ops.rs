@@ -22,7 +22,7 @@ use std::time::Duration;
 use ipnet::Ipv6Net;
 use twill_harness::cluster::{IFNAME, VXLAN6_DEV};
 use twill_harness::datapath::lower_link;
-use twill_harness::datapath6::{peer6, wait_owned6, Peer6};
+use twill_harness::datapath6::{peer6, wait_leases_held6, wait_owned6, Peer6};
 use twill_harness::probe::{
     nft_table, parse_guard_drops, twilld_status, wait_readyz, EchoCounters,
 };
@@ -631,4 +631,57 @@ fn a_node_whose_lease_is_gone_can_no_longer_send_into_the_tunnel() {
         heard.packets(from_p2).unwrap() > 0,
         "p1 heard nothing after"
     );
+}
+
+#[test]
+fn an_own_subnet_taken_by_another_node_moves_us_to_a_new_one_loudly() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, _, ip2) = two_hosts(&[]);
+    let (p1, _) = both_hold_each_other(&c, "converged");
+    // Another node (not running here) claims h1's subnet, in the form
+    // flannel and twill write IPv6-only leases.
+    let claimer: Ipv6Addr = "2001:db8::63".parse().unwrap();
+    c.etcd()
+        .put(
+            &c.lease_key6(p1.subnet),
+            &format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{claimer}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"0e:81:00:00:00:63"}}}}"#
+            ),
+        )
+        .unwrap();
+    let new = wait_for(
+        "h1 to move to a new IPv6 subnet",
+        HEAL,
+        || {
+            let s = c.subnet6_of("h1")?;
+            Ok((s != p1.subnet).then_some(s))
+        },
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    let leases = c.wait_leases6(3).unwrap();
+    assert_eq!(leases[&new].public_ipv6, Some(p1.public_ip), "{leases:?}");
+    assert_eq!(leases[&p1.subnet].public_ipv6, Some(claimer), "{leases:?}");
+    let log = c.agent_log("h1").unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("now belongs to another node")),
+        "the move was not said loudly:\n{log}"
+    );
+    assert!(c.agent_running("h1"));
+    // h2 routes the new subnet to h1 and the claimed one to the claimer.
+    c.wait_routes6("h2").unwrap();
+    wait_leases_held6(&c, "h2", HEAL, "h1 moved").unwrap();
+    // A pod made after the move gets an address of the new subnet and
+    // reaches h2's.
+    let ip3 = c.add_pod6("h1", "p3").unwrap();
+    assert!(new.contains(&ip3), "p3 got {ip3}, not in {new}");
+    assert!(
+        c.ping_within("p3", ip2, HEAL),
+        "p3 -> p2\n{}",
+        c.agent_log_tail("h1")
+    );
+    assert!(c.ping("p2", ip3), "p2 -> p3");
 }
