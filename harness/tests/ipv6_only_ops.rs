@@ -20,7 +20,8 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::Ipv6Net;
-use twill_harness::cluster::{IFNAME, VXLAN6_DEV};
+use twill_contract::gateway6_of;
+use twill_harness::cluster::{BRIDGE_DEV, IFNAME, VXLAN6_DEV};
 use twill_harness::datapath::lower_link;
 use twill_harness::datapath6::{peer6, wait_leases_held6, wait_owned6, Peer6};
 use twill_harness::probe::{
@@ -120,7 +121,7 @@ fn vtep(c: &Cluster, host: &str) -> twill_harness::Result<(u64, String, bool)> {
 }
 
 #[test]
-fn drifted_routes_neighbours_fdb_and_a_deleted_vtep_are_repaired() {
+fn drifted_routes_neighbours_and_fdb_are_repaired_and_foreign_routes_spared() {
     if !require_prereqs() {
         return;
     }
@@ -147,26 +148,151 @@ fn drifted_routes_neighbours_fdb_and_a_deleted_vtep_are_repaired() {
         "self",
     ])
     .unwrap();
-    wait_owned6(&c, "h1", &[&p2], HEAL, "h2's entries restored").unwrap();
-    both_ways(&c, ip1, ip2, "after h2's entries on h1 were deleted");
-
-    // The whole device: rebuilt with the lease's MAC (h2's neighbour for
-    // h1 still names it) and the IPv6 VXLAN MTU, entries and all.
-    ns.ip(["link", "del", VXLAN6_DEV]).unwrap();
-    wait_for(
-        &format!("h1's {VXLAN6_DEV} rebuilt"),
+    // Foreign routes on the device, one inside the cluster network: not
+    // protocol 77, so not twill's to remove.
+    let foreign = ["fd00:99::/64", "fd00:10:244:fa00::/64"];
+    for f in foreign {
+        ns.ip([
+            "-6", "route", "add", f, "dev", VXLAN6_DEV, "proto", "static",
+        ])
+        .unwrap();
+    }
+    // Entries of twill's kind for a node that has no lease: stale.
+    let ghost: Ipv6Net = "fd00:10:244:fb01::/64".parse().unwrap();
+    assert!(
+        ghost != p1.subnet && ghost != p2.subnet,
+        "{ghost} is leased"
+    );
+    let (ghost_vtep, ghost_mac) = (ghost.network().to_string(), "02:00:00:00:fb:01");
+    ns.exec_ok(&[
+        "bridge",
+        "fdb",
+        "add",
+        ghost_mac,
+        "dev",
+        VXLAN6_DEV,
+        "dst",
+        "2001:db8::99",
+        "self",
+        "permanent",
+    ])
+    .unwrap();
+    ns.ip([
+        "-6",
+        "neigh",
+        "add",
+        &ghost_vtep,
+        "lladdr",
+        ghost_mac,
+        "dev",
+        VXLAN6_DEV,
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    ns.ip([
+        "-6",
+        "route",
+        "add",
+        &ghost.to_string(),
+        "via",
+        &ghost_vtep,
+        "dev",
+        VXLAN6_DEV,
+        "onlink",
+        "proto",
+        "77",
+    ])
+    .unwrap();
+    wait_owned6(
+        &c,
+        "h1",
+        &[&p2],
         HEAL,
-        || {
-            Ok(vtep(&c, "h1")
-                .ok()
-                .filter(|(mtu, mac, up)| *mtu == VXLAN6_MTU && *mac == p1.mac && *up)
-                .map(drop))
-        },
-        || c.agent_log_tail("h1"),
+        "h2's entries restored, the ghost's removed",
     )
     .unwrap();
-    wait_owned6(&c, "h1", &[&p2], HEAL, "after the device was deleted").unwrap();
-    both_ways(&c, ip1, ip2, "after h1's VTEP was deleted");
+    // The ghost's entries are gone, so a pass ran after the foreign routes
+    // came: they survived it.
+    let spared = ns
+        .ip(["-6", "route", "show", "dev", VXLAN6_DEV, "proto", "static"])
+        .unwrap();
+    for f in foreign {
+        assert!(spared.contains(f), "foreign route {f} removed: {spared}");
+    }
+    both_ways(&c, ip1, ip2, "after h2's entries on h1 were deleted");
+
+    // A neighbour pointing at the wrong MAC is put right.
+    ns.ip([
+        "-6",
+        "neigh",
+        "replace",
+        &vtep2,
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        VXLAN6_DEV,
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    wait_owned6(&c, "h1", &[&p2], HEAL, "neighbour MAC restored").unwrap();
+    both_ways(&c, ip1, ip2, "after the neighbour MAC was put right");
+    wait_owned6(&c, "h2", &[&p1], HEAL, "h2 untouched").unwrap();
+}
+
+/// `host`'s devices as the agent keeps them: `twill6.1` up with the
+/// lease's MAC and the IPv6 VXLAN MTU; `twill0` up with the gateway.
+fn devices_ok(c: &Cluster, host: &str, me: &Peer6) -> twill_harness::Result<Option<()>> {
+    let (mtu, mac, up) = vtep(c, host)?;
+    let ns = c.host(host)?.ns();
+    let bridge = ns.ip(["-j", "-6", "addr", "show", "dev", BRIDGE_DEV])?;
+    let bridge_up = ns.ip(["-o", "link", "show", BRIDGE_DEV])?.contains(",UP");
+    let gateway = format!("\"{}\"", gateway6_of(me.subnet));
+    let ok = up && mtu == VXLAN6_MTU && mac == me.mac && bridge_up && bridge.contains(&gateway);
+    Ok(ok.then_some(()))
+}
+
+#[test]
+fn deleted_downed_or_changed_devices_are_rebuilt() {
+    if !require_prereqs() {
+        return;
+    }
+    let (c, ip1, ip2) = two_hosts(&[]);
+    let (p1, p2) = both_hold_each_other(&c, "converged");
+    let ns = c.host("h1").unwrap().ns();
+    // The bridge last: the pods' veths stay off it once it is gone.
+    let damage: [(&str, &[&str]); 4] = [
+        ("vxlan device deleted", &["link", "del", VXLAN6_DEV]),
+        ("vxlan device down", &["link", "set", VXLAN6_DEV, "down"]),
+        (
+            "vxlan MTU changed",
+            &["link", "set", VXLAN6_DEV, "mtu", "1400"],
+        ),
+        ("bridge deleted", &["link", "del", BRIDGE_DEV]),
+    ];
+    for (why, args) in damage {
+        ns.ip(args).unwrap();
+        wait_for(
+            &format!("h1's devices repaired ({why})"),
+            HEAL,
+            || devices_ok(&c, "h1", &p1),
+            || c.agent_log_tail("h1"),
+        )
+        .unwrap();
+        wait_owned6(&c, "h1", &[&p2], HEAL, why).unwrap();
+        for (from, to) in [("h2", &p1), ("h1", &p2)] {
+            let gw = gateway6_of(to.subnet);
+            assert!(
+                c.ping(from, gw),
+                "{from} -> {gw} after {why}\n{}",
+                c.agent_log_tail("h1")
+            );
+        }
+        if why != "bridge deleted" {
+            both_ways(&c, ip1, ip2, why);
+        }
+    }
     assert_eq!(peer6(&c, "h1").unwrap(), p1, "h1's lease changed");
     assert_eq!(c.leases6().unwrap().len(), 2);
 }
