@@ -1,13 +1,21 @@
 //! Issue 15, the repairs of an IPv6-only node (`EnableIPv4: false`, an
-//! IPv6-only underlay, no IPv4 address anywhere): hand-deleted routes,
-//! neighbours, FDB entries and the `twill6.1` device come back; a lease
-//! deleted from etcd under a running agent is written back with the same
-//! IPv6 subnet and PublicIPv6; a NIC deleted and re-added, and a node
-//! renumbered, are followed (the lease names the new address, the peers
-//! re-point at it); `--ip-masq` hides pods behind the node's IPv6 address
-//! toward the outside only; `twilld status` shows each lease by its IPv6
-//! subnet and PublicIPv6. Each on 2 hosts with a pod each, whose pings both
-//! ways are the positive control before anything is broken.
+//! IPv6-only underlay, no IPv4 address anywhere), each as the IPv4 tests
+//! check it (healing.rs, lease_loss.rs, underlay.rs, features.rs,
+//! isolation.rs): hand-deleted routes, neighbours and FDB entries come
+//! back, a ghost node's go, foreign routes stay; `twill6.1` and `twill0`
+//! deleted, downed or changed are rebuilt; a lease deleted or revoked under
+//! a running agent is written back with the same IPv6 subnet and
+//! PublicIPv6, and one taken by another node moves the node, loudly; a
+//! killed node is forgotten after its lease TTL; garbage leases are
+//! skipped; a NIC deleted and re-added, and a node renumbered, are
+//! followed (the lease names the new address, the peers re-point at it);
+//! a node whose lease is gone can no longer send into the tunnel;
+//! `--ip-masq` hides pods behind the node's IPv6 address toward the
+//! outside only; SIGTERM keeps the data path and `cleanup` removes it;
+//! `twilld status` shows each lease by its IPv6 subnet and PublicIPv6.
+//! Each on 2 hosts with a pod each, whose pings both ways are the positive
+//! control before anything is broken. Peer probing is written but ignored:
+//! an IPv6-only node has no probe targets yet.
 //!
 //! Needs root, `ip`, `bridge`, `nft`, `bash`, `timeout`, `etcd`, `etcdctl`,
 //! `ping` and the workspace binaries; under `CI=true` a missing prerequisite
@@ -24,11 +32,12 @@ use twill_contract::gateway6_of;
 use twill_harness::cluster::{BRIDGE_DEV, IFNAME, VXLAN6_DEV};
 use twill_harness::datapath::lower_link;
 use twill_harness::datapath6::{peer6, wait_leases_held6, wait_owned6, Peer6};
+use twill_harness::pinger::Pinger;
 use twill_harness::probe::{
     nft_table, parse_guard_drops, twilld_status, wait_readyz, EchoCounters,
 };
 use twill_harness::wait::wait_for;
-use twill_harness::{Cluster, Prereqs, CLUSTER_TOOLS};
+use twill_harness::{bins, Cluster, ClusterBuilder, Prereqs, CLUSTER_TOOLS};
 
 const RESYNC_SECS: u64 = 2;
 /// Generous: the machine is shared; a repair that does not happen takes
@@ -55,8 +64,13 @@ fn health_addr() -> SocketAddr {
 /// [`health_addr`]), pod p1 on h1 and p2 on h2 each reaching the other:
 /// the positive control of every test here. Returns p1's and p2's address.
 fn two_hosts(extra: &[&str]) -> (Cluster, Ipv6Addr, Ipv6Addr) {
+    two_hosts_of(builder(extra))
+}
+
+/// The builder of [`two_hosts`], for a test to add to.
+fn builder(extra: &[&str]) -> ClusterBuilder {
     let health = health_addr().to_string();
-    let mut c = Cluster::builder()
+    Cluster::builder()
         .ipv6_only(true)
         .hosts(2)
         .resync_interval(RESYNC_SECS)
@@ -65,8 +79,11 @@ fn two_hosts(extra: &[&str]) -> (Cluster, Ipv6Addr, Ipv6Addr) {
                 .into_iter()
                 .chain(extra.iter().copied()),
         )
-        .build()
-        .unwrap();
+}
+
+/// [`two_hosts`] of the cluster `b` builds.
+fn two_hosts_of(b: ClusterBuilder) -> (Cluster, Ipv6Addr, Ipv6Addr) {
+    let mut c = b.build().unwrap();
     c.start_agents().unwrap();
     c.wait_converged6().unwrap();
     let ip1 = c.add_pod6("h1", "p1").unwrap();
@@ -810,4 +827,154 @@ fn an_own_subnet_taken_by_another_node_moves_us_to_a_new_one_loudly() {
         c.agent_log_tail("h1")
     );
     assert!(c.ping("p2", ip3), "p2 -> p3");
+}
+
+#[test]
+fn a_killed_node_is_forgotten_within_its_lease_ttl() {
+    if !require_prereqs() {
+        return;
+    }
+    const TTL: u64 = 10;
+    let (mut c, _, _) = two_hosts_of(builder(&[]).lease_ttl(TTL));
+    let (p1, _) = both_hold_each_other(&c, "converged");
+    // SIGKILL: h2 can neither release its lease nor touch anything.
+    c.kill_agent("h2").unwrap();
+    // TTL + one resync, plus slack for etcd's expiry sweep on a busy machine.
+    let deadline = Duration::from_secs(TTL + RESYNC_SECS + 8);
+    wait_owned6(&c, "h1", &[], deadline, "h2's lease expired").unwrap();
+    let routes = c.routes6("h1").unwrap();
+    assert!(routes.is_empty(), "h1 still routes: {routes:?}");
+    // h1's own lease was renewed meanwhile (its TTL passed too).
+    let leases = c.leases6().unwrap();
+    assert_eq!(
+        leases.keys().collect::<Vec<_>>(),
+        [&p1.subnet],
+        "{leases:?}"
+    );
+}
+
+#[test]
+fn garbage_ipv6_only_leases_are_ignored() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, _, ip2) = two_hosts(&[]);
+    let (p1, p2) = both_hold_each_other(&c, "converged");
+    let lease = |ip6: &str, mac: &str| {
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    };
+    let half = format!("0.0.0.0-0&{}-80", p1.subnet.network());
+    let garbage: Vec<(&str, String)> = vec![
+        ("0.0.0.0-0&fd00:10:244:fc00::-64", "this is not json {".into()),
+        // Outside fd00:10:244::/48.
+        (
+            "0.0.0.0-0&fd00:99::-64",
+            lease("2001:db8::c9", "0e:81:00:00:00:c9"),
+        ),
+        // A part of h1's live subnet, for another address.
+        (
+            &half,
+            lease("2001:db8::ca", "0e:81:00:00:00:ca"),
+        ),
+        (
+            "0.0.0.0-0&fd00:10:244:fc02::-64",
+            lease("2001:db8::cb", "not-a-mac"),
+        ),
+        (
+            "0.0.0.0-0&fd00:10:244:fc03::-64",
+            lease("banana", "0e:81:00:00:00:cc"),
+        ),
+        // An IPv4 lease, of no use to an IPv6-only cluster.
+        (
+            "10.244.5.0-24",
+            r#"{"PublicIP":"192.0.2.5","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:01:c0:00:02:05"}}"#.into(),
+        ),
+    ];
+    for (k, v) in &garbage {
+        let key = format!("{}/subnets/{k}", c.etcd_prefix());
+        c.etcd().put(&key, v).unwrap();
+    }
+    // 3 s of pings span more than one resync after the garbage came.
+    let summary = Pinger::start(c.pod("p1").unwrap().ns(), ip2, 300, 10)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(summary.lost(), 0, "p1 -> p2 lost packets: {summary:?}");
+    for h in ["h1", "h2"] {
+        assert!(c.agent_running(h), "{h} died\n{}", c.agent_log_tail(h));
+    }
+    // Exactly the real peers' entries and routes: nothing of the garbage.
+    wait_owned6(&c, "h1", &[&p2], HEAL, "garbage ignored").unwrap();
+    wait_owned6(&c, "h2", &[&p1], HEAL, "garbage ignored").unwrap();
+    for (h, peer) in [("h1", &p2), ("h2", &p1)] {
+        let all = c.host(h).unwrap().ns().ip(["-6", "route", "show"]).unwrap();
+        for bad in ["fd00:99::", "fd00:10:244:fc0", "/80"] {
+            assert!(!all.contains(bad), "{h} routes {bad}: {all}");
+        }
+        let routes = c.routes6(h).unwrap();
+        assert!(
+            routes.len() == 1 && routes[0].dst == peer.subnet,
+            "{h}: {routes:?}"
+        );
+        let v4 = c.host(h).unwrap().ns().ip(["-4", "route", "show"]).unwrap();
+        assert!(v4.trim().is_empty(), "{h} has IPv4 routes: {v4}");
+    }
+}
+
+#[test]
+fn sigterm_keeps_the_data_path_and_cleanup_removes_it() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, _, _) = two_hosts(&["--ip-masq"]);
+    let (p1, p2) = both_hold_each_other(&c, "converged");
+    let status = c.stop_agent("h1").unwrap();
+    assert!(status.success(), "twilld on h1 exited with {status}");
+    wait_owned6(&c, "h1", &[&p2], HEAL, "left in place by SIGTERM").unwrap();
+    let gw1 = gateway6_of(p1.subnet);
+    assert!(c.ping("h2", gw1), "h2 -> h1's bridge after SIGTERM");
+    let ns = c.host("h1").unwrap().ns();
+    for (family, table) in [("ip6", "twill"), ("inet", "twill-guard")] {
+        assert!(
+            nft_table(ns, family, table).unwrap().is_some(),
+            "SIGTERM removed table {family} {table}"
+        );
+    }
+
+    let twilld = bins::twilld().unwrap();
+    let subnet_file = c.host("h1").unwrap().subnet_file_path();
+    let out = ns
+        .exec(&[
+            twilld.to_string_lossy().as_ref(),
+            // Never the default /run/twill path: that is the machine's.
+            "--subnet-file",
+            subnet_file.to_string_lossy().as_ref(),
+            "cleanup",
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "twilld cleanup failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links = ns.link_names().unwrap();
+    assert!(
+        !links
+            .iter()
+            .any(|l| l == BRIDGE_DEV || l.starts_with("twill6.")),
+        "twill devices left: {links:?}"
+    );
+    assert!(links.iter().any(|l| l == IFNAME), "eth0 went: {links:?}");
+    let proto77 = ns.ip(["-6", "route", "show", "proto", "77"]).unwrap();
+    assert!(proto77.trim().is_empty(), "twill routes left: {proto77}");
+    let tables = ns.exec_ok(&["nft", "list", "tables"]).unwrap();
+    assert!(!tables.contains("twill"), "tables left: {tables}");
+    assert!(!subnet_file.exists(), "subnet file left");
+    assert!(
+        !c.ping_within("h2", gw1, Duration::from_secs(2)),
+        "h1's bridge still answers"
+    );
 }
