@@ -112,6 +112,23 @@ pub fn twilld_status(ns: &Netns, global: &[&str], sub: &[&str]) -> Result<Output
     ns.exec(&argv)
 }
 
+/// Runs `twilld --subnet-file <host's subnet file> cleanup <extra..>` in
+/// `host`'s namespace (never the default `/run/twill` path: that is the
+/// machine's); an error, with its output, unless it succeeds.
+pub fn twilld_cleanup(c: &Cluster, host: &str, extra: &[&str]) -> Result<()> {
+    let twilld = crate::bins::twilld()?;
+    let h = c.host(host)?;
+    let file = h.subnet_file_path();
+    let mut argv = vec![
+        twilld.to_string_lossy().into_owned(),
+        "--subnet-file".into(),
+        file.to_string_lossy().into_owned(),
+        "cleanup".into(),
+    ];
+    argv.extend(extra.iter().map(|a| a.to_string()));
+    h.ns().exec_ok(&argv).map(drop)
+}
+
 /// `nft list table <family> <name>` in `ns`: the listing, or `None` when
 /// there is no such table.
 pub fn nft_table(ns: &Netns, family: &str, name: &str) -> Result<Option<String>> {

@@ -471,26 +471,7 @@ fn sigterm_keeps_the_data_path_and_cleanup_removes_it() {
     );
     assert!(c.ping("h2", gateway(p[0].subnet)), "h2 -> h1's bridge");
 
-    let twilld = twill_harness::bins::twilld().unwrap();
-    let subnet_file = c.host("h1").unwrap().subnet_file_path();
-    let out = ns
-        .exec(&[
-            twilld.to_string_lossy().as_ref(),
-            // Never the default /run/twill path: that is the machine's.
-            "--subnet-file",
-            subnet_file.to_string_lossy().as_ref(),
-            "cleanup",
-            "--bridge",
-            BRIDGE_DEV,
-        ])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "twilld cleanup failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    twill_harness::probe::twilld_cleanup(&c, "h1", &["--bridge", BRIDGE_DEV]).unwrap();
     let links = ns.ip(["-j", "link", "show"]).unwrap();
     let links: serde_json::Value = serde_json::from_str(&links).unwrap();
     let names: Vec<&str> = links

@@ -34,10 +34,10 @@ use twill_harness::datapath::lower_link;
 use twill_harness::datapath6::{peer6, wait_leases_held6, wait_owned6, Peer6};
 use twill_harness::pinger::Pinger;
 use twill_harness::probe::{
-    nft_table, parse_guard_drops, twilld_status, wait_readyz, EchoCounters,
+    nft_table, parse_guard_drops, twilld_cleanup, twilld_status, wait_readyz, EchoCounters,
 };
 use twill_harness::wait::wait_for;
-use twill_harness::{bins, Cluster, ClusterBuilder, Prereqs, CLUSTER_TOOLS};
+use twill_harness::{Cluster, ClusterBuilder, Prereqs, CLUSTER_TOOLS};
 
 const RESYNC_SECS: u64 = 2;
 /// Generous: the machine is shared; a repair that does not happen takes
@@ -943,23 +943,8 @@ fn sigterm_keeps_the_data_path_and_cleanup_removes_it() {
         );
     }
 
-    let twilld = bins::twilld().unwrap();
     let subnet_file = c.host("h1").unwrap().subnet_file_path();
-    let out = ns
-        .exec(&[
-            twilld.to_string_lossy().as_ref(),
-            // Never the default /run/twill path: that is the machine's.
-            "--subnet-file",
-            subnet_file.to_string_lossy().as_ref(),
-            "cleanup",
-        ])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "twilld cleanup failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    twilld_cleanup(&c, "h1", &[]).unwrap();
     let links = ns.link_names().unwrap();
     assert!(
         !links
