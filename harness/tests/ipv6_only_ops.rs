@@ -30,7 +30,7 @@ use std::time::Duration;
 use ipnet::Ipv6Net;
 use twill_contract::gateway6_of;
 use twill_harness::cluster::{BRIDGE_DEV, IFNAME, VXLAN6_DEV};
-use twill_harness::datapath::lower_link;
+use twill_harness::datapath::{change_lines, lower_link};
 use twill_harness::datapath6::{peer6, wait_leases_held6, wait_owned6, Peer6};
 use twill_harness::pinger::Pinger;
 use twill_harness::probe::{
@@ -962,4 +962,56 @@ fn sigterm_keeps_the_data_path_and_cleanup_removes_it() {
         !c.ping_within("h2", gw1, Duration::from_secs(2)),
         "h1's bridge still answers"
     );
+}
+
+#[test]
+fn a_restarted_agent_changes_nothing_that_is_right() {
+    if !require_prereqs() {
+        return;
+    }
+    let (mut c, ip1, ip2) = two_hosts(&["--ip-masq"]);
+    let (p1, p2) = both_hold_each_other(&c, "converged");
+    let file = std::fs::read_to_string(c.host("h1").unwrap().subnet_file_path()).unwrap();
+    let status = c.stop_agent("h1").unwrap();
+    assert!(status.success(), "twilld on h1 exited with {status}");
+    let offset = c.agent_log("h1").unwrap().len();
+    c.start_agent("h1").unwrap();
+    wait_for(
+        "the restarted agent on h1 to load the lease map",
+        HEAL,
+        || {
+            Ok(c.agent_log("h1")?
+                .get(offset..)
+                .is_some_and(|l| l.contains("loaded lease map"))
+                .then_some(()))
+        },
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    // A resync or two of the new agent as well.
+    std::thread::sleep(Duration::from_secs(2 * RESYNC_SECS + 1));
+    let log = c.agent_log("h1").unwrap();
+    let new_run = &log[offset..];
+    assert!(c.agent_running("h1"), "restarted agent died\n{new_run}");
+    let changes = change_lines(new_run);
+    assert!(
+        changes.is_empty(),
+        "the restarted agent changed a correct data path:\n{}",
+        changes.join("\n")
+    );
+    for said in ["installed ip-masq rules", "wrote the isolation table"] {
+        assert_eq!(count(new_run, said), 0, "{said}:\n{new_run}");
+    }
+    assert!(
+        new_run.contains("reused=true"),
+        "lease not reused:\n{new_run}"
+    );
+    assert_eq!(peer6(&c, "h1").unwrap(), p1, "lease changed");
+    assert_eq!(
+        std::fs::read_to_string(c.host("h1").unwrap().subnet_file_path()).unwrap(),
+        file,
+        "subnet file changed"
+    );
+    wait_owned6(&c, "h1", &[&p2], HEAL, "after the restart").unwrap();
+    both_ways(&c, ip1, ip2, "after the restart");
 }
