@@ -196,7 +196,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
 
     fn lease_retry_log(&self, error: &str) {
         let retry_in = self.lease.deadline().map(|d| d - Instant::now());
-        tracing::error!(error, subnet = %self.lease.lease.subnet, public_ip = %self.underlay.ip, ?retry_in,
+        tracing::error!(error, subnet = %self.lease.lease.subnet, public_ip = %self.underlay.ip,
+            subnet6 = ?self.lease.lease.ipv6_subnet, ?retry_in,
             "cannot re-acquire a lease; the data path stays as it is meanwhile");
     }
 
@@ -333,7 +334,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// underlay has now; replaces a re-acquire in flight, which carries the
     /// old one.
     fn rewrite_own_lease(&mut self, calls: &mut InFlight) {
-        tracing::info!(subnet = %self.lease.lease.subnet, public_ip = %self.underlay.ip, "writing our lease again with the new public IP");
+        tracing::info!(subnet = %self.lease.lease.subnet, public_ip = %self.underlay.ip,
+            subnet6 = ?self.lease.lease.ipv6_subnet, public_ipv6 = ?self.plan.attrs.public_ipv6,
+            "writing our lease again with the new public IP");
         let action = self.lease.step(LeaseInput::LostInWatch, Instant::now());
         if action == LeaseAction::Reacquire || self.lease.phase == LeasePhase::Reacquiring {
             // Our connections to etcd came from the old address: they are
