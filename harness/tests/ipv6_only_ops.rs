@@ -1015,3 +1015,71 @@ fn a_restarted_agent_changes_nothing_that_is_right() {
     wait_owned6(&c, "h1", &[&p2], HEAL, "after the restart").unwrap();
     both_ways(&c, ip1, ip2, "after the restart");
 }
+
+/// `ip link set eth0 down; up` on `host`, with the pings dead between.
+fn flap(c: &Cluster, host: &str, ip2: Ipv6Addr) {
+    let ns = c.host(host).unwrap().ns();
+    ns.ip(["link", "set", IFNAME, "down"]).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !c.ping_within("p1", ip2, Duration::from_secs(1)),
+        "the flap is real"
+    );
+    ns.ip(["link", "set", IFNAME, "up"]).unwrap();
+}
+
+#[test]
+fn a_link_flap_changes_nothing_that_was_right_and_a_flushed_address_is_waited_for() {
+    if !require_prereqs() {
+        return;
+    }
+    let (c, ip1, ip2) = two_hosts(&[]);
+    let (p1, p2) = both_hold_each_other(&c, "converged");
+    wait_ready(&c, "h1", "ready", |s, _| s == 200);
+    let ns = c.host("h1").unwrap().ns();
+    let keep = format!("net.ipv6.conf.{IFNAME}.keep_addr_on_down");
+
+    // The address kept across the flap (keep_addr_on_down=1).
+    ns.exec_ok(&["sysctl", "-q", "-w", &format!("{keep}=1")])
+        .unwrap();
+    let before = change_lines(&c.agent_log("h1").unwrap()).len();
+    flap(&c, "h1", ip2);
+    both_ways(&c, ip1, ip2, "after the flap");
+    wait_owned6(&c, "h1", &[&p2], HEAL, "after the flap").unwrap();
+    // Two resyncs more: still nothing to change.
+    std::thread::sleep(Duration::from_secs(2 * RESYNC_SECS + 1));
+    let log = c.agent_log("h1").unwrap();
+    let changes = change_lines(&log);
+    assert_eq!(
+        changes[before..],
+        [] as [&str; 0],
+        "churn after a flap:\n{log}"
+    );
+    assert_eq!(peer6(&c, "h1").unwrap(), p1, "lease changed");
+    assert_eq!(count(&log, "underlay changed"), 0, "{log}");
+    assert_eq!(count(&log, "underlay interface gone"), 0, "{log}");
+
+    // The kernel's default (keep_addr_on_down=0): the flap flushes the
+    // global address; the agent waits for it, unready, until the network's
+    // configuration puts it back (as SLAAC or DHCPv6 would).
+    ns.exec_ok(&["sysctl", "-q", "-w", &format!("{keep}=0")])
+        .unwrap();
+    flap(&c, "h1", ip2);
+    wait_ready(&c, "h1", "says the underlay has no address", |s, b| {
+        s == 503 && b.contains("underlay interface gone or without an address")
+    });
+    let addr = Ipv6Net::new(p1.public_ip, 64).unwrap().to_string();
+    ns.ip(["-6", "addr", "add", &addr, "dev", IFNAME, "nodad"])
+        .unwrap();
+    both_ways(&c, ip1, ip2, "after the address came back");
+    wait_ready(&c, "h1", "ready again", |s, _| s == 200);
+    assert_eq!(peer6(&c, "h1").unwrap(), p1, "lease changed");
+    wait_owned6(&c, "h2", &[&p1], HEAL, "h1's address back").unwrap();
+    let log = c.agent_log("h1").unwrap();
+    assert_eq!(count(&log, "underlay interface is back"), 1, "{log}");
+    assert_eq!(
+        count(&log, "writing our lease again"),
+        0,
+        "same address: no etcd write\n{log}"
+    );
+}
