@@ -9,6 +9,9 @@
 //! killed node is forgotten after its lease TTL; garbage leases are
 //! skipped; a NIC deleted and re-added, and a node renumbered, are
 //! followed (the lease names the new address, the peers re-point at it);
+//! a link flap changes nothing (or, when the kernel flushed the address,
+//! is waited out), and in host-gw mode puts back the routes the kernel
+//! dropped; a restarted agent changes nothing that is right;
 //! a node whose lease is gone can no longer send into the tunnel;
 //! `--ip-masq` hides pods behind the node's IPv6 address toward the
 //! outside only; SIGTERM keeps the data path and `cleanup` removes it;
@@ -29,7 +32,7 @@ use std::time::Duration;
 
 use ipnet::Ipv6Net;
 use twill_contract::gateway6_of;
-use twill_harness::cluster::{BRIDGE_DEV, IFNAME, VXLAN6_DEV};
+use twill_harness::cluster::{BRIDGE_DEV, IFNAME, IPV6_ONLY_HOST_GW_CONFIG, VXLAN6_DEV};
 use twill_harness::datapath::{change_lines, lower_link};
 use twill_harness::datapath6::{peer6, wait_leases_held6, wait_owned6, Peer6};
 use twill_harness::pinger::Pinger;
@@ -1082,4 +1085,46 @@ fn a_link_flap_changes_nothing_that_was_right_and_a_flushed_address_is_waited_fo
         0,
         "same address: no etcd write\n{log}"
     );
+}
+
+#[test]
+fn a_link_flap_in_host_gw_mode_restores_the_routes_the_kernel_dropped() {
+    if !require_prereqs() {
+        return;
+    }
+    let (c, ip1, ip2) = two_hosts_of(
+        builder(&[])
+            .network_config(IPV6_ONLY_HOST_GW_CONFIG)
+            // No resync within the test: the link events alone must heal.
+            .resync_interval(3600),
+    );
+    let ns = c.host("h1").unwrap().ns();
+    ns.exec_ok(&[
+        "sysctl",
+        "-q",
+        "-w",
+        &format!("net.ipv6.conf.{IFNAME}.keep_addr_on_down=1"),
+    ])
+    .unwrap();
+    let routes = c.wait_routes6("h1").unwrap();
+    assert_eq!(routes.len(), 1, "h1 routes h2's subnet via h2: {routes:?}");
+    assert_eq!(routes[0].dev, IFNAME, "{routes:?}");
+
+    ns.ip(["link", "set", IFNAME, "down"]).unwrap();
+    wait_for(
+        "the kernel to drop h1's routes through the downed eth0",
+        HEAL,
+        || Ok(c.routes6("h1")?.is_empty().then_some(())),
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    ns.ip(["link", "set", IFNAME, "up"]).unwrap();
+    wait_for(
+        "h1's routes to be back",
+        HEAL,
+        || Ok((c.routes6("h1")? == routes).then_some(())),
+        || c.agent_log_tail("h1"),
+    )
+    .unwrap();
+    both_ways(&c, ip1, ip2, "after the flap");
 }
