@@ -30,7 +30,14 @@ use twill_harness::capture::in_netns;
 use twill_harness::wait::wait_for;
 use twill_harness::{Netns, Prereqs};
 
-const CONFIG: &[u8] = br#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#;
+/// The cluster's config with `backend` (the `Backend` object).
+fn config(backend: &str) -> String {
+    format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{backend}}}"#
+    )
+}
+const VXLAN: &str = r#"{"Type":"vxlan"}"#;
+const HOST_GW: &str = r#"{"Type":"host-gw"}"#;
 /// The probe interval: verdicts come within 3 of them.
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Generous, for a loaded machine: waits poll until the condition holds.
@@ -60,14 +67,15 @@ fn lease6(subnet6: Ipv6Net, attrs: subnet_allocator::LeaseAttrs) -> Lease {
 /// devices for its lease, the IPv6 entries for the peer's lease (whose
 /// attributes are those the peer's plan publishes). Returns the plan's pod
 /// MTU and the remote nodes.
-fn data_path(me: &Node, peer: &Node) -> (u32, Vec<RemoteNode6>) {
+fn data_path(me: &Node, peer: &Node, backend: &str) -> (u32, Vec<RemoteNode6>) {
     let (subnet6, peer_subnet6, peer_ip6) = (me.subnet6, peer.subnet6, peer.ip6);
+    let config = config(backend);
     in_netns(&me.ns.path(), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let r: Result<_, Box<dyn std::error::Error + Send + Sync>> = rt.block_on(async {
-            let cfg = NetworkConfig::parse(CONFIG)?;
+            let cfg = NetworkConfig::parse(config.as_bytes())?;
             let dp = NetlinkDatapath::connect()?;
             let snap = Kernel::connect()?.underlay_snapshot(None, false).await?;
             let found = choose_ipv6(&UnderlaySelect::named(Some("eth0")), None, &snap)?;
@@ -107,8 +115,8 @@ fn data_path(me: &Node, peer: &Node) -> (u32, Vec<RemoteNode6>) {
     .unwrap()
 }
 
-/// Two IPv6-only nodes on one veth, each with its data path.
-fn two_nodes() -> (Node, Node, u32, Vec<RemoteNode6>) {
+/// Two IPv6-only nodes on one veth, each with its data path for `backend`.
+fn two_nodes(backend: &str) -> (Node, Node, u32, Vec<RemoteNode6>) {
     let a = Node {
         ns: Netns::unique("pa").unwrap(),
         subnet6: "fd00:10:244:1::/64".parse().unwrap(),
@@ -132,8 +140,8 @@ fn two_nodes() -> (Node, Node, u32, Vec<RemoteNode6>) {
             .unwrap();
         n.ns.ip(["link", "set", "eth0", "up"]).unwrap();
     }
-    let (mtu, nodes) = data_path(&a, &b);
-    data_path(&b, &a);
+    let (mtu, nodes) = data_path(&a, &b, backend);
+    data_path(&b, &a, backend);
     (a, b, mtu, nodes)
 }
 
@@ -221,7 +229,7 @@ fn icmpv6_probes_find_a_lost_peer_and_an_mtu_blackhole_and_see_both_repaired() {
     if !Prereqs::new().root().tools(&["ip", "nft"]).require() {
         return;
     }
-    let (a, b, mtu, nodes) = two_nodes();
+    let (a, b, mtu, nodes) = two_nodes(VXLAN);
     assert_eq!(mtu, 1430, "VXLAN over IPv6 on a 1500-byte underlay");
     let targets = twill::probe::targets6(a.subnet6, &nodes);
     assert_eq!(targets.len(), 1);
@@ -350,6 +358,61 @@ fn icmpv6_probes_find_a_lost_peer_and_an_mtu_blackhole_and_see_both_repaired() {
 
     b.ns.ip(["link", "set", "eth0", "mtu", "1500"]).unwrap();
     wait_peer(&t, subnet, "MTU fine again", |p| {
+        p.reachable == Some(true) && p.mtu_ok == Some(true)
+    });
+
+    drop(tx);
+    prober.join().unwrap().unwrap();
+}
+
+/// host-gw: probes go from bridge gateway to bridge gateway (`<subnet6>::1`)
+/// over the plain IPv6 route via the peer's public address.
+#[test]
+fn host_gw_ipv6_peers_are_probed_gateway_to_gateway() {
+    if !Prereqs::new().root().tools(&["ip", "nft"]).require() {
+        return;
+    }
+    let (a, b, mtu, nodes) = two_nodes(HOST_GW);
+    assert_eq!(mtu, 1500, "host-gw: the underlay's MTU");
+    let targets = twill::probe::targets6(a.subnet6, &nodes);
+    assert_eq!(targets.len(), 1);
+    assert_eq!(
+        targets[0].src,
+        "fd00:10:244:1::1".parse::<Ipv6Addr>().unwrap()
+    );
+    assert_eq!(
+        targets[0].dst,
+        "fd00:10:244:2::1".parse::<Ipv6Addr>().unwrap()
+    );
+    let subnet = "fd00:10:244:2::/64";
+    let r6 = a.ns.ip(["-6", "route", "show", subnet]).unwrap();
+    assert!(r6.contains(&format!("via {} dev eth0", b.ip6)), "{r6}");
+
+    let t = Arc::new(Telemetry::new());
+    let (tx, rx) = watch::channel(PeerSet { mtu, targets });
+    let prober = start_prober(&a.ns, t.clone(), rx);
+    wait_peer(&t, subnet, "peer reachable with mtu_ok", |p| {
+        p.reachable == Some(true) && p.mtu_ok == Some(true) && p.rtt_seconds.is_some()
+    });
+
+    nft(
+        &b.ns,
+        &["-f", "-"],
+        Some(&format!(
+            "table inet {BREAK_TABLE} {{
+  chain input {{
+    type filter hook input priority 0;
+    ip6 daddr fd00:10:244:2::1 icmpv6 type echo-request counter drop comment \"drop\"
+  }}
+}}"
+        )),
+    );
+    wait_peer(&t, subnet, "peer unreachable", |p| {
+        p.reachable == Some(false)
+    });
+    assert!(counted(&b.ns, "drop") > 0, "the probes reached the drop");
+    nft(&b.ns, &["delete", "table", "inet", BREAK_TABLE], None);
+    wait_peer(&t, subnet, "peer back", |p| {
         p.reachable == Some(true) && p.mtu_ok == Some(true)
     });
 
