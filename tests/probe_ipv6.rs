@@ -224,23 +224,45 @@ fn counted(ns: &Netns, name: &str) -> u64 {
     after.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// Two nodes with the data path of `backend`, and node a's peer set: one
+/// target, probed from `src` to `dst`, at the pod MTU `mtu`.
+fn one_peer(backend: &str, mtu: u32, src: &str, dst: &str) -> (Node, Node, PeerSet) {
+    let (a, b, pod_mtu, nodes) = two_nodes(backend);
+    assert_eq!(pod_mtu, mtu, "{backend}");
+    let targets = twill::probe::targets6(a.subnet6, &nodes);
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].src, src.parse::<Ipv6Addr>().unwrap());
+    assert_eq!(targets[0].dst, dst.parse::<Ipv6Addr>().unwrap());
+    (a, b, PeerSet { mtu, targets })
+}
+
+/// Starts probing `set` from `a` and waits for the positive control: the
+/// peer `subnet` answered, with a round-trip time, full-size probes too.
+fn probe_until_healthy(
+    a: &Node,
+    set: PeerSet,
+    subnet: &str,
+) -> (
+    Arc<Telemetry>,
+    watch::Sender<PeerSet>,
+    std::thread::JoinHandle<twill_harness::Result<()>>,
+) {
+    let t = Arc::new(Telemetry::new());
+    let (tx, rx) = watch::channel(set);
+    let prober = start_prober(&a.ns, t.clone(), rx);
+    wait_peer(&t, subnet, "peer reachable with mtu_ok", |p| {
+        p.reachable == Some(true) && p.mtu_ok == Some(true) && p.rtt_seconds.is_some()
+    });
+    (t, tx, prober)
+}
+
 #[test]
 fn icmpv6_probes_find_a_lost_peer_and_an_mtu_blackhole_and_see_both_repaired() {
     if !Prereqs::new().root().tools(&["ip", "nft"]).require() {
         return;
     }
-    let (a, b, mtu, nodes) = two_nodes(VXLAN);
-    assert_eq!(mtu, 1430, "VXLAN over IPv6 on a 1500-byte underlay");
-    let targets = twill::probe::targets6(a.subnet6, &nodes);
-    assert_eq!(targets.len(), 1);
-    assert_eq!(
-        targets[0].src,
-        "fd00:10:244:1::".parse::<Ipv6Addr>().unwrap()
-    );
-    assert_eq!(
-        targets[0].dst,
-        "fd00:10:244:2::".parse::<Ipv6Addr>().unwrap()
-    );
+    // VXLAN over IPv6 on a 1500-byte underlay: 1430.
+    let (a, b, set) = one_peer(VXLAN, 1430, "fd00:10:244:1::", "fd00:10:244:2::");
     let subnet = "fd00:10:244:2::/64";
 
     // Counters in the peer: full-size echo requests (payload 1430 - 40)
@@ -259,14 +281,8 @@ fn icmpv6_probes_find_a_lost_peer_and_an_mtu_blackhole_and_see_both_repaired() {
         )),
     );
 
-    let t = Arc::new(Telemetry::new());
-    let (tx, rx) = watch::channel(PeerSet { mtu, targets });
-    let prober = start_prober(&a.ns, t.clone(), rx);
-
     // Positive control: answered, with a round-trip time, full-size too.
-    wait_peer(&t, subnet, "peer reachable with mtu_ok", |p| {
-        p.reachable == Some(true) && p.mtu_ok == Some(true) && p.rtt_seconds.is_some()
-    });
+    let (t, tx, prober) = probe_until_healthy(&a, set, subnet);
     assert!(counted(&b.ns, "big") > 0, "full-size probes arrive whole");
     assert!(counted(&b.ns, "small") > 0);
     let metrics = t.encode();
@@ -372,28 +388,13 @@ fn host_gw_ipv6_peers_are_probed_gateway_to_gateway() {
     if !Prereqs::new().root().tools(&["ip", "nft"]).require() {
         return;
     }
-    let (a, b, mtu, nodes) = two_nodes(HOST_GW);
-    assert_eq!(mtu, 1500, "host-gw: the underlay's MTU");
-    let targets = twill::probe::targets6(a.subnet6, &nodes);
-    assert_eq!(targets.len(), 1);
-    assert_eq!(
-        targets[0].src,
-        "fd00:10:244:1::1".parse::<Ipv6Addr>().unwrap()
-    );
-    assert_eq!(
-        targets[0].dst,
-        "fd00:10:244:2::1".parse::<Ipv6Addr>().unwrap()
-    );
+    // host-gw: the underlay's MTU.
+    let (a, b, set) = one_peer(HOST_GW, 1500, "fd00:10:244:1::1", "fd00:10:244:2::1");
     let subnet = "fd00:10:244:2::/64";
     let r6 = a.ns.ip(["-6", "route", "show", subnet]).unwrap();
     assert!(r6.contains(&format!("via {} dev eth0", b.ip6)), "{r6}");
 
-    let t = Arc::new(Telemetry::new());
-    let (tx, rx) = watch::channel(PeerSet { mtu, targets });
-    let prober = start_prober(&a.ns, t.clone(), rx);
-    wait_peer(&t, subnet, "peer reachable with mtu_ok", |p| {
-        p.reachable == Some(true) && p.mtu_ok == Some(true) && p.rtt_seconds.is_some()
-    });
+    let (t, tx, prober) = probe_until_healthy(&a, set, subnet);
 
     nft(
         &b.ns,
