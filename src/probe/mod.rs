@@ -76,6 +76,17 @@ pub struct PeerSet {
     pub targets: Vec<Target>,
 }
 
+/// Hands the prober `set` through `tx`, waking it only when the set
+/// changed; returns whether it did. The agent's publishing of IPv4 peers
+/// ([`targets`]) and of an IPv6-only cluster's ([`targets6`]) alike.
+pub fn publish(tx: &watch::Sender<PeerSet>, set: PeerSet) -> bool {
+    tx.send_if_modified(|s| {
+        let changed = *s != set;
+        *s = set;
+        changed
+    })
+}
+
 /// The probe targets for the remote nodes of a node leasing `own`: through
 /// the tunnel VTEP to VTEP, on a direct route gateway to gateway.
 pub fn targets(own: Ipv4Net, nodes: &[RemoteNode]) -> Vec<Target> {

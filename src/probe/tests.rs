@@ -347,3 +347,20 @@ async fn ipv6_peers_get_the_same_verdicts() {
         "{metrics}"
     );
 }
+
+#[test]
+fn publishing_wakes_the_prober_only_on_a_change() {
+    let (tx, mut rx) = watch::channel(PeerSet::default());
+    rx.borrow_and_update();
+    let own: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+    let set = PeerSet {
+        mtu: 1430,
+        targets: targets6(own, &[node6(2, Path::Direct)]),
+    };
+    assert!(publish(&tx, set.clone()));
+    assert!(rx.has_changed().unwrap());
+    rx.borrow_and_update();
+    assert!(!publish(&tx, set.clone()), "the same set again");
+    assert!(!rx.has_changed().unwrap());
+    assert!(publish(&tx, PeerSet { mtu: 1400, ..set }));
+}
