@@ -3,10 +3,13 @@
 //! IPv6 addresses, each with the data path twill builds for it
 //! (`Plan::ipv6_only`, `ensure_devices`, `remote_nodes6`/`desired_state6`
 //! applied), and the prober running in the first one with the targets of
-//! `targets6`. The path is broken the way real ones break: nft drops the
-//! ICMPv6 echo requests in the peer's namespace, the MTU of the peer's
-//! underlay port shrinks; each time the verdict comes, and goes once the
-//! path is repaired. Needs root, `ip` and `nft`.
+//! `targets6`, vxlan (`twill6.<VNI>` address to address) and host-gw
+//! (bridge gateway to bridge gateway). The path is broken the way real ones
+//! break: nft drops the ICMPv6 echo requests in the peer's namespace, the
+//! MTU of the peer's underlay port shrinks; each time the verdict comes,
+//! and goes once the path is repaired; a smaller MTU on the route makes the
+//! full-size probe refused, never fragmented. Needs root, `ip`, `nft` and
+//! `ping`.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -258,7 +261,11 @@ fn probe_until_healthy(
 
 #[test]
 fn icmpv6_probes_find_a_lost_peer_and_an_mtu_blackhole_and_see_both_repaired() {
-    if !Prereqs::new().root().tools(&["ip", "nft"]).require() {
+    if !Prereqs::new()
+        .root()
+        .tools(&["ip", "nft", "ping"])
+        .require()
+    {
         return;
     }
     // VXLAN over IPv6 on a 1500-byte underlay: 1430.
@@ -276,6 +283,7 @@ fn icmpv6_probes_find_a_lost_peer_and_an_mtu_blackhole_and_see_both_repaired() {
     type filter hook input priority 0;
     ip6 length 1390 icmpv6 type echo-request counter comment \"big\"
     ip6 length 24 icmpv6 type echo-request counter comment \"small\"
+    exthdr frag exists counter comment \"fragments\"
   }}
 }}"
         )),
@@ -376,6 +384,56 @@ fn icmpv6_probes_find_a_lost_peer_and_an_mtu_blackhole_and_see_both_repaired() {
     wait_peer(&t, subnet, "MTU fine again", |p| {
         p.reachable == Some(true) && p.mtu_ok == Some(true)
     });
+
+    // A smaller MTU on this node's route to the peer (what a "packet too
+    // big" leaves cached): the full-size probe is refused, never sent in
+    // fragments.
+    let route = a.ns.ip(["-6", "route", "show", subnet]).unwrap();
+    let route: Vec<&str> = route.split_whitespace().collect();
+    assert!(route.contains(&"twill6.1"), "{route:?}");
+    let with_mtu = |mtu: Option<&str>| {
+        let mut args = vec!["-6", "route", "replace"];
+        args.extend(route.iter().copied());
+        args.extend(mtu.map(|m| ["mtu", m]).into_iter().flatten());
+        a.ns.ip(args).unwrap();
+    };
+    with_mtu(Some("1300"));
+    wait_peer(&t, subnet, "MTU too small on the route", |p| {
+        p.reachable == Some(true) && p.mtu_ok == Some(false)
+    });
+    assert_eq!(counted(&b.ns, "fragments"), 0, "no probe was fragmented");
+    let failure = view(&t).peers[0].last_failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("larger than this node's route MTU"),
+        "{failure}"
+    );
+    with_mtu(None);
+    wait_peer(&t, subnet, "MTU fine again after the route's", |p| {
+        p.reachable == Some(true) && p.mtu_ok == Some(true)
+    });
+    assert_eq!(counted(&b.ns, "fragments"), 0);
+    // Control: the counter sees fragments. A 2000-byte ping without
+    // don't-fragment leaves in two.
+    let ping =
+        a.ns.exec(&[
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "10",
+            "-s",
+            "2000",
+            "-I",
+            "fd00:10:244:1::",
+            "fd00:10:244:2::",
+        ])
+        .unwrap();
+    assert!(ping.status.success(), "{ping:?}");
+    assert!(
+        counted(&b.ns, "fragments") >= 2,
+        "the fragment counter counts"
+    );
 
     drop(tx);
     prober.join().unwrap().unwrap();

@@ -129,8 +129,8 @@ impl RawSocket {
         })
     }
 
-    /// Sends one packet; the kernel refuses one bigger than the outgoing
-    /// device's MTU (EMSGSIZE) rather than fragmenting it.
+    /// Sends one packet; the kernel refuses one bigger than the route's
+    /// MTU (EMSGSIZE) rather than fragmenting it.
     pub(super) fn send(&self, to: SocketAddr, packet: &[u8]) -> std::io::Result<()> {
         match self.sock.try_send_to(packet, to) {
             Ok(_) => Ok(()),

@@ -1,11 +1,11 @@
 //! ICMPv6 echo probes, the IPv6 twin of `icmp.rs`: the packets (built and
 //! parsed here, pure) and the raw ICMPv6 socket they go out on. The IPv6
 //! header is ours (`IPV6_HDRINCL`), as the IPv4 one is: every probe carries
-//! the source address pod traffic uses, and a full-size probe is checked
-//! against the outgoing device's MTU only, whatever path MTU the kernel has
-//! cached, and refused (EMSGSIZE) rather than fragmented. The kernel does
-//! not fill in the ICMPv6 checksum of a packet with our own header, so it
-//! is computed here, over RFC 8200's pseudo-header.
+//! the source address pod traffic uses, and the kernel never fragments it:
+//! a full-size probe bigger than the outgoing device's MTU, or than the
+//! route's (a path MTU the kernel has cached), is refused (EMSGSIZE). The
+//! kernel does not fill in the ICMPv6 checksum of a packet with our own
+//! header, so it is computed here, over RFC 8200's pseudo-header.
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -80,8 +80,7 @@ impl EchoSocket6 {
     }
 
     /// Sends one packet built by [`build_echo6`]; the kernel refuses one
-    /// bigger than the outgoing device's MTU (EMSGSIZE) rather than
-    /// fragmenting it.
+    /// bigger than the route's MTU (EMSGSIZE) rather than fragmenting it.
     pub fn send(&self, dst: Ipv6Addr, packet: &[u8]) -> std::io::Result<()> {
         self.0.send(SocketAddrV6::new(dst, 0, 0, 0).into(), packet)
     }
