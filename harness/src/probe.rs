@@ -4,7 +4,7 @@
 //! ping loop that opens a new flow per packet (so NAT rules are needed for
 //! every packet, not only for the first of a conntrack entry).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -57,7 +57,9 @@ pub fn parse_http_response(raw: &str) -> Result<HttpResponse> {
 }
 
 /// `GET path` on `ip:port` from inside `ns`, with bash's `/dev/tcp`.
-pub fn http_get(ns: &Netns, ip: Ipv4Addr, port: u16, path: &str) -> Result<HttpResponse> {
+/// `ip` of either family (an IPv6-only namespace has only `::1`).
+pub fn http_get(ns: &Netns, ip: impl Into<IpAddr>, port: u16, path: &str) -> Result<HttpResponse> {
+    let ip = ip.into();
     // The path goes in as "$1", never into the script text.
     let script = format!(
         "exec 3<>/dev/tcp/{ip}/{port} || exit 7; printf 'GET %s HTTP/1.0\\r\\n\\r\\n' \"$1\" >&3; cat <&3"
