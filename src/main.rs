@@ -143,9 +143,12 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
         None => None,
     };
     let probe_of = |l: &subnet_allocator::Lease| {
-        peers
-            .as_ref()
-            .map(|v| twill::probe::client::column(v, &shown(l).0))
+        peers.as_ref().map(|v| {
+            twill::probe::client::column(
+                v,
+                &twill::probe::client::peer_key((l.subnet, l.ipv6_subnet)),
+            )
+        })
     };
     if json {
         let v: Vec<serde_json::Value> = rows

@@ -42,21 +42,26 @@ impl Mac {
         Mac([0x0e, (vni & 0xff) as u8, ip[0], ip[1], ip[2], ip[3]])
     }
 
-    /// The same for the VTEP on the IPv6 underlay: the address folded into
-    /// four bytes, and a second byte that keeps it apart from `for_vtep`.
+    /// The same for the VTEP on the IPv6 underlay. Two VTEPs must never
+    /// share a MAC: the kernel drops VXLAN frames whose inner source is its
+    /// own device's MAC, so such a pair of nodes cannot talk. An IPv6
+    /// address has 128 bits and a MAC 46 free ones, so it is laid out as:
+    /// the address's last four bytes, XORed with a hash of the rest and the
+    /// VNI (nodes of one subnet share the rest, so those four bytes tell
+    /// them apart without fail), and seven more bits of that hash in the
+    /// second byte, whose top bit keeps it apart from `for_vtep` (VNIs below
+    /// 128). (An XOR fold of the whole address, the earlier rule, gave
+    /// `2001:db8::2` and `2001:db8:0:1::3` one MAC.)
     pub fn for_vtep6(public_ipv6: Ipv6Addr, vni: u32) -> Mac {
         let o = public_ipv6.octets();
-        let mut folded = [0u8; 4];
-        for (i, b) in o.iter().enumerate() {
-            folded[i % 4] ^= b;
-        }
+        let h = fnv1a64(o[..12].iter().chain(vni.to_be_bytes().iter())).to_be_bytes();
         Mac([
             0x0e,
-            0x80 | (vni & 0x7f) as u8,
-            folded[0],
-            folded[1],
-            folded[2],
-            folded[3],
+            0x80 | (h[4] & 0x7f),
+            o[12] ^ h[0],
+            o[13] ^ h[1],
+            o[14] ^ h[2],
+            o[15] ^ h[3],
         ])
     }
 
@@ -80,6 +85,14 @@ impl Mac {
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms (a VTEP MAC must
+/// survive upgrades), unlike the standard library's hasher.
+fn fnv1a64<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl fmt::Display for Mac {
@@ -137,6 +150,35 @@ mod tests {
         assert_eq!(m.0[0] & 2, 2);
         assert_ne!(m, Mac::for_vtep6("2001:db8::8".parse().unwrap(), 1));
         assert_ne!(m, Mac::for_vtep(ip("192.0.2.7"), 1));
+    }
+
+    #[test]
+    fn vtep6_macs_of_many_nodes_never_collide() {
+        use std::collections::HashSet;
+        let mut seen = HashSet::new();
+        // 64 subnets of 256 nodes each (same interface IDs in every
+        // subnet, which a fold of the address confused), two VNIs.
+        for vni in [1, 2] {
+            for subnet in 0..64u16 {
+                for host in 1..=256u16 {
+                    let ip = Ipv6Addr::new(0x2001, 0xdb8, 0, subnet, 0, 0, 0, host);
+                    let m = Mac::for_vtep6(ip, vni);
+                    assert!(seen.insert(m), "{ip} vni {vni}: {m} taken");
+                    assert_eq!(m.0[1] & 0x80, 0x80, "apart from for_vtep");
+                }
+            }
+        }
+        // The pair that broke a DirectRouting cluster.
+        assert_ne!(
+            Mac::for_vtep6("2001:db8::2".parse().unwrap(), 1),
+            Mac::for_vtep6("2001:db8:0:1::3".parse().unwrap(), 1)
+        );
+        // Pinned (computed apart, in Python): a change of the rule changes
+        // every IPv6 VTEP MAC in every lease at the next start.
+        assert_eq!(
+            Mac::for_vtep6("2001:db8::7".parse().unwrap(), 1).to_string(),
+            "0e:a3:f9:71:61:b0"
+        );
     }
 
     #[test]

@@ -60,8 +60,8 @@ pub fn parse_http_response(raw: &str) -> Result<HttpResponse> {
     Ok(HttpResponse { status, body })
 }
 
-/// `GET path` on `ip:port` (either family) from inside `ns`, with bash's
-/// `/dev/tcp`.
+/// `GET path` on `ip:port` from inside `ns`, with bash's `/dev/tcp`.
+/// `ip` of either family (an IPv6-only namespace has only `::1`).
 pub fn http_get(ns: &Netns, ip: impl Into<IpAddr>, port: u16, path: &str) -> Result<HttpResponse> {
     let ip = ip.into();
     // The path goes in as "$1", never into the script text.

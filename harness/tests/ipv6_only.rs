@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use twill_harness::cluster::{
 };
 use twill_harness::datapath6::wait_leases_held6;
 use twill_harness::pinger::Pinger;
+use twill_harness::wait::wait_for;
 use twill_harness::{require_cluster, Cluster};
 
 /// The underlay's MTU (veth default) and what VXLAN over IPv6 leaves of it.
@@ -67,6 +69,78 @@ fn ipv6_only_host_gw_cluster_end_to_end() {
         return;
     }
     scenario(Backend::HostGw);
+}
+
+/// DirectRouting over an IPv6-only underlay: h1 and h2 share the underlay
+/// prefix `2001:db8::/64` and route to each other via their `PublicIPv6`;
+/// h3, on the same wire but in `2001:db8:0:1::/64`, is reached through
+/// `twill6.1`. Pods on all three reach each other.
+#[test]
+fn ipv6_only_direct_routing_routes_on_link_peers_directly() {
+    if !require_cluster() {
+        return;
+    }
+    let config = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let mut c = Cluster::builder()
+        .ipv6_only(true)
+        .network_config(config)
+        .hosts(2)
+        .build()
+        .unwrap();
+    let h3_net: Ipv6Net = "2001:db8:0:1::3/64".parse().unwrap();
+    let h3 = c.add_host_at(h3_net, "ul0").unwrap();
+    // One wire, two prefixes: each side (etcd's namespace too) reaches the
+    // other prefix on-link.
+    c.underlay()
+        .ip(["-6", "route", "add", "2001:db8:0:1::/64", "dev", "ul0"])
+        .unwrap();
+    for (h, other) in [
+        ("h1", "2001:db8:0:1::/64"),
+        ("h2", "2001:db8:0:1::/64"),
+        (h3.as_str(), "2001:db8::/64"),
+    ] {
+        c.host(h)
+            .unwrap()
+            .ns()
+            .ip(["-6", "route", "add", other, "dev", "eth0"])
+            .unwrap();
+    }
+    c.start_agents().unwrap();
+    c.wait_leases6(3).unwrap();
+    let s = |h: &str| c.wait_subnet6(h).unwrap();
+    let ip6 = |h: &str| c.host(h).unwrap().ipv6().unwrap();
+    let want = |from: &str| -> BTreeMap<Ipv6Net, (String, Ipv6Addr)> {
+        let mut m = BTreeMap::new();
+        for to in ["h1", "h2", h3.as_str()].into_iter().filter(|t| *t != from) {
+            let on_link = from != h3 && to != h3;
+            let via = match on_link {
+                true => ("eth0".to_owned(), ip6(to)),
+                false => (VXLAN6_DEV.to_owned(), s(to).network()),
+            };
+            m.insert(s(to), via);
+        }
+        m
+    };
+    for h in ["h1", "h2", h3.as_str()] {
+        let want = want(h);
+        wait_for(
+            &format!("{h}'s DirectRouting routes"),
+            Duration::from_secs(30),
+            || {
+                let got: BTreeMap<Ipv6Net, (String, Ipv6Addr)> = c
+                    .routes6(h)?
+                    .into_iter()
+                    .filter_map(|r| Some((r.dst, (r.dev, r.gateway?))))
+                    .collect();
+                Ok((got == want).then_some(()))
+            },
+            || format!("want {want:?}; routes {:?}", c.routes6(h)),
+        )
+        .unwrap();
+    }
+    add_pods(&mut c, &["h1", "h2", h3.as_str()]);
+    assert_no_ipv4(&c, "with a host on another prefix");
+    assert_all_pairs(&c, "DirectRouting, 3 hosts x 2 pods");
 }
 
 fn scenario(backend: Backend) {

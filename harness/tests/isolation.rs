@@ -342,6 +342,29 @@ impl Tunnel {
     }
 }
 
+/// [`Tunnel`] over the IPv6 underlay.
+struct Tunnel6 {
+    to_ip: Ipv6Addr,
+    to_mac: Mac,
+    vtep_mac: Mac,
+}
+
+impl Tunnel6 {
+    fn frame(
+        &self,
+        from_mac: Mac,
+        src: Ipv6Addr,
+        inner_src: Ipv6Addr,
+        inner_dst: Ipv6Addr,
+        dport: u16,
+    ) -> Vec<u8> {
+        let inner_ip = frame::udp6(inner_src, inner_dst, 40000, dport, b"twill-isolation");
+        let inner = frame::eth(self.vtep_mac, [0x0e, 0, 0, 0, 0, 1], 0x86dd, &inner_ip);
+        let outer = frame::udp6(src, self.to_ip, 41000, VXLAN_PORT, &frame::vxlan(1, &inner));
+        frame::eth(self.to_mac, from_mac, 0x86dd, &outer)
+    }
+}
+
 #[test]
 fn the_tunnel_accepts_vxlan_only_from_current_members() {
     if !require_prereqs() {
@@ -877,10 +900,35 @@ fn the_ipv6_tunnel_accepts_vxlan_only_from_members() {
     c.wait_leases(2).unwrap();
     c.add_pod("h1", "p1").unwrap();
     c.add_pod("h2", "p2").unwrap();
+    let underlay6 = ["2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::3"].map(|a| a.parse().unwrap());
+    only_members_over_ipv6(&c, underlay6);
+}
+
+/// The same in an IPv6-only cluster on an IPv6-only underlay (no IPv4
+/// address anywhere): the tunnel's members are the `PublicIPv6` of the
+/// IPv6-only leases.
+#[test]
+fn the_ipv6_only_tunnel_accepts_vxlan_only_from_members() {
+    if !require_prereqs() {
+        return;
+    }
+    let mut c = Cluster::builder().ipv6_only(true).hosts(3).build().unwrap();
+    c.start_agent("h1").unwrap();
+    c.start_agent("h2").unwrap();
+    c.wait_leases6(2).unwrap();
+    c.add_pod6("h1", "p1").unwrap();
+    c.add_pod6("h2", "p2").unwrap();
+    let underlay6 = ["h1", "h2", "h3"].map(|h| c.host(h).unwrap().ipv6().unwrap());
+    only_members_over_ipv6(&c, underlay6);
+}
+
+/// h1 and h2 run agents with pods p1 and p2, h3 none; `[h1, h2, h3]` are
+/// their IPv6 underlay addresses. A forged VXLAN frame from h3 to h2 is
+/// dropped; the same frame from a member arrives (the positive control).
+fn only_members_over_ipv6(c: &Cluster, [h1_6, h2_6, h3_6]: [Ipv6Addr; 3]) {
     let (p1, p2) = (c.pod("p1").unwrap().ns(), c.pod("p2").unwrap().ns());
     let (p1_6, p2_6) = (global_ipv6(p1, "eth0"), global_ipv6(p2, "eth0"));
     let ns = |h: &str| c.host(h).unwrap().ns();
-    let h2_6: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
     wait_for(
         "h2's IPv6 tunnel",
         WAIT,
@@ -893,24 +941,18 @@ fn the_ipv6_tunnel_accepts_vxlan_only_from_members() {
         String::new,
     )
     .unwrap();
-    let (to_mac, vtep_mac) = (mac_of(ns("h2"), "eth0"), mac_of(ns("h2"), "twill6.1"));
-    let frame_from = |h: &str, src: &str, port: u16| {
-        let inner_ip = frame::udp6(p1_6, p2_6, 40000, port, b"twill-isolation");
-        let inner = frame::eth(vtep_mac, [0x0e, 0, 0, 0, 0, 1], 0x86dd, &inner_ip);
-        let outer = frame::udp6(
-            src.parse().unwrap(),
-            h2_6,
-            41000,
-            VXLAN_PORT,
-            &frame::vxlan(1, &inner),
-        );
-        frame::eth(to_mac, mac_of(ns(h), "eth0"), 0x86dd, &outer)
+    let t = Tunnel6 {
+        to_ip: h2_6,
+        to_mac: mac_of(ns("h2"), "eth0"),
+        vtep_mac: mac_of(ns("h2"), "twill6.1"),
     };
+    let frame_from =
+        |h: &str, src: Ipv6Addr, port: u16| t.frame(mac_of(ns(h), "eth0"), src, p1_6, p2_6, port);
     // Port 9004 is the attack's, 9002 the later control's.
     let (from_h1, probe_h1, from_h3) = (
-        frame_from("h1", "2001:db8:1::1", 9002),
-        frame_from("h1", "2001:db8:1::1", 9004),
-        frame_from("h3", "2001:db8:1::3", 9004),
+        frame_from("h1", h1_6, 9002),
+        frame_from("h1", h1_6, 9004),
+        frame_from("h3", h3_6, 9004),
     );
     let listen = Listener::install(
         p2,
@@ -936,4 +978,199 @@ fn the_ipv6_tunnel_accepts_vxlan_only_from_members() {
         .exec(&["ping", "-6", "-c1", "-W2", &p2_6.to_string()])
         .unwrap();
     assert!(ping6.status.success(), "p1 -> p2 over IPv6 after");
+}
+
+/// A pod of an IPv6-only cluster (an IPv6 address only, no IPv4 in any
+/// namespace) against its neighbours: forged sources, routed and bridged,
+/// its own address from another pod's MAC, NA claiming another pod's
+/// address, router advertisements, DHCPv6 server replies, and VXLAN over
+/// IPv6 to another node's tunnel. Each listener hears the pod's own frames
+/// first (the positive control) and again after the attacks.
+#[test]
+fn an_ipv6_only_pod_cannot_forge_hijack_or_reach_the_tunnel() {
+    if !require_prereqs() {
+        return;
+    }
+    let mut c = Cluster::builder()
+        .ipv6_only(true)
+        .hosts(2)
+        .resync_interval(1)
+        .build()
+        .unwrap();
+    c.start_agents().unwrap();
+    c.wait_leases6(2).unwrap();
+    for (host, pod) in [("h1", "pa"), ("h1", "pv"), ("h1", "pw"), ("h2", "pr")] {
+        c.add_pod6(host, pod).unwrap();
+    }
+    c.wait_converged().unwrap();
+    let ip = |p: &str| c.pod_ip6(p).unwrap();
+    let ns = |p: &str| c.pod(p).unwrap().ns();
+    let h1 = c.host("h1").unwrap().ns();
+    assert!(c.ping_within("pa", ip("pr"), WAIT), "pa -> pr");
+    assert!(c.ping_within("pa", ip("pv"), WAIT), "pa -> pv");
+    let (pa, pv, pw, pr) = (ns("pa"), ns("pv"), ns("pw"), ns("pr"));
+    let (pa_mac, pv_mac) = (mac_of(pa, "eth0"), mac_of(pv, "eth0"));
+    let bridge = link_of_kind(h1, "bridge");
+    let gw_mac = mac_of(h1, &bridge);
+    let pa_ll: Ipv6Addr = "fe80::a".parse().unwrap();
+    let on_h1 = c.subnet6_of("h1").unwrap();
+    let unassigned = Ipv6Addr::from(u128::from(on_h1.network()) + 200);
+    let outside: Ipv6Addr = "2001:db8:ff::9".parse().unwrap();
+    let udp6 = |dst_mac: Mac, src_mac: Mac, src: Ipv6Addr, dst: Ipv6Addr, port: u16| {
+        frame::eth(
+            dst_mac,
+            src_mac,
+            0x86dd,
+            &frame::udp6(src, dst, 40000, port, b"x"),
+        )
+    };
+    let ports = [
+        "c9100", "c9101", "c9102", "c9103", "c9104", "c9105", "c9110",
+    ];
+    let counters: Vec<(&str, String)> = ports
+        .iter()
+        .map(|p| (*p, format!("udp dport {}", &p[1..])))
+        .collect();
+    let listen_pr = Listener::install(pr, &counters);
+    let listen_pv = Listener::install(pv, &counters);
+    let own_r = udp6(gw_mac, pa_mac, ip("pa"), ip("pr"), 9100);
+    listen_pr.hears("c9100", || send(pa.name(), "eth0", &own_r));
+    let own_b = udp6(pv_mac, pa_mac, ip("pa"), ip("pv"), 9100);
+    listen_pv.hears("c9100", || send(pa.name(), "eth0", &own_b));
+
+    let attacks: Vec<(&str, &Listener, &str, Vec<u8>)> = vec![
+        (
+            "another pod's address on the node",
+            &listen_pr,
+            "c9101",
+            udp6(gw_mac, pa_mac, ip("pv"), ip("pr"), 9101),
+        ),
+        (
+            "a remote pod's address, bridged",
+            &listen_pv,
+            "c9102",
+            udp6(pv_mac, pa_mac, ip("pr"), ip("pv"), 9102),
+        ),
+        (
+            "an unassigned address of the node subnet",
+            &listen_pr,
+            "c9103",
+            udp6(gw_mac, pa_mac, unassigned, ip("pr"), 9103),
+        ),
+        (
+            "an address outside the cluster",
+            &listen_pv,
+            "c9104",
+            udp6(pv_mac, pa_mac, outside, ip("pv"), 9104),
+        ),
+        (
+            "its own address with another pod's MAC",
+            &listen_pr,
+            "c9105",
+            udp6(gw_mac, pv_mac, ip("pa"), ip("pr"), 9105),
+        ),
+    ];
+    for (_, _, _, f) in &attacks {
+        send(pa.name(), "eth0", f);
+    }
+    listen_pr.hears("c9100", || send(pa.name(), "eth0", &own_r));
+    listen_pv.hears("c9100", || send(pa.name(), "eth0", &own_b));
+    for (what, l, name, _) in &attacks {
+        assert_eq!(l.count(name), 0, "a pod sent from {what}");
+    }
+    assert!(kernel_drops(h1.name(), "bridge", "source") >= 3 * attacks.len() as u64);
+
+    // Hijack: unsolicited NA claiming pv's address, with pa's MAC and
+    // with pv's; RA and DHCPv6 server replies. pw hears pa's own NA first.
+    let na = |target: Ipv6Addr| {
+        format!(
+            "icmpv6 type nd-neighbor-advert @th,64,128 0x{:032x}",
+            u128::from(target)
+        )
+    };
+    let listen_pw = Listener::install(
+        pw,
+        &[
+            ("na_pa", na(ip("pa"))),
+            ("na_pv", na(ip("pv"))),
+            ("ra", "icmpv6 type nd-router-advert".into()),
+            ("dhcp6", "udp dport 546".into()),
+        ],
+    );
+    let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+    let na_own = frame::eth(
+        all_nodes,
+        pa_mac,
+        0x86dd,
+        &frame::na(pa_ll, ip("pa"), pa_mac),
+    );
+    listen_pw.hears("na_pa", || send(pa.name(), "eth0", &na_own));
+    for mac in [pa_mac, pv_mac] {
+        let claim = frame::eth(all_nodes, mac, 0x86dd, &frame::na(pa_ll, ip("pv"), mac));
+        send(pa.name(), "eth0", &claim);
+    }
+    send(
+        pa.name(),
+        "eth0",
+        &frame::eth(all_nodes, pa_mac, 0x86dd, &frame::ra(pa_ll)),
+    );
+    let dhcp6 = frame::udp6(pa_ll, "ff02::1".parse().unwrap(), 547, 546, b"advertise");
+    send(
+        pa.name(),
+        "eth0",
+        &frame::eth(all_nodes, pa_mac, 0x86dd, &dhcp6),
+    );
+    listen_pw.hears("na_pa", || send(pa.name(), "eth0", &na_own));
+    for name in ["na_pv", "ra", "dhcp6"] {
+        assert_eq!(listen_pw.count(name), 0, "pw heard {name}");
+    }
+    assert!(
+        c.ping_within("pw", ip("pv"), WAIT),
+        "pw -> pv after the hijack attempts"
+    );
+
+    // VXLAN over IPv6 from the pod to h2's tunnel: dropped on h1. The
+    // control is h1's own frame on the same port, which pr hears.
+    let h2 = c.host("h2").unwrap().ns();
+    let t = Tunnel6 {
+        to_ip: c.host("h2").unwrap().ipv6().unwrap(),
+        to_mac: mac_of(h2, "eth0"),
+        vtep_mac: mac_of(h2, "twill6.1"),
+    };
+    let h1_6 = c.host("h1").unwrap().ipv6().unwrap();
+    let probe = t.frame(mac_of(h1, "eth0"), h1_6, ip("pa"), ip("pr"), 9110);
+    listen_pr.hears("c9110", || send(h1.name(), "eth0", &probe));
+    let before = listen_pr.count("c9110");
+    let dropped = kernel_drops(h1.name(), "bridge", "pod_vxlan");
+    let inner = frame::vxlan(
+        1,
+        &frame::eth(
+            t.vtep_mac,
+            pa_mac,
+            0x86dd,
+            &frame::udp6(ip("pa"), ip("pr"), 40000, 9110, b"x"),
+        ),
+    );
+    let from_pod = frame::eth(
+        gw_mac,
+        pa_mac,
+        0x86dd,
+        &frame::udp6(ip("pa"), t.to_ip, 41000, VXLAN_PORT, &inner),
+    );
+    send(pa.name(), "eth0", &from_pod);
+    listen_pr.hears("c9100", || send(pa.name(), "eth0", &own_r));
+    assert_eq!(
+        listen_pr.count("c9110"),
+        before,
+        "a pod's VXLAN frame arrived"
+    );
+    assert!(
+        kernel_drops(h1.name(), "bridge", "pod_vxlan") >= dropped + 3,
+        "pod VXLAN over IPv6 not dropped on h1"
+    );
+
+    // Legitimate traffic in every direction still flows.
+    assert!(c.ping_within("pa", ip("pv"), WAIT), "pa -> pv");
+    assert!(c.ping_within("pa", ip("pr"), WAIT), "pa -> pr");
+    assert!(c.ping_within("pr", ip("pa"), WAIT), "pr -> pa");
 }

@@ -6,7 +6,7 @@ use subnet_allocator::LeaseStore;
 
 use super::Agent;
 use crate::datapath::Datapath;
-use crate::probe::{targets, PeerSet};
+use crate::probe::{publish, targets, targets6, PeerSet};
 use crate::reconcile::ipv6_only::RemoteNode6;
 use crate::reconcile::RemoteNode;
 
@@ -18,24 +18,26 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     }
 
     pub(super) fn publish_peers(&self, nodes: &[RemoteNode]) {
-        let now = PeerSet {
-            mtu: self.plan.pod_mtu,
-            targets: targets(self.lease.lease.subnet, nodes),
-        };
-        self.peers.send_if_modified(|s| {
-            let changed = *s != now;
-            *s = now;
-            changed
-        });
+        let targets = targets(self.lease.lease.subnet, nodes);
+        publish(
+            &self.peers,
+            PeerSet {
+                mtu: self.plan.pod_mtu,
+                targets,
+            },
+        );
     }
 
-    /// The probe targets of an IPv6-only node.
-    pub(super) fn publish_peers6(&self, _own6: ipnet::Ipv6Net, _nodes: &[RemoteNode6]) {
-        // IPv6 probes: see src/probe (not yet).
-        self.peers.send_if_modified(|s| {
-            let changed = !s.targets.is_empty();
-            s.targets.clear();
-            changed
-        });
+    /// The probe targets of an IPv6-only node (ICMPv6 through the IPv6
+    /// tunnel, or gateway to gateway on direct routes).
+    pub(super) fn publish_peers6(&self, own6: ipnet::Ipv6Net, nodes: &[RemoteNode6]) {
+        let targets = targets6(own6, nodes);
+        publish(
+            &self.peers,
+            PeerSet {
+                mtu: self.plan.pod_mtu,
+                targets,
+            },
+        );
     }
 }

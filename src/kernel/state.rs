@@ -10,7 +10,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
@@ -60,10 +60,14 @@ fn add_fdb(state: &mut KernelState, dev: &DevIndex, fdb: &[NeighbourMessage]) {
 }
 
 /// The route as twill's, if it is one: our protocol, main table, leaving
-/// by one of our devices, with a destination and a gateway.
+/// by one of our devices, with a destination and a gateway. A cached clone
+/// (`RTM_F_CLONED`: the kernel's path MTU exception under one of our
+/// routes, which inherits its protocol) is the kernel's, not ours: deleting
+/// it would fight the kernel on every pass.
 fn twill_route(dev: &DevIndex, r: &RouteMessage) -> Option<(IpNet, RouteTarget)> {
     if r.header.table != RouteHeader::RT_TABLE_MAIN
         || r.header.protocol != RouteProtocol::Other(TWILL_RTPROTO)
+        || r.header.flags.contains(RouteFlags::Cloned)
     {
         return None;
     }
@@ -215,7 +219,6 @@ impl Kernel {
 mod tests {
     use super::*;
     use rtnetlink::packet_route::neighbour::NeighbourFlags;
-    use rtnetlink::packet_route::route::RouteFlags;
     use std::collections::{BTreeMap, BTreeSet};
 
     use crate::kernel::fixtures::{ip, net, DEV, HOST_GW, UNDERLAY, VXLAN, VXLAN6};
@@ -358,6 +361,26 @@ mod tests {
                 ("fd00:10:244:3::/64", "fd00:10:244:3::", Dev::Vxlan6),
                 ("fd00:10:244:4::/64", "2001:db8::4", Dev::Underlay),
             ])
+        );
+    }
+
+    #[test]
+    fn a_path_mtu_exception_under_our_route_is_the_kernels() {
+        // IPv6 dumps a cached clone (RTM_F_CLONED) of the route to the
+        // peer's VTEP after a Packet Too Big; it carries our protocol.
+        let mut cached = onlink(route(
+            "fd00:10:244:3::/128",
+            Some("fd00:10:244:3::"),
+            VXLAN6,
+        ));
+        cached.header.flags |= RouteFlags::Cloned;
+        let routes = [
+            onlink(route("fd00:10:244:3::/64", Some("fd00:10:244:3::"), VXLAN6)),
+            cached,
+        ];
+        assert_eq!(
+            state_from_dump(&DEV, &routes, &[], &[]).routes,
+            routes_of(&[("fd00:10:244:3::/64", "fd00:10:244:3::", Dev::Vxlan6)])
         );
     }
 

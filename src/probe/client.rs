@@ -2,6 +2,8 @@
 //! agent's view of each peer and shows it as a column.
 
 use std::net::SocketAddr;
+
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,6 +52,16 @@ pub async fn fetch(addr: SocketAddr) -> Result<PeersView, FetchError> {
         return Err(FetchError::Status { addr, status });
     }
     serde_json::from_str(body).map_err(|source| FetchError::Json { addr, source })
+}
+
+/// The subnet a lease's node is reported under in `/peers`, from the
+/// lease's `(subnet, ipv6_subnet)`: its IPv6 subnet when the lease is
+/// IPv6-only (its IPv4 part is `0.0.0.0/0`), else its IPv4 subnet.
+pub fn peer_key((subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>)) -> String {
+    match ipv6_subnet.filter(|_| twill_contract::lease_key::is_ipv6_only(subnet, ipv6_subnet)) {
+        Some(s6) => s6.to_string(),
+        None => subnet.to_string(),
+    }
 }
 
 /// The status column for one peer: `ok 0.4ms`, `UNREACHABLE`,
@@ -104,6 +116,22 @@ mod tests {
         assert_eq!(column(&view, "10.244.3.0/24"), "MTU-BLACKHOLE");
         assert_eq!(column(&view, "10.244.4.0/24"), "probing");
         assert_eq!(column(&view, "10.244.5.0/24"), "-");
+    }
+
+    #[test]
+    fn an_ipv6_only_lease_is_looked_up_by_its_ipv6_subnet() {
+        let lease =
+            |v4: &str, v6: Option<&str>| (v4.parse().unwrap(), v6.map(|s| s.parse().unwrap()));
+        let v6_only = lease("0.0.0.0/0", Some("fd00:10:244:2::/64"));
+        assert_eq!(peer_key(v6_only), "fd00:10:244:2::/64");
+        let dual = lease("10.244.2.0/24", Some("fd00:10:244:2::/64"));
+        assert_eq!(peer_key(dual), "10.244.2.0/24");
+        assert_eq!(peer_key(lease("10.244.3.0/24", None)), "10.244.3.0/24");
+        let view = PeersView {
+            peers: vec![report("fd00:10:244:2::/64", Some(true), Some(false))],
+            ..Default::default()
+        };
+        assert_eq!(column(&view, &peer_key(v6_only)), "MTU-BLACKHOLE");
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! whatever path MTU the kernel has cached: a full-size probe that does not
 //! fit is dropped or refused, never fragmented.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -50,21 +50,28 @@ pub fn build_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, size: usize) 
     let ip_sum = checksum(&p[..IP_HEADER]);
     p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
     let icmp = &mut p[IP_HEADER..];
-    icmp[0] = ECHO_REQUEST;
-    icmp[4..6].copy_from_slice(&id.to_be_bytes());
-    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
-    for (i, b) in icmp[ICMP_HEADER..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
+    fill_echo(icmp, ECHO_REQUEST, id, seq);
     let sum = checksum(icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     p
 }
 
-/// An echo reply as received on a raw socket (IP header first).
+/// Writes an echo message's type, identifier, sequence number and payload
+/// into `icmp` (zeroed, checksum left to the caller): ICMP and ICMPv6
+/// echoes share this layout.
+pub(super) fn fill_echo(icmp: &mut [u8], kind: u8, id: u16, seq: u16) {
+    icmp[0] = kind;
+    icmp[4..6].copy_from_slice(&id.to_be_bytes());
+    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in icmp[ICMP_HEADER..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+}
+
+/// An echo reply, of either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EchoReply {
-    pub from: Ipv4Addr,
+    pub from: IpAddr,
     pub id: u16,
     pub seq: u16,
     /// The whole packet's length, IP header included.
@@ -88,41 +95,44 @@ pub fn parse_reply(packet: &[u8]) -> Option<EchoReply> {
     }
     let from = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     Some(EchoReply {
-        from,
+        from: from.into(),
         id: u16::from_be_bytes([icmp[4], icmp[5]]),
         seq: u16::from_be_bytes([icmp[6], icmp[7]]),
         len: packet.len(),
     })
 }
 
-/// A raw ICMP socket (needs CAP_NET_RAW) registered with tokio. It is held
-/// as a tokio `UdpSocket`, the safe way to register a datagram descriptor:
-/// `sendto` and `recvfrom` work alike on a raw socket (the port is ignored).
-pub struct EchoSocket {
+/// A raw socket (needs CAP_NET_RAW) with our own IP header, registered
+/// with tokio. It is held as a tokio `UdpSocket`, the safe way to register
+/// a datagram descriptor: `sendto` and `recvfrom` work alike on a raw
+/// socket (the port is ignored). Both families' echo sockets are one.
+pub(super) struct RawSocket {
     sock: tokio::net::UdpSocket,
     buf: Vec<u8>,
 }
 
-impl EchoSocket {
-    pub fn open() -> std::io::Result<Self> {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-        s.set_header_included_v4(true)?;
+impl RawSocket {
+    /// Opens a raw socket of `domain` for `protocol`, our header included.
+    pub(super) fn open(domain: Domain, protocol: Protocol) -> std::io::Result<Self> {
+        let s = Socket::new(domain, Type::RAW, Some(protocol))?;
+        if domain == Domain::IPV6 {
+            s.set_header_included_v6(true)?;
+        } else {
+            s.set_header_included_v4(true)?;
+        }
         s.set_nonblocking(true)?;
         // Room for a slot's replies (the kernel caps it at rmem_max).
         s.set_recv_buffer_size(RECV_BUFFER)?;
-        Ok(EchoSocket {
+        Ok(RawSocket {
             sock: tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(s))?,
             buf: vec![0u8; MAX_PROBE],
         })
     }
 
-    /// Sends one packet built by [`build_echo`]; the kernel refuses one
-    /// bigger than the route's MTU (EMSGSIZE) rather than fragmenting it.
-    pub fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> std::io::Result<()> {
-        match self
-            .sock
-            .try_send_to(packet, SocketAddrV4::new(dst, 0).into())
-        {
+    /// Sends one packet; the kernel refuses one bigger than the route's
+    /// MTU (EMSGSIZE) rather than fragmenting it.
+    pub(super) fn send(&self, to: SocketAddr, packet: &[u8]) -> std::io::Result<()> {
+        match self.sock.try_send_to(packet, to) {
             Ok(_) => Ok(()),
             // A full socket buffer: this probe is lost, like on the wire.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -130,15 +140,39 @@ impl EchoSocket {
         }
     }
 
-    /// The next echo reply addressed to anyone on this host; other ICMP
-    /// packets are skipped.
-    pub async fn recv(&mut self) -> std::io::Result<EchoReply> {
+    /// The next packet `parse` makes something of, from anyone; others are
+    /// skipped. Cancel-safe.
+    pub(super) async fn recv<R>(
+        &mut self,
+        parse: impl Fn(SocketAddr, &[u8]) -> Option<R>,
+    ) -> std::io::Result<R> {
         loop {
-            let (n, _) = self.sock.recv_from(&mut self.buf).await?;
-            if let Some(r) = parse_reply(&self.buf[..n]) {
+            let (n, from) = self.sock.recv_from(&mut self.buf).await?;
+            if let Some(r) = parse(from, &self.buf[..n]) {
                 return Ok(r);
             }
         }
+    }
+}
+
+/// The raw ICMP socket (IP header first, in both directions).
+pub struct EchoSocket(RawSocket);
+
+impl EchoSocket {
+    pub fn open() -> std::io::Result<Self> {
+        RawSocket::open(Domain::IPV4, Protocol::ICMPV4).map(EchoSocket)
+    }
+
+    /// Sends one packet built by [`build_echo`]; the kernel refuses one
+    /// bigger than the route's MTU (EMSGSIZE) rather than fragmenting it.
+    pub fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> std::io::Result<()> {
+        self.0.send(SocketAddrV4::new(dst, 0).into(), packet)
+    }
+
+    /// The next echo reply addressed to anyone on this host; other ICMP
+    /// packets are skipped.
+    pub async fn recv(&mut self) -> std::io::Result<EchoReply> {
+        self.0.recv(|_, packet| parse_reply(packet)).await
     }
 }
 
@@ -199,7 +233,7 @@ mod tests {
         assert_eq!(
             r,
             EchoReply {
-                from: Ipv4Addr::new(10, 244, 2, 0),
+                from: Ipv4Addr::new(10, 244, 2, 0).into(),
                 id: 0xbeef,
                 seq: 513,
                 len: 100

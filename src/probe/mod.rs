@@ -10,6 +10,12 @@
 //! (host-gw, or vxlan with DirectRouting) it goes from this node's bridge
 //! gateway (`<subnet>.1`) to the peer's.
 //!
+//! In an IPv6-only cluster ([`targets6`]) the same with ICMPv6: from this
+//! node's `twill6.<VNI>` address (`<subnet6>::`) to the peer's through the
+//! tunnel, from bridge gateway to bridge gateway (`<subnet6>::1`) on a
+//! direct route. One prober handles both families; its ICMPv6 socket is
+//! opened at the first IPv6 probe.
+//!
 //! Cost: at most [`MAX_PEERS_PER_ROUND`] peers per interval, two packets
 //! each (and their replies), spread over the interval in [`SLOTS`] slots;
 //! peers beyond that are probed in rotation, so each one at least every
@@ -22,21 +28,24 @@
 
 pub mod client;
 mod icmp;
+mod icmp6;
 mod report;
 mod state;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::reconcile::ipv6_only::RemoteNode6;
 use crate::reconcile::{Path, RemoteNode};
 use crate::telemetry::Telemetry;
 pub use icmp::{build_echo, parse_reply, EchoReply, EchoSocket};
+pub use icmp6::{build_echo6, checksum6, parse_reply6, EchoSocket6};
 pub use report::{PeerHealth, PeerLabels, PeerReport, PeersView};
 pub use state::{pick, PeerState, Round, Transition, MISSES_TO_FAIL};
 
@@ -45,15 +54,17 @@ pub const MAX_PEERS_PER_ROUND: usize = 256;
 /// `--probe-interval`'s default, in seconds.
 pub const DEFAULT_INTERVAL_SECS: u64 = 5;
 
-/// One peer to probe: which node, and the addresses its probes use.
+/// One peer to probe: which node, and the addresses its probes use. The
+/// addresses are of one family: IPv4 (ICMP) or IPv6 (ICMPv6) probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    /// The node's pod subnet: IPv4, or IPv6 in an IPv6-only cluster.
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
     /// Ours, as pod traffic to this peer leaves.
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// The peer's kernel answers here.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
 }
 
 /// What the agent hands the prober after each reconcile pass.
@@ -63,6 +74,17 @@ pub struct PeerSet {
     pub mtu: u32,
     /// Sorted by subnet.
     pub targets: Vec<Target>,
+}
+
+/// Hands the prober `set` through `tx`, waking it only when the set
+/// changed; returns whether it did. The agent's publishing of IPv4 peers
+/// ([`targets`]) and of an IPv6-only cluster's ([`targets6`]) alike.
+pub fn publish(tx: &watch::Sender<PeerSet>, set: PeerSet) -> bool {
+    tx.send_if_modified(|s| {
+        let changed = *s != set;
+        *s = set;
+        changed
+    })
 }
 
 /// The probe targets for the remote nodes of a node leasing `own`: through
@@ -79,10 +101,37 @@ pub fn targets(own: Ipv4Net, nodes: &[RemoteNode]) -> Vec<Target> {
                 Path::Direct | Path::Wireguard => (gateway(own), gateway(n.subnet)),
             };
             Target {
-                subnet: n.subnet,
-                public_ip: n.public_ip,
-                src,
-                dst,
+                subnet: n.subnet.into(),
+                public_ip: n.public_ip.into(),
+                src: src.into(),
+                dst: dst.into(),
+            }
+        })
+        .collect();
+    out.sort_by_key(|t| t.subnet);
+    out
+}
+
+/// The probe targets for the remote nodes of an IPv6-only cluster's node
+/// leasing `own6`: through the tunnel from our `twill6.<VNI>` address to
+/// the peer's (both `<subnet6>::`, the address the peer's route goes via),
+/// on a direct route bridge gateway to bridge gateway (`<subnet6>::1`).
+pub fn targets6(own6: Ipv6Net, nodes: &[RemoteNode6]) -> Vec<Target> {
+    let gateway = crate::subnet_file::gateway6_of;
+    let mut out: Vec<Target> = nodes
+        .iter()
+        .map(|n| {
+            let (src, dst): (Ipv6Addr, Ipv6Addr) = match n.path {
+                Path::Vxlan(_) => (own6.network(), n.subnet6.network()),
+                // remote_nodes6 never gives Wireguard; were it to, the
+                // tunnel would carry the gateways as it does for IPv4.
+                Path::Direct | Path::Wireguard => (gateway(own6), gateway(n.subnet6)),
+            };
+            Target {
+                subnet: n.subnet6.into(),
+                public_ip: n.public_ipv6.into(),
+                src: src.into(),
+                dst: dst.into(),
             }
         })
         .collect();
@@ -112,7 +161,7 @@ struct Pending {
 /// to be answered) and sends the next ones, at most
 /// `MAX_PEERS_PER_ROUND / SLOTS` peers, so that a round's packets are
 /// spread over the interval instead of leaving in one burst.
-pub struct Prober<T = EchoSocket> {
+pub struct Prober<T = EchoSockets> {
     sock: T,
     interval: Duration,
     telemetry: Arc<Telemetry>,
@@ -123,36 +172,93 @@ pub struct Prober<T = EchoSocket> {
     cursor: usize,
     slot: usize,
     /// Probes in flight by sequence number: peer, kind, when sent, slot.
-    inflight: HashMap<u16, (Ipv4Net, Kind, Instant, usize)>,
-    round: HashMap<Ipv4Net, Pending>,
+    inflight: HashMap<u16, (IpNet, Kind, Instant, usize)>,
+    round: HashMap<IpNet, Pending>,
 }
 
 /// Slots an interval is cut in.
 pub const SLOTS: usize = 8;
 
-/// Where probes go out and replies come in: the raw socket, or a fake in
+/// Where probes go out and replies come in: the raw sockets, or a fake in
 /// unit tests.
 pub trait Transport: Send + 'static {
-    /// Sends one packet built by [`build_echo`] towards `dst`.
-    fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> std::io::Result<()>;
-    /// The next echo reply.
+    /// Sends one packet built by [`build_probe`] towards `dst`.
+    fn send(&mut self, dst: IpAddr, packet: &[u8]) -> std::io::Result<()>;
+    /// The next echo reply, of either family.
     fn recv(&mut self) -> impl std::future::Future<Output = std::io::Result<EchoReply>> + Send;
 }
 
-impl Transport for EchoSocket {
-    fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> std::io::Result<()> {
-        EchoSocket::send(self, dst, packet)
-    }
-    fn recv(&mut self) -> impl std::future::Future<Output = std::io::Result<EchoReply>> + Send {
-        EchoSocket::recv(self)
+/// An echo request of `size` bytes in all (IP header included) from `src`
+/// to `dst`: ICMP with don't-fragment for IPv4, ICMPv6 for IPv6; `None`
+/// when the two are of different families.
+pub fn build_probe(src: IpAddr, dst: IpAddr, id: u16, seq: u16, size: usize) -> Option<Vec<u8>> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(build_echo(s, d, id, seq, size)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(build_echo6(s, d, id, seq, size)),
+        _ => None,
     }
 }
 
-impl Prober<EchoSocket> {
+/// The size of the small probe towards `dst`, headers included.
+fn small_probe(dst: IpAddr) -> usize {
+    match dst {
+        IpAddr::V4(_) => icmp::SMALL_PROBE,
+        IpAddr::V6(_) => icmp6::SMALL_PROBE6,
+    }
+}
+
+/// The raw sockets: the ICMP one, opened at start (without it there is
+/// no probing), and the ICMPv6 one, opened at the first IPv6 probe.
+pub struct EchoSockets {
+    v4: EchoSocket,
+    v6: Option<EchoSocket6>,
+}
+
+impl EchoSockets {
     /// Opens the raw ICMP socket (needs CAP_NET_RAW).
+    pub fn open() -> std::io::Result<Self> {
+        Ok(EchoSockets {
+            v4: EchoSocket::open()?,
+            v6: None,
+        })
+    }
+}
+
+impl Transport for EchoSockets {
+    fn send(&mut self, dst: IpAddr, packet: &[u8]) -> std::io::Result<()> {
+        match dst {
+            IpAddr::V4(d) => self.v4.send(d, packet),
+            IpAddr::V6(d) => {
+                let v6 = match &mut self.v6 {
+                    Some(s) => s,
+                    None => self.v6.insert(EchoSocket6::open().map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("opening the raw ICMPv6 socket: {e}"))
+                    })?),
+                };
+                v6.send(d, packet)
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> std::io::Result<EchoReply> {
+        // Both reads are cancel-safe: the prober drops this future at
+        // every tick.
+        match &mut self.v6 {
+            Some(v6) => tokio::select! {
+                r = self.v4.recv() => r,
+                r = v6.recv() => r,
+            },
+            None => self.v4.recv().await,
+        }
+    }
+}
+
+impl Prober<EchoSockets> {
+    /// Opens the raw ICMP socket (needs CAP_NET_RAW); the ICMPv6 one is
+    /// opened when the first IPv6 probe leaves.
     pub fn open(interval: Duration, telemetry: Arc<Telemetry>) -> std::io::Result<Self> {
         Ok(Prober::with_transport(
-            EchoSocket::open()?,
+            EchoSockets::open()?,
             interval,
             telemetry,
         ))
@@ -212,7 +318,7 @@ impl<T: Transport> Prober<T> {
     /// lose their series.
     fn set_peers(&mut self, set: PeerSet) {
         self.mtu = set.mtu;
-        let mut old: HashMap<Ipv4Net, PeerState> =
+        let mut old: HashMap<IpNet, PeerState> =
             self.peers.drain(..).map(|p| (p.target.subnet, p)).collect();
         for t in set.targets {
             let state = match old.remove(&t.subnet) {
@@ -249,11 +355,16 @@ impl<T: Transport> Prober<T> {
     fn send(&mut self, i: usize, kind: Kind) -> Result<(), String> {
         let t = &self.peers[i].target;
         let size = match kind {
-            Kind::Small => icmp::SMALL_PROBE,
+            Kind::Small => small_probe(t.dst),
             Kind::Big => self.mtu as usize,
         };
         self.seq = self.seq.wrapping_add(1);
-        let packet = build_echo(t.src, t.dst, self.id, self.seq, size);
+        let Some(packet) = build_probe(t.src, t.dst, self.id, self.seq, size) else {
+            return Err(format!(
+                "cannot probe {} from {}: not one address family",
+                t.dst, t.src
+            ));
+        };
         match self.sock.send(t.dst, &packet) {
             Ok(()) => {
                 self.inflight

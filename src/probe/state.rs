@@ -170,9 +170,9 @@ mod tests {
     fn peer(i: u8) -> PeerState {
         PeerState::new(Target {
             subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, i),
-            src: Ipv4Addr::new(10, 244, 0, 0),
-            dst: Ipv4Addr::new(10, 244, i, 0),
+            public_ip: Ipv4Addr::new(192, 0, 2, i).into(),
+            src: Ipv4Addr::new(10, 244, 0, 0).into(),
+            dst: Ipv4Addr::new(10, 244, i, 0).into(),
         })
     }
 
@@ -269,7 +269,8 @@ mod tests {
     fn peers_with_probes_in_flight_are_left_out() {
         let mut peers: Vec<PeerState> = (0..4).map(peer).collect();
         peers[1].record(lost(), T);
-        let busy = |p: &PeerState| p.target.dst.octets()[2] <= 1;
+        let second: std::net::IpAddr = Ipv4Addr::new(10, 244, 1, 0).into();
+        let busy = |p: &PeerState| p.target.subnet.addr() <= second;
         let (batch, next) = pick(&peers, 0, 8, busy);
         assert_eq!(batch, vec![2, 3], "busy suspects wait too");
         assert_eq!(next, 0);

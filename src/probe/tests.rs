@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::reconcile::Mac;
+use std::net::Ipv4Addr;
 
 fn node(i: u8, path: Path) -> RemoteNode {
     RemoteNode {
@@ -20,7 +21,7 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 /// What a fake peer answers: small probes, full-size ones.
-type Answers = Arc<Mutex<HashMap<Ipv4Addr, (bool, bool)>>>;
+type Answers = Arc<Mutex<HashMap<IpAddr, (bool, bool)>>>;
 
 /// A network where each destination answers as `answers` says, at once.
 struct FakeNet {
@@ -31,7 +32,7 @@ struct FakeNet {
 }
 
 impl Transport for FakeNet {
-    fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> std::io::Result<()> {
+    fn send(&mut self, dst: IpAddr, packet: &[u8]) -> std::io::Result<()> {
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (small, big) = self
             .answers
@@ -40,9 +41,13 @@ impl Transport for FakeNet {
             .get(&dst)
             .copied()
             .unwrap_or_default();
-        let full = packet.len() > icmp::SMALL_PROBE;
+        let full = packet.len() > small_probe(dst);
         if (full && big) || (!full && small) {
-            let icmp = &packet[icmp::IP_HEADER..];
+            let header = match dst {
+                IpAddr::V4(_) => icmp::IP_HEADER,
+                IpAddr::V6(_) => icmp6::IP6_HEADER,
+            };
+            let icmp = &packet[header..];
             let _ = self.tx.send(EchoReply {
                 from: dst,
                 id: u16::from_be_bytes([icmp[4], icmp[5]]),
@@ -84,8 +89,8 @@ fn health(v: &PeersView, i: u8) -> (Option<bool>, Option<bool>) {
     (p.reachable, p.mtu_ok)
 }
 
-fn vtep(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, i, 0)
+fn vtep(i: u8) -> IpAddr {
+    Ipv4Addr::new(10, 244, i, 0).into()
 }
 
 /// On tokio's paused clock: verdicts within 3 intervals of a change,
@@ -165,12 +170,12 @@ async fn a_rotation_reaches_every_peer() {
     let targets: Vec<Target> = (1..=n)
         .map(|i| {
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 0)) + u32::from(i) * 4);
-            answers.lock().unwrap().insert(ip, (true, true));
+            answers.lock().unwrap().insert(ip.into(), (true, true));
             Target {
-                subnet: Ipv4Net::new(ip, 30).unwrap(),
-                public_ip: Ipv4Addr::new(192, 0, 2, 1),
-                src: own.network(),
-                dst: ip,
+                subnet: Ipv4Net::new(ip, 30).unwrap().into(),
+                public_ip: Ipv4Addr::new(192, 0, 2, 1).into(),
+                src: own.network().into(),
+                dst: ip.into(),
             }
         })
         .collect();
@@ -210,18 +215,152 @@ fn targets_go_vtep_to_vtep_through_the_tunnel_and_gateway_to_gateway_on_direct_r
     assert_eq!(
         t,
         vec![
-            Target {
-                subnet: "10.244.2.0/24".parse().unwrap(),
-                public_ip: Ipv4Addr::new(192, 0, 2, 2),
-                src: Ipv4Addr::new(10, 244, 1, 1),
-                dst: Ipv4Addr::new(10, 244, 2, 1),
-            },
-            Target {
-                subnet: "10.244.3.0/24".parse().unwrap(),
-                public_ip: Ipv4Addr::new(192, 0, 2, 3),
-                src: Ipv4Addr::new(10, 244, 1, 0),
-                dst: Ipv4Addr::new(10, 244, 3, 0),
-            },
+            target("10.244.2.0/24", "192.0.2.2", "10.244.1.1", "10.244.2.1"),
+            target("10.244.3.0/24", "192.0.2.3", "10.244.1.0", "10.244.3.0"),
         ]
     );
+}
+
+/// A target from its four parts' text.
+fn target(subnet: &str, public_ip: &str, src: &str, dst: &str) -> Target {
+    Target {
+        subnet: subnet.parse().unwrap(),
+        public_ip: public_ip.parse().unwrap(),
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+    }
+}
+
+fn node6(i: u8, path: Path) -> RemoteNode6 {
+    RemoteNode6 {
+        subnet6: format!("fd00:10:244:{i}::/64").parse().unwrap(),
+        public_ipv6: format!("2001:db8::{i}").parse().unwrap(),
+        path,
+    }
+}
+
+fn ip6(s: &str) -> IpAddr {
+    s.parse::<Ipv6Addr>().unwrap().into()
+}
+
+#[test]
+fn ipv6_only_targets_go_vtep_to_vtep_through_the_tunnel_and_gateway_to_gateway_on_direct_routes() {
+    let own: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+    let mac = Mac([0x0a, 0, 0, 0, 0, 3]);
+    let t = targets6(own, &[node6(3, Path::Vxlan(mac)), node6(2, Path::Direct)]);
+    assert_eq!(
+        t,
+        vec![
+            target(
+                "fd00:10:244:2::/64",
+                "2001:db8::2",
+                "fd00:10:244:1::1",
+                "fd00:10:244:2::1"
+            ),
+            target(
+                "fd00:10:244:3::/64",
+                "2001:db8::3",
+                "fd00:10:244:1::",
+                "fd00:10:244:3::"
+            ),
+        ]
+    );
+    // The same addresses the data path gives the devices and routes: the
+    // VTEP address `desired_state6` routes via, the gateway the subnet
+    // file names.
+    let state = crate::reconcile::ipv6_only::desired_state6(&[node6(3, Path::Vxlan(mac))]);
+    let route = state.routes.values().next().unwrap();
+    assert_eq!(route.gateway, t[1].dst, "{state:?}");
+    assert_eq!(IpAddr::from(crate::subnet_file::gateway6_of(own)), t[0].src);
+    // Labels: the IPv6 subnet and public address, as strings.
+    let l = PeerLabels::from(&t[1]);
+    assert_eq!(
+        (l.subnet.as_str(), l.public_ip.as_str()),
+        ("fd00:10:244:3::/64", "2001:db8::3")
+    );
+}
+
+#[test]
+fn probes_of_mixed_families_are_refused_not_sent() {
+    let v4: IpAddr = Ipv4Addr::new(10, 244, 1, 0).into();
+    assert!(build_probe(v4, ip6("fd00::"), 1, 1, 100).is_none());
+    let p = build_probe(ip6("fd00:1::"), ip6("fd00:2::"), 1, 1, 100).unwrap();
+    assert_eq!((p.len(), p[0] >> 4), (100, 6));
+    let p = build_probe(v4, v4, 1, 1, 100).unwrap();
+    assert_eq!((p.len(), p[0] >> 4), (100, 4));
+}
+
+/// IPv6 peers on the paused clock: ICMPv6 probes of the pod MTU, the same
+/// verdicts and series as for IPv4, labelled with the IPv6 subnet.
+#[tokio::test(start_paused = true)]
+async fn ipv6_peers_get_the_same_verdicts() {
+    let interval = Duration::from_secs(5);
+    let own: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+    let nodes: Vec<RemoteNode6> = (2..=3)
+        .map(|i| node6(i, Path::Vxlan(Mac([0x0a, 0, 0, 0, 0, i]))))
+        .collect();
+    let answers: Answers = Arc::new(Mutex::new(HashMap::new()));
+    for i in 2..=3 {
+        let dst = ip6(&format!("fd00:10:244:{i}::"));
+        answers.lock().unwrap().insert(dst, (true, true));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let t = Arc::new(Telemetry::new());
+    let net = FakeNet {
+        answers: answers.clone(),
+        sent: Default::default(),
+        tx,
+        rx,
+    };
+    let set = PeerSet {
+        mtu: 1430,
+        targets: targets6(own, &nodes),
+    };
+    let (_peers_tx, peers_rx) = watch::channel(set);
+    tokio::spawn(Prober::with_transport(net, interval, t.clone()).run(peers_rx));
+    tokio::time::sleep(interval * 3).await;
+    let state = |v: &PeersView, i: u8| {
+        let p = v
+            .peers
+            .iter()
+            .find(|p| p.subnet == format!("fd00:10:244:{i}::/64"))
+            .unwrap();
+        (p.reachable, p.mtu_ok)
+    };
+    let v = view(&t);
+    assert_eq!(state(&v, 2), (Some(true), Some(true)), "{v:?}");
+    assert_eq!(state(&v, 3), (Some(true), Some(true)), "{v:?}");
+
+    answers
+        .lock()
+        .unwrap()
+        .insert(ip6("fd00:10:244:3::"), (true, false));
+    tokio::time::sleep(interval * 3).await;
+    let v = view(&t);
+    assert_eq!(state(&v, 2), (Some(true), Some(true)), "{v:?}");
+    assert_eq!(state(&v, 3), (Some(true), Some(false)), "{v:?}");
+    let metrics = t.encode();
+    assert!(
+        metrics.contains(
+            "twill_peer_mtu_ok{public_ip=\"2001:db8::3\",subnet=\"fd00:10:244:3::/64\"} 0"
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn publishing_wakes_the_prober_only_on_a_change() {
+    let (tx, mut rx) = watch::channel(PeerSet::default());
+    rx.borrow_and_update();
+    let own: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+    let set = PeerSet {
+        mtu: 1430,
+        targets: targets6(own, &[node6(2, Path::Direct)]),
+    };
+    assert!(publish(&tx, set.clone()));
+    assert!(rx.has_changed().unwrap());
+    rx.borrow_and_update();
+    assert!(!publish(&tx, set.clone()), "the same set again");
+    assert!(!rx.has_changed().unwrap());
+    assert!(publish(&tx, PeerSet { mtu: 1400, ..set }));
 }

@@ -32,12 +32,12 @@ impl Cluster {
     /// `bridge` in the underlay namespace, which the caller has created (a
     /// second underlay segment, see `routed`). Routes to other segments are
     /// the caller's to add.
-    pub fn add_host_at(&mut self, addr: Ipv4Net, bridge: &str) -> Result<String> {
+    /// An IPv6 `addr` makes a host with no IPv4 address at all, not even on
+    /// `lo`.
+    pub fn add_host_at(&mut self, addr: impl Into<IpNet>, bridge: &str) -> Result<String> {
         self.add_host_with(addr.into(), bridge)
     }
 
-    /// [`Cluster::add_host_at`] for an address of either family; a host
-    /// with an IPv6 address has no IPv4 address at all, not even on `lo`.
     fn add_host_with(&mut self, addr: IpNet, bridge: &str) -> Result<String> {
         let i = self.hosts.len() + 1;
         if i > MAX_HOSTS_AT {
