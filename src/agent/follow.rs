@@ -224,9 +224,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         };
         plan.attrs.node_name = self.plan.attrs.node_name.clone();
         let old = std::mem::replace(&mut self.underlay, new);
+        let old_public_ipv6 = self.plan.attrs.public_ipv6;
         self.underlay6 = net6;
         tracing::info!(iface = %self.underlay.name, index = self.underlay.index, public_ip = %self.underlay.ip, ?public_ipv6, mtu = self.underlay.mtu,
-            old_iface = %old.name, old_index = old.index, old_public_ip = %old.ip, link = change.link, address = change.address, address6 = change.address6,
+            old_iface = %old.name, old_index = old.index, old_public_ip = %old.ip, ?old_public_ipv6, link = change.link, address = change.address, address6 = change.address6,
             "underlay changed; rebuilding the data path on it, same subnet");
         self.follow.rewrite = plan.attrs != self.plan.attrs;
         self.plan = plan;

@@ -242,7 +242,14 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             store.get_network_config()
         })
         .await?;
-        tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config");
+        match cfg.ipv6.as_ref().filter(|_| cfg.is_ipv6_only()) {
+            Some(v6) => {
+                tracing::info!(network6 = %v6.network, subnet_len6 = v6.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config (IPv6-only)")
+            }
+            None => {
+                tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind.as_str(), vni = cfg.backend.vni, "network config")
+            }
+        }
         let mut follow = follow::Follow::new(&opts);
         let located =
             v6only::locate(&dp, &cfg, &follow.select, opts.public_ip, opts.public_ipv6).await?;
