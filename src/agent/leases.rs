@@ -74,8 +74,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                     tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added or changed");
                     self.unusable.retain(|_, s| *s != Some(l.subnet));
                     self.touched.insert(l.subnet);
-                    self.seen.insert(l.subnet, l.clone());
-                    self.leases.insert(l.subnet, l);
+                    self.insert_lease(l);
                 }
                 LeaseEvent::Removed(s) => {
                     self.unusable.retain(|_, u| *u != Some(s));

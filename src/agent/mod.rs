@@ -460,18 +460,14 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let desired = desired_state(&nodes);
         let mut actual = self.dp.read_state(&index).await?;
         let ops = diff(&desired, &actual);
-        let mut failed = 0;
         // Built only when there is something to log about.
         let index_of_nodes = (!ops.is_empty()).then(|| NodeIndex::new(self.seen.values()));
-        for op in &ops {
-            let res = self.dp.apply(&index, op).await;
-            let node = index_of_nodes.as_ref().and_then(|idx| idx.find(op));
-            if self.applied(op, node, res) {
-                actual.apply_op(op);
-            } else {
-                failed += 1;
-            }
-        }
+        let named: Vec<_> = ops
+            .iter()
+            .map(|op| (op, index_of_nodes.as_ref().and_then(|idx| idx.find(op))))
+            .collect();
+        let (accepted, failed) = self.apply_ops(&index, named).await;
+        accepted.into_iter().for_each(|op| actual.apply_op(op));
         let (wg_ops, wg_failed) = self.sync_wireguard(&nodes).await;
         let (total, failed) = (ops.len() + wg_ops, failed + wg_failed);
         if failed > 0 {
@@ -508,6 +504,26 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 tracing::warn!(subnet = %s.subnet(), public_ip, "skipping lease: {msg}");
             }
         }
+    }
+
+    /// Applies `ops` in order, each with the node it is for (for the log);
+    /// a failed one does not stop the rest. Returns the operations the
+    /// kernel accepted, in order, and how many failed.
+    async fn apply_ops<'a>(
+        &self,
+        dev: &crate::kernel::DevIndex,
+        ops: Vec<(&'a Op, Option<&'a Lease>)>,
+    ) -> (Vec<&'a Op>, usize) {
+        let (mut accepted, mut failed) = (Vec::new(), 0);
+        for (op, node) in ops {
+            let res = self.dp.apply(dev, op).await;
+            if self.applied(op, node, res) {
+                accepted.push(op);
+            } else {
+                failed += 1;
+            }
+        }
+        (accepted, failed)
     }
 
     /// Counts and logs one operation's result, naming the node it is for;

@@ -133,17 +133,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let desired = desired_state6(&nodes);
         let mut actual = self.dp.read_state(&index).await?;
         let ops = diff(&desired, &actual);
-        let mut failed = 0;
         let seen = (!ops.is_empty()).then(|| NodeIndex::new(self.seen6.values()));
-        for op in &ops {
-            let res = self.dp.apply(&index, op).await;
-            let node = seen.as_ref().and_then(|idx| idx.find(op));
-            if self.applied(op, node, res) {
-                actual.apply_op(op);
-            } else {
-                failed += 1;
-            }
-        }
+        let named: Vec<_> = ops
+            .iter()
+            .map(|op| (op, seen.as_ref().and_then(|idx| idx.find(op))))
+            .collect();
+        let (accepted, failed) = self.apply_ops(&index, named).await;
+        accepted.into_iter().for_each(|op| actual.apply_op(op));
         if failed > 0 {
             // Not converged: the next watch batch retries with a full pass.
             tracing::warn!(failed, total = ops.len(), "reconcile incomplete");
