@@ -342,6 +342,27 @@ impl Tunnel {
     }
 }
 
+/// A forged frame from a pod: what it forges, the listener that must not
+/// hear it, that listener's counter, the frame.
+type Attack<'a> = (&'a str, &'a Listener, &'a str, Vec<u8>);
+
+/// Sends every attack from pod `from` on node `node`. The legitimate frames
+/// of `controls` (each heard on its listener's counter `c9100`) are heard
+/// after the attacks, so the listeners were listening all along; the
+/// attack counters stayed at zero and the bridge table dropped each.
+fn none_arrive(from: &Netns, attacks: &[Attack], controls: &[(&Listener, &Vec<u8>)], node: &Netns) {
+    for (_, _, _, f) in attacks {
+        send(from.name(), "eth0", f);
+    }
+    for (l, f) in controls {
+        l.hears("c9100", || send(from.name(), "eth0", f));
+    }
+    for (what, l, name, _) in attacks {
+        assert_eq!(l.count(name), 0, "a pod sent from {what}");
+    }
+    assert!(kernel_drops(node.name(), "bridge", "source") >= 3 * attacks.len() as u64);
+}
+
 /// [`Tunnel`] over the IPv6 underlay.
 struct Tunnel6 {
     to_ip: Ipv6Addr,
@@ -571,7 +592,7 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     let own6 = udp6(gw_mac, pa_mac, pa6, pr6, 9106);
     listen_pr.hears("c9106", || send(pa.name(), "eth0", &own6));
 
-    let attacks: Vec<(&str, &Listener, &str, Vec<u8>)> = vec![
+    let attacks: Vec<Attack> = vec![
         (
             "another pod's IP on the node",
             &listen_pr,
@@ -615,18 +636,12 @@ fn a_pod_cannot_forge_hijack_or_reach_the_tunnel() {
             udp6(pv_mac, pa_mac, pr6, pv6, 9107),
         ),
     ];
-    for (what, _, _, f) in &attacks {
-        let _ = what;
-        send(pa.name(), "eth0", f);
-    }
-    // Legitimate frames sent after the attacks arrive: the listeners were
-    // listening all along, and the attack counters stayed at zero.
-    listen_pr.hears("c9100", || send(pa.name(), "eth0", &own_r));
-    listen_pv.hears("c9100", || send(pa.name(), "eth0", &own_b));
-    for (what, l, name, _) in &attacks {
-        assert_eq!(l.count(name), 0, "a pod sent from {what}");
-    }
-    assert!(kernel_drops(h1.name(), "bridge", "source") >= 3 * attacks.len() as u64);
+    none_arrive(
+        pa,
+        &attacks,
+        &[(&listen_pr, &own_r), (&listen_pv, &own_b)],
+        h1,
+    );
     wait_metric(h1, "source");
 
     // The bridge table deleted as a whole (`nft flush ruleset`): the next
@@ -1038,7 +1053,7 @@ fn an_ipv6_only_pod_cannot_forge_hijack_or_reach_the_tunnel() {
     let own_b = udp6(pv_mac, pa_mac, ip("pa"), ip("pv"), 9100);
     listen_pv.hears("c9100", || send(pa.name(), "eth0", &own_b));
 
-    let attacks: Vec<(&str, &Listener, &str, Vec<u8>)> = vec![
+    let attacks: Vec<Attack> = vec![
         (
             "another pod's address on the node",
             &listen_pr,
@@ -1070,15 +1085,12 @@ fn an_ipv6_only_pod_cannot_forge_hijack_or_reach_the_tunnel() {
             udp6(gw_mac, pv_mac, ip("pa"), ip("pr"), 9105),
         ),
     ];
-    for (_, _, _, f) in &attacks {
-        send(pa.name(), "eth0", f);
-    }
-    listen_pr.hears("c9100", || send(pa.name(), "eth0", &own_r));
-    listen_pv.hears("c9100", || send(pa.name(), "eth0", &own_b));
-    for (what, l, name, _) in &attacks {
-        assert_eq!(l.count(name), 0, "a pod sent from {what}");
-    }
-    assert!(kernel_drops(h1.name(), "bridge", "source") >= 3 * attacks.len() as u64);
+    none_arrive(
+        pa,
+        &attacks,
+        &[(&listen_pr, &own_r), (&listen_pv, &own_b)],
+        h1,
+    );
 
     // Hijack: unsolicited NA claiming pv's address, with pa's MAC and
     // with pv's; RA and DHCPv6 server replies. pw hears pa's own NA first.
