@@ -10,7 +10,7 @@
 # 3. `podman build --pull=never --layers=false -f deploy/Dockerfile` (no
 #    intermediate images left behind) on the checkout
 #    (.dockerignore lets only those three files in);
-# 4. a smoke run of twilld and nft inside the image, and its size.
+# 4. a smoke run of twilld inside the image, and its size.
 # Must run as root (mmdebstrap's root mode; the tests use root's podman
 # storage). Environment: TWILL_IMAGE_MIRROR (a Debian mirror URL; default:
 # mmdebstrap's), TWILL_IMAGE_REFRESH=1.
@@ -82,7 +82,6 @@ else
         --dpkgopt='path-exclude=/usr/share/*' \
         --dpkgopt='path-exclude=/usr/lib/*/gconv/*' \
         --dpkgopt='path-exclude=/lib/systemd/*' \
-        --dpkgopt='path-exclude=/etc/nftables.conf' \
         --format=directory "$suite" "$rootfs" "${mirror[@]}" ||
         die "mmdebstrap failed (is a Debian mirror reachable? set TWILL_IMAGE_MIRROR)"
     # The package manager's state and the files a runtime provides.
@@ -116,7 +115,6 @@ nproc=$(ulimit -Hu)
 [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
 run=(podman run --rm --network none --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
 "${run[@]}" "$tag" --version || die "twilld does not start inside $tag"
-"${run[@]}" --entrypoint nft "$tag" --version || die "nft does not start inside $tag"
 
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 echo "image.sh: $tag ($new), $((size / 1024 / 1024)) MiB ($size bytes)"

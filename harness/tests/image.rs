@@ -618,12 +618,11 @@ fn files_under(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadat
     }
 }
 
-/// Files the image may hold besides shared libraries.
-const IMAGE_FILES: [&str; 4] = [
+/// Files the image may hold besides shared libraries (no `nft`: masquerade
+/// and the isolation tables go over netlink).
+const IMAGE_FILES: [&str; 3] = [
     "usr/local/bin/twilld",
     "usr/local/bin/twill",
-    // `--ip-masq` runs `nft -j` until the rules go over netlink.
-    "usr/sbin/nft",
     "etc/ld.so.cache",
 ];
 
