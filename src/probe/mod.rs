@@ -27,6 +27,7 @@
 //! pass; the prober runs as its own task and never touches the agent.
 
 pub mod client;
+mod dual;
 mod icmp;
 mod icmp6;
 mod report;
@@ -44,6 +45,7 @@ use tokio::time::Instant;
 use crate::reconcile::ipv6_only::RemoteNode6;
 use crate::reconcile::{Path, RemoteNode};
 use crate::telemetry::Telemetry;
+pub use dual::targets_dual6;
 pub use icmp::{build_echo, parse_reply, EchoReply, EchoSocket};
 pub use icmp6::{build_echo6, checksum6, parse_reply6, EchoSocket6};
 pub use report::{PeerHealth, PeerLabels, PeerReport, PeersView};
