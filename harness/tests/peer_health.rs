@@ -47,14 +47,23 @@ fn three_hosts() -> Cluster {
 
 /// [`three_hosts`] with another network config.
 fn three_hosts_with(network_config: &str) -> Cluster {
+    start_probing(three_hosts_built(network_config))
+}
+
+/// Three hosts with `network_config`, built, their agents not started.
+fn three_hosts_built(network_config: &str) -> Cluster {
     let addr = format!("127.0.0.1:{HEALTH_PORT}");
-    let mut c = Cluster::builder()
+    Cluster::builder()
         .hosts(3)
         .network_config(network_config)
         .resync_interval(2)
         .agent_args(["--healthz-addr", &addr, "--probe-interval", "1"])
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts `c`'s agents and waits for every peer healthy.
+fn start_probing(mut c: Cluster) -> Cluster {
     c.start_agents().unwrap();
     // Every peer answering through the data path is convergence enough
     // (and works for both backends).
@@ -122,6 +131,11 @@ fn get(c: &Cluster, host: &str, path: &str) -> twill_harness::Result<String> {
 /// `to`'s entry in `from`'s `/peers`, if listed.
 fn peer_entry(c: &Cluster, from: &str, to: &str) -> twill_harness::Result<Option<Value>> {
     let (subnet, _) = labels(c, to)?;
+    entry(c, from, &subnet)
+}
+
+/// The entry for `subnet` in `from`'s `/peers`, if listed.
+fn entry(c: &Cluster, from: &str, subnet: &str) -> twill_harness::Result<Option<Value>> {
     let body = get(c, from, "/peers")?;
     let v: Value = serde_json::from_str(&body).map_err(|e| twill_harness::HarnessError::Parse {
         what: "/peers".into(),
@@ -129,7 +143,7 @@ fn peer_entry(c: &Cluster, from: &str, to: &str) -> twill_harness::Result<Option
     })?;
     Ok(v["peers"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["subnet"] == subnet.as_str()))
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == subnet))
         .cloned())
 }
 
@@ -151,11 +165,31 @@ fn health_of(p: &Value) -> Option<Health> {
 
 /// Waits until `from` sees `to` as `want`; returns `to`'s entry.
 fn wait_peer(c: &Cluster, from: &str, to: &str, want: Health, why: &str) -> Value {
+    // Its subnet is read again each time: a starting agent has no subnet
+    // file yet.
+    wait_subnet(c, from, to, || Ok(labels(c, to)?.0), want, why)
+}
+
+/// Waits until `from` sees the target `subnet` as `want`; returns its
+/// entry.
+fn wait_entry(c: &Cluster, from: &str, subnet: &str, want: Health, why: &str) -> Value {
+    wait_subnet(c, from, subnet, || Ok(subnet.to_string()), want, why)
+}
+
+/// Waits until `from` sees the target `subnet()` (`what`) as `want`.
+fn wait_subnet(
+    c: &Cluster,
+    from: &str,
+    what: &str,
+    subnet: impl Fn() -> twill_harness::Result<String>,
+    want: Health,
+    why: &str,
+) -> Value {
     wait_for(
-        &format!("{from} to see {to} as {want:?} ({why})"),
+        &format!("{from} to see {what} as {want:?} ({why})"),
         DEADLINE,
         || {
-            let p = peer_entry(c, from, to)?;
+            let p = entry(c, from, &subnet()?)?;
             Ok(p.filter(|p| health_of(p) == Some(want)))
         },
         || {
@@ -171,8 +205,14 @@ fn wait_peer(c: &Cluster, from: &str, to: &str, want: Health, why: &str) -> Valu
 
 /// The value of `name` for `to` in `from`'s `/metrics`, if it has one.
 fn gauge(c: &Cluster, from: &str, name: &str, to: &str) -> Option<f64> {
-    let text = get(c, from, "/metrics").unwrap();
     let (subnet, public_ip) = labels(c, to).unwrap();
+    series(c, from, name, &subnet, &public_ip)
+}
+
+/// The value of `name` labelled `subnet` and `public_ip` in `from`'s
+/// `/metrics`, if it has one.
+fn series(c: &Cluster, from: &str, name: &str, subnet: &str, public_ip: &str) -> Option<f64> {
+    let text = get(c, from, "/metrics").unwrap();
     let series = format!("{name}{{public_ip=\"{public_ip}\",subnet=\"{subnet}\"}}");
     match metric_values(&text, &series).as_slice() {
         [] => None,
@@ -184,10 +224,15 @@ fn gauge(c: &Cluster, from: &str, name: &str, to: &str) -> Option<f64> {
 /// Lines of `host`'s log that contain `what` and name `peer`'s subnet.
 fn log_lines(c: &Cluster, host: &str, what: &str, peer: &str) -> usize {
     let (subnet, _) = labels(c, peer).unwrap();
+    log_lines_of(c, host, what, &subnet)
+}
+
+/// Lines of `host`'s log that contain `what` and name `subnet`.
+fn log_lines_of(c: &Cluster, host: &str, what: &str, subnet: &str) -> usize {
     c.agent_log(host)
         .unwrap()
         .lines()
-        .filter(|l| l.contains(what) && l.contains(&subnet))
+        .filter(|l| l.contains(what) && l.contains(subnet))
         .count()
 }
 
@@ -295,14 +340,7 @@ fn blocked_both_ways(c: Cluster) {
     assert_eq!(ready.status, 200, "{ready:?}");
     // twilld status shows the agent's view as a column.
     let status = status_with_agent(&c, "h1");
-    let row = |h: &str| {
-        let (subnet, _) = labels(&c, h).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with(&subnet))
-            .unwrap_or_else(|| panic!("no row for {h} in\n{status}"))
-            .to_string()
-    };
+    let row = |h: &str| status_row(&c, &status, h);
     assert!(status.lines().next().unwrap().contains("PROBE"), "{status}");
     assert!(row("h2").ends_with("UNREACHABLE"), "{status}");
     assert!(row("h3").contains("  ok "), "{status}");
@@ -320,6 +358,16 @@ fn blocked_both_ways(c: Cluster) {
         assert_eq!(log_lines(&c, from, "peer lost", to), 1);
         assert_eq!(log_lines(&c, from, "peer back", to), 1);
     }
+}
+
+/// `host`'s row in `status` (the output of [`status_with_agent`]).
+fn status_row(c: &Cluster, status: &str, host: &str) -> String {
+    let (subnet, _) = labels(c, host).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(&subnet))
+        .unwrap_or_else(|| panic!("no row for {host} in\n{status}"))
+        .to_string()
 }
 
 /// `twilld status --agent` run on `host` against its own agent.
@@ -502,5 +550,104 @@ fn host_gw_peers_are_probed_gateway_to_gateway() {
         "h1",
         Health::Fine,
         "pod traffic let through again",
+    );
+}
+
+/// A dual-stack vxlan cluster: with an IPv6 underlay on every host, IPv6
+/// pod traffic rides `twill6.1` over it, IPv4 `twill.1` over the IPv4 one.
+const DUAL_STACK: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+
+/// The IPv6 underlay address `Cluster::add_ipv6_underlay` gives `host`
+/// (hosts added in the order h1, h2, h3).
+fn underlay6(host: &str) -> String {
+    format!("2001:db8:1::{}", host.trim_start_matches('h'))
+}
+
+/// Dual stack: each peer is probed twice, on its IPv4 pod path and on its
+/// IPv6 one, each with its own `/peers` entry, series and verdict. VXLAN
+/// over IPv6 dropped between h1 and h2 breaks their IPv6 path only: that
+/// target is lost, their IPv4 one stays fine (as do h3's both), `twilld
+/// status` shows the two verdicts in one row; all is back after the fix.
+#[test]
+fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alone() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_built(DUAL_STACK);
+    c.add_ipv6_underlay(&["h1", "h2", "h3"]).unwrap();
+    // Every IPv4 path healthy.
+    let c = start_probing(c);
+    let s6 = |h: &str| c.subnet6_of(h).unwrap().to_string();
+    let hosts = ["h1", "h2", "h3"];
+    for from in hosts {
+        for to in hosts.into_iter().filter(|&to| to != from) {
+            wait_entry(&c, from, &s6(to), Health::Fine, "IPv6 path at start");
+            // Labelled with the address the IPv6 path goes to: the peer's
+            // IPv6 underlay address (the path is twill6.1).
+            let up = series(&c, from, "twill_peer_reachable", &s6(to), &underlay6(to));
+            assert_eq!(up, Some(1.0), "{from} -> {to}");
+        }
+        let peers: Value = serde_json::from_str(&get(&c, from, "/peers").unwrap()).unwrap();
+        assert_eq!(peers["peers"].as_array().unwrap().len(), 4, "{peers}");
+    }
+    let route = format!(
+        "{} via {} dev twill6.1",
+        s6("h2"),
+        s6("h2").replace("/64", "")
+    );
+    let routes = c.ns_of("h1").unwrap().ip(["-6", "route"]).unwrap();
+    assert!(routes.contains(&route), "h1 lacks `{route}`:\n{routes}");
+
+    let (a, b) = (underlay6("h1"), underlay6("h2"));
+    drop_in_underlay(
+        &c,
+        &[
+            format!("ip6 saddr {a} ip6 daddr {b} udp dport 8472 drop"),
+            format!("ip6 saddr {b} ip6 daddr {a} udp dport 8472 drop"),
+        ],
+    );
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        let why = "VXLAN over IPv6 dropped both ways";
+        let p = wait_entry(&c, from, &s6(to), Health::Lost, why);
+        assert!(
+            p["last_failure"].as_str().unwrap().contains("no reply"),
+            "{p}"
+        );
+        let gauge6 = |name| series(&c, from, name, &s6(to), &underlay6(to));
+        assert_eq!(gauge6("twill_peer_reachable"), Some(0.0));
+        assert_eq!(gauge6("twill_peer_mtu_ok"), Some(0.0));
+        // The IPv4 path to the same peer is fine all along.
+        let p4 = peer_entry(&c, from, to).unwrap().unwrap();
+        assert_eq!(health_of(&p4), Some(Health::Fine), "{p4}");
+        assert_eq!(gauge(&c, from, "twill_peer_reachable", to), Some(1.0));
+    }
+    unaffected(&c, &[("h1", "h2"), ("h1", "h3"), ("h2", "h3")]);
+    for (from, to) in [("h1", "h3"), ("h3", "h1"), ("h2", "h3"), ("h3", "h2")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "unaffected by the break");
+    }
+    // One row per lease, both verdicts in its PROBE column.
+    let status = status_with_agent(&c, "h1");
+    let row = |h: &str| status_row(&c, &status, h);
+    assert!(
+        row("h2").contains("  ok ") && row("h2").ends_with(", v6 UNREACHABLE"),
+        "{status}"
+    );
+    assert!(
+        row("h3").contains("  ok ") && row("h3").contains(", v6 ok "),
+        "{status}"
+    );
+
+    unblock(&c);
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "VXLAN over IPv6 back");
+        // One WARN per transition, naming the IPv6 subnet; none for IPv4.
+        assert_eq!(log_lines_of(&c, from, "peer lost", &s6(to)), 1);
+        assert_eq!(log_lines_of(&c, from, "peer back", &s6(to)), 1);
+        assert_eq!(log_lines(&c, from, "peer lost", to), 0, "IPv4 path");
+    }
+    let status = status_with_agent(&c, "h1");
+    assert!(
+        status_row(&c, &status, "h2").contains(", v6 ok "),
+        "{status}"
     );
 }
