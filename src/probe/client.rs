@@ -75,7 +75,7 @@ pub fn peer_key6((subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>)) -> Option<St
 }
 
 /// The `PROBE` column of a lease's row in `twilld status`: the
-/// [`column`] of its target; for a dual-stack lease followed by the
+/// [`column()`] of its target; for a dual-stack lease followed by the
 /// verdict on its IPv6 pod path: `ok 0.4ms, v6 UNREACHABLE`.
 pub fn row_column(view: &PeersView, lease: (Ipv4Net, Option<Ipv6Net>)) -> String {
     let first = column(view, &peer_key(lease));

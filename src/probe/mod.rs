@@ -14,11 +14,13 @@
 //! node's `twill6.<VNI>` address (`<subnet6>::`) to the peer's through the
 //! tunnel, from bridge gateway to bridge gateway (`<subnet6>::1`) on a
 //! direct route. One prober handles both families; its ICMPv6 socket is
-//! opened at the first IPv6 probe.
+//! opened at the first IPv6 probe. In a dual-stack cluster each peer is
+//! also a second, IPv6 target: its IPv6 pod path ([`targets_dual6`]).
 //!
-//! Cost: at most [`MAX_PEERS_PER_ROUND`] peers per interval, two packets
-//! each (and their replies), spread over the interval in [`SLOTS`] slots;
-//! peers beyond that are probed in rotation, so each one at least every
+//! Cost: at most [`MAX_PEERS_PER_ROUND`] peers (targets) per interval,
+//! two packets each (and their replies), spread over the interval in
+//! [`SLOTS`] slots; peers beyond that are probed in rotation, so each one
+//! at least every
 //! `ceil(peers / MAX_PEERS_PER_ROUND)` intervals (plus one for the
 //! suspects that go first). A peer whose last probe went unanswered is
 //! probed again at once, ahead of the rotation.
