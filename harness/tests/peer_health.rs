@@ -360,6 +360,39 @@ fn blocked_both_ways(c: Cluster) {
     }
 }
 
+/// Drops the IPv6 packets matching `what` (nft) between h1's and h2's IPv6
+/// underlay addresses, both ways, in the underlay bridge.
+fn drop_ipv6_between_h1_and_h2(c: &Cluster, what: &str) {
+    let (a, b) = (underlay6("h1"), underlay6("h2"));
+    drop_in_underlay(
+        c,
+        &[
+            format!("ip6 saddr {a} ip6 daddr {b} {what} drop"),
+            format!("ip6 saddr {b} ip6 daddr {a} {what} drop"),
+        ],
+    );
+}
+
+/// Waits until h1 and h2 see each other's IPv6 path as `want` (`why`),
+/// and checks that their IPv4 path is fine; returns (from, to, the IPv6
+/// entry) both ways.
+fn ipv6_path_alone(
+    c: &Cluster,
+    want: Health,
+    why: &str,
+) -> Vec<(&'static str, &'static str, Value)> {
+    let mut out = Vec::new();
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        let s6 = c.subnet6_of(to).unwrap().to_string();
+        let p = wait_entry(c, from, &s6, want, why);
+        // The IPv4 path to the same peer is fine all along.
+        let p4 = peer_entry(c, from, to).unwrap().unwrap();
+        assert_eq!(health_of(&p4), Some(Health::Fine), "{p4}");
+        out.push((from, to, p));
+    }
+    out
+}
+
 /// `host`'s row in `status` (the output of [`status_with_agent`]).
 fn status_row(c: &Cluster, status: &str, host: &str) -> String {
     let (subnet, _) = labels(c, host).unwrap();
@@ -372,19 +405,24 @@ fn status_row(c: &Cluster, status: &str, host: &str) -> String {
 
 /// `twilld status --agent` run on `host` against its own agent.
 fn status_with_agent(c: &Cluster, host: &str) -> String {
+    status_with_agent_and(c, host, &[])
+}
+
+/// [`status_with_agent`] with more flags (`--json`).
+fn status_with_agent_and(c: &Cluster, host: &str, more: &[&str]) -> String {
     let twilld = bins::twilld().unwrap();
     let agent = std::net::SocketAddr::new(loopback(c), HEALTH_PORT).to_string();
-    c.ns_of(host)
-        .unwrap()
-        .exec_ok(&[
-            twilld.to_str().unwrap(),
-            "status",
-            "--agent",
-            &agent,
-            "--etcd-endpoints",
-            &c.etcd_endpoints(),
-        ])
-        .unwrap()
+    let endpoints = c.etcd_endpoints();
+    let mut args = vec![
+        twilld.to_str().unwrap(),
+        "status",
+        "--agent",
+        &agent,
+        "--etcd-endpoints",
+        &endpoints,
+    ];
+    args.extend_from_slice(more);
+    c.ns_of(host).unwrap().exec_ok(&args).unwrap()
 }
 
 #[test]
@@ -568,6 +606,7 @@ fn underlay6(host: &str) -> String {
 /// over IPv6 dropped between h1 and h2 breaks their IPv6 path only: that
 /// target is lost, their IPv4 one stays fine (as do h3's both), `twilld
 /// status` shows the two verdicts in one row; all is back after the fix.
+/// Then the same for an MTU blackhole on the IPv6 underlay only.
 #[test]
 fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alone() {
     if !require_prereqs() {
@@ -598,17 +637,9 @@ fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alon
     let routes = c.ns_of("h1").unwrap().ip(["-6", "route"]).unwrap();
     assert!(routes.contains(&route), "h1 lacks `{route}`:\n{routes}");
 
-    let (a, b) = (underlay6("h1"), underlay6("h2"));
-    drop_in_underlay(
-        &c,
-        &[
-            format!("ip6 saddr {a} ip6 daddr {b} udp dport 8472 drop"),
-            format!("ip6 saddr {b} ip6 daddr {a} udp dport 8472 drop"),
-        ],
-    );
-    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
-        let why = "VXLAN over IPv6 dropped both ways";
-        let p = wait_entry(&c, from, &s6(to), Health::Lost, why);
+    drop_ipv6_between_h1_and_h2(&c, "udp dport 8472");
+    let why = "VXLAN over IPv6 dropped both ways";
+    for (from, to, p) in ipv6_path_alone(&c, Health::Lost, why) {
         assert!(
             p["last_failure"].as_str().unwrap().contains("no reply"),
             "{p}"
@@ -616,9 +647,6 @@ fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alon
         let gauge6 = |name| series(&c, from, name, &s6(to), &underlay6(to));
         assert_eq!(gauge6("twill_peer_reachable"), Some(0.0));
         assert_eq!(gauge6("twill_peer_mtu_ok"), Some(0.0));
-        // The IPv4 path to the same peer is fine all along.
-        let p4 = peer_entry(&c, from, to).unwrap().unwrap();
-        assert_eq!(health_of(&p4), Some(Health::Fine), "{p4}");
         assert_eq!(gauge(&c, from, "twill_peer_reachable", to), Some(1.0));
     }
     unaffected(&c, &[("h1", "h2"), ("h1", "h3"), ("h2", "h3")]);
@@ -636,6 +664,17 @@ fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alon
         row("h3").contains("  ok ") && row("h3").contains(", v6 ok "),
         "{status}"
     );
+    // --json: the IPv6 path's verdict as probe6, beside probe.
+    let json: Value = serde_json::from_str(&status_with_agent_and(&c, "h1", &["--json"])).unwrap();
+    let h2 = c.subnet_of("h2").unwrap().to_string();
+    let row2 = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["subnet"] == h2.as_str())
+        .unwrap();
+    assert!(row2["probe"].as_str().unwrap().starts_with("ok "), "{row2}");
+    assert_eq!(row2["probe6"], "UNREACHABLE", "{row2}");
 
     unblock(&c);
     for (from, to) in [("h1", "h2"), ("h2", "h1")] {
@@ -650,4 +689,27 @@ fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alon
         status_row(&c, &status, "h2").contains(", v6 ok "),
         "{status}"
     );
+
+    // An MTU blackhole on the IPv6 underlay alone: large IPv6 packets
+    // between h1 and h2 silently dropped (no "packet too big"), small ones
+    // and all IPv4 pass. The full-size probe through twill6.1 is an outer
+    // IPv6 payload of the pod MTU + 30 bytes; the small one about 100.
+    drop_ipv6_between_h1_and_h2(&c, "ip6 length > 1000");
+    let why = "large IPv6 packets dropped";
+    for (_, _, p) in ipv6_path_alone(&c, Health::MtuBlackhole, why) {
+        let failure = p["last_failure"].as_str().unwrap();
+        assert!(failure.contains("don't-fragment"), "{p}");
+    }
+    let status = status_with_agent(&c, "h1");
+    assert!(
+        status_row(&c, &status, "h2").ends_with(", v6 MTU-BLACKHOLE"),
+        "{status}"
+    );
+    unblock(&c);
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "large IPv6 packets pass");
+        assert_eq!(log_lines_of(&c, from, "MTU too small", &s6(to)), 1);
+        assert_eq!(log_lines_of(&c, from, "MTU too small", &s6("h3")), 0);
+        assert_eq!(log_lines(&c, from, "MTU too small", to), 0, "IPv4 path");
+    }
 }
