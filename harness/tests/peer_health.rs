@@ -713,3 +713,54 @@ fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alon
         assert_eq!(log_lines(&c, from, "MTU too small", to), 0, "IPv4 path");
     }
 }
+
+/// Dual-stack host-gw over both underlays: the IPv6 path is a direct route
+/// via the peer's `PublicIPv6`, probed bridge gateway to bridge gateway
+/// (`<subnet6>::1`) and labelled with that address. IPv6 pod traffic from
+/// h1's subnet to h2's dropped on the underlay breaks that path alone.
+#[test]
+fn dual_stack_host_gw_peers_are_probed_on_both_paths_gateway_to_gateway() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_built(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#,
+    );
+    c.add_ipv6_underlay(&["h1", "h2", "h3"]).unwrap();
+    let c = start_probing(c);
+    let s6 = |h: &str| c.subnet6_of(h).unwrap().to_string();
+    for (from, to) in [("h1", "h2"), ("h2", "h1"), ("h1", "h3")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "IPv6 path at start");
+        let up = series(&c, from, "twill_peer_reachable", &s6(to), &underlay6(to));
+        assert_eq!(up, Some(1.0), "{from} -> {to}");
+    }
+    let (s1, s2) = (s6("h1"), s6("h2"));
+    drop_in_underlay(&c, &[format!("ip6 saddr {s1} ip6 daddr {s2} drop")]);
+    ipv6_path_alone(&c, Health::Lost, "IPv6 pod traffic h1 -> h2 dropped");
+    wait_entry(&c, "h1", &s6("h3"), Health::Fine, "unaffected");
+    unblock(&c);
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "let through again");
+    }
+}
+
+/// Dual-stack wireguard: the IPv6 path goes through `twill-wg` like the
+/// IPv4 one, probed bridge gateway to bridge gateway and labelled with the
+/// peer's `PublicIP` (as its IPv4 target is); both seen healthy.
+#[test]
+fn dual_stack_wireguard_peers_are_probed_on_both_paths() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_built(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"wireguard"}}"#,
+    );
+    let c = start_probing(c);
+    for (from, to) in [("h1", "h2"), ("h2", "h3"), ("h3", "h1")] {
+        let s6 = c.subnet6_of(to).unwrap().to_string();
+        wait_entry(&c, from, &s6, Health::Fine, "IPv6 path through twill-wg");
+        let public_ip = c.host(to).unwrap().ip().to_string();
+        let up = series(&c, from, "twill_peer_reachable", &s6, &public_ip);
+        assert_eq!(up, Some(1.0), "{from} -> {to}");
+    }
+}
