@@ -6,8 +6,11 @@
 //! rules in the underlay namespace's bridge, a shrunken MTU on one underlay
 //! port, a node's namespace deleted. Each test checks that the failure is
 //! detected, that the other peers stay healthy, and that it recovers after
-//! the fix. Timing is not asserted (the machine is shared): waits poll with
-//! generous deadlines.
+//! the fix. In a dual-stack cluster each peer is two targets, its IPv4 and
+//! its IPv6 pod path, and a break of the IPv6 one (VXLAN over IPv6
+//! dropped, large IPv6 packets dropped) shows on that target alone. Timing
+//! is not asserted (the machine is shared): waits poll with generous
+//! deadlines.
 //!
 //! Need root, `ip`, `etcd`, `etcdctl`, `ping`, `nft`, `bash`, `timeout` and
 //! the workspace binaries (`cargo build --workspace`); under `CI=true` a
