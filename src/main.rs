@@ -174,6 +174,11 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
                 if let Some(p) = probe_of(l) {
                     row["probe"] = p.into();
                 }
+                // A dual-stack lease's IPv6 pod path, probed on its own.
+                let key6 = twill::probe::client::peer_key6((l.subnet, l.ipv6_subnet));
+                if let (Some(v), Some(s6)) = (peers.as_ref(), key6) {
+                    row["probe6"] = twill::probe::client::column(v, &s6).into();
+                }
                 row
             })
             .collect();
@@ -204,7 +209,12 @@ async fn status(args: &Args, json: bool, agent: Option<SocketAddr>) -> anyhow::R
             public_ip,
             l.attrs.backend_type,
             mac,
-            with_probe(&ttl, probe_of(l))
+            with_probe(
+                &ttl,
+                peers
+                    .as_ref()
+                    .map(|v| twill::probe::client::row_column(v, (l.subnet, l.ipv6_subnet)))
+            )
         );
     }
     Ok(())

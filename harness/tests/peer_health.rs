@@ -6,8 +6,11 @@
 //! rules in the underlay namespace's bridge, a shrunken MTU on one underlay
 //! port, a node's namespace deleted. Each test checks that the failure is
 //! detected, that the other peers stay healthy, and that it recovers after
-//! the fix. Timing is not asserted (the machine is shared): waits poll with
-//! generous deadlines.
+//! the fix. In a dual-stack cluster each peer is two targets, its IPv4 and
+//! its IPv6 pod path, and a break of the IPv6 one (VXLAN over IPv6
+//! dropped, large IPv6 packets dropped) shows on that target alone. Timing
+//! is not asserted (the machine is shared): waits poll with generous
+//! deadlines.
 //!
 //! Need root, `ip`, `etcd`, `etcdctl`, `ping`, `nft`, `bash`, `timeout` and
 //! the workspace binaries (`cargo build --workspace`); under `CI=true` a
@@ -47,14 +50,23 @@ fn three_hosts() -> Cluster {
 
 /// [`three_hosts`] with another network config.
 fn three_hosts_with(network_config: &str) -> Cluster {
+    start_probing(three_hosts_built(network_config))
+}
+
+/// Three hosts with `network_config`, built, their agents not started.
+fn three_hosts_built(network_config: &str) -> Cluster {
     let addr = format!("127.0.0.1:{HEALTH_PORT}");
-    let mut c = Cluster::builder()
+    Cluster::builder()
         .hosts(3)
         .network_config(network_config)
         .resync_interval(2)
         .agent_args(["--healthz-addr", &addr, "--probe-interval", "1"])
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts `c`'s agents and waits for every peer healthy.
+fn start_probing(mut c: Cluster) -> Cluster {
     c.start_agents().unwrap();
     // Every peer answering through the data path is convergence enough
     // (and works for both backends).
@@ -122,6 +134,11 @@ fn get(c: &Cluster, host: &str, path: &str) -> twill_harness::Result<String> {
 /// `to`'s entry in `from`'s `/peers`, if listed.
 fn peer_entry(c: &Cluster, from: &str, to: &str) -> twill_harness::Result<Option<Value>> {
     let (subnet, _) = labels(c, to)?;
+    entry(c, from, &subnet)
+}
+
+/// The entry for `subnet` in `from`'s `/peers`, if listed.
+fn entry(c: &Cluster, from: &str, subnet: &str) -> twill_harness::Result<Option<Value>> {
     let body = get(c, from, "/peers")?;
     let v: Value = serde_json::from_str(&body).map_err(|e| twill_harness::HarnessError::Parse {
         what: "/peers".into(),
@@ -129,7 +146,7 @@ fn peer_entry(c: &Cluster, from: &str, to: &str) -> twill_harness::Result<Option
     })?;
     Ok(v["peers"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["subnet"] == subnet.as_str()))
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == subnet))
         .cloned())
 }
 
@@ -151,11 +168,31 @@ fn health_of(p: &Value) -> Option<Health> {
 
 /// Waits until `from` sees `to` as `want`; returns `to`'s entry.
 fn wait_peer(c: &Cluster, from: &str, to: &str, want: Health, why: &str) -> Value {
+    // Its subnet is read again each time: a starting agent has no subnet
+    // file yet.
+    wait_subnet(c, from, to, || Ok(labels(c, to)?.0), want, why)
+}
+
+/// Waits until `from` sees the target `subnet` as `want`; returns its
+/// entry.
+fn wait_entry(c: &Cluster, from: &str, subnet: &str, want: Health, why: &str) -> Value {
+    wait_subnet(c, from, subnet, || Ok(subnet.to_string()), want, why)
+}
+
+/// Waits until `from` sees the target `subnet()` (`what`) as `want`.
+fn wait_subnet(
+    c: &Cluster,
+    from: &str,
+    what: &str,
+    subnet: impl Fn() -> twill_harness::Result<String>,
+    want: Health,
+    why: &str,
+) -> Value {
     wait_for(
-        &format!("{from} to see {to} as {want:?} ({why})"),
+        &format!("{from} to see {what} as {want:?} ({why})"),
         DEADLINE,
         || {
-            let p = peer_entry(c, from, to)?;
+            let p = entry(c, from, &subnet()?)?;
             Ok(p.filter(|p| health_of(p) == Some(want)))
         },
         || {
@@ -171,8 +208,14 @@ fn wait_peer(c: &Cluster, from: &str, to: &str, want: Health, why: &str) -> Valu
 
 /// The value of `name` for `to` in `from`'s `/metrics`, if it has one.
 fn gauge(c: &Cluster, from: &str, name: &str, to: &str) -> Option<f64> {
-    let text = get(c, from, "/metrics").unwrap();
     let (subnet, public_ip) = labels(c, to).unwrap();
+    series(c, from, name, &subnet, &public_ip)
+}
+
+/// The value of `name` labelled `subnet` and `public_ip` in `from`'s
+/// `/metrics`, if it has one.
+fn series(c: &Cluster, from: &str, name: &str, subnet: &str, public_ip: &str) -> Option<f64> {
+    let text = get(c, from, "/metrics").unwrap();
     let series = format!("{name}{{public_ip=\"{public_ip}\",subnet=\"{subnet}\"}}");
     match metric_values(&text, &series).as_slice() {
         [] => None,
@@ -184,10 +227,15 @@ fn gauge(c: &Cluster, from: &str, name: &str, to: &str) -> Option<f64> {
 /// Lines of `host`'s log that contain `what` and name `peer`'s subnet.
 fn log_lines(c: &Cluster, host: &str, what: &str, peer: &str) -> usize {
     let (subnet, _) = labels(c, peer).unwrap();
+    log_lines_of(c, host, what, &subnet)
+}
+
+/// Lines of `host`'s log that contain `what` and name `subnet`.
+fn log_lines_of(c: &Cluster, host: &str, what: &str, subnet: &str) -> usize {
     c.agent_log(host)
         .unwrap()
         .lines()
-        .filter(|l| l.contains(what) && l.contains(&subnet))
+        .filter(|l| l.contains(what) && l.contains(subnet))
         .count()
 }
 
@@ -295,14 +343,7 @@ fn blocked_both_ways(c: Cluster) {
     assert_eq!(ready.status, 200, "{ready:?}");
     // twilld status shows the agent's view as a column.
     let status = status_with_agent(&c, "h1");
-    let row = |h: &str| {
-        let (subnet, _) = labels(&c, h).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with(&subnet))
-            .unwrap_or_else(|| panic!("no row for {h} in\n{status}"))
-            .to_string()
-    };
+    let row = |h: &str| status_row(&c, &status, h);
     assert!(status.lines().next().unwrap().contains("PROBE"), "{status}");
     assert!(row("h2").ends_with("UNREACHABLE"), "{status}");
     assert!(row("h3").contains("  ok "), "{status}");
@@ -322,21 +363,69 @@ fn blocked_both_ways(c: Cluster) {
     }
 }
 
+/// Drops the IPv6 packets matching `what` (nft) between h1's and h2's IPv6
+/// underlay addresses, both ways, in the underlay bridge.
+fn drop_ipv6_between_h1_and_h2(c: &Cluster, what: &str) {
+    let (a, b) = (underlay6("h1"), underlay6("h2"));
+    drop_in_underlay(
+        c,
+        &[
+            format!("ip6 saddr {a} ip6 daddr {b} {what} drop"),
+            format!("ip6 saddr {b} ip6 daddr {a} {what} drop"),
+        ],
+    );
+}
+
+/// Waits until h1 and h2 see each other's IPv6 path as `want` (`why`),
+/// and checks that their IPv4 path is fine; returns (from, to, the IPv6
+/// entry) both ways.
+fn ipv6_path_alone(
+    c: &Cluster,
+    want: Health,
+    why: &str,
+) -> Vec<(&'static str, &'static str, Value)> {
+    let mut out = Vec::new();
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        let s6 = c.subnet6_of(to).unwrap().to_string();
+        let p = wait_entry(c, from, &s6, want, why);
+        // The IPv4 path to the same peer is fine all along.
+        let p4 = peer_entry(c, from, to).unwrap().unwrap();
+        assert_eq!(health_of(&p4), Some(Health::Fine), "{p4}");
+        out.push((from, to, p));
+    }
+    out
+}
+
+/// `host`'s row in `status` (the output of [`status_with_agent`]).
+fn status_row(c: &Cluster, status: &str, host: &str) -> String {
+    let (subnet, _) = labels(c, host).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(&subnet))
+        .unwrap_or_else(|| panic!("no row for {host} in\n{status}"))
+        .to_string()
+}
+
 /// `twilld status --agent` run on `host` against its own agent.
 fn status_with_agent(c: &Cluster, host: &str) -> String {
+    status_with_agent_and(c, host, &[])
+}
+
+/// [`status_with_agent`] with more flags (`--json`).
+fn status_with_agent_and(c: &Cluster, host: &str, more: &[&str]) -> String {
     let twilld = bins::twilld().unwrap();
     let agent = std::net::SocketAddr::new(loopback(c), HEALTH_PORT).to_string();
-    c.ns_of(host)
-        .unwrap()
-        .exec_ok(&[
-            twilld.to_str().unwrap(),
-            "status",
-            "--agent",
-            &agent,
-            "--etcd-endpoints",
-            &c.etcd_endpoints(),
-        ])
-        .unwrap()
+    let endpoints = c.etcd_endpoints();
+    let mut args = vec![
+        twilld.to_str().unwrap(),
+        "status",
+        "--agent",
+        &agent,
+        "--etcd-endpoints",
+        &endpoints,
+    ];
+    args.extend_from_slice(more);
+    c.ns_of(host).unwrap().exec_ok(&args).unwrap()
 }
 
 #[test]
@@ -503,4 +592,178 @@ fn host_gw_peers_are_probed_gateway_to_gateway() {
         Health::Fine,
         "pod traffic let through again",
     );
+}
+
+/// A dual-stack vxlan cluster: with an IPv6 underlay on every host, IPv6
+/// pod traffic rides `twill6.1` over it, IPv4 `twill.1` over the IPv4 one.
+const DUAL_STACK: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+
+/// The IPv6 underlay address `Cluster::add_ipv6_underlay` gives `host`
+/// (hosts added in the order h1, h2, h3).
+fn underlay6(host: &str) -> String {
+    format!("2001:db8:1::{}", host.trim_start_matches('h'))
+}
+
+/// Dual stack: each peer is probed twice, on its IPv4 pod path and on its
+/// IPv6 one, each with its own `/peers` entry, series and verdict. VXLAN
+/// over IPv6 dropped between h1 and h2 breaks their IPv6 path only: that
+/// target is lost, their IPv4 one stays fine (as do h3's both), `twilld
+/// status` shows the two verdicts in one row; all is back after the fix.
+/// Then the same for an MTU blackhole on the IPv6 underlay only.
+#[test]
+fn dual_stack_peers_are_probed_on_both_paths_and_a_broken_ipv6_tunnel_shows_alone() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_built(DUAL_STACK);
+    c.add_ipv6_underlay(&["h1", "h2", "h3"]).unwrap();
+    // Every IPv4 path healthy.
+    let c = start_probing(c);
+    let s6 = |h: &str| c.subnet6_of(h).unwrap().to_string();
+    let hosts = ["h1", "h2", "h3"];
+    for from in hosts {
+        for to in hosts.into_iter().filter(|&to| to != from) {
+            wait_entry(&c, from, &s6(to), Health::Fine, "IPv6 path at start");
+            // Labelled with the address the IPv6 path goes to: the peer's
+            // IPv6 underlay address (the path is twill6.1).
+            let up = series(&c, from, "twill_peer_reachable", &s6(to), &underlay6(to));
+            assert_eq!(up, Some(1.0), "{from} -> {to}");
+        }
+        let peers: Value = serde_json::from_str(&get(&c, from, "/peers").unwrap()).unwrap();
+        assert_eq!(peers["peers"].as_array().unwrap().len(), 4, "{peers}");
+    }
+    let route = format!(
+        "{} via {} dev twill6.1",
+        s6("h2"),
+        s6("h2").replace("/64", "")
+    );
+    let routes = c.ns_of("h1").unwrap().ip(["-6", "route"]).unwrap();
+    assert!(routes.contains(&route), "h1 lacks `{route}`:\n{routes}");
+
+    drop_ipv6_between_h1_and_h2(&c, "udp dport 8472");
+    let why = "VXLAN over IPv6 dropped both ways";
+    for (from, to, p) in ipv6_path_alone(&c, Health::Lost, why) {
+        assert!(
+            p["last_failure"].as_str().unwrap().contains("no reply"),
+            "{p}"
+        );
+        let gauge6 = |name| series(&c, from, name, &s6(to), &underlay6(to));
+        assert_eq!(gauge6("twill_peer_reachable"), Some(0.0));
+        assert_eq!(gauge6("twill_peer_mtu_ok"), Some(0.0));
+        assert_eq!(gauge(&c, from, "twill_peer_reachable", to), Some(1.0));
+    }
+    unaffected(&c, &[("h1", "h2"), ("h1", "h3"), ("h2", "h3")]);
+    for (from, to) in [("h1", "h3"), ("h3", "h1"), ("h2", "h3"), ("h3", "h2")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "unaffected by the break");
+    }
+    // One row per lease, both verdicts in its PROBE column.
+    let status = status_with_agent(&c, "h1");
+    let row = |h: &str| status_row(&c, &status, h);
+    assert!(
+        row("h2").contains("  ok ") && row("h2").ends_with(", v6 UNREACHABLE"),
+        "{status}"
+    );
+    assert!(
+        row("h3").contains("  ok ") && row("h3").contains(", v6 ok "),
+        "{status}"
+    );
+    // --json: the IPv6 path's verdict as probe6, beside probe.
+    let json: Value = serde_json::from_str(&status_with_agent_and(&c, "h1", &["--json"])).unwrap();
+    let h2 = c.subnet_of("h2").unwrap().to_string();
+    let row2 = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["subnet"] == h2.as_str())
+        .unwrap();
+    assert!(row2["probe"].as_str().unwrap().starts_with("ok "), "{row2}");
+    assert_eq!(row2["probe6"], "UNREACHABLE", "{row2}");
+
+    unblock(&c);
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "VXLAN over IPv6 back");
+        // One WARN per transition, naming the IPv6 subnet; none for IPv4.
+        assert_eq!(log_lines_of(&c, from, "peer lost", &s6(to)), 1);
+        assert_eq!(log_lines_of(&c, from, "peer back", &s6(to)), 1);
+        assert_eq!(log_lines(&c, from, "peer lost", to), 0, "IPv4 path");
+    }
+    let status = status_with_agent(&c, "h1");
+    assert!(
+        status_row(&c, &status, "h2").contains(", v6 ok "),
+        "{status}"
+    );
+
+    // An MTU blackhole on the IPv6 underlay alone: large IPv6 packets
+    // between h1 and h2 silently dropped (no "packet too big"), small ones
+    // and all IPv4 pass. The full-size probe through twill6.1 is an outer
+    // IPv6 payload of the pod MTU + 30 bytes; the small one about 100.
+    drop_ipv6_between_h1_and_h2(&c, "ip6 length > 1000");
+    let why = "large IPv6 packets dropped";
+    for (_, _, p) in ipv6_path_alone(&c, Health::MtuBlackhole, why) {
+        let failure = p["last_failure"].as_str().unwrap();
+        assert!(failure.contains("don't-fragment"), "{p}");
+    }
+    let status = status_with_agent(&c, "h1");
+    assert!(
+        status_row(&c, &status, "h2").ends_with(", v6 MTU-BLACKHOLE"),
+        "{status}"
+    );
+    unblock(&c);
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "large IPv6 packets pass");
+        assert_eq!(log_lines_of(&c, from, "MTU too small", &s6(to)), 1);
+        assert_eq!(log_lines_of(&c, from, "MTU too small", &s6("h3")), 0);
+        assert_eq!(log_lines(&c, from, "MTU too small", to), 0, "IPv4 path");
+    }
+}
+
+/// Dual-stack host-gw over both underlays: the IPv6 path is a direct route
+/// via the peer's `PublicIPv6`, probed bridge gateway to bridge gateway
+/// (`<subnet6>::1`) and labelled with that address. IPv6 pod traffic from
+/// h1's subnet to h2's dropped on the underlay breaks that path alone.
+#[test]
+fn dual_stack_host_gw_peers_are_probed_on_both_paths_gateway_to_gateway() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_built(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#,
+    );
+    c.add_ipv6_underlay(&["h1", "h2", "h3"]).unwrap();
+    let c = start_probing(c);
+    let s6 = |h: &str| c.subnet6_of(h).unwrap().to_string();
+    for (from, to) in [("h1", "h2"), ("h2", "h1"), ("h1", "h3")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "IPv6 path at start");
+        let up = series(&c, from, "twill_peer_reachable", &s6(to), &underlay6(to));
+        assert_eq!(up, Some(1.0), "{from} -> {to}");
+    }
+    let (s1, s2) = (s6("h1"), s6("h2"));
+    drop_in_underlay(&c, &[format!("ip6 saddr {s1} ip6 daddr {s2} drop")]);
+    ipv6_path_alone(&c, Health::Lost, "IPv6 pod traffic h1 -> h2 dropped");
+    wait_entry(&c, "h1", &s6("h3"), Health::Fine, "unaffected");
+    unblock(&c);
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        wait_entry(&c, from, &s6(to), Health::Fine, "let through again");
+    }
+}
+
+/// Dual-stack wireguard: the IPv6 path goes through `twill-wg` like the
+/// IPv4 one, probed bridge gateway to bridge gateway and labelled with the
+/// peer's `PublicIP` (as its IPv4 target is); both seen healthy.
+#[test]
+fn dual_stack_wireguard_peers_are_probed_on_both_paths() {
+    if !require_prereqs() {
+        return;
+    }
+    let c = three_hosts_built(
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{"Type":"wireguard"}}"#,
+    );
+    let c = start_probing(c);
+    for (from, to) in [("h1", "h2"), ("h2", "h3"), ("h3", "h1")] {
+        let s6 = c.subnet6_of(to).unwrap().to_string();
+        wait_entry(&c, from, &s6, Health::Fine, "IPv6 path through twill-wg");
+        let public_ip = c.host(to).unwrap().ip().to_string();
+        let up = series(&c, from, "twill_peer_reachable", &s6, &public_ip);
+        assert_eq!(up, Some(1.0), "{from} -> {to}");
+    }
 }

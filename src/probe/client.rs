@@ -64,6 +64,27 @@ pub fn peer_key((subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>)) -> String {
     }
 }
 
+/// The subnet a dual-stack lease's IPv6 pod path (its second target) is
+/// reported under in `/peers`: its IPv6 subnet; `None` for a lease without
+/// one and for an IPv6-only lease (whose only target is that subnet, see
+/// [`peer_key`]).
+pub fn peer_key6((subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>)) -> Option<String> {
+    ipv6_subnet
+        .filter(|_| !twill_contract::lease_key::is_ipv6_only(subnet, ipv6_subnet))
+        .map(|s6| s6.to_string())
+}
+
+/// The `PROBE` column of a lease's row in `twilld status`: the
+/// [`column()`] of its target; for a dual-stack lease followed by the
+/// verdict on its IPv6 pod path: `ok 0.4ms, v6 UNREACHABLE`.
+pub fn row_column(view: &PeersView, lease: (Ipv4Net, Option<Ipv6Net>)) -> String {
+    let first = column(view, &peer_key(lease));
+    match peer_key6(lease) {
+        Some(s6) => format!("{first}, v6 {}", column(view, &s6)),
+        None => first,
+    }
+}
+
 /// The status column for one peer: `ok 0.4ms`, `UNREACHABLE`,
 /// `MTU-BLACKHOLE`, `probing` before a verdict, `-` when the agent does not
 /// know the peer.
@@ -132,6 +153,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(column(&view, &peer_key(v6_only)), "MTU-BLACKHOLE");
+    }
+
+    #[test]
+    fn a_dual_stack_lease_shows_both_verdicts() {
+        let lease =
+            |v4: &str, v6: Option<&str>| (v4.parse().unwrap(), v6.map(|s| s.parse().unwrap()));
+        let dual = lease("10.244.2.0/24", Some("fd00:10:244:2::/64"));
+        assert_eq!(peer_key6(dual).as_deref(), Some("fd00:10:244:2::/64"));
+        assert_eq!(peer_key6(lease("10.244.3.0/24", None)), None);
+        let v6_only = lease("0.0.0.0/0", Some("fd00:10:244:4::/64"));
+        assert_eq!(peer_key6(v6_only), None, "one target, under peer_key");
+        let view = PeersView {
+            peers: vec![
+                report("10.244.2.0/24", Some(true), Some(true)),
+                report("fd00:10:244:2::/64", Some(false), Some(false)),
+                report("10.244.3.0/24", Some(true), Some(false)),
+                report("fd00:10:244:4::/64", Some(true), Some(true)),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(row_column(&view, dual), "ok 0.4ms, v6 UNREACHABLE");
+        assert_eq!(
+            row_column(&view, lease("10.244.3.0/24", None)),
+            "MTU-BLACKHOLE"
+        );
+        assert_eq!(row_column(&view, v6_only), "ok 0.4ms");
+        // A dual-stack lease whose IPv6 path the agent does not probe (it
+        // is not dual-stack itself, or has no IPv6 route to it).
+        let other = lease("10.244.5.0/24", Some("fd00:10:244:5::/64"));
+        assert_eq!(row_column(&view, other), "-, v6 -");
     }
 
     #[tokio::test]

@@ -14,11 +14,13 @@
 //! node's `twill6.<VNI>` address (`<subnet6>::`) to the peer's through the
 //! tunnel, from bridge gateway to bridge gateway (`<subnet6>::1`) on a
 //! direct route. One prober handles both families; its ICMPv6 socket is
-//! opened at the first IPv6 probe.
+//! opened at the first IPv6 probe. In a dual-stack cluster each peer is
+//! also a second, IPv6 target: its IPv6 pod path ([`targets_dual6`]).
 //!
-//! Cost: at most [`MAX_PEERS_PER_ROUND`] peers per interval, two packets
-//! each (and their replies), spread over the interval in [`SLOTS`] slots;
-//! peers beyond that are probed in rotation, so each one at least every
+//! Cost: at most [`MAX_PEERS_PER_ROUND`] peers (targets) per interval,
+//! two packets each (and their replies), spread over the interval in
+//! [`SLOTS`] slots; peers beyond that are probed in rotation, so each one
+//! at least every
 //! `ceil(peers / MAX_PEERS_PER_ROUND)` intervals (plus one for the
 //! suspects that go first). A peer whose last probe went unanswered is
 //! probed again at once, ahead of the rotation.
@@ -27,6 +29,7 @@
 //! pass; the prober runs as its own task and never touches the agent.
 
 pub mod client;
+mod dual;
 mod icmp;
 mod icmp6;
 mod report;
@@ -44,6 +47,7 @@ use tokio::time::Instant;
 use crate::reconcile::ipv6_only::RemoteNode6;
 use crate::reconcile::{Path, RemoteNode};
 use crate::telemetry::Telemetry;
+pub use dual::targets_dual6;
 pub use icmp::{build_echo, parse_reply, EchoReply, EchoSocket};
 pub use icmp6::{build_echo6, checksum6, parse_reply6, EchoSocket6};
 pub use report::{PeerHealth, PeerLabels, PeerReport, PeersView};

@@ -222,7 +222,7 @@ fn targets_go_vtep_to_vtep_through_the_tunnel_and_gateway_to_gateway_on_direct_r
 }
 
 /// A target from its four parts' text.
-fn target(subnet: &str, public_ip: &str, src: &str, dst: &str) -> Target {
+pub(super) fn target(subnet: &str, public_ip: &str, src: &str, dst: &str) -> Target {
     Target {
         subnet: subnet.parse().unwrap(),
         public_ip: public_ip.parse().unwrap(),

@@ -1249,5 +1249,6 @@ async fn unusable_entries_are_counted_as_skipped_leases() {
     rig.stop().await;
 }
 
+mod dual_probe;
 mod ipv6_only;
 mod underlay_follow;
