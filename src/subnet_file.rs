@@ -27,7 +27,7 @@ pub fn write(path: &Path, env: &SubnetEnv) -> Result<(), SubnetFileError> {
     write_text(path, &env.render())
 }
 
-/// [`write`] for an IPv6-only node: IPv6 keys only.
+/// [`write()`] for an IPv6-only node: IPv6 keys only.
 pub fn write_ipv6_only(
     path: &Path,
     env: &twill_contract::Ipv6OnlySubnetEnv,

@@ -40,7 +40,7 @@ pub fn enable_forwarding_in(root: &Path, ipv6: bool) -> Result<Vec<(&'static str
     Ok(out)
 }
 
-/// [`enable_forwarding_in`] on the real `/proc/sys`.
+/// `enable_forwarding_in` on the real `/proc/sys`.
 pub fn enable_forwarding(ipv6: bool) -> Result<Vec<(&'static str, bool)>> {
     enable_forwarding_in(Path::new("/proc/sys"), ipv6)
 }
