@@ -300,9 +300,8 @@ impl WgPeers {
                 .map(|p| p.public_key)
                 .chain(new.iter().map(|p| p.public_key))
             {
-                if !keys.contains_key(&k) {
-                    keys.insert(k, self.holder(&k).cloned());
-                }
+                let held = self.holder(&k).cloned();
+                keys.entry(k).or_insert(held);
             }
             if let Some(old) = self.by_subnet.remove(&subnet) {
                 if let Some(s) = self.by_key.get_mut(&old.public_key) {

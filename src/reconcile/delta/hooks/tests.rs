@@ -96,7 +96,7 @@ fn wg_follows_the_full_sync(
 ) -> Result<(), TestCaseError> {
     let l = local(Mode::Wireguard, v6, false);
     let mut leases: BTreeMap<Ipv4Net, Lease> = start.into_iter().map(|l| (l.subnet, l)).collect();
-    let mut set = PeerSet::new(l.clone(), &leases, KernelState::default());
+    let mut set = PeerSet::new(l, &leases, KernelState::default());
     let mut wg = WgPeers::new(PARAMS, &set, &leases);
     let desired = |leases: &BTreeMap<Ipv4Net, Lease>| {
         let p = PARAMS;
@@ -140,7 +140,7 @@ proptest! {
         start in prop::collection::vec(arb_lease(), 0..6),
         batches in prop::collection::vec(arb_batch(), 1..8),
     ) {
-        hooks_follow_the_full_rebuild::<V4>(l.clone(), start, &batches, tunnel_peers, |l, n| {
+        hooks_follow_the_full_rebuild::<V4>(l, start, &batches, tunnel_peers, |l, n| {
             targets(l.subnet, n)
         })?;
     }
