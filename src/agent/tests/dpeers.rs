@@ -296,3 +296,77 @@ async fn a_wireguard_batch_sets_only_the_changed_peer() {
     the_full_pass_changes_nothing(&mut rig).await;
     rig.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ipv6_only_batch_changes_only_its_member_and_target() {
+    use super::ipv6_only::{config6, peer6, run, settle, v6dp};
+    let store = MemoryStore::with_config(config6("vxlan"));
+    for (s6, host) in [("fd00:10:244:21::/64", 0x21), ("fd00:10:244:22::/64", 0x22)] {
+        peer6(&store, s6, host);
+    }
+    let dp = v6dp();
+    let (r, _dir) = start_on(store.clone(), dp.clone(), |_| {}).await;
+    let agent = r.expect("an IPv6-only node starts");
+    let mut status = agent.status();
+    let probe = agent.peers();
+    let (tx, task) = run(agent);
+    let first = tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.passes >= 2));
+    assert!(first.await.is_ok(), "the first resync never ran");
+    let (writes, updates) = {
+        let k = dp.lock();
+        (k.guard_writes, k.guard_updates.len())
+    };
+    let v6 = |a: &str| Peers {
+        v4: Default::default(),
+        v6: [a.parse().unwrap()].into(),
+    };
+    let subnets = |p: &tokio::sync::watch::Receiver<crate::probe::PeerSet>| -> Vec<String> {
+        p.borrow()
+            .targets
+            .iter()
+            .map(|t| t.subnet.to_string())
+            .collect()
+    };
+    assert_eq!(
+        subnets(&probe),
+        ["fd00:10:244:21::/64", "fd00:10:244:22::/64"]
+    );
+    peer6(&store, "fd00:10:244:23::/64", 0x23);
+    settle(&dp, "the joining node is a member", |k| {
+        k.guard_updates.len() > updates
+    })
+    .await;
+    store.expire_key("0.0.0.0-0&fd00:10:244:21::-64");
+    settle(&dp, "the departed node is no member", |k| {
+        k.guard_updates.len() > updates + 1
+    })
+    .await;
+    {
+        let k = dp.lock();
+        assert_eq!(k.guard_writes, writes, "no whole-set write");
+        assert_eq!(
+            k.guard_updates[updates..],
+            [
+                (v6("2001:db8::23"), Peers::default()),
+                (Peers::default(), v6("2001:db8::21"))
+            ]
+        );
+        assert_eq!(
+            k.guard.last().unwrap().0,
+            Peers {
+                v4: Default::default(),
+                v6: [
+                    "2001:db8::22".parse().unwrap(),
+                    "2001:db8::23".parse().unwrap()
+                ]
+                .into(),
+            }
+        );
+    }
+    assert_eq!(
+        subnets(&probe),
+        ["fd00:10:244:22::/64", "fd00:10:244:23::/64"]
+    );
+    let _ = tx.send(());
+    assert!(task.await.unwrap().is_ok());
+}
