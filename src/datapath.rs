@@ -190,6 +190,26 @@ pub trait Datapath: Send + Sync {
     ) -> impl Future<Output = Result<Vec<PeerChange>, KernelError>> + Send {
         async { Ok(Vec::new()) }
     }
+    /// Adds `added` to the tunnel's members and takes `removed` out, in
+    /// place (see [`crate::guard::update`]): a watch batch's members that
+    /// came and went. An error leaves the caller to rewrite the table.
+    fn update_guard(
+        &self,
+        _added: &twill_nft::guard::Peers,
+        _removed: &twill_nft::guard::Peers,
+    ) -> impl Future<Output = Result<crate::guard::GuardReport, crate::guard::GuardError>> + Send
+    {
+        async { Ok(crate::guard::GuardReport::default()) }
+    }
+    /// Makes `changes` on the WireGuard device without reading it first (a
+    /// watch batch's peers; [`Self::sync_peers`] repairs drift).
+    fn change_peers(
+        &self,
+        _spec: &WgSpec,
+        _changes: &[PeerChange],
+    ) -> impl Future<Output = Result<(), KernelError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The real data path: rtnetlink for devices and entries, nf_tables
@@ -327,6 +347,18 @@ impl Datapath for NetlinkDatapath {
         let changes = diff_peers(desired, &actual);
         self.wireguard.change(spec, &changes).await?;
         Ok(changes)
+    }
+
+    async fn update_guard(
+        &self,
+        added: &twill_nft::guard::Peers,
+        removed: &twill_nft::guard::Peers,
+    ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
+        crate::guard::update(added, removed).await
+    }
+
+    async fn change_peers(&self, spec: &WgSpec, changes: &[PeerChange]) -> Result<(), KernelError> {
+        Ok(self.wireguard.change(spec, changes).await?)
     }
 
     fn link_signals(

@@ -209,6 +209,25 @@ pub async fn ensure(
     .map_err(|e| GuardError::Join(e.to_string()))?
 }
 
+/// Adds `added` to the tunnel's member sets and takes `removed` out of
+/// them, leaving the rest of both tables as they are (a watch batch's
+/// members that came and went: the cost does not grow with the cluster).
+/// Fails when the table or its sets are not there; the caller then
+/// replaces the table.
+pub async fn update(added: &Peers, removed: &Peers) -> Result<GuardReport, GuardError> {
+    let (added, removed) = (added.clone(), removed.clone());
+    tokio::task::spawn_blocking(move || {
+        let s = NftSocket::open()?;
+        send(&s, &g::update_peers(&added, &removed, s.next_seq()))?;
+        Ok(GuardReport {
+            rewritten: vec!["inet"],
+            ..GuardReport::default()
+        })
+    })
+    .await
+    .map_err(|e| GuardError::Join(e.to_string()))?
+}
+
 /// Removes both tables (`twilld --uninstall`); a kernel without nf_tables
 /// netlink has none.
 pub async fn remove() -> Result<(), GuardError> {

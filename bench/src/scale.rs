@@ -14,7 +14,10 @@ use subnet_allocator::{
     acquire_lease, EtcdOptions, EtcdStore, Lease, LeaseAttrs, LeaseEvent, LeaseStore,
     NetworkConfig, VxlanData,
 };
-use twill::reconcile::delta::PeerSet;
+use twill::guard::tunnel_peers;
+use twill::probe::targets;
+use twill::reconcile::delta::hooks::{edit_targets, Members};
+use twill::reconcile::delta::{PeerSet, V4};
 use twill::reconcile::{desired_state, diff, remote_nodes, KernelState, Local, Mode, Op};
 
 use crate::localetcd::LocalEtcd;
@@ -159,7 +162,9 @@ async fn run_async(opts: &ScaleOpts, endpoint: &str) -> anyhow::Result<BenchOutp
          KernelState. Per event = put/delete one lease -> watch event received -> lease map \
          updated -> the agent's per-peer delta (PeerSet::update: the ops for the touched \
          peer, what the agent applies without reading the kernel; its cost should not grow \
-         with N). Race = N agents, each with its own \
+         with N). Peer hooks = what else follows a changed peer on each event: the tunnel's \
+         members and the probe targets, rebuilt from every node and compared whole (before \
+         the per-peer hooks) or updated from the changed peers (now). Race = N agents, each with its own \
          etcd connection, calling acquire_lease at once on a /16 with /24 subnets.",
     );
     for &n in &opts.sizes {
@@ -214,7 +219,7 @@ async fn run_async(opts: &ScaleOpts, endpoint: &str) -> anyhow::Result<BenchOutp
         }
 
         for _ in 0..opts.reps {
-            let (rtt, compute) =
+            let (rtt, compute, hooks) =
                 events(&store, &cfg, n, opts.events, local_subnet, local_ip).await?;
             out.push(
                 &format!("per event, {n} nodes: put -> watch event (p50)"),
@@ -232,6 +237,21 @@ async fn run_async(opts: &ScaleOpts, endpoint: &str) -> anyhow::Result<BenchOutp
                 quantile(&compute, 1.0).unwrap_or(f64::NAN),
             );
             out.samples("scale", &format!("event->diff, {n} nodes"), &compute);
+            out.push(
+                &format!("per event, {n} nodes: peer hooks, whole rebuild (p50)"),
+                "ms",
+                median(&hooks.whole).unwrap_or(f64::NAN),
+            );
+            out.push(
+                &format!("per event, {n} nodes: peer hooks, per changed peer (p50)"),
+                "ms",
+                median(&hooks.delta).unwrap_or(f64::NAN),
+            );
+            out.push(
+                &format!("per event, {n} nodes: peer hooks, per changed peer (max)"),
+                "ms",
+                quantile(&hooks.delta, 1.0).unwrap_or(f64::NAN),
+            );
         }
     }
     linearity_notes(&mut out, &opts.sizes);
@@ -261,8 +281,19 @@ async fn run_async(opts: &ScaleOpts, endpoint: &str) -> anyhow::Result<BenchOutp
     Ok(out)
 }
 
+/// Per event, the time the peer hooks took (ms) both ways.
+#[derive(Default)]
+struct HookTimes {
+    /// Rebuilt from every node and compared whole, as the agent did before
+    /// it followed the changed peers.
+    whole: Vec<f64>,
+    /// From the batch's changed peers.
+    delta: Vec<f64>,
+}
+
 /// `events` joins then `events` leaves; per event the etcd round trip (put
-/// or delete until the watch delivers it) and the agent's compute time.
+/// or delete until the watch delivers it), the agent's compute time, and
+/// the peer hooks' (the tunnel's members and the probe targets) both ways.
 async fn events(
     store: &EtcdStore,
     cfg: &NetworkConfig,
@@ -270,7 +301,7 @@ async fn events(
     events: u32,
     local_subnet: Ipv4Net,
     local_ip: Ipv4Addr,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, HookTimes)> {
     let snap = store.list_leases().await?;
     let mut map: BTreeMap<Ipv4Net, Lease> =
         snap.leases.into_iter().map(|l| (l.subnet, l)).collect();
@@ -282,6 +313,13 @@ async fn events(
     let programmed = desired_state(&remote_nodes(&local, &leases).0);
     let mut peers = PeerSet::new(local, &map, programmed);
     let (mut rtt, mut compute) = (Vec::new(), Vec::new());
+    // The hooks' state as the last full pass left it: members written, and
+    // targets published, both ways.
+    let nodes: Vec<_> = peers.nodes().cloned().collect();
+    let mut members = Members::new::<V4>(&nodes);
+    let (mut written, mut list) = (tunnel_peers(&nodes), targets(local_subnet, &nodes));
+    let (mut whole_written, mut whole_list) = (written.clone(), list.clone());
+    let mut hooks = HookTimes::default();
     let extra: Vec<Lease> = (0..events)
         .map(|k| fake_lease(cfg.network, cfg.subnet_len, n + 1 + k))
         .collect::<anyhow::Result<_>>()?;
@@ -318,16 +356,39 @@ async fn events(
                 LeaseEvent::RemovedIpv6Only(_) | LeaseEvent::Unusable { .. } => {}
             }
         }
-        let ops: Vec<Op> = peers
-            .update(&map, touched)
-            .ops
-            .into_iter()
-            .map(|(_, op)| op)
-            .collect();
+        let delta = peers.update(&map, touched);
+        let ops: Vec<Op> = delta.ops.iter().map(|(_, op)| op.clone()).collect();
         for op in &ops {
             peers.record(op);
         }
         let t2 = Instant::now();
+        // The hooks from the changed peers: the members that came and went
+        // applied to those written, the targets edited in place.
+        let change = members.update::<V4>(&delta.peers);
+        change.apply_to(&mut written);
+        let edited = edit_targets::<V4>(&local, &mut list, &delta.peers);
+        let t3 = Instant::now();
+        // The same rebuilt whole: every node cloned, members and targets
+        // made from all and compared with those in place.
+        let nodes: Vec<_> = peers.nodes().cloned().collect();
+        let want = tunnel_peers(&nodes);
+        let (added, removed) = (want.minus(&whole_written), whole_written.minus(&want));
+        let new_list = targets(local_subnet, &nodes);
+        let republished = new_list != whole_list;
+        whole_written = want;
+        whole_list = new_list;
+        let t4 = Instant::now();
+        anyhow::ensure!(
+            change.added == added
+                && change.removed == removed
+                && written == whole_written
+                && list == whole_list
+                && edited == republished,
+            "the per-peer hooks differ from their whole rebuild after a {}",
+            if join { "join" } else { "leave" }
+        );
+        hooks.delta.push(ms(t3 - t2));
+        hooks.whole.push(ms(t4 - t3));
         anyhow::ensure!(
             ops.len() == 3,
             "one {} gave {} ops, expected 3",
@@ -337,7 +398,7 @@ async fn events(
         rtt.push(ms(t1 - t0));
         compute.push(ms(t2 - t1));
     }
-    Ok((rtt, compute))
+    Ok((rtt, compute, hooks))
 }
 
 /// Whether cost per node stays flat from the smallest to the largest size.

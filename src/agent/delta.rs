@@ -3,7 +3,11 @@
 //! touched, without reading the kernel back or walking every lease. The
 //! full pass (read the kernel, diff, apply) stays for the start, the resync
 //! tick, link events and lost netlink events; it rebuilds this state from
-//! what it read, so drift is still repaired within one resync.
+//! what it read, so drift is still repaired within one resync. The state
+//! beside the kernel's tables (the tunnel's members, the probe targets, the
+//! WireGuard peers) follows the changed peers too ([`hooks`]).
+
+mod hooks;
 
 use std::collections::BTreeMap;
 
@@ -11,20 +15,26 @@ use subnet_allocator::{Lease, LeaseStore};
 
 use super::Agent;
 use crate::datapath::Datapath;
+use crate::guard::tunnel_peers;
 use crate::kernel::{DevIndex, KernelError};
-use crate::reconcile::delta::{Family, PeerSetOf, V4};
+use crate::reconcile::delta::hooks::{Hooked, Members, WgPeers};
+use crate::reconcile::delta::{PeerSetOf, V4};
 use crate::reconcile::KernelState;
 
 /// What a watch batch is applied with: every peer's standing and entries,
 /// what the kernel holds, and the devices' indexes, all from the last full
 /// pass and the deltas since.
 #[derive(Debug)]
-pub(super) struct DeltaPath<F: Family = V4> {
+pub(super) struct DeltaPath<F: Hooked = V4> {
     pub(super) peers: PeerSetOf<F>,
     pub(super) dev: DevIndex,
+    /// The tunnel's members the accepted nodes ask for, counted.
+    pub(super) members: Members,
+    /// The WireGuard peers, in WireGuard mode.
+    pub(super) wg: Option<WgPeers>,
 }
 
-impl<F: Family> DeltaPath<F> {
+impl<F: Hooked> DeltaPath<F> {
     /// From a full pass: `programmed` is the kernel as it read it, with the
     /// pass's successful operations applied.
     pub(super) fn new(
@@ -33,9 +43,12 @@ impl<F: Family> DeltaPath<F> {
         programmed: KernelState,
         dev: DevIndex,
     ) -> Self {
+        let peers = PeerSetOf::new(local, leases, programmed);
         DeltaPath {
-            peers: PeerSetOf::new(local, leases, programmed),
+            members: Members::new::<F>(peers.nodes()),
+            peers,
             dev,
+            wg: None,
         }
     }
 }
@@ -52,9 +65,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         let mut path = self.delta.take().filter(|p| *p.peers.local() == local)?;
         let touched = std::mem::take(&mut self.touched);
         // A lease event can change what a peer's node does not show (a
-        // WireGuard key): the per-peer state below is checked on any (a
-        // changed peer always comes from one).
+        // WireGuard key): the WireGuard peers follow the touched leases as
+        // well as the changed peers.
         let any_event = !touched.is_empty();
+        let mut wg_subnets = match path.wg {
+            Some(_) => touched.clone(),
+            None => Default::default(),
+        };
         let delta = path.peers.update(&self.leases, touched);
         let skipped = path.peers.skipped_count() + self.unusable.len();
         self.opts.telemetry.skipped_leases.set(skipped as i64);
@@ -62,16 +79,18 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.warn_skipped(&delta.skipped);
         let (mut wg_ops, mut failed) = (0, 0);
         if any_event {
-            // What else is keyed by the peer follows the same peers: the
+            // What else is keyed by the peer follows the changed peers: the
             // tunnel's members (before the routes, so that a joining node's
             // VXLAN is accepted by the time its route is there) and the
-            // prober's targets. Each is written only when it changed.
-            let nodes: Vec<_> = path.peers.nodes().cloned().collect();
-            self.ensure_guard(&nodes).await;
-            self.publish_peers(&nodes);
+            // prober's targets, each written only when it changed.
+            self.follow_peers(&mut path, &delta.peers, tunnel_peers)
+                .await;
             // A WireGuard peer before its route, so that the route never
             // leads into a tunnel without the peer.
-            (wg_ops, failed) = self.sync_wireguard(&nodes).await;
+            if path.wg.is_some() {
+                wg_subnets.extend(delta.peers.iter().map(|p| p.subnet));
+                (wg_ops, failed) = self.wireguard_delta(&mut path, wg_subnets).await;
+            }
         }
         for (peer, op) in &delta.ops {
             let res = self.dp.apply(&path.dev, op).await;

@@ -11,7 +11,7 @@ use crate::guard::tunnel_peers;
 use crate::reconcile::RemoteNode;
 
 impl<S, D: Datapath> Agent<S, D> {
-    fn guard_settings(&self) -> Settings {
+    pub(super) fn guard_settings(&self) -> Settings {
         Settings {
             network: self.cfg.network,
             network6: self.cfg.ipv6.as_ref().map(|v| v.network),
@@ -55,7 +55,12 @@ impl<S, D: Datapath> Agent<S, D> {
         self.write_guard(want, true, None).await;
     }
 
-    async fn write_guard(&mut self, want: (Settings, Peers), check: bool, was: Option<Peers>) {
+    pub(super) async fn write_guard(
+        &mut self,
+        want: (Settings, Peers),
+        check: bool,
+        was: Option<Peers>,
+    ) {
         let (settings, peers) = &want;
         match self
             .dp

@@ -474,7 +474,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             // Not converged: the next watch batch retries with a full pass.
             tracing::warn!(failed, total, "reconcile incomplete");
         } else {
-            self.delta = Some(delta::DeltaPath::new(local, &self.leases, actual, index));
+            self.delta = Some(self.delta_path(local, actual, index));
         }
         Ok((total, failed))
     }

@@ -163,10 +163,10 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         t.leases.set(self.lease_count() as i64);
         self.warn_skipped6(&delta.skipped);
         if any_event {
-            // The tunnel's members before the routes, as in the full pass.
-            let nodes: Vec<_> = path.peers.nodes().cloned().collect();
-            self.ensure_guard_peers(tunnel_peers6(&nodes)).await;
-            self.publish_peers6(local.subnet6, &nodes);
+            // The tunnel's members before the routes, as in the full pass;
+            // both they and the probe targets by the changed peers only.
+            self.follow_peers(&mut path, &delta.peers, tunnel_peers6)
+                .await;
         }
         let mut failed = 0;
         for (peer, op) in &delta.ops {

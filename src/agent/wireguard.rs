@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use subnet_allocator::{BackendType, LeaseStore, NetworkConfig};
+use subnet_allocator::{BackendType, Lease, LeaseStore, NetworkConfig};
 
 use super::plan::Plan;
 use super::{Agent, AgentError};
@@ -30,6 +30,32 @@ pub(super) fn prepare(cfg: &NetworkConfig, plan: &mut Plan, dir: &Path) -> Resul
     Ok(())
 }
 
+/// Logs each change made to the tunnel's peers, naming the node whose
+/// lease (the first of `leases` with its key) asked for it.
+pub(super) fn log_changes<'a, I: Iterator<Item = &'a Lease>>(
+    changes: &[PeerChange],
+    leases: impl Fn() -> I,
+) {
+    for c in changes {
+        let key = c.key().to_base64();
+        let node = leases().find(|l| l.attrs.public_key.as_deref() == Some(key.as_str()));
+        let subnet = node
+            .map(|l| l.subnet.to_string())
+            .unwrap_or_else(|| "?".into());
+        let public_ip = node
+            .map(|l| l.attrs.public_ip.to_string())
+            .unwrap_or_else(|| "?".into());
+        match c {
+            PeerChange::Remove(k) => {
+                tracing::info!(public_key = %k, subnet, public_ip, "removed wireguard peer")
+            }
+            PeerChange::Set(p) => {
+                tracing::info!(public_key = %p.public_key, endpoint = ?p.endpoint, allowed_ips = ?p.allowed_ips, subnet, public_ip, "set wireguard peer")
+            }
+        }
+    }
+}
+
 impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     /// Brings the tunnel's peers to what `nodes` (this pass's accepted
     /// remote nodes) say; returns (changes made, changes that failed).
@@ -46,25 +72,7 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         );
         match self.dp.sync_peers(&spec, &desired).await {
             Ok(changes) => {
-                for c in &changes {
-                    let node = self.seen.values().find(|l| {
-                        l.attrs.public_key.as_deref() == Some(c.key().to_base64().as_str())
-                    });
-                    let subnet = node
-                        .map(|l| l.subnet.to_string())
-                        .unwrap_or_else(|| "?".into());
-                    let public_ip = node
-                        .map(|l| l.attrs.public_ip.to_string())
-                        .unwrap_or_else(|| "?".into());
-                    match c {
-                        PeerChange::Remove(k) => {
-                            tracing::info!(public_key = %k, subnet, public_ip, "removed wireguard peer")
-                        }
-                        PeerChange::Set(p) => {
-                            tracing::info!(public_key = %p.public_key, endpoint = ?p.endpoint, allowed_ips = ?p.allowed_ips, subnet, public_ip, "set wireguard peer")
-                        }
-                    }
-                }
+                log_changes(&changes, || self.seen.values());
                 (changes.len(), 0)
             }
             Err(e) => {

@@ -33,7 +33,8 @@
 //! health-probe target, a WireGuard peer) follows the same deltas: consume
 //! `Delta::peers` after [`PeerSet::update`] (add `after`, remove `before`),
 //! and rebuild from [`PeerSet::nodes`] on a full pass, so that a resync
-//! repairs it like it repairs the routes.
+//! repairs it like it repairs the routes. [`hooks`] does so for the
+//! tunnel's members, the probe targets and the WireGuard peers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -42,6 +43,8 @@ use std::fmt::Debug;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use subnet_allocator::Lease;
+
+pub mod hooks;
 
 use super::ipv6_only::{desired_state6, remote_nodes6, Local6, RemoteNode6, Skip6};
 use super::{

@@ -11,21 +11,21 @@ use twill_contract::lease_key::V6_ONLY_V4;
 
 const OUR_IP6: &str = "2001:db8::10";
 
-fn config6(backend: &str) -> NetworkConfig {
+pub(super) fn config6(backend: &str) -> NetworkConfig {
     NetworkConfig::parse(
         format!(r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"Backend":{{"Type":"{backend}"}}}}"#).as_bytes(),
     )
     .unwrap()
 }
 
-fn v6dp() -> FakeDatapath {
+pub(super) fn v6dp() -> FakeDatapath {
     let dp = FakeDatapath::default();
     dp.lock().ipv6 = Some(OUR_IP6.parse().unwrap());
     dp
 }
 
 /// Another IPv6-only node's lease: `s6` at `2001:db8::<host>`.
-fn peer6(store: &MemoryStore, s6: &str, host: u16) -> Lease {
+pub(super) fn peer6(store: &MemoryStore, s6: &str, host: u16) -> Lease {
     let ip6 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, host);
     let attrs = LeaseAttrs {
         public_ip: Ipv4Addr::UNSPECIFIED,
@@ -50,7 +50,7 @@ fn peer6(store: &MemoryStore, s6: &str, host: u16) -> Lease {
 }
 
 /// Runs `agent` until the returned sender fires.
-fn run(
+pub(super) fn run(
     agent: Agent<MemoryStore, FakeDatapath>,
 ) -> (oneshot::Sender<()>, JoinHandle<Result<(), AgentError>>) {
     let (tx, rx) = oneshot::channel::<()>();
@@ -60,7 +60,7 @@ fn run(
     (tx, task)
 }
 
-async fn settle(dp: &FakeDatapath, what: &str, cond: impl Fn(&FakeKernel) -> bool) {
+pub(super) async fn settle(dp: &FakeDatapath, what: &str, cond: impl Fn(&FakeKernel) -> bool) {
     for _ in 0..2000 {
         if cond(&dp.lock()) {
             return;

@@ -22,6 +22,7 @@ use crate::masq::{MasqError, Networks};
 use crate::reconcile::{Dev, KernelState, Mac, Op};
 
 mod delta;
+mod dpeers;
 
 const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TTL: Duration = Duration::from_secs(60);
@@ -67,6 +68,16 @@ struct FakeKernel {
     guard: Vec<(twill_nft::guard::Peers, bool)>,
     /// The WireGuard peers `sync_peers` was last asked for.
     wg_peers: crate::wireguard::peers::PeerMap,
+    /// `update_guard` calls: (members added, members removed). Each also
+    /// goes into `guard` as the members it leaves, unchecked.
+    guard_updates: Vec<(twill_nft::guard::Peers, twill_nft::guard::Peers)>,
+    /// `ensure_guard` calls alone (whole member sets).
+    guard_writes: usize,
+    /// While set, `update_guard` fails (the agent then rewrites the table).
+    fail_guard_update: bool,
+    /// `sync_peers` (true: the device read back) and `change_peers` (false)
+    /// calls, with the changes each made.
+    wg_calls: Vec<(bool, Vec<crate::wireguard::uapi::PeerChange>)>,
 }
 
 /// A data path that keeps twill's entries in memory and records every call.
@@ -207,7 +218,30 @@ impl Datapath for FakeDatapath {
         _known: &crate::guard::PodEntries,
         _was: Option<twill_nft::guard::Peers>,
     ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
-        self.lock().guard.push((peers.clone(), check));
+        let mut k = self.lock();
+        k.guard.push((peers.clone(), check));
+        k.guard_writes += 1;
+        Ok(crate::guard::GuardReport::default())
+    }
+
+    async fn update_guard(
+        &self,
+        added: &twill_nft::guard::Peers,
+        removed: &twill_nft::guard::Peers,
+    ) -> Result<crate::guard::GuardReport, crate::guard::GuardError> {
+        let mut k = self.lock();
+        if k.fail_guard_update {
+            return Err(crate::guard::GuardError::Join(
+                "no tunnel member set".into(),
+            ));
+        }
+        let mut members = k.guard.last().map(|(p, _)| p.clone()).unwrap_or_default();
+        members.v4.retain(|a| !removed.v4.contains(a));
+        members.v6.retain(|a| !removed.v6.contains(a));
+        members.v4.extend(&added.v4);
+        members.v6.extend(&added.v6);
+        k.guard.push((members, false));
+        k.guard_updates.push((added.clone(), removed.clone()));
         Ok(crate::guard::GuardReport::default())
     }
 
@@ -255,7 +289,25 @@ impl Datapath for FakeDatapath {
         let actual: Vec<_> = k.wg_peers.values().cloned().collect();
         let changes = crate::wireguard::peers::diff_peers(desired, &actual);
         k.wg_peers = desired.clone();
+        k.wg_calls.push((true, changes.clone()));
         Ok(changes)
+    }
+
+    async fn change_peers(
+        &self,
+        _spec: &crate::wireguard::WgSpec,
+        changes: &[crate::wireguard::uapi::PeerChange],
+    ) -> Result<(), KernelError> {
+        use crate::wireguard::uapi::PeerChange;
+        let mut k = self.lock();
+        for c in changes {
+            match c {
+                PeerChange::Remove(key) => k.wg_peers.remove(key),
+                PeerChange::Set(p) => k.wg_peers.insert(p.public_key, p.clone()),
+            };
+        }
+        k.wg_calls.push((false, changes.to_vec()));
+        Ok(())
     }
 }
 
@@ -299,6 +351,8 @@ struct Rig {
     status: tokio::sync::watch::Receiver<AgentStatus>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), AgentError>>>,
+    /// The probe targets the agent hands the prober.
+    probe: tokio::sync::watch::Receiver<crate::probe::PeerSet>,
 }
 
 fn opts(dir: &std::path::Path, telemetry: Arc<Telemetry>) -> AgentConfig {
@@ -361,6 +415,7 @@ impl Rig {
             .await
             .unwrap();
         let status = agent.status();
+        let probe = agent.peers();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.run(Box::pin(async move {
             let _ = rx.await;
@@ -374,6 +429,7 @@ impl Rig {
             status,
             stop: Some(tx),
             task: Some(task),
+            probe,
         };
         rig.wait("the watch is open", |s| s.watch == "watching")
             .await;

@@ -4,14 +4,14 @@
 use super::*;
 use crate::wireguard::key::{Key, PrivateKey};
 
-fn wg_config() -> NetworkConfig {
+pub(super) fn wg_config() -> NetworkConfig {
     NetworkConfig::parse(
         br#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":51999}}"#,
     )
     .unwrap()
 }
 
-fn wg_attrs(host: u8, key: Key) -> LeaseAttrs {
+pub(super) fn wg_attrs(host: u8, key: Key) -> LeaseAttrs {
     LeaseAttrs {
         public_ip: Ipv4Addr::new(192, 0, 2, host),
         public_ipv6: None,

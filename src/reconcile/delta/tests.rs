@@ -31,7 +31,7 @@ fn mac(last: u8) -> String {
 }
 
 /// A vxlan lease of `192.0.2.<host>` (or `198.18.0.<host>` off link).
-fn lease(subnet: &str, ip: Ipv4Addr, vtep: &str) -> Lease {
+pub(super) fn lease(subnet: &str, ip: Ipv4Addr, vtep: &str) -> Lease {
     Lease {
         subnet: net(subnet),
         ipv6_subnet: None,
@@ -69,7 +69,7 @@ fn dual(mut l: Lease, n: u16, v6_underlay: bool) -> Lease {
     l
 }
 
-fn local(mode: Mode, v6: bool, v6_tunnel: bool) -> Local {
+pub(super) fn local(mode: Mode, v6: bool, v6_tunnel: bool) -> Local {
     Local {
         network: net("10.244.0.0/16"),
         subnet: net("10.244.1.0/24"),
@@ -402,7 +402,7 @@ fn peer_changes_name_what_appeared_went_and_changed() {
 // kernels equal after every batch, and each batch's operations are the ones
 // the full diff yields.
 
-fn arb_lease() -> impl Strategy<Value = Lease> {
+pub(super) fn arb_lease() -> impl Strategy<Value = Lease> {
     (
         prop::sample::select(vec![
             "10.244.0.0/24",
@@ -442,7 +442,7 @@ fn arb_lease() -> impl Strategy<Value = Lease> {
         })
 }
 
-fn arb_batch() -> impl Strategy<Value = Vec<Ev>> {
+pub(super) fn arb_batch() -> impl Strategy<Value = Vec<Ev>> {
     prop::collection::vec(
         prop_oneof![
             3 => arb_lease().prop_map(Ev::Put),
@@ -452,7 +452,7 @@ fn arb_batch() -> impl Strategy<Value = Vec<Ev>> {
     )
 }
 
-fn arb_local() -> impl Strategy<Value = Local> {
+pub(super) fn arb_local() -> impl Strategy<Value = Local> {
     (
         prop::sample::select(vec![
             Mode::HostGw,

@@ -20,7 +20,7 @@ type Ev = EvOf<Ipv6Net>;
 const OUR_SUBNET: &str = "fd00:10:244:9::/64";
 const OUR_HOST: u16 = 0x99;
 
-fn local(mode: Mode) -> Local6 {
+pub(super) fn local(mode: Mode) -> Local6 {
     Local6 {
         network6: "fd00:10:244::/48".parse().unwrap(),
         subnet6: OUR_SUBNET.parse().unwrap(),
@@ -89,7 +89,7 @@ fn a_new_ipv6_only_lease_adds_its_entries_on_the_ipv6_tunnel_only() {
     assert_eq!(delta.peers.len(), 1);
 }
 
-fn arb_lease() -> impl Strategy<Value = Lease> {
+pub(super) fn arb_lease() -> impl Strategy<Value = Lease> {
     (
         prop::sample::select(vec![
             "fd00:10:244::/64",
@@ -111,7 +111,7 @@ fn arb_lease() -> impl Strategy<Value = Lease> {
         .prop_map(|(s6, host, off, public, m, backend)| lease6(s6, host, off, public, m, backend))
 }
 
-fn arb_batch() -> impl Strategy<Value = Vec<Ev>> {
+pub(super) fn arb_batch() -> impl Strategy<Value = Vec<Ev>> {
     prop::collection::vec(
         prop_oneof![
             3 => arb_lease().prop_map(Ev::Put),
