@@ -6,7 +6,7 @@ use subnet_allocator::LeaseStore;
 
 use super::Agent;
 use crate::datapath::Datapath;
-use crate::probe::{publish, targets, targets6, targets_dual6, PeerSet};
+use crate::probe::{publish, targets6, targets_all, PeerSet};
 use crate::reconcile::ipv6_only::RemoteNode6;
 use crate::reconcile::RemoteNode;
 
@@ -18,11 +18,9 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
     }
 
     pub(super) fn publish_peers(&self, nodes: &[RemoteNode]) {
-        let mut targets = targets(self.lease.lease.subnet, nodes);
-        // Dual-stack: each peer's IPv6 pod path too, as a second target
-        // (after the IPv4 ones, so the list stays sorted by subnet).
+        // Dual-stack: each peer's IPv6 pod path too, as a second target.
         let own6 = self.cfg.ipv6.as_ref().and(self.lease.lease.ipv6_subnet);
-        targets.extend(targets_dual6(own6, nodes));
+        let targets = targets_all(self.lease.lease.subnet, own6, nodes);
         publish(
             &self.peers,
             PeerSet {

@@ -51,7 +51,7 @@ pub fn targets_dual6(own6: Option<Ipv6Net>, nodes: &[RemoteNode]) -> Vec<Target>
             })
         })
         .collect();
-    out.sort_by_key(|t| t.subnet);
+    out.sort();
     out
 }
 

@@ -60,7 +60,9 @@ pub const DEFAULT_INTERVAL_SECS: u64 = 5;
 
 /// One peer to probe: which node, and the addresses its probes use. The
 /// addresses are of one family: IPv4 (ICMP) or IPv6 (ICMPv6) probes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Ordered by subnet first (lists of targets are sorted that way), then the
+/// rest, so that a list has one order even when two peers share a subnet.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Target {
     /// The node's pod subnet: IPv4, or IPv6 in an IPv6-only cluster.
     pub subnet: IpNet,
@@ -112,8 +114,17 @@ pub fn targets(own: Ipv4Net, nodes: &[RemoteNode]) -> Vec<Target> {
             }
         })
         .collect();
-    out.sort_by_key(|t| t.subnet);
+    out.sort();
     out
+}
+
+/// Every probe target of an IPv4 or dual-stack node leasing `own` (and
+/// `own6` in a dual-stack cluster): each peer's IPv4 path, then each
+/// dual-stack peer's IPv6 pod path, so the list stays sorted by subnet.
+pub fn targets_all(own: Ipv4Net, own6: Option<Ipv6Net>, nodes: &[RemoteNode]) -> Vec<Target> {
+    let mut t = targets(own, nodes);
+    t.extend(targets_dual6(own6, nodes));
+    t
 }
 
 /// The probe targets for the remote nodes of an IPv6-only cluster's node
@@ -139,7 +150,7 @@ pub fn targets6(own6: Ipv6Net, nodes: &[RemoteNode6]) -> Vec<Target> {
             }
         })
         .collect();
-    out.sort_by_key(|t| t.subnet);
+    out.sort();
     out
 }
 

@@ -17,7 +17,7 @@ use twill_nft::guard::Peers;
 
 use super::{Family, PeerChangeOf, PeerSet, PeerSetOf, V4, V6};
 use crate::guard::{tunnel_peers, tunnel_peers6};
-use crate::probe::{targets, targets6, Target};
+use crate::probe::{targets6, targets_all, Target};
 use crate::wireguard::key::Key;
 use crate::wireguard::peers::{desired_peers, PeerMap};
 use crate::wireguard::uapi::{PeerChange, PeerConfig};
@@ -35,8 +35,10 @@ impl Hooked for V4 {
     fn members(node: &Self::Node) -> Peers {
         tunnel_peers(std::slice::from_ref(node))
     }
+    /// A dual-stack peer's IPv6 pod path is a second target, as
+    /// `Agent::publish_peers` makes it.
     fn targets(local: &Self::Local, node: &Self::Node) -> Vec<Target> {
-        targets(local.subnet, std::slice::from_ref(node))
+        targets_all(local.subnet, local.subnet6, std::slice::from_ref(node))
     }
 }
 
@@ -172,7 +174,7 @@ impl Members {
 }
 
 /// Brings `list` (the probe targets of the nodes before `changes`, sorted
-/// by subnet as [`targets`] sorts them) to those after, in place: each
+/// as [`targets_all`] sorts them) to those after, in place: each
 /// changed peer's old targets out, its new ones in at their place. Returns
 /// whether the list changed. O(changed peers × log(targets)) lookups, plus
 /// the shift of the vector's tail on an insert or removal.
@@ -189,18 +191,13 @@ pub fn edit_targets<F: Hooked>(
             continue;
         }
         for t in old.into_iter().flatten() {
-            let from = list.partition_point(|x| x.subnet < t.subnet);
-            if let Some(i) = list[from..]
-                .iter()
-                .take_while(|x| x.subnet == t.subnet)
-                .position(|x| *x == t)
-            {
-                list.remove(from + i);
+            if let Ok(i) = list.binary_search(&t) {
+                list.remove(i);
                 changed = true;
             }
         }
         for t in new.into_iter().flatten() {
-            let at = list.partition_point(|x| x.subnet <= t.subnet);
+            let at = list.partition_point(|x| *x <= t);
             list.insert(at, t);
             changed = true;
         }

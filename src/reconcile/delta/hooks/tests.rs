@@ -141,7 +141,7 @@ proptest! {
         batches in prop::collection::vec(arb_batch(), 1..8),
     ) {
         hooks_follow_the_full_rebuild::<V4>(l, start, &batches, tunnel_peers, |l, n| {
-            targets(l.subnet, n)
+            targets_all(l.subnet, l.subnet6, n)
         })?;
     }
 
