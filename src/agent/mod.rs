@@ -5,6 +5,7 @@
 //! in through the [`Datapath`] and [`LeaseStore`] traits. etcd trouble is
 //! retried on a schedule and never tears the data path down or stops repairs.
 
+mod clash;
 mod delta;
 mod follow;
 mod guard;
@@ -454,6 +455,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
         self.opts.telemetry.skipped_leases.set(skipped_total as i64);
         self.opts.telemetry.leases.set(self.leases.len() as i64);
         self.warn_skipped(&skipped);
+        let (ours4, ours6) = self.own_macs();
+        self.warn_mac_clashes(clash::clashes(ours4, ours6, &nodes));
         // Members first: a joining node's VXLAN is accepted by the time its
         // route is there.
         self.ensure_guard(&nodes).await;

@@ -129,6 +129,8 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             .set((skipped.len() + self.unusable.len()) as i64);
         t.leases.set(self.lease_count() as i64);
         self.warn_skipped6(&skipped);
+        let ours6 = self.own_macs().1;
+        self.warn_mac_clashes(super::clash::clashes6(ours6, &nodes));
         self.ensure_guard_peers(tunnel_peers6(&nodes)).await;
         let desired = desired_state6(&nodes);
         let mut actual = self.dp.read_state(&index).await?;

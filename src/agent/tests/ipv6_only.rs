@@ -178,6 +178,29 @@ fn gateway6(s6: Ipv6Net) -> std::net::Ipv6Addr {
     crate::subnet_file::gateway6_of(s6)
 }
 
+/// A peer lease carrying our own VTEP MAC (written by another agent or by
+/// hand): the kernel would drop its frames; the agent says so.
+#[tokio::test(start_paused = true)]
+async fn a_peer_with_our_vtep_mac_is_reported() {
+    let store = MemoryStore::with_config(config6("vxlan"));
+    let mut clash = peer6(&store, "fd00:10:244:21::/64", 0x21);
+    let ours = Mac::for_vtep6(OUR_IP6.parse().unwrap(), 1);
+    if let Some(d) = clash.attrs.backend_v6_data.as_mut() {
+        d.vtep_mac = ours.to_string();
+    }
+    store.put_lease_raw(clash);
+    peer6(&store, "fd00:10:244:22::/64", 0x22);
+    let (r, _dir) = start_on(store.clone(), v6dp(), |_| {}).await;
+    let agent = r.unwrap();
+    let said: Vec<&String> = agent
+        .warned
+        .iter()
+        .filter(|m| m.contains("own VTEP MAC"))
+        .collect();
+    assert_eq!(said.len(), 1, "{:?}", agent.warned);
+    assert!(said[0].contains("fd00:10:244:21::/64"), "{said:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_restarted_ipv6_only_node_keeps_its_subnet() {
     let store = MemoryStore::with_config(config6("vxlan"));
