@@ -92,14 +92,14 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
                 (wg_ops, failed) = self.wireguard_delta(&mut path, wg_subnets).await;
             }
         }
-        for (peer, op) in &delta.ops {
-            let res = self.dp.apply(&path.dev, op).await;
-            if self.applied(op, self.seen.get(peer), res) {
-                path.peers.record(op);
-            } else {
-                failed += 1;
-            }
-        }
+        let named: Vec<_> = delta
+            .ops
+            .iter()
+            .map(|(peer, op)| (op, self.seen.get(peer)))
+            .collect();
+        let (accepted, op_failed) = self.apply_ops(&path.dev, named).await;
+        accepted.into_iter().for_each(|op| path.peers.record(op));
+        failed += op_failed;
         let total = delta.ops.len() + wg_ops;
         if failed > 0 {
             // What the kernel holds is unknown now: the next pass reads it.

@@ -170,15 +170,13 @@ impl<S: LeaseStore + 'static, D: Datapath> Agent<S, D> {
             self.follow_peers(&mut path, &delta.peers, tunnel_peers6)
                 .await;
         }
-        let mut failed = 0;
-        for (peer, op) in &delta.ops {
-            let res = self.dp.apply(&path.dev, op).await;
-            if self.applied(op, self.seen6.get(peer), res) {
-                path.peers.record(op);
-            } else {
-                failed += 1;
-            }
-        }
+        let named: Vec<_> = delta
+            .ops
+            .iter()
+            .map(|(peer, op)| (op, self.seen6.get(peer)))
+            .collect();
+        let (accepted, failed) = self.apply_ops(&path.dev, named).await;
+        accepted.into_iter().for_each(|op| path.peers.record(op));
         if failed > 0 {
             tracing::warn!(
                 failed,
